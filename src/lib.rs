@@ -1,0 +1,27 @@
+//! switchyard: an MoE-first expert-parallel inference engine.
+//!
+//! Where things live:
+//! - [`config`]: the model's shape from config.json.
+//! - [`checkpoint`]: safetensors checkpoints (or random weights) → tensors.
+//! - [`tensor`], [`ops`], [`backend`]: tensors, the fused ops, and the kernels behind them.
+//! - [`attention`]: attention layers over the paged [`kv_cache`].
+//! - [`moe`]: routers, expert banks and the MoE block (dense MLPs are its one-expert case).
+//! - [`model`]: the decoder stack that ties them together.
+//! - [`engine`]: sequences, prefill and decode steps, generation.
+//!
+//! Routing math, placement and dispatch policy live in the `switchyard-experts` crate.
+
+pub mod attention;
+pub mod backend;
+pub mod checkpoint;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod kv_cache;
+pub mod model;
+pub mod moe;
+pub mod ops;
+pub mod tensor;
+pub mod tokenizer;
+
+pub use error::{Error, Result};

@@ -1,0 +1,137 @@
+//! `Tensor`: a shape, a dtype and storage on a device.
+//!
+//! The CPU backend computes in f32 whatever the stored dtype was (the reference must be exact
+//! and simple); `dtype` records what the checkpoint stored so memory plans and the CUDA backend
+//! can keep the narrow type.
+
+mod dtype;
+mod shape;
+
+pub use dtype::DType;
+pub use shape::Shape;
+
+use crate::error::{Error, Result};
+
+/// Where a tensor's elements live.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Storage {
+    /// Host memory, f32 elements (the CPU reference computes in f32).
+    Cpu(Vec<f32>),
+}
+
+/// A dense, row-major tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    shape: Shape,
+    dtype: DType,
+    storage: Storage,
+}
+
+impl Tensor {
+    /// A CPU tensor from f32 values; fails when the element count does not match the shape.
+    pub fn from_f32(shape: impl Into<Shape>, data: Vec<f32>) -> Result<Self> {
+        Self::from_f32_stored_as(shape, data, DType::F32)
+    }
+
+    /// A CPU tensor of f32 values that were stored as `dtype` (e.g. bf16 weights widened).
+    pub fn from_f32_stored_as(shape: impl Into<Shape>, data: Vec<f32>, dtype: DType) -> Result<Self> {
+        let shape = shape.into();
+        if shape.numel() != data.len() {
+            return Err(Error::Shape(format!(
+                "{} values do not fill shape {shape} ({} elements)",
+                data.len(),
+                shape.numel()
+            )));
+        }
+        Ok(Self { shape, dtype, storage: Storage::Cpu(data) })
+    }
+
+    /// A CPU tensor of zeros.
+    pub fn zeros(shape: impl Into<Shape>) -> Self {
+        let shape = shape.into();
+        let data = vec![0.0; shape.numel()];
+        Self { shape, dtype: DType::F32, storage: Storage::Cpu(data) }
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    /// The dims as a slice.
+    pub fn dims(&self) -> &[usize] {
+        self.shape.dims()
+    }
+
+    /// The dtype the values were stored as.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.numel()
+    }
+
+    /// Bytes the tensor takes in its stored dtype (what a GPU copy would hold).
+    pub fn stored_bytes(&self) -> usize {
+        self.numel() * self.dtype.size_in_bytes()
+    }
+
+    /// Where the values live.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// The values of a CPU tensor.
+    pub fn as_slice(&self) -> &[f32] {
+        match &self.storage {
+            Storage::Cpu(v) => v,
+        }
+    }
+
+    /// The values of a CPU tensor, mutable.
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
+        match &mut self.storage {
+            Storage::Cpu(v) => v,
+        }
+    }
+
+    /// Consumes the tensor, returning its CPU values.
+    pub fn into_vec(self) -> Vec<f32> {
+        match self.storage {
+            Storage::Cpu(v) => v,
+        }
+    }
+
+    /// Same values under another shape with the same element count.
+    pub fn reshape(mut self, shape: impl Into<Shape>) -> Result<Self> {
+        let shape = shape.into();
+        if shape.numel() != self.numel() {
+            return Err(Error::Shape(format!("cannot reshape {} into {shape}", self.shape)));
+        }
+        self.shape = shape;
+        Ok(self)
+    }
+
+    /// Row `i` of a 2-D tensor.
+    pub fn row(&self, i: usize) -> &[f32] {
+        let cols = self.dims()[self.dims().len() - 1];
+        &self.as_slice()[i * cols..(i + 1) * cols]
+    }
+
+    /// Rows `range` of a tensor viewed as [rows, last dim], as a new tensor (used to split
+    /// weights among ranks or experts).
+    pub fn narrow_rows(&self, start: usize, len: usize) -> Result<Self> {
+        let dims = self.dims();
+        let rows = dims[0];
+        if start + len > rows {
+            return Err(Error::Shape(format!("rows {start}..{} out of {rows}", start + len)));
+        }
+        let inner: usize = dims[1..].iter().product();
+        let mut new_dims = dims.to_vec();
+        new_dims[0] = len;
+        let data = self.as_slice()[start * inner..(start + len) * inner].to_vec();
+        Self::from_f32_stored_as(new_dims, data, self.dtype)
+    }
+}
