@@ -1,0 +1,674 @@
+//! The checkpoint loader against small checkpoints written with the `safetensors` crate: one test
+//! per way a checkpoint can be wrong (each message must name the file/tensor and the numbers), plus
+//! exact round trips, sharded == unsharded, and the random-weight source.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use half::{bf16, f16};
+use safetensors::tensor::{Dtype, TensorView};
+use switchyard::checkpoint::{Checkpoint, CheckpointError, RandomWeights, WeightSource};
+use switchyard::tensor::DType;
+
+/// One tensor to write: name, dtype, shape, raw little-endian bytes.
+struct Spec {
+    name: &'static str,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+fn f32s(name: &'static str, shape: &[usize], vals: &[f32]) -> Spec {
+    let bytes = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+    Spec {
+        name,
+        dtype: Dtype::F32,
+        shape: shape.to_vec(),
+        bytes,
+    }
+}
+
+fn bf16s(name: &'static str, shape: &[usize], vals: &[f32]) -> Spec {
+    let bytes = vals
+        .iter()
+        .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+        .collect();
+    Spec {
+        name,
+        dtype: Dtype::BF16,
+        shape: shape.to_vec(),
+        bytes,
+    }
+}
+
+fn f16s(name: &'static str, shape: &[usize], vals: &[f32]) -> Spec {
+    let bytes = vals
+        .iter()
+        .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+        .collect();
+    Spec {
+        name,
+        dtype: Dtype::F16,
+        shape: shape.to_vec(),
+        bytes,
+    }
+}
+
+fn serialize(specs: &[Spec]) -> Vec<u8> {
+    let views: Vec<(&str, TensorView<'_>)> = specs
+        .iter()
+        .map(|s| {
+            (
+                s.name,
+                TensorView::new(s.dtype, s.shape.clone(), &s.bytes).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize(views, None).unwrap()
+}
+
+fn write(dir: &Path, file: &str, specs: &[Spec]) {
+    std::fs::write(dir.join(file), serialize(specs)).unwrap();
+}
+
+fn write_index(dir: &Path, map: &[(&str, &str)]) {
+    let weight_map: BTreeMap<&str, &str> = map.iter().copied().collect();
+    let json = serde_json::json!({ "metadata": { "total_size": 0 }, "weight_map": weight_map });
+    std::fs::write(dir.join("model.safetensors.index.json"), json.to_string()).unwrap();
+}
+
+fn ramp(n: usize) -> Vec<f32> {
+    (0..n).map(|i| (i as f32 - n as f32 / 2.0) * 0.37).collect()
+}
+
+/// A small "model": two projections and a norm.
+fn small_model() -> Vec<Spec> {
+    vec![
+        bf16s("model.layers.0.self_attn.q_proj.weight", &[4, 6], &ramp(24)),
+        bf16s("model.layers.0.self_attn.k_proj.weight", &[2, 6], &ramp(12)),
+        f32s("model.norm.weight", &[6], &[1.0; 6]),
+    ]
+}
+
+fn open_err(dir: &Path) -> (CheckpointError, String) {
+    let e = Checkpoint::open(dir).expect_err("open should fail");
+    let msg = e.to_string();
+    (e, msg)
+}
+
+fn assert_has(msg: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(msg.contains(p), "message {msg:?} lacks {p:?}");
+    }
+}
+
+// ---------------------------------------------------------------- errors
+
+#[test]
+fn missing_tensor_names_tensor_dir_and_similar_names() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "model.safetensors", &small_model());
+    let ck = Checkpoint::open(dir.path()).unwrap();
+    let e = ck
+        .load("model.layers.0.self_attn.v_proj.weight", &[2, 6])
+        .unwrap_err();
+    assert!(matches!(e, CheckpointError::MissingTensor { ref similar, .. } if similar.len() <= 3));
+    let msg = e.to_string();
+    assert_has(
+        &msg,
+        &[
+            "model.layers.0.self_attn.v_proj.weight",
+            &dir.path().display().to_string(),
+            "model.layers.0.self_attn.k_proj.weight",
+            "model.layers.0.self_attn.q_proj.weight",
+        ],
+    );
+}
+
+#[test]
+fn wrong_shape_names_file_expected_and_found() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "model.safetensors", &small_model());
+    let ck = Checkpoint::open(dir.path()).unwrap();
+    let e = ck
+        .load("model.layers.0.self_attn.q_proj.weight", &[6, 4])
+        .unwrap_err();
+    assert!(matches!(e, CheckpointError::ShapeMismatch { .. }));
+    assert_has(
+        &e.to_string(),
+        &[
+            "model.layers.0.self_attn.q_proj.weight",
+            "model.safetensors",
+            "[6, 4]",
+            "[4, 6]",
+        ],
+    );
+}
+
+#[test]
+fn unsupported_dtypes_name_tensor_file_dtype_and_the_supported_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let i64s = Spec {
+        name: "ids",
+        dtype: Dtype::I64,
+        shape: vec![3],
+        bytes: vec![0; 24],
+    };
+    let fp8 = Spec {
+        name: "w_fp8",
+        dtype: Dtype::F8_E4M3,
+        shape: vec![2, 2],
+        bytes: vec![0x38; 4],
+    };
+    let int8 = Spec {
+        name: "w_i8",
+        dtype: Dtype::I8,
+        shape: vec![4],
+        bytes: vec![1; 4],
+    };
+    write(dir.path(), "model.safetensors", &[i64s, fp8, int8]);
+    let ck = Checkpoint::open(dir.path()).unwrap();
+    for (name, shape, dtype) in [
+        ("ids", &[3][..], "I64"),
+        ("w_fp8", &[2, 2][..], "F8_E4M3"),
+        ("w_i8", &[4][..], "I8"),
+    ] {
+        let e = ck.load(name, shape).unwrap_err();
+        assert!(matches!(e, CheckpointError::UnsupportedDtype { .. }), "{e}");
+        assert_has(
+            &e.to_string(),
+            &[name, "model.safetensors", dtype, "BF16", "F16", "F32"],
+        );
+    }
+}
+
+#[test]
+fn truncated_file_names_file_and_byte_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = serialize(&small_model());
+    let full = bytes.len();
+    bytes.truncate(full - 10);
+    std::fs::write(dir.path().join("model.safetensors"), &bytes).unwrap();
+    let (e, msg) = open_err(dir.path());
+    assert!(matches!(e, CheckpointError::Corrupt { .. }));
+    // The last tensor by offset is the f32 norm (24 bytes) after 48 + 24 bytes of bf16.
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let data_len = full - 10 - 8 - header_len;
+    assert_has(
+        &msg,
+        &[
+            "model.safetensors",
+            "truncated",
+            &data_len.to_string(),
+            "96",
+        ],
+    );
+}
+
+#[test]
+fn file_shorter_than_the_length_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("model.safetensors"), [7u8, 0, 0]).unwrap();
+    let (_, msg) = open_err(dir.path());
+    assert_has(&msg, &["model.safetensors", "3 bytes"]);
+}
+
+#[test]
+fn garbage_json_header_names_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = b"{\"a\": [1, 2,, oops";
+    let mut bytes = (junk.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(junk);
+    std::fs::write(dir.path().join("broken.safetensors"), &bytes).unwrap();
+    let (e, msg) = open_err(dir.path());
+    assert!(matches!(e, CheckpointError::Corrupt { .. }));
+    assert_has(&msg, &["broken.safetensors", "JSON"]);
+}
+
+#[test]
+fn header_entry_of_the_wrong_form_names_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = br#"{"w":{"dtype":"F32","shape":"big","data_offsets":[0,4]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(&[0; 4]);
+    std::fs::write(dir.path().join("model.safetensors"), &bytes).unwrap();
+    let (_, msg) = open_err(dir.path());
+    assert_has(&msg, &["model.safetensors", "tensor w"]);
+}
+
+#[test]
+fn header_length_past_the_end_of_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = serialize(&small_model());
+    bytes[..8].copy_from_slice(&1_000_000u64.to_le_bytes());
+    let after = bytes.len() - 8;
+    std::fs::write(dir.path().join("model.safetensors"), &bytes).unwrap();
+    let (_, msg) = open_err(dir.path());
+    assert_has(&msg, &["model.safetensors", "1000000", &after.to_string()]);
+
+    // An absurd length (u64::MAX) must not overflow or allocate.
+    bytes[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    std::fs::write(dir.path().join("model.safetensors"), &bytes).unwrap();
+    let (_, msg) = open_err(dir.path());
+    assert_has(&msg, &["model.safetensors", &u64::MAX.to_string()]);
+}
+
+#[test]
+fn data_offsets_past_the_end_or_not_matching_dtype_and_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let write_raw = |header: &str, data: usize| {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.resize(bytes.len() + data, 0);
+        std::fs::write(dir.path().join("model.safetensors"), &bytes).unwrap();
+    };
+    write_raw(
+        r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
+        12,
+    );
+    let (_, msg) = open_err(dir.path());
+    assert_has(&msg, &["model.safetensors", "tensor w", "16", "12"]);
+
+    write_raw(
+        r#"{"w":{"dtype":"BF16","shape":[2,3],"data_offsets":[0,16]}}"#,
+        16,
+    );
+    let (_, msg) = open_err(dir.path());
+    assert_has(
+        &msg,
+        &[
+            "model.safetensors",
+            "tensor w",
+            "needs 12 bytes",
+            "span 16 bytes",
+        ],
+    );
+
+    write_raw(
+        r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}}"#,
+        16,
+    );
+    let (_, msg) = open_err(dir.path());
+    assert_has(&msg, &["model.safetensors", "tensor w", "[8, 4]"]);
+}
+
+#[test]
+fn index_naming_a_missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "model-00001-of-00002.safetensors",
+        &small_model()[..2],
+    );
+    write_index(
+        dir.path(),
+        &[
+            (
+                "model.layers.0.self_attn.q_proj.weight",
+                "model-00001-of-00002.safetensors",
+            ),
+            (
+                "model.layers.0.self_attn.k_proj.weight",
+                "model-00001-of-00002.safetensors",
+            ),
+            ("model.norm.weight", "model-00002-of-00002.safetensors"),
+        ],
+    );
+    let (e, msg) = open_err(dir.path());
+    assert!(matches!(e, CheckpointError::IndexMissingFile { .. }));
+    assert_has(
+        &msg,
+        &[
+            "model.safetensors.index.json",
+            "model-00002-of-00002.safetensors",
+            "model.norm.weight",
+        ],
+    );
+}
+
+#[test]
+fn index_naming_a_tensor_the_file_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut specs = small_model();
+    let norm = specs.pop().unwrap();
+    write(dir.path(), "a.safetensors", &specs);
+    write(dir.path(), "b.safetensors", &[norm]);
+    write_index(
+        dir.path(),
+        &[
+            ("model.layers.0.self_attn.q_proj.weight", "a.safetensors"),
+            ("model.layers.0.self_attn.k_proj.weight", "a.safetensors"),
+            ("model.norm.weight", "a.safetensors"), // really in b
+            ("lm_head.weight", "b.safetensors"),    // nowhere
+        ],
+    );
+    let (e, msg) = open_err(dir.path());
+    assert!(matches!(e, CheckpointError::IndexTensorNotInFile { .. }));
+    // Tensors are checked in name order: lm_head.weight first.
+    assert_has(
+        &msg,
+        &[
+            "model.safetensors.index.json",
+            "lm_head.weight",
+            "b.safetensors",
+            "no file",
+        ],
+    );
+
+    write_index(
+        dir.path(),
+        &[
+            ("model.layers.0.self_attn.q_proj.weight", "a.safetensors"),
+            ("model.norm.weight", "a.safetensors"),
+        ],
+    );
+    let (_, msg) = open_err(dir.path());
+    assert_has(
+        &msg,
+        &[
+            "model.norm.weight",
+            "a.safetensors",
+            "it is in",
+            "b.safetensors",
+        ],
+    );
+}
+
+#[test]
+fn bad_index_json_names_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "model.safetensors", &small_model());
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        "{\"weights\": {}}",
+    )
+    .unwrap();
+    let (e, msg) = open_err(dir.path());
+    assert!(matches!(e, CheckpointError::BadIndex { .. }));
+    assert_has(&msg, &["model.safetensors.index.json", "weight_map"]);
+}
+
+#[test]
+fn tensor_in_two_files_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.safetensors", &small_model());
+    write(
+        dir.path(),
+        "b.safetensors",
+        &[f32s("model.norm.weight", &[6], &[2.0; 6])],
+    );
+    let (e, msg) = open_err(dir.path());
+    assert!(matches!(e, CheckpointError::DuplicateTensor { .. }));
+    assert_has(
+        &msg,
+        &["model.norm.weight", "a.safetensors", "b.safetensors"],
+    );
+}
+
+#[test]
+fn empty_directory_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+    let (e, msg) = open_err(dir.path());
+    assert!(matches!(
+        e,
+        CheckpointError::NoWeights {
+            has_pytorch_bin: false,
+            ..
+        }
+    ));
+    assert_has(&msg, &[&dir.path().display().to_string(), "*.safetensors"]);
+    assert!(!msg.contains(".bin"), "{msg}");
+}
+
+#[test]
+fn pytorch_bin_only_says_convert() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pytorch_model.bin"), [0u8; 16]).unwrap();
+    let (e, msg) = open_err(dir.path());
+    assert!(matches!(
+        e,
+        CheckpointError::NoWeights {
+            has_pytorch_bin: true,
+            ..
+        }
+    ));
+    assert_has(
+        &msg,
+        &[
+            &dir.path().display().to_string(),
+            "pytorch_model.bin",
+            "not supported",
+            "safetensors",
+        ],
+    );
+}
+
+#[test]
+fn missing_directory_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let gone = dir.path().join("no-such-model");
+    let (e, msg) = open_err(&gone);
+    assert!(matches!(e, CheckpointError::Io { .. }));
+    assert_has(&msg, &["no-such-model"]);
+}
+
+#[test]
+fn errors_convert_into_the_crate_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let e: switchyard::error::Error = Checkpoint::open(dir.path()).unwrap_err().into();
+    assert!(e.to_string().contains("*.safetensors"), "{e}");
+}
+
+// ---------------------------------------------------------------- values
+
+#[test]
+fn bf16_f16_f32_round_trip_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let vals: Vec<f32> = vec![
+        0.0, -0.0, 1.0, -1.5, 3.3, 1e-3, -65504.0, 1e-7, 2.5e4, 0.1, 7.0, -8.125,
+    ];
+    write(
+        dir.path(),
+        "model.safetensors",
+        &[
+            bf16s("b", &[3, 4], &vals),
+            f16s("h", &[3, 4], &vals),
+            f32s("f", &[2, 6], &vals),
+        ],
+    );
+    let ck = Checkpoint::open(dir.path()).unwrap();
+
+    let b = ck.load("b", &[3, 4]).unwrap();
+    let want: Vec<f32> = vals.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
+    assert_eq!(b.dtype(), DType::BF16);
+    assert_eq!(b.dims(), [3, 4]);
+    assert_eq!(bits(b.as_slice()), bits(&want));
+
+    let h = ck.load("h", &[3, 4]).unwrap();
+    let want: Vec<f32> = vals.iter().map(|&v| f16::from_f32(v).to_f32()).collect();
+    assert_eq!(h.dtype(), DType::F16);
+    assert_eq!(bits(h.as_slice()), bits(&want));
+
+    let f = ck.load("f", &[2, 6]).unwrap();
+    assert_eq!(f.dtype(), DType::F32);
+    assert_eq!(bits(f.as_slice()), bits(&vals));
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn names_contains_and_total_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "model.safetensors", &small_model());
+    let ck = Checkpoint::open(dir.path()).unwrap();
+    assert_eq!(
+        ck.tensor_names(),
+        [
+            "model.layers.0.self_attn.k_proj.weight",
+            "model.layers.0.self_attn.q_proj.weight",
+            "model.norm.weight"
+        ]
+    );
+    assert!(ck.contains("model.norm.weight"));
+    assert!(!ck.contains("lm_head.weight"));
+    assert_eq!(ck.total_bytes(), 24 * 2 + 12 * 2 + 6 * 4);
+    assert_eq!(
+        ck.shape_of("model.layers.0.self_attn.k_proj.weight"),
+        Some(&[2, 6][..])
+    );
+    assert_eq!(ck.dtype_of("model.norm.weight"), Some("F32"));
+    assert_eq!(
+        ck.describe(),
+        format!("checkpoint {}", dir.path().display())
+    );
+    ck.finish_progress();
+}
+
+#[test]
+fn sharded_with_index_equals_unsharded() {
+    let one = tempfile::tempdir().unwrap();
+    let many = tempfile::tempdir().unwrap();
+    let specs = || {
+        vec![
+            bf16s("model.embed_tokens.weight", &[10, 8], &ramp(80)),
+            bf16s(
+                "model.layers.0.mlp.experts.0.gate_proj.weight",
+                &[16, 8],
+                &ramp(128),
+            ),
+            f16s(
+                "model.layers.0.mlp.experts.1.gate_proj.weight",
+                &[16, 8],
+                &ramp(128),
+            ),
+            f32s("model.norm.weight", &[8], &ramp(8)),
+            bf16s("lm_head.weight", &[10, 8], &ramp(80)),
+        ]
+    };
+    write(one.path(), "model.safetensors", &specs());
+    let mut all = specs();
+    let second = all.split_off(2);
+    write(many.path(), "model-00001-of-00002.safetensors", &all);
+    write(many.path(), "model-00002-of-00002.safetensors", &second);
+    let mut map: Vec<(&str, &str)> = all
+        .iter()
+        .map(|s| (s.name, "model-00001-of-00002.safetensors"))
+        .collect();
+    map.extend(
+        second
+            .iter()
+            .map(|s| (s.name, "model-00002-of-00002.safetensors")),
+    );
+    write_index(many.path(), &map);
+    // A stray file the index does not name is ignored.
+    write(
+        many.path(),
+        "zz-unrelated.safetensors",
+        &[f32s("model.norm.weight", &[1], &[9.0])],
+    );
+
+    let a = Checkpoint::open(one.path()).unwrap();
+    let b = Checkpoint::open(many.path()).unwrap();
+    assert_eq!(a.tensor_names(), b.tensor_names());
+    assert_eq!(a.total_bytes(), b.total_bytes());
+    for s in specs() {
+        let (x, y) = (
+            a.load(s.name, &s.shape).unwrap(),
+            b.load(s.name, &s.shape).unwrap(),
+        );
+        assert_eq!(x, y, "{}", s.name);
+    }
+}
+
+#[test]
+fn checkpoint_is_a_shareable_weight_source() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "model.safetensors", &small_model());
+    let source: std::sync::Arc<dyn WeightSource> =
+        std::sync::Arc::new(Checkpoint::open(dir.path()).unwrap());
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let s = source.clone();
+            std::thread::spawn(move || s.load("model.norm.weight", &[6]).unwrap().into_vec())
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), vec![1.0; 6]);
+    }
+}
+
+// ---------------------------------------------------------------- random weights
+
+#[test]
+fn random_weights_are_deterministic_per_seed_and_name() {
+    let w = RandomWeights::new(7);
+    let name = "model.layers.0.mlp.experts.3.down_proj.weight";
+    let shape = [300, 700]; // several parallel chunks
+    let a = w.load(name, &shape).unwrap();
+    let b = RandomWeights::new(7).load(name, &shape).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.dtype(), DType::BF16);
+    assert_ne!(a, RandomWeights::new(8).load(name, &shape).unwrap());
+    let other = w
+        .load("model.layers.0.mlp.experts.4.down_proj.weight", &shape)
+        .unwrap();
+    assert_ne!(a, other);
+    assert_eq!(w.describe(), "random weights, seed 7");
+}
+
+#[test]
+fn random_weights_have_the_right_std_and_are_bf16_values() {
+    let w = RandomWeights::new(42);
+    let cols = 256;
+    let t = w
+        .load("model.layers.1.self_attn.o_proj.weight", &[1024, cols])
+        .unwrap();
+    let v = t.as_slice();
+    let n = v.len() as f64;
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+    let want = 1.0 / (cols as f64).sqrt();
+    assert!(mean.abs() < 0.01 * want, "mean {mean}");
+    assert!(
+        (var.sqrt() / want - 1.0).abs() < 0.01,
+        "std {} want {want}",
+        var.sqrt()
+    );
+    // Roughly Gaussian: ~68% within one std.
+    let within = v.iter().filter(|&&x| (x as f64).abs() < want).count() as f64 / n;
+    assert!((within - 0.6827).abs() < 0.01, "within 1 std: {within}");
+    assert!(
+        v.iter().all(|&x| bf16::from_f32(x).to_f32() == x),
+        "values are bf16-representable"
+    );
+}
+
+#[test]
+fn random_norms_are_one_and_biases_zero() {
+    let w = RandomWeights::new(1);
+    for name in [
+        "model.norm.weight",
+        "model.layers.2.input_layernorm.weight",
+        "model.layers.2.self_attn.k_norm.weight",
+    ] {
+        assert_eq!(
+            w.load(name, &[16]).unwrap().into_vec(),
+            vec![1.0; 16],
+            "{name}"
+        );
+    }
+    for name in [
+        "model.layers.0.self_attn.q_proj.bias",
+        "model.layers.3.mlp.gate.e_score_correction_bias",
+    ] {
+        assert_eq!(
+            w.load(name, &[16]).unwrap().into_vec(),
+            vec![0.0; 16],
+            "{name}"
+        );
+    }
+}
