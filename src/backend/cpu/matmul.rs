@@ -1,0 +1,94 @@
+//! Dense products through the `gemm` crate (multithreaded, SIMD).
+
+use gemm::{gemm, Parallelism};
+
+/// Below this many multiply-adds one thread is faster than waking the pool.
+const PARALLEL_MIN_FLOPS: usize = 1 << 18;
+
+/// `out[m, n] = x[m, k] · w[n, k]ᵀ (+ bias[n])`: a linear layer with PyTorch's weight layout.
+pub fn linear(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    let mut out = vec![0.0f32; m * n];
+    linear_into(&mut out, x, m, k, w, n, bias);
+    out
+}
+
+/// [`linear`] writing into `out` (overwritten).
+pub fn linear_into(out: &mut [f32], x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Option<&[f32]>) {
+    assert_eq!(x.len(), m * k, "linear: x is not [{m}, {k}]");
+    assert_eq!(w.len(), n * k, "linear: w is not [{n}, {k}]");
+    assert_eq!(out.len(), m * n, "linear: out is not [{m}, {n}]");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        out.fill(0.0);
+    } else {
+        let parallelism = if m * n * k >= PARALLEL_MIN_FLOPS { Parallelism::Rayon(0) } else { Parallelism::None };
+        // SAFETY: the asserts above bound every index gemm touches: dst is m×n row-major
+        // (row stride n), lhs is x as m×k row-major, rhs is wᵀ as k×n (element (i, j) = w[j*k + i]).
+        unsafe {
+            gemm(
+                m,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                k as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    }
+    if let Some(b) = bias {
+        for row in out.chunks_exact_mut(n) {
+            for (o, bi) in row.iter_mut().zip(b) {
+                *o += bi;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k).map(|l| x[i * k + l] as f64 * w[j * k + l] as f64).sum::<f64>() as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_the_naive_product_small_and_large() {
+        for &(m, k, n) in &[(1, 1, 1), (3, 5, 7), (17, 64, 33), (64, 256, 128)] {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
+            let got = linear(&x, m, k, &w, n, None);
+            let want = naive(&x, m, k, &w, n);
+            for (g, r) in got.iter().zip(&want) {
+                assert!((g - r).abs() <= 1e-4 * (1.0 + r.abs()), "{m}x{k}x{n}: {g} vs {r}");
+            }
+        }
+    }
+
+    #[test]
+    fn adds_the_bias_to_every_row() {
+        let out = linear(&[1.0, 2.0, 3.0, 4.0], 2, 2, &[1.0, 0.0, 0.0, 1.0], 2, Some(&[10.0, 20.0]));
+        assert_eq!(out, vec![11.0, 22.0, 13.0, 24.0]);
+    }
+}

@@ -1,0 +1,3 @@
+//! Compute backends. `cpu` is the exact f32 reference every other backend is tested against.
+
+pub mod cpu;

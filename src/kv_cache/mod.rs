@@ -1,0 +1,8 @@
+//! The paged KV cache (Kwon et al. 2023, vLLM): fixed-size blocks of token slots, handed to
+//! sequences through block tables, so memory is never reserved for tokens not yet generated.
+
+mod allocator;
+mod layer;
+
+pub use allocator::{BlockAllocator, BlockTable};
+pub use layer::{KvCache, LayerCache};
