@@ -1,0 +1,97 @@
+//! Grouped-query attention (Ainslie et al. 2023): fused QKV projection, optional per-head
+//! q/k RMSNorm (Qwen3), RoPE, paged causal attention, output projection.
+
+use crate::backend::cpu::attention::cache_slot;
+use crate::checkpoint::WeightSource;
+use crate::config::{AttentionKind, ModelConfig};
+use crate::error::Result;
+use crate::kv_cache::LayerCache;
+use crate::model::{Linear, StepBatch};
+use crate::ops::{self, Heads, PagedCache, Rotary};
+use crate::tensor::Tensor;
+
+/// One layer's attention.
+#[derive(Debug, Clone)]
+pub struct GqaAttention {
+    qkv: Linear,
+    o: Linear,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    rotary: Rotary,
+    window: Option<usize>,
+    eps: f32,
+}
+
+impl GqaAttention {
+    /// Loads `{prefix}.{q,k,v,o}_proj` (and q_norm/k_norm) of layer `prefix`.
+    pub fn load(cfg: &ModelConfig, src: &dyn WeightSource, prefix: &str) -> Result<Self> {
+        let AttentionKind::Gqa { qkv_bias, o_bias, qk_norm } = cfg.attention else {
+            unreachable!("GqaAttention::load called for MLA")
+        };
+        let (h, hd, nh, nkv) = (cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
+        let q = Linear::load(src, &format!("{prefix}.q_proj"), nh * hd, h, qkv_bias)?;
+        let k = Linear::load(src, &format!("{prefix}.k_proj"), nkv * hd, h, qkv_bias)?;
+        let v = Linear::load(src, &format!("{prefix}.v_proj"), nkv * hd, h, qkv_bias)?;
+        let norm = |n: &str| src.load(&format!("{prefix}.{n}.weight"), &[hd]);
+        Ok(Self {
+            qkv: Linear::concat_out(&[q, k, v])?,
+            o: Linear::load(src, &format!("{prefix}.o_proj"), h, nh * hd, o_bias)?,
+            q_norm: if qk_norm { Some(norm("q_norm")?) } else { None },
+            k_norm: if qk_norm { Some(norm("k_norm")?) } else { None },
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            rotary: Rotary::new(&cfg.rope, hd),
+            window: cfg.sliding_window,
+            eps: cfg.rms_norm_eps,
+        })
+    }
+
+    /// Cache row widths (keys, values) of this layer.
+    pub fn cache_widths(&self) -> (usize, usize) {
+        (self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim)
+    }
+
+    /// Attention of the batch's new tokens `x` [T, hidden]; writes their K/V into `cache`.
+    pub fn forward(&self, x: &Tensor, batch: &StepBatch, cache: &mut LayerCache, block_size: usize) -> Result<Tensor> {
+        let (q_w, kv_w) = (self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim);
+        let qkv = self.qkv.forward(x)?;
+        let t = batch.tokens.len();
+        let mut q = Vec::with_capacity(t * q_w);
+        let mut k = Vec::with_capacity(t * kv_w);
+        let mut v = Vec::with_capacity(t * kv_w);
+        for row in qkv.as_slice().chunks_exact(q_w + 2 * kv_w) {
+            q.extend_from_slice(&row[..q_w]);
+            k.extend_from_slice(&row[q_w..q_w + kv_w]);
+            v.extend_from_slice(&row[q_w + kv_w..]);
+        }
+        let mut q = Tensor::from_f32([t, q_w], q)?;
+        let mut k = Tensor::from_f32([t, kv_w], k)?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            ops::rms_norm_chunks(&mut q, qn, self.eps);
+            ops::rms_norm_chunks(&mut k, kn, self.eps);
+        }
+        let positions = batch.positions();
+        ops::rope(&mut q, &self.rotary, &positions);
+        ops::rope(&mut k, &self.rotary, &positions);
+        for (i, qp) in batch.queries.iter().enumerate() {
+            let slot = cache_slot(&batch.tables[qp.seq], block_size, qp.pos);
+            cache.write(slot, k.row(i), &v[i * kv_w..][..kv_w]);
+        }
+        let heads = Heads {
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            qk_dim: self.head_dim,
+            v_dim: self.head_dim,
+            scale: 1.0 / (self.head_dim as f32).sqrt(),
+            window: self.window,
+        };
+        let keys = PagedCache { data: &cache.keys, width: kv_w, block_size };
+        let values = PagedCache { data: &cache.values, width: kv_w, block_size };
+        let attn = ops::paged_attention(&q, &batch.queries, &batch.table_refs(), keys, values, heads)?;
+        self.o.forward(&attn)
+    }
+}

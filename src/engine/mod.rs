@@ -1,0 +1,10 @@
+//! Running a model: sequences with their cache blocks, prefill then one-token decode steps.
+//! The serving scheduler batches many sequences through the same [`StepBatch`] path.
+//!
+//! [`StepBatch`]: crate::model::StepBatch
+
+mod generate;
+mod sequence;
+
+pub use generate::{Engine, GenerateOptions, Generation};
+pub use sequence::Sequence;

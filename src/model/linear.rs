@@ -1,0 +1,70 @@
+//! A linear layer's weights, in PyTorch's [out, in] layout.
+
+use crate::checkpoint::WeightSource;
+use crate::error::{Error, Result};
+use crate::ops;
+use crate::tensor::Tensor;
+
+/// `y = x · Wᵀ + b`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// [out, in].
+    pub weight: Tensor,
+    /// [out], when the layer has a bias.
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Loads `{prefix}.weight` (and `{prefix}.bias` when `bias`).
+    pub fn load(src: &dyn WeightSource, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Self> {
+        let weight = src.load(&format!("{prefix}.weight"), &[out, inp])?;
+        let bias = if bias { Some(src.load(&format!("{prefix}.bias"), &[out])?) } else { None };
+        Ok(Self { weight, bias })
+    }
+
+    /// Stacks layers with the same input along the output dim (fused QKV, fused gate/up).
+    pub fn concat_out(parts: &[Linear]) -> Result<Self> {
+        let inp = parts[0].in_features();
+        let mut w = Vec::new();
+        let mut b = Vec::new();
+        let mut out = 0;
+        let has_bias = parts.iter().any(|p| p.bias.is_some());
+        for p in parts {
+            if p.in_features() != inp {
+                return Err(Error::Shape(format!("cannot fuse linears with inputs {inp} and {}", p.in_features())));
+            }
+            out += p.out_features();
+            w.extend_from_slice(p.weight.as_slice());
+            match &p.bias {
+                Some(bias) => b.extend_from_slice(bias.as_slice()),
+                None if has_bias => b.extend(std::iter::repeat_n(0.0, p.out_features())),
+                None => {}
+            }
+        }
+        let dtype = parts[0].weight.dtype();
+        Ok(Self {
+            weight: Tensor::from_f32_stored_as([out, inp], w, dtype)?,
+            bias: if has_bias { Some(Tensor::from_f32_stored_as([out], b, dtype)?) } else { None },
+        })
+    }
+
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// Input features.
+    pub fn in_features(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    /// Applies the layer to the rows of `x`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ops::linear(x, &self.weight, self.bias.as_ref())
+    }
+
+    /// Bytes of the weights in their stored dtype.
+    pub fn stored_bytes(&self) -> usize {
+        self.weight.stored_bytes() + self.bias.as_ref().map_or(0, Tensor::stored_bytes)
+    }
+}

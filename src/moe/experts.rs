@@ -1,0 +1,115 @@
+//! A bank of SwiGLU experts stored stacked for the grouped GEMM: `gate_up` [n, 2I, H] (gate
+//! rows, then up rows) and `down` [n, H, I].
+
+use crate::checkpoint::{CheckpointError, WeightSource};
+use crate::error::Result;
+use crate::ops;
+use crate::tensor::Tensor;
+
+/// Experts of one layer (all of them, or the slots one rank holds).
+#[derive(Debug, Clone)]
+pub struct ExpertBank {
+    gate_up: Tensor,
+    down: Tensor,
+    gate_up_bias: Option<Tensor>,
+    down_bias: Option<Tensor>,
+}
+
+impl ExpertBank {
+    /// Loads experts `ids` of a sparse block at `prefix` (e.g. `model.layers.3.mlp`), named
+    /// per expert as the hub has them (`{prefix}.experts.{e}.{gate,up,down}`), or fused as
+    /// transformers 5 keeps them in memory (`{prefix}.experts.gate_up_proj`, `.down_proj`).
+    pub fn load_experts(src: &dyn WeightSource, prefix: &str, proj: [&str; 3], ids: &[usize], hidden: usize, inter: usize) -> Result<Self> {
+        let mut gate_up = Vec::with_capacity(ids.len() * 2 * inter * hidden);
+        let mut down = Vec::with_capacity(ids.len() * hidden * inter);
+        for &e in ids {
+            let name = |p: &str| format!("{prefix}.experts.{e}.{p}.weight");
+            let gate = match src.load(&name(proj[0]), &[inter, hidden]) {
+                Err(CheckpointError::MissingTensor { .. }) if ids.first() == Some(&e) => {
+                    return Self::load_fused(src, prefix, ids, hidden, inter);
+                }
+                other => other?,
+            };
+            gate_up.extend_from_slice(gate.as_slice());
+            gate_up.extend_from_slice(src.load(&name(proj[1]), &[inter, hidden])?.as_slice());
+            down.extend_from_slice(src.load(&name(proj[2]), &[hidden, inter])?.as_slice());
+        }
+        let dtype = src.load(&format!("{prefix}.experts.{}.{}.weight", ids[0], proj[2]), &[hidden, inter])?.dtype();
+        Ok(Self {
+            gate_up: Tensor::from_f32_stored_as([ids.len(), 2 * inter, hidden], gate_up, dtype)?,
+            down: Tensor::from_f32_stored_as([ids.len(), hidden, inter], down, dtype)?,
+            gate_up_bias: None,
+            down_bias: None,
+        })
+    }
+
+    fn load_fused(src: &dyn WeightSource, prefix: &str, ids: &[usize], hidden: usize, inter: usize) -> Result<Self> {
+        let n = ids.iter().max().map_or(0, |m| m + 1);
+        let gate_up = src.load(&format!("{prefix}.experts.gate_up_proj"), &[n, 2 * inter, hidden])?;
+        let down = src.load(&format!("{prefix}.experts.down_proj"), &[n, hidden, inter])?;
+        let pick = |t: &Tensor, rows: usize| -> Result<Tensor> {
+            let mut v = Vec::with_capacity(ids.len() * rows);
+            for &e in ids {
+                v.extend_from_slice(&t.as_slice()[e * rows..][..rows]);
+            }
+            let mut dims = t.dims().to_vec();
+            dims[0] = ids.len();
+            Tensor::from_f32_stored_as(dims, v, t.dtype())
+        };
+        Ok(Self {
+            gate_up: pick(&gate_up, 2 * inter * hidden)?,
+            down: pick(&down, hidden * inter)?,
+            gate_up_bias: None,
+            down_bias: None,
+        })
+    }
+
+    /// A dense SwiGLU MLP `{prefix}.{gate,up,down}_proj` as a bank of one expert.
+    pub fn load_dense(src: &dyn WeightSource, prefix: &str, hidden: usize, inter: usize, bias: bool) -> Result<Self> {
+        let [g, u, d] = super::ExpertNames::DENSE;
+        let w = |p: &str, shape: &[usize]| src.load(&format!("{prefix}.{p}.weight"), shape);
+        let b = |p: &str, n: usize| -> Result<Option<Tensor>> {
+            Ok(if bias { Some(src.load(&format!("{prefix}.{p}.bias"), &[n])?) } else { None })
+        };
+        let (gate, up) = (w(g, &[inter, hidden])?, w(u, &[inter, hidden])?);
+        let dtype = gate.dtype();
+        let mut gu = gate.into_vec();
+        gu.extend_from_slice(up.as_slice());
+        let gate_up_bias = match (b(g, inter)?, b(u, inter)?) {
+            (Some(bg), Some(bu)) => {
+                let mut v = bg.into_vec();
+                v.extend_from_slice(bu.as_slice());
+                Some(Tensor::from_f32([1, 2 * inter], v)?)
+            }
+            _ => None,
+        };
+        let down_bias = b(d, hidden)?.map(|t| t.reshape([1, hidden])).transpose()?;
+        Ok(Self {
+            gate_up: Tensor::from_f32_stored_as([1, 2 * inter, hidden], gu, dtype)?,
+            down: w(d, &[hidden, inter])?.reshape([1, hidden, inter])?,
+            gate_up_bias,
+            down_bias,
+        })
+    }
+
+    /// Experts in the bank.
+    pub fn len(&self) -> usize {
+        self.down.dims()[0]
+    }
+
+    /// Whether the bank is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of the weights in their stored dtype.
+    pub fn stored_bytes(&self) -> usize {
+        self.gate_up.stored_bytes() + self.down.stored_bytes()
+    }
+
+    /// Rows `offsets[e]..offsets[e+1]` of `x` through expert e (grouped GEMM).
+    pub fn forward_grouped(&self, x: &Tensor, offsets: &[usize]) -> Result<Tensor> {
+        let biases = self.gate_up_bias.as_ref().zip(self.down_bias.as_ref());
+        ops::grouped_swiglu(x, offsets, &self.gate_up, &self.down, biases)
+    }
+}

@@ -1,0 +1,65 @@
+//! The router: logits = x · W_gateᵀ, then the reference top-k of the experts crate.
+
+use crate::checkpoint::WeightSource;
+use crate::error::Result;
+use crate::ops;
+use crate::tensor::Tensor;
+use switchyard_experts::{route, RouterConfig, Routing};
+
+/// How a block's tokens pick experts.
+#[derive(Debug, Clone)]
+pub enum Router {
+    /// A dense MLP: every token to expert 0 with weight 1.
+    Single,
+    /// A learned top-k router.
+    Learned {
+        /// [n_experts, hidden].
+        gate: Tensor,
+        /// Selection-only bias (DeepSeek-V3's `e_score_correction_bias`).
+        correction_bias: Option<Vec<f32>>,
+        /// The routing variant.
+        config: RouterConfig,
+    },
+}
+
+impl Router {
+    /// Loads `{prefix}.gate.weight` (and the correction bias when `with_bias`).
+    pub fn load(src: &dyn WeightSource, prefix: &str, config: RouterConfig, hidden: usize, with_bias: bool) -> Result<Self> {
+        let n = config.n_experts;
+        let gate = src.load(&format!("{prefix}.gate.weight"), &[n, hidden])?;
+        let correction_bias = if with_bias {
+            Some(src.load(&format!("{prefix}.gate.e_score_correction_bias"), &[n])?.into_vec())
+        } else {
+            None
+        };
+        Ok(Router::Learned { gate, correction_bias, config })
+    }
+
+    /// Experts chosen per token.
+    pub fn top_k(&self) -> usize {
+        match self {
+            Router::Single => 1,
+            Router::Learned { config, .. } => config.top_k,
+        }
+    }
+
+    /// Logical experts.
+    pub fn n_experts(&self) -> usize {
+        match self {
+            Router::Single => 1,
+            Router::Learned { config, .. } => config.n_experts,
+        }
+    }
+
+    /// Routes the rows of `x` [T, hidden].
+    pub fn route(&self, x: &Tensor) -> Result<Routing> {
+        let n_tokens = x.dims()[0];
+        match self {
+            Router::Single => Ok(Routing { top_k: 1, experts: vec![0; n_tokens], weights: vec![1.0; n_tokens] }),
+            Router::Learned { gate, correction_bias, config } => {
+                let logits = ops::linear(x, gate, None)?;
+                Ok(route(logits.as_slice(), n_tokens, config, correction_bias.as_deref())?)
+            }
+        }
+    }
+}
