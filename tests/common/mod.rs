@@ -1,0 +1,62 @@
+//! Shared helpers of the integration tests: the golden fixtures and how to compare with them.
+
+#![allow(dead_code)]
+
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// One greedy run of a golden.
+#[derive(Debug, Deserialize)]
+pub struct Greedy {
+    pub tokens: Vec<u32>,
+    pub margins: Vec<f32>,
+}
+
+/// A fixture's golden.json (computed by transformers; see scripts/make_fixtures.py).
+#[derive(Debug, Deserialize)]
+pub struct Golden {
+    pub model_type: String,
+    pub prompts: Vec<Vec<u32>>,
+    pub logits: Vec<Vec<Vec<f32>>>,
+    pub greedy: Vec<Greedy>,
+    pub text: Option<TextGolden>,
+}
+
+/// A text prompt and its ids under the fixture's tokenizer.
+#[derive(Debug, Deserialize)]
+pub struct TextGolden {
+    pub prompt: String,
+    pub ids: Vec<u32>,
+}
+
+/// The directory of fixture `name`.
+pub fn fixture_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// Reads fixture `name`'s golden.json.
+pub fn golden(name: &str) -> Golden {
+    let path = fixture_dir(name).join("golden.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// ‖got − want‖₂ / ‖want‖₂.
+pub fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "length differs");
+    let diff: f64 = got.iter().zip(want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+    let norm: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+    (diff / norm).sqrt()
+}
+
+/// Greedy margin under which a token may legitimately differ from the golden.
+pub const SMALL_MARGIN: f32 = 0.05;
+
+/// The prefix of the golden's greedy tokens that must match exactly: up to (excluding) the
+/// first step whose top-2 margin is small, since float rounding can flip such a step.
+pub fn decisive_prefix(g: &Greedy) -> usize {
+    g.margins.iter().position(|&m| m < SMALL_MARGIN).unwrap_or(g.tokens.len())
+}
+
+/// The architectures the CPU engine runs today, by fixture.
+pub const FIXTURES: &[&str] = &["llama_tied", "llama_bias_sharded", "mistral_window", "mixtral", "qwen2_moe", "qwen3_moe"];
