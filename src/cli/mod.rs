@@ -1,0 +1,32 @@
+//! Subcommands. Each parses its flags, calls the library and prints; errors surface here as
+//! anyhow with the library's message.
+
+mod generate;
+mod model_args;
+mod score;
+
+use clap::{Parser, Subcommand};
+
+/// switchyard: an MoE-first expert-parallel inference engine.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the logits at every prompt position.
+    Score(score::ScoreArgs),
+    /// Generate tokens after a prompt.
+    Generate(generate::GenerateArgs),
+}
+
+/// Runs the chosen subcommand.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Score(a) => score::run(a),
+        Command::Generate(a) => generate::run(a),
+    }
+}
