@@ -4,17 +4,18 @@
 use super::Sequence;
 use crate::backend::cpu::sample::{sample, top2_margin, SamplingParams};
 use crate::error::{Error, Result};
-use crate::kv_cache::KvCache;
+use super::executor::{Executor, LocalExecutor};
+use crate::config::ModelConfig;
+use crate::kv_cache::BlockAllocator;
 use crate::model::{Model, StepBatch};
 use crate::tensor::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// A model with its cache.
-#[derive(Debug)]
+/// An executor with the block allocator that places sequences in its cache.
 pub struct Engine {
-    model: Model,
-    cache: KvCache,
+    executor: Box<dyn Executor>,
+    allocator: BlockAllocator,
 }
 
 /// How to generate.
@@ -42,24 +43,30 @@ pub struct Generation {
 }
 
 impl Engine {
-    /// An engine whose cache holds `cache_tokens` tokens in blocks of `block_size`.
+    /// One local rank whose cache holds `cache_tokens` tokens in blocks of `block_size`.
     pub fn new(model: Model, cache_tokens: usize, block_size: usize) -> Self {
-        let cache = model.new_cache(cache_tokens.div_ceil(block_size), block_size);
-        Self { model, cache }
+        let num_blocks = cache_tokens.div_ceil(block_size);
+        Self::with_executor(Box::new(LocalExecutor::new(model, num_blocks, block_size)))
     }
 
-    /// The model.
-    pub fn model(&self) -> &Model {
-        &self.model
+    /// An engine over any executor.
+    pub fn with_executor(executor: Box<dyn Executor>) -> Self {
+        let allocator = BlockAllocator::new(executor.num_blocks(), executor.block_size());
+        Self { executor, allocator }
+    }
+
+    /// The model's config.
+    pub fn config(&self) -> &ModelConfig {
+        self.executor.config()
     }
 
     /// Blocks of the cache in use (0 when no sequence is alive).
     pub fn used_blocks(&self) -> usize {
-        self.cache.allocator().used_blocks()
+        self.allocator.used_blocks()
     }
 
     fn check_prompt(&self, prompt: &[u32], extra: usize) -> Result<()> {
-        let cfg = self.model.config();
+        let cfg = self.executor.config();
         if prompt.is_empty() {
             return Err(Error::Input("the prompt is empty".into()));
         }
@@ -83,7 +90,7 @@ impl Engine {
         seq.table.reserve(seq.tokens.len())?;
         let mut batch = StepBatch::default();
         batch.push_sequence(seq.uncached(), seq.cached, seq.table.blocks().to_vec(), all_logits);
-        let out = self.model.forward(&batch, &mut self.cache)?;
+        let out = self.executor.step(&batch)?;
         seq.cached = seq.tokens.len();
         Ok(out.logits)
     }
@@ -91,7 +98,7 @@ impl Engine {
     /// Logits at every prompt position ([len, vocab]).
     pub fn score(&mut self, prompt: &[u32]) -> Result<Tensor> {
         self.check_prompt(prompt, 0)?;
-        let mut seq = Sequence::new(prompt.to_vec(), self.cache.allocator());
+        let mut seq = Sequence::new(prompt.to_vec(), &self.allocator);
         self.step(&mut seq, true)
     }
 
@@ -99,7 +106,7 @@ impl Engine {
     pub fn generate(&mut self, prompt: &[u32], opts: &GenerateOptions) -> Result<Generation> {
         self.check_prompt(prompt, opts.max_tokens)?;
         let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
-        let mut seq = Sequence::new(prompt.to_vec(), self.cache.allocator());
+        let mut seq = Sequence::new(prompt.to_vec(), &self.allocator);
         let mut out = Generation { tokens: Vec::new(), margins: Vec::new(), stopped_at_eos: false };
         while out.tokens.len() < opts.max_tokens {
             let logits = self.step(&mut seq, false)?;
@@ -108,7 +115,7 @@ impl Engine {
             out.tokens.push(next);
             out.margins.push(top2_margin(row));
             seq.tokens.push(next);
-            if !opts.ignore_eos && self.model.config().eos_token_ids.contains(&next) {
+            if !opts.ignore_eos && self.executor.config().eos_token_ids.contains(&next) {
                 out.stopped_at_eos = true;
                 break;
             }

@@ -3,8 +3,10 @@
 //!
 //! [`StepBatch`]: crate::model::StepBatch
 
+mod executor;
 mod generate;
 mod sequence;
 
+pub use executor::{Executor, LocalExecutor};
 pub use generate::{Engine, GenerateOptions, Generation};
 pub use sequence::Sequence;

@@ -1,5 +1,3 @@
-use super::allocator::BlockAllocator;
-
 /// One layer's cache: `keys` and `values` as [num_blocks · block_size, width] rows. GQA stores
 /// K and V per KV head; MLA stores its compressed latent and rope key as `keys` and no values.
 #[derive(Debug, Clone)]
@@ -24,12 +22,15 @@ impl LayerCache {
     }
 }
 
-/// The cache of every layer this rank holds, sharing one block allocator.
+/// The cache storage of every layer one rank holds. Which blocks belong to which sequence is
+/// decided by the driver's [`super::BlockAllocator`]; every rank indexes its storage by the same
+/// block ids.
 #[derive(Debug)]
 pub struct KvCache {
     /// Per-layer storage.
     pub layers: Vec<LayerCache>,
-    allocator: BlockAllocator,
+    num_blocks: usize,
+    block_size: usize,
 }
 
 impl KvCache {
@@ -45,17 +46,17 @@ impl KvCache {
                 v_width,
             })
             .collect();
-        Self { layers, allocator: BlockAllocator::new(num_blocks, block_size) }
+        Self { layers, num_blocks, block_size }
     }
 
-    /// The allocator sequences take blocks from.
-    pub fn allocator(&self) -> &BlockAllocator {
-        &self.allocator
+    /// Blocks of storage.
+    pub fn num_blocks(&self) -> usize {
+        self.num_blocks
     }
 
     /// Slots per block.
     pub fn block_size(&self) -> usize {
-        self.allocator.block_size()
+        self.block_size
     }
 
     /// Bytes one token takes across layers (f32 on the CPU).

@@ -40,6 +40,10 @@ pub struct StepOutput {
     pub logits: Tensor,
     /// Per layer, tokens routed to each logical expert (empty for dense layers).
     pub expert_counts: Vec<Vec<u64>>,
+    /// Per layer, (token, expert) pairs each EP rank computed (empty for dense layers).
+    pub rank_tokens: Vec<Vec<u64>>,
+    /// Bytes the communicators moved between ranks during the step.
+    pub comm_bytes: u64,
 }
 
 impl DecoderLayer {
@@ -101,6 +105,7 @@ impl Model {
         let mut residual = ops::embedding(&self.embed, &batch.tokens)?;
         let mut delta: Option<Tensor> = None;
         let mut expert_counts = Vec::with_capacity(self.layers.len());
+        let mut rank_tokens = Vec::with_capacity(self.layers.len());
         for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let x = match &delta {
                 Some(d) => ops::add_rms_norm(&mut residual, d, &layer.input_norm, eps)?,
@@ -109,6 +114,7 @@ impl Model {
             let attn = layer.attention.forward(&x, batch, layer_cache, block_size)?;
             let x = ops::add_rms_norm(&mut residual, &attn, &layer.post_attention_norm, eps)?;
             let moe = layer.ffn.forward(&x)?;
+            rank_tokens.push(if moe.expert_counts.is_empty() { Vec::new() } else { vec![moe.expert_counts.iter().sum()] });
             expert_counts.push(moe.expert_counts);
             delta = Some(moe.hidden);
         }
@@ -119,6 +125,6 @@ impl Model {
         let rows: Vec<f32> = batch.logit_rows.iter().flat_map(|&r| residual.row(r).to_vec()).collect();
         let rows = ops::rms_norm(&Tensor::from_f32([batch.logit_rows.len(), h], rows)?, &self.norm, eps)?;
         let logits = ops::linear(&rows, self.lm_head.as_ref().unwrap_or(&self.embed), None)?;
-        Ok(StepOutput { logits, expert_counts })
+        Ok(StepOutput { logits, expert_counts, rank_tokens, comm_bytes: 0 })
     }
 }
