@@ -52,7 +52,7 @@ macro_rules! golden_tests {
     )*};
 }
 
-golden_tests!(llama_tied, llama_bias_sharded, mistral_window, mixtral, qwen2_moe, qwen3_moe);
+golden_tests!(llama_tied, llama_bias_sharded, mistral_window, mixtral, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3, deepseek_v3_yarn);
 
 #[test]
 fn tokenizer_matches_transformers() {

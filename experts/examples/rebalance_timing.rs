@@ -11,11 +11,15 @@ use switchyard_experts::{rebalance, Placement, RebalanceOptions, Topology};
 fn main() {
     let loads = zipf_loads(256, 1.2, 58, 7);
     let current = vec![Placement::padded(256, 64, 32).expect("valid layout"); 58];
-    let topo = Topology { n_nodes: 8, ranks_per_node: 8 };
+    let topo = Topology {
+        n_nodes: 8,
+        ranks_per_node: 8,
+    };
     let mut times = Vec::new();
     for _ in 0..20 {
         let start = Instant::now();
-        let out = rebalance(&loads, &current, topo, RebalanceOptions::default()).expect("rebalance");
+        let out =
+            rebalance(&loads, &current, topo, RebalanceOptions::default()).expect("rebalance");
         times.push(start.elapsed().as_secs_f64() * 1e3);
         std::hint::black_box(out);
     }
@@ -26,10 +30,16 @@ fn main() {
         times[times.len() / 2],
         times[times.len() - 1]
     );
-    let flat = Topology { n_nodes: 1, ranks_per_node: 64 };
+    let flat = Topology {
+        n_nodes: 1,
+        ranks_per_node: 64,
+    };
     let start = Instant::now();
     let out = rebalance(&loads, &current, flat, RebalanceOptions::default()).expect("rebalance");
-    println!("same, one node (global, 64x64 matching): {:.2} ms", start.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "same, one node (global, 64x64 matching): {:.2} ms",
+        start.elapsed().as_secs_f64() * 1e3
+    );
     std::hint::black_box(out);
     match simulate(&loads, 64, 8, 32) {
         Ok(r) => println!(

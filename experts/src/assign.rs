@@ -2,7 +2,7 @@
 //! as much as possible. Permuting whole ranks (or whole nodes) and the slots inside a rank never
 //! changes any rank's load, so these are free choices among equal-cost answers.
 
-use crate::placement::EMPTY_SLOT;
+use crate::placement::{Placement, PlacementError, EMPTY_SLOT};
 
 /// Maximum-weight perfect assignment on a square matrix (`gain[i][j]`: gain of giving row `i`
 /// column `j`). Returns `col_of_row`. Hungarian algorithm with potentials, O(n^3); deterministic.
@@ -78,7 +78,11 @@ const EXACT_MAX: usize = 16;
 
 /// Maximum-weight assignment: exact up to 16 x 16, greedy above. `sizes_row[i]`/`sizes_col[j]`
 /// break ties so that a row equal to a column (gain = both sizes) is matched with it first.
-pub(crate) fn assignment(gain: &[Vec<i64>], sizes_row: &[usize], sizes_col: &[usize]) -> Vec<usize> {
+pub(crate) fn assignment(
+    gain: &[Vec<i64>],
+    sizes_row: &[usize],
+    sizes_col: &[usize],
+) -> Vec<usize> {
     if gain.len() <= EXACT_MAX {
         max_assignment(gain)
     } else {
@@ -88,7 +92,11 @@ pub(crate) fn assignment(gain: &[Vec<i64>], sizes_row: &[usize], sizes_col: &[us
 
 /// Greedy matching: pairs by gain (descending), then size difference (ascending), then row,
 /// then column; each pair taken if both ends are free. Identical sets always pair up.
-pub(crate) fn greedy_assignment(gain: &[Vec<i64>], sizes_row: &[usize], sizes_col: &[usize]) -> Vec<usize> {
+pub(crate) fn greedy_assignment(
+    gain: &[Vec<i64>],
+    sizes_row: &[usize],
+    sizes_col: &[usize],
+) -> Vec<usize> {
     let n = gain.len();
     let mut pairs: Vec<(i64, usize, usize, usize)> = Vec::with_capacity(n * n);
     for i in 0..n {
@@ -153,4 +161,82 @@ pub(crate) fn order_slots(new: &[u32], current: &[u32]) -> Vec<u32> {
         }
     }
     out
+}
+
+/// Relabels nodes (blocks of `node_size` ranks), then ranks inside them, to overlap `current`
+/// most, then orders each rank's slots to keep experts where they are.
+pub(crate) fn stick(
+    rank_sets: Vec<Vec<u32>>,
+    current: &Placement,
+    node_size: usize,
+) -> Result<Placement, PlacementError> {
+    let n_ranks = rank_sets.len();
+    let cur_sets: Vec<Vec<u32>> = (0..n_ranks)
+        .map(|r| {
+            let mut v: Vec<u32> = current
+                .rank_experts(r)
+                .iter()
+                .copied()
+                .filter(|&e| e != EMPTY_SLOT)
+                .collect();
+            v.sort_unstable();
+            v
+        })
+        .collect();
+    let n_nodes = n_ranks / node_size;
+    let node_set = |sets: &[Vec<u32>], n: usize| {
+        let mut v: Vec<u32> = sets[n * node_size..(n + 1) * node_size]
+            .iter()
+            .flatten()
+            .copied()
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let node_gain: Vec<Vec<i64>> = (0..n_nodes)
+        .map(|a| {
+            let na = node_set(&rank_sets, a);
+            (0..n_nodes)
+                .map(|b| overlap(&na, &node_set(&cur_sets, b)))
+                .collect()
+        })
+        .collect();
+    let node_sizes = |sets: &[Vec<u32>]| -> Vec<usize> {
+        (0..n_nodes)
+            .map(|n| {
+                sets[n * node_size..(n + 1) * node_size]
+                    .iter()
+                    .map(Vec::len)
+                    .sum()
+            })
+            .collect()
+    };
+    let node_target = assignment(&node_gain, &node_sizes(&rank_sets), &node_sizes(&cur_sets));
+    let mut target_rank = vec![0usize; n_ranks];
+    for a in 0..n_nodes {
+        let b = node_target[a];
+        let gain: Vec<Vec<i64>> = (0..node_size)
+            .map(|i| {
+                (0..node_size)
+                    .map(|j| overlap(&rank_sets[a * node_size + i], &cur_sets[b * node_size + j]))
+                    .collect()
+            })
+            .collect();
+        let rs: Vec<usize> = (0..node_size)
+            .map(|i| rank_sets[a * node_size + i].len())
+            .collect();
+        let cs: Vec<usize> = (0..node_size)
+            .map(|j| cur_sets[b * node_size + j].len())
+            .collect();
+        for (i, j) in assignment(&gain, &rs, &cs).into_iter().enumerate() {
+            target_rank[a * node_size + i] = b * node_size + j;
+        }
+    }
+    let spr = current.slots_per_rank();
+    let mut slots = vec![EMPTY_SLOT; current.n_slots()];
+    for (r, set) in rank_sets.iter().enumerate() {
+        let t = target_rank[r];
+        slots[t * spr..(t + 1) * spr].copy_from_slice(&order_slots(set, current.rank_experts(t)));
+    }
+    Placement::from_slots(slots, current.n_logical(), n_ranks)
 }

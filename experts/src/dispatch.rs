@@ -52,14 +52,16 @@ impl DispatchPlan {
         let n_ranks = placement.n_ranks();
         let spr = placement.slots_per_rank();
         if src_rank >= n_ranks {
-            return Err(DispatchError::Input(format!("src_rank {src_rank} >= ep {n_ranks}")));
+            return Err(DispatchError::Input(format!(
+                "src_rank {src_rank} >= ep {n_ranks}"
+            )));
         }
-        if ranks_per_node == 0 || n_ranks % ranks_per_node != 0 {
+        if ranks_per_node == 0 || !n_ranks.is_multiple_of(ranks_per_node) {
             return Err(DispatchError::Input(format!(
                 "ranks_per_node {ranks_per_node} does not divide ep {n_ranks}"
             )));
         }
-        if routing.top_k == 0 || routing.experts.len() % routing.top_k != 0 {
+        if routing.top_k == 0 || !routing.experts.len().is_multiple_of(routing.top_k) {
             return Err(DispatchError::Input(format!(
                 "{} routed experts is not a multiple of top_k {}",
                 routing.experts.len(),
@@ -67,7 +69,10 @@ impl DispatchPlan {
             )));
         }
         if u32::try_from(routing.experts.len()).is_err() {
-            return Err(DispatchError::Input(format!("{} pairs overflow u32", routing.experts.len())));
+            return Err(DispatchError::Input(format!(
+                "{} pairs overflow u32",
+                routing.experts.len()
+            )));
         }
         let node = src_rank / ranks_per_node;
         let n_logical = placement.n_logical();
@@ -84,8 +89,11 @@ impl DispatchPlan {
             }
             let cands = candidates[e].get_or_insert_with(|| {
                 let all = placement.replicas(e);
-                let on_rank: Vec<u32> =
-                    all.iter().copied().filter(|&p| p as usize / spr == src_rank).collect();
+                let on_rank: Vec<u32> = all
+                    .iter()
+                    .copied()
+                    .filter(|&p| p as usize / spr == src_rank)
+                    .collect();
                 if !on_rank.is_empty() {
                     return on_rank;
                 }
@@ -194,7 +202,9 @@ impl RecvPermutation {
         }
         let total: usize = counts.iter().flatten().sum();
         if u32::try_from(total).is_err() {
-            return Err(DispatchError::Input(format!("{total} received rows overflow u32")));
+            return Err(DispatchError::Input(format!(
+                "{total} received rows overflow u32"
+            )));
         }
         let mut slot_offsets = vec![0usize; n_local + 1];
         for s in 0..n_local {

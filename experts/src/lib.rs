@@ -12,6 +12,7 @@ pub mod load;
 mod packing;
 pub mod placement;
 pub mod rebalance;
+pub mod router_config;
 pub mod routing;
 pub mod sim;
 
@@ -22,7 +23,7 @@ pub use rebalance::{
     moved_slots, rebalance, rebalance_layer, RebalanceError, RebalanceOptions, Rebalanced, Topology,
 };
 pub use routing::{
-    expert_counts, route, GroupMask, RoutedScaling, RouterConfig, Routing, RoutingError, ScoreFunction,
-    TopkMethod,
+    expert_counts, route, GroupMask, RoutedScaling, RouterConfig, Routing, RoutingError,
+    ScoreFunction, TopkMethod,
 };
 pub use sim::{parse_trace, simulate, zipf_loads, SimError, SimReport};

@@ -34,7 +34,9 @@ impl LoadStats {
     /// Empty statistics for `n_layers` MoE layers of `n_experts` experts over `window` steps.
     pub fn new(n_layers: usize, n_experts: usize, window: usize) -> Result<Self, LoadError> {
         if window == 0 {
-            return Err(LoadError::Shape("window is 0 steps; need at least 1".into()));
+            return Err(LoadError::Shape(
+                "window is 0 steps; need at least 1".into(),
+            ));
         }
         Ok(LoadStats {
             n_layers,
@@ -53,7 +55,11 @@ impl LoadStats {
         let flat: Vec<u64> = layer_counts.iter().flatten().copied().collect();
         if self.ring.len() < self.window {
             self.ring.push(flat);
-            for (s, &c) in self.sums.iter_mut().zip(self.ring.last().into_iter().flatten()) {
+            for (s, &c) in self
+                .sums
+                .iter_mut()
+                .zip(self.ring.last().into_iter().flatten())
+            {
                 *s = s.saturating_add(c);
             }
         } else {
@@ -72,12 +78,18 @@ impl LoadStats {
         if self.n_experts == 0 {
             return vec![Vec::new(); self.n_layers];
         }
-        self.sums.chunks(self.n_experts).map(|c| c.to_vec()).collect()
+        self.sums
+            .chunks(self.n_experts)
+            .map(|c| c.to_vec())
+            .collect()
     }
 
     /// [`LoadStats::loads`] as f64, the input of [`crate::rebalance`].
     pub fn loads_f64(&self) -> Vec<Vec<f64>> {
-        self.loads().into_iter().map(|l| l.into_iter().map(|c| c as f64).collect()).collect()
+        self.loads()
+            .into_iter()
+            .map(|l| l.into_iter().map(|c| c as f64).collect())
+            .collect()
     }
 
     /// Total pairs per layer over the window.
@@ -103,7 +115,10 @@ impl LoadStats {
 
 fn check_shape(counts: &[Vec<u64>], n_layers: usize, n_experts: usize) -> Result<(), LoadError> {
     if counts.len() != n_layers {
-        return Err(LoadError::Shape(format!("{} layers given, expected {n_layers}", counts.len())));
+        return Err(LoadError::Shape(format!(
+            "{} layers given, expected {n_layers}",
+            counts.len()
+        )));
     }
     if let Some(l) = counts.iter().position(|c| c.len() != n_experts) {
         return Err(LoadError::Shape(format!(

@@ -93,7 +93,9 @@ pub(crate) fn refine(packs: &mut [Vec<Item>], capacity: usize) {
                     continue;
                 }
                 let holds = |p: &[Item], e: u32, except: Option<usize>| {
-                    p.iter().enumerate().any(|(k, i)| i.expert == e && Some(k) != except)
+                    p.iter()
+                        .enumerate()
+                        .any(|(k, i)| i.expert == e && Some(k) != except)
                 };
                 if packs[b].len() < capacity && !holds(&packs[b], item_a.expert, None) {
                     let m = (top - item_a.weight).max(load[b] + item_a.weight);

@@ -56,12 +56,16 @@ pub(crate) fn even_share(n: usize, parts: usize, r: usize) -> usize {
 impl Placement {
     /// Logical experts in order plus `redundant` replicas; `experts + redundant` must be a
     /// multiple of `n_ranks` (see [`Placement::padded`] otherwise).
-    pub fn contiguous(n_logical: usize, n_ranks: usize, redundant: usize) -> Result<Self, PlacementError> {
+    pub fn contiguous(
+        n_logical: usize,
+        n_ranks: usize,
+        redundant: usize,
+    ) -> Result<Self, PlacementError> {
         if n_ranks == 0 {
             return Err(PlacementError::Invalid("ep (ranks) is 0".into()));
         }
         let slots = n_logical + redundant;
-        if slots % n_ranks != 0 {
+        if !slots.is_multiple_of(n_ranks) {
             let lower_total = (slots / n_ranks) * n_ranks;
             let upper = (slots / n_ranks + 1) * n_ranks - n_logical;
             let suggestion = if lower_total >= n_logical {
@@ -89,7 +93,11 @@ impl Placement {
     /// n_logical`: replicas spread evenly over the expert ids and, when everything divides, each
     /// lands half the world away from its primary. Before any load statistic exists nothing
     /// better is known; [`crate::rebalance`] replaces it.
-    pub fn padded(n_logical: usize, n_ranks: usize, redundant: usize) -> Result<Self, PlacementError> {
+    pub fn padded(
+        n_logical: usize,
+        n_ranks: usize,
+        redundant: usize,
+    ) -> Result<Self, PlacementError> {
         if n_logical == 0 {
             return Err(PlacementError::Invalid("0 logical experts".into()));
         }
@@ -113,9 +121,7 @@ impl Placement {
                 slots.push(((n_logical / 2 + j * step) % n_logical) as u32);
                 j += 1;
             }
-            for _ in used_here..spr {
-                slots.push(EMPTY_SLOT);
-            }
+            slots.extend(std::iter::repeat_n(EMPTY_SLOT, spr - used_here));
         }
         Self::from_slots(slots, n_logical, n_ranks)
     }
@@ -123,21 +129,30 @@ impl Placement {
     /// An explicit slot map (`slots[p]` = logical expert of physical slot `p`, or
     /// [`EMPTY_SLOT`]). Every logical expert must appear at least once and the slot count must be
     /// a multiple of `n_ranks`.
-    pub fn from_slots(slots: Vec<u32>, n_logical: usize, n_ranks: usize) -> Result<Self, PlacementError> {
+    pub fn from_slots(
+        slots: Vec<u32>,
+        n_logical: usize,
+        n_ranks: usize,
+    ) -> Result<Self, PlacementError> {
         if n_ranks == 0 {
             return Err(PlacementError::Invalid("ep (ranks) is 0".into()));
         }
         if n_logical == 0 || n_logical >= EMPTY_SLOT as usize {
-            return Err(PlacementError::Invalid(format!("{n_logical} logical experts")));
+            return Err(PlacementError::Invalid(format!(
+                "{n_logical} logical experts"
+            )));
         }
-        if slots.is_empty() || slots.len() % n_ranks != 0 {
+        if slots.is_empty() || !slots.len().is_multiple_of(n_ranks) {
             return Err(PlacementError::Invalid(format!(
                 "{} slots is not a positive multiple of ep {n_ranks}",
                 slots.len()
             )));
         }
         if u32::try_from(slots.len()).is_err() {
-            return Err(PlacementError::Invalid(format!("{} slots overflow u32", slots.len())));
+            return Err(PlacementError::Invalid(format!(
+                "{} slots overflow u32",
+                slots.len()
+            )));
         }
         let mut replicas = vec![Vec::new(); n_logical];
         for (p, &e) in slots.iter().enumerate() {
@@ -154,9 +169,17 @@ impl Placement {
             }
         }
         if let Some(e) = replicas.iter().position(|r| r.is_empty()) {
-            return Err(PlacementError::Invalid(format!("logical expert {e} has no slot")));
+            return Err(PlacementError::Invalid(format!(
+                "logical expert {e} has no slot"
+            )));
         }
-        Ok(Placement { slots_per_rank: slots.len() / n_ranks, slots, n_logical, n_ranks, replicas })
+        Ok(Placement {
+            slots_per_rank: slots.len() / n_ranks,
+            slots,
+            n_logical,
+            n_ranks,
+            replicas,
+        })
     }
 
     /// Logical expert of every physical slot ([`EMPTY_SLOT`] for an empty one).

@@ -18,7 +18,7 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::assign::{assignment, order_slots, overlap};
+use crate::assign::stick;
 use crate::load::{imbalance, LoadError};
 use crate::packing::{pack, replicate, Item};
 use crate::placement::{Placement, PlacementError, EMPTY_SLOT};
@@ -96,7 +96,10 @@ pub fn rebalance(
     }
     // Layers are independent: spread them over scoped threads; results keep layer order, so
     // the answer does not depend on the thread count.
-    let n_threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(current.len()).max(1);
+    let n_threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(current.len())
+        .max(1);
     let chunk = current.len().div_ceil(n_threads).max(1);
     let results: Vec<Result<LayerResult, RebalanceError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = loads
@@ -116,7 +119,11 @@ pub fn rebalance(
         handles
             .into_iter()
             .flat_map(|h| {
-                h.join().unwrap_or_else(|_| vec![Err(RebalanceError::Input("a rebalancing thread panicked".into()))])
+                h.join().unwrap_or_else(|_| {
+                    vec![Err(RebalanceError::Input(
+                        "a rebalancing thread panicked".into(),
+                    ))]
+                })
             })
             .collect()
     });
@@ -193,25 +200,39 @@ pub fn rebalance_layer(
         )));
     }
     if let Some(e) = loads.iter().position(|x| !(x.is_finite() && *x >= 0.0)) {
-        return Err(RebalanceError::Input(format!("load of expert {e} is {}", loads[e])));
+        return Err(RebalanceError::Input(format!(
+            "load of expert {e} is {}",
+            loads[e]
+        )));
     }
     let groups = options.expert_groups.unwrap_or(1);
-    if groups == 0 || n_logical % groups != 0 {
+    if groups == 0 || !n_logical.is_multiple_of(groups) {
         return Err(RebalanceError::Input(format!(
             "expert groups {groups} do not divide {n_logical} experts"
         )));
     }
     let n_used = current.n_used_slots();
     let spr = current.slots_per_rank();
-    let hierarchical =
-        options.expert_groups.is_some() && topology.n_nodes > 1 && groups % topology.n_nodes == 0;
+    let hierarchical = options.expert_groups.is_some()
+        && topology.n_nodes > 1
+        && groups.is_multiple_of(topology.n_nodes);
     // Experts of every rank, rank label as produced by the balancer.
     let rank_sets: Vec<Vec<u32>> = if hierarchical {
         hierarchical_packs(loads, groups, n_used, spr, topology)
     } else {
-        node_packs(loads, &(0..n_logical as u32).collect::<Vec<_>>(), n_used, n_ranks, spr)
+        node_packs(
+            loads,
+            &(0..n_logical as u32).collect::<Vec<_>>(),
+            n_used,
+            n_ranks,
+            spr,
+        )
     };
-    let node_size = if hierarchical { topology.ranks_per_node } else { n_ranks };
+    let node_size = if hierarchical {
+        topology.ranks_per_node
+    } else {
+        n_ranks
+    };
     let new = stick(rank_sets, current, node_size)?;
     // The cheapest move is none: keep the current placement unless the new one is strictly
     // better (e.g. uniform loads, where any packing ties with the current one).
@@ -223,13 +244,22 @@ pub fn rebalance_layer(
 }
 
 /// Replication and packing of `experts` with `n_physical` replicas over `n_ranks` ranks.
-fn node_packs(loads: &[f64], experts: &[u32], n_physical: usize, n_ranks: usize, spr: usize) -> Vec<Vec<u32>> {
+fn node_packs(
+    loads: &[f64],
+    experts: &[u32],
+    n_physical: usize,
+    n_ranks: usize,
+    spr: usize,
+) -> Vec<Vec<u32>> {
     let local: Vec<f64> = experts.iter().map(|&e| loads[e as usize]).collect();
     let counts = replicate(&local, n_physical);
     let mut items = Vec::with_capacity(n_physical);
     for (k, &e) in experts.iter().enumerate() {
         for _ in 0..counts[k] {
-            items.push(Item { expert: e, weight: local[k] / counts[k] as f64 });
+            items.push(Item {
+                expert: e,
+                weight: local[k] / counts[k] as f64,
+            });
         }
     }
     pack(items, n_ranks, spr)
@@ -243,7 +273,13 @@ fn node_packs(loads: &[f64], experts: &[u32], n_physical: usize, n_ranks: usize,
 }
 
 /// EPLB's hierarchical policy: groups onto nodes (equal group counts), then per node.
-fn hierarchical_packs(loads: &[f64], groups: usize, n_used: usize, spr: usize, topo: Topology) -> Vec<Vec<u32>> {
+fn hierarchical_packs(
+    loads: &[f64],
+    groups: usize,
+    n_used: usize,
+    spr: usize,
+    topo: Topology,
+) -> Vec<Vec<u32>> {
     let group_size = loads.len() / groups;
     let group_items: Vec<Item> = (0..groups)
         .map(|g| Item {
@@ -253,7 +289,10 @@ fn hierarchical_packs(loads: &[f64], groups: usize, n_used: usize, spr: usize, t
         .collect();
     // Exactly groups / n_nodes groups per node (EPLB's balanced_packing), refined by swaps only.
     let node_groups = pack(group_items, topo.n_nodes, groups / topo.n_nodes);
-    let node_load: Vec<f64> = node_groups.iter().map(|p| p.iter().map(|i| i.weight).sum()).collect();
+    let node_load: Vec<f64> = node_groups
+        .iter()
+        .map(|p| p.iter().map(|i| i.weight).sum())
+        .collect();
     // Beyond EPLB (which splits slots evenly): every spare slot goes to the node with the
     // highest load per slot that still has room, like `replicate` one level up.
     let per_node = loads.len() / topo.n_nodes;
@@ -266,7 +305,12 @@ fn hierarchical_packs(loads: &[f64], groups: usize, n_used: usize, spr: usize, t
                 continue;
             }
             best = match best {
-                Some(b) if node_load[n] * node_physical[b] as f64 <= node_load[b] * node_physical[n] as f64 => Some(b),
+                Some(b)
+                    if node_load[n] * node_physical[b] as f64
+                        <= node_load[b] * node_physical[n] as f64 =>
+                {
+                    Some(b)
+                }
                 _ => Some(n),
             };
         }
@@ -285,55 +329,13 @@ fn hierarchical_packs(loads: &[f64], groups: usize, n_used: usize, spr: usize, t
             })
             .collect();
         experts.sort_unstable();
-        ranks.extend(node_packs(loads, &experts, node_physical[n], topo.ranks_per_node, spr));
+        ranks.extend(node_packs(
+            loads,
+            &experts,
+            node_physical[n],
+            topo.ranks_per_node,
+            spr,
+        ));
     }
     ranks
-}
-
-/// Relabels nodes (blocks of `node_size` ranks), then ranks inside them, to overlap `current`
-/// most, then orders each rank's slots to keep experts where they are.
-fn stick(rank_sets: Vec<Vec<u32>>, current: &Placement, node_size: usize) -> Result<Placement, PlacementError> {
-    let n_ranks = rank_sets.len();
-    let cur_sets: Vec<Vec<u32>> = (0..n_ranks)
-        .map(|r| {
-            let mut v: Vec<u32> = current.rank_experts(r).iter().copied().filter(|&e| e != EMPTY_SLOT).collect();
-            v.sort_unstable();
-            v
-        })
-        .collect();
-    let n_nodes = n_ranks / node_size;
-    let node_set = |sets: &[Vec<u32>], n: usize| {
-        let mut v: Vec<u32> = sets[n * node_size..(n + 1) * node_size].iter().flatten().copied().collect();
-        v.sort_unstable();
-        v
-    };
-    let node_gain: Vec<Vec<i64>> = (0..n_nodes)
-        .map(|a| {
-            let na = node_set(&rank_sets, a);
-            (0..n_nodes).map(|b| overlap(&na, &node_set(&cur_sets, b))).collect()
-        })
-        .collect();
-    let node_sizes = |sets: &[Vec<u32>]| -> Vec<usize> {
-        (0..n_nodes).map(|n| sets[n * node_size..(n + 1) * node_size].iter().map(Vec::len).sum()).collect()
-    };
-    let node_target = assignment(&node_gain, &node_sizes(&rank_sets), &node_sizes(&cur_sets));
-    let mut target_rank = vec![0usize; n_ranks];
-    for a in 0..n_nodes {
-        let b = node_target[a];
-        let gain: Vec<Vec<i64>> = (0..node_size)
-            .map(|i| (0..node_size).map(|j| overlap(&rank_sets[a * node_size + i], &cur_sets[b * node_size + j])).collect())
-            .collect();
-        let rs: Vec<usize> = (0..node_size).map(|i| rank_sets[a * node_size + i].len()).collect();
-        let cs: Vec<usize> = (0..node_size).map(|j| cur_sets[b * node_size + j].len()).collect();
-        for (i, j) in assignment(&gain, &rs, &cs).into_iter().enumerate() {
-            target_rank[a * node_size + i] = b * node_size + j;
-        }
-    }
-    let spr = current.slots_per_rank();
-    let mut slots = vec![EMPTY_SLOT; current.n_slots()];
-    for (r, set) in rank_sets.iter().enumerate() {
-        let t = target_rank[r];
-        slots[t * spr..(t + 1) * spr].copy_from_slice(&order_slots(set, current.rank_experts(t)));
-    }
-    Placement::from_slots(slots, current.n_logical(), n_ranks)
 }

@@ -68,7 +68,9 @@ impl SplitMix64 {
 
 /// Zipf(`s`) loads in expert order: expert `i` carries `1 / (i + 1)^s`.
 pub fn zipf_weights(experts: usize, s: f64) -> Vec<f64> {
-    (0..experts).map(|i| 1.0 / ((i + 1) as f64).powf(s)).collect()
+    (0..experts)
+        .map(|i| 1.0 / ((i + 1) as f64).powf(s))
+        .collect()
 }
 
 /// `layers` layers of Zipf(`s`) loads, each layer's experts permuted by a generator seeded with
@@ -132,7 +134,12 @@ fn max_mean(v: &[f64]) -> (f64, f64) {
 
 /// Rebalances `loads[layer][expert]` from the default padded placement over `ranks` ranks in
 /// `nodes` nodes with `redundant` replica slots, and reports the effect.
-pub fn simulate(loads: &[Vec<f64>], ranks: usize, nodes: usize, redundant: usize) -> Result<SimReport, SimError> {
+pub fn simulate(
+    loads: &[Vec<f64>],
+    ranks: usize,
+    nodes: usize,
+    redundant: usize,
+) -> Result<SimReport, SimError> {
     let experts = loads.first().map_or(0, |l| l.len());
     if let Some(l) = loads.iter().position(|l| l.len() != experts) {
         return Err(SimError::Input(format!(
@@ -140,10 +147,15 @@ pub fn simulate(loads: &[Vec<f64>], ranks: usize, nodes: usize, redundant: usize
             loads[l].len()
         )));
     }
-    if nodes == 0 || ranks % nodes != 0 {
-        return Err(SimError::Input(format!("nodes {nodes} does not divide ranks {ranks}")));
+    if nodes == 0 || !ranks.is_multiple_of(nodes) {
+        return Err(SimError::Input(format!(
+            "nodes {nodes} does not divide ranks {ranks}"
+        )));
     }
-    let topology = Topology { n_nodes: nodes, ranks_per_node: ranks / nodes };
+    let topology = Topology {
+        n_nodes: nodes,
+        ranks_per_node: ranks / nodes,
+    };
     let initial = Placement::padded(experts, ranks, redundant)?;
     let current = vec![initial.clone(); loads.len()];
     let start = Instant::now();
@@ -186,16 +198,27 @@ pub fn parse_trace_steps(text: &str) -> Result<Vec<TraceStep>, SimError> {
         if line.trim().is_empty() {
             continue;
         }
-        let step: TraceStep = serde_json::from_str(line)
-            .map_err(|e| SimError::Trace { line: line_no, msg: e.to_string() })?;
+        let step: TraceStep = serde_json::from_str(line).map_err(|e| SimError::Trace {
+            line: line_no,
+            msg: e.to_string(),
+        })?;
         if let Some(first) = steps.first() {
             if step.layers.len() != first.layers.len() {
                 return Err(SimError::Trace {
                     line: line_no,
-                    msg: format!("{} layers, earlier lines have {}", step.layers.len(), first.layers.len()),
+                    msg: format!(
+                        "{} layers, earlier lines have {}",
+                        step.layers.len(),
+                        first.layers.len()
+                    ),
                 });
             }
-            if let Some(l) = step.layers.iter().zip(&first.layers).position(|(a, b)| a.len() != b.len()) {
+            if let Some(l) = step
+                .layers
+                .iter()
+                .zip(&first.layers)
+                .position(|(a, b)| a.len() != b.len())
+            {
                 return Err(SimError::Trace {
                     line: line_no,
                     msg: format!(
@@ -225,5 +248,8 @@ pub fn parse_trace(text: &str) -> Result<Vec<Vec<f64>>, SimError> {
             }
         }
     }
-    Ok(sums.into_iter().map(|l| l.into_iter().map(|c| c as f64).collect()).collect())
+    Ok(sums
+        .into_iter()
+        .map(|l| l.into_iter().map(|c| c as f64).collect())
+        .collect())
 }

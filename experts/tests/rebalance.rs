@@ -5,7 +5,12 @@ use std::time::Instant;
 use switchyard_experts::sim::{zipf_loads, zipf_weights};
 use switchyard_experts::{imbalance, rebalance, Placement, RebalanceOptions, Topology, EMPTY_SLOT};
 
-fn one_layer(loads: Vec<f64>, ranks: usize, nodes: usize, redundant: usize) -> (f64, f64, Placement) {
+fn one_layer(
+    loads: Vec<f64>,
+    ranks: usize,
+    nodes: usize,
+    redundant: usize,
+) -> (f64, f64, Placement) {
     one_layer_opts(loads, ranks, nodes, redundant, RebalanceOptions::default())
 }
 
@@ -17,8 +22,17 @@ fn one_layer_opts(
     opts: RebalanceOptions,
 ) -> (f64, f64, Placement) {
     let cur = Placement::contiguous(loads.len(), ranks, redundant).unwrap();
-    let topo = Topology { n_nodes: nodes, ranks_per_node: ranks / nodes };
-    let out = rebalance(&[loads.clone()], &[cur.clone()], topo, opts).unwrap();
+    let topo = Topology {
+        n_nodes: nodes,
+        ranks_per_node: ranks / nodes,
+    };
+    let out = rebalance(
+        std::slice::from_ref(&loads),
+        std::slice::from_ref(&cur),
+        topo,
+        opts,
+    )
+    .unwrap();
     let before = imbalance(&loads, &cur).unwrap();
     assert_eq!(before, out.imbalance_before[0]);
     let after = imbalance(&loads, &out.placements[0]).unwrap();
@@ -49,15 +63,21 @@ fn zipf_64_experts_8_ranks_8_spare_shuffled() {
 #[test]
 fn zipf_two_nodes_hierarchical() {
     let loads = zipf_loads(64, 1.2, 1, 3).remove(0);
-    let opts = RebalanceOptions { expert_groups: Some(8) };
+    let opts = RebalanceOptions {
+        expert_groups: Some(8),
+    };
     let (before, after, p) = one_layer_opts(loads.clone(), 8, 2, 8, opts);
     println!("2 nodes, 8 groups: before {before:.4} after {after:.4}");
     assert!(after < before, "after {after}");
     // Hierarchical: a group (8 consecutive experts) lives on one node, replicas included.
     for g in 0..8 {
-        let nodes: Vec<usize> =
-            (g * 8..g * 8 + 8).flat_map(|e| p.replicas(e).iter().map(|&s| s as usize / 9 / 4)).collect();
-        assert!(nodes.windows(2).all(|w| w[0] == w[1]), "group {g} spans nodes {nodes:?}");
+        let nodes: Vec<usize> = (g * 8..g * 8 + 8)
+            .flat_map(|e| p.replicas(e).iter().map(|&s| s as usize / 9 / 4))
+            .collect();
+        assert!(
+            nodes.windows(2).all(|w| w[0] == w[1]),
+            "group {g} spans nodes {nodes:?}"
+        );
     }
     // Without groups the same topology balances globally, and better.
     let (_, global_after, _) = one_layer(loads, 8, 2, 8);
@@ -72,7 +92,10 @@ fn deepseek_v3_scale_is_fast_and_sticky() {
     assert_eq!(cur.slots_per_rank(), 5);
     assert_eq!(cur.n_used_slots(), 288);
     let current = vec![cur; 58];
-    let topo = Topology { n_nodes: 8, ranks_per_node: 8 };
+    let topo = Topology {
+        n_nodes: 8,
+        ranks_per_node: 8,
+    };
     let start = Instant::now();
     let first = rebalance(&loads, &current, topo, RebalanceOptions::default()).unwrap();
     let ms = start.elapsed().as_secs_f64() * 1e3;
@@ -96,7 +119,9 @@ fn deepseek_v3_scale_is_fast_and_sticky() {
     assert_eq!(second.moved_slots, 0);
     assert_eq!(second.placements, first.placements);
     // DeepSeek's own grouping (8 groups on 8 nodes): hierarchical, also sticky.
-    let opts = RebalanceOptions { expert_groups: Some(8) };
+    let opts = RebalanceOptions {
+        expert_groups: Some(8),
+    };
     let h1 = rebalance(&loads, &current, topo, opts).unwrap();
     let h2 = rebalance(&loads, &h1.placements, topo, opts).unwrap();
     assert_eq!(h2.moved_slots, 0);
@@ -109,7 +134,10 @@ fn deepseek_v3_scale_is_fast_and_sticky() {
 fn global_mode_second_call_moves_nothing() {
     let loads = zipf_loads(64, 1.0, 4, 11);
     let cur = vec![Placement::contiguous(64, 8, 8).unwrap(); 4];
-    let topo = Topology { n_nodes: 1, ranks_per_node: 8 };
+    let topo = Topology {
+        n_nodes: 1,
+        ranks_per_node: 8,
+    };
     let first = rebalance(&loads, &cur, topo, RebalanceOptions::default()).unwrap();
     assert!(first.moved_slots > 0);
     let second = rebalance(&loads, &first.placements, topo, RebalanceOptions::default()).unwrap();
@@ -121,7 +149,10 @@ fn uniform_load_keeps_contiguous_primaries() {
     // Equal loads and no spare: balanced already; stickiness keeps every slot.
     let loads = vec![vec![1.0; 16]];
     let cur = vec![Placement::contiguous(16, 4, 0).unwrap()];
-    let topo = Topology { n_nodes: 1, ranks_per_node: 4 };
+    let topo = Topology {
+        n_nodes: 1,
+        ranks_per_node: 4,
+    };
     let out = rebalance(&loads, &cur, topo, RebalanceOptions::default()).unwrap();
     assert_eq!(out.moved_slots, 0);
     assert_eq!(out.imbalance_after[0], 1.0);
@@ -130,10 +161,22 @@ fn uniform_load_keeps_contiguous_primaries() {
 #[test]
 fn errors_name_the_numbers() {
     let cur = vec![Placement::contiguous(16, 4, 0).unwrap()];
-    let bad_topo = Topology { n_nodes: 3, ranks_per_node: 1 };
-    let e = rebalance(&[vec![1.0; 16]], &cur, bad_topo, RebalanceOptions::default()).unwrap_err();
+    let bad_topo = Topology {
+        n_nodes: 3,
+        ranks_per_node: 1,
+    };
+    let e = rebalance(
+        &[vec![1.0; 16]],
+        &cur,
+        bad_topo,
+        RebalanceOptions::default(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("ep 4"), "{e}");
-    let topo = Topology { n_nodes: 1, ranks_per_node: 4 };
+    let topo = Topology {
+        n_nodes: 1,
+        ranks_per_node: 4,
+    };
     let e = rebalance(&[vec![1.0; 15]], &cur, topo, RebalanceOptions::default()).unwrap_err();
     assert!(e.to_string().contains("15 loads"), "{e}");
     let e = rebalance(&[vec![-1.0; 16]], &cur, topo, RebalanceOptions::default()).unwrap_err();

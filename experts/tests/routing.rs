@@ -42,7 +42,10 @@ fn deepseek_v2_group_limited_hand_computed() {
     // 4 groups of 2. softmax of ln(p) = p for p summing to 1.
     let p = [0.05f32, 0.30, 0.10, 0.10, 0.25, 0.02, 0.08, 0.10];
     let logits: Vec<f32> = p.iter().map(|v| v.ln()).collect();
-    let method = TopkMethod::GroupLimitedGreedy { n_group: 4, topk_group: 2 };
+    let method = TopkMethod::GroupLimitedGreedy {
+        n_group: 4,
+        topk_group: 2,
+    };
     let cfg = RouterConfig::deepseek_v2(8, 3, method, 16.0);
     let r = route(&logits, 1, &cfg, None).unwrap();
     // Group maxima 0.30, 0.10, 0.25, 0.10: keep groups 0 and 2 -> experts {0,1,4,5}; top-3: 1, 4, 0.
@@ -52,7 +55,11 @@ fn deepseek_v2_group_limited_hand_computed() {
         assert!((w - x).abs() < 1e-5, "{:?}", r.weights);
     }
     // Hub remote code: renormalised (+1e-20) and then not scaled.
-    let remote = RouterConfig { normalize: true, scaling: RoutedScaling::UnlessNormalized(16.0), ..cfg };
+    let remote = RouterConfig {
+        normalize: true,
+        scaling: RoutedScaling::UnlessNormalized(16.0),
+        ..cfg
+    };
     let r = route(&logits, 1, &remote, None).unwrap();
     assert!((r.weights.iter().sum::<f32>() - 1.0).abs() < 1e-6);
     assert!((r.weights[0] - 0.5).abs() < 1e-6);
@@ -70,7 +77,11 @@ fn deepseek_v3_noaux_tc_hand_computed() {
     // Among {2,3,4,5} by biased score: 5 (0.8), 4 (0.7), 2 (0.6). Weights: unbiased 0.3 0.2 0.6.
     assert_eq!(r.experts, vec![5, 4, 2]);
     let sum = 0.3 + 0.2 + 0.6 + 1e-20;
-    for (w, x) in r.weights.iter().zip([0.3 / sum * 2.5, 0.2 / sum * 2.5, 0.6 / sum * 2.5]) {
+    for (w, x) in r
+        .weights
+        .iter()
+        .zip([0.3 / sum * 2.5, 0.2 / sum * 2.5, 0.6 / sum * 2.5])
+    {
         assert!((w - x).abs() < 1e-5, "{:?}", r.weights);
     }
 }
@@ -85,21 +96,48 @@ fn v3_zero_fill_lets_a_dropped_expert_win_over_negative_scores() {
     let r = route(&logits, 1, &cfg, Some(&bias)).unwrap();
     assert_eq!(r.experts, vec![2, 3]);
     assert_eq!(r.weights, vec![0.5, 0.5]);
-    let excl = RouterConfig { group_mask: GroupMask::Exclude, ..cfg };
-    assert_eq!(route(&logits, 1, &excl, Some(&bias)).unwrap().experts, vec![0, 1]);
+    let excl = RouterConfig {
+        group_mask: GroupMask::Exclude,
+        ..cfg
+    };
+    assert_eq!(
+        route(&logits, 1, &excl, Some(&bias)).unwrap().experts,
+        vec![0, 1]
+    );
 }
 
 #[test]
 fn errors_name_the_numbers() {
     let e = route(&[0.0; 7], 2, &RouterConfig::mixtral(4, 2), None).unwrap_err();
-    assert!(e.to_string().contains("7 values") && e.to_string().contains("= 8"), "{e}");
+    assert!(
+        e.to_string().contains("7 values") && e.to_string().contains("= 8"),
+        "{e}"
+    );
     let e = route(&[0.0; 4], 1, &RouterConfig::mixtral(4, 5), None).unwrap_err();
     assert!(e.to_string().contains("top_k 5"), "{e}");
-    let e = route(&[0.0; 6], 1, &RouterConfig::deepseek_v3(6, 2, 4, 1, true, 1.0), None).unwrap_err();
+    let e = route(
+        &[0.0; 6],
+        1,
+        &RouterConfig::deepseek_v3(6, 2, 4, 1, true, 1.0),
+        None,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("n_group 4"), "{e}");
-    let e = route(&[0.0; 8], 1, &RouterConfig::deepseek_v3(8, 3, 4, 1, true, 1.0), None).unwrap_err();
+    let e = route(
+        &[0.0; 8],
+        1,
+        &RouterConfig::deepseek_v3(8, 3, 4, 1, true, 1.0),
+        None,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("< top_k 3"), "{e}");
-    let e = route(&[0.0; 8], 1, &RouterConfig::deepseek_v3(8, 2, 4, 2, true, 1.0), Some(&[0.0; 3])).unwrap_err();
+    let e = route(
+        &[0.0; 8],
+        1,
+        &RouterConfig::deepseek_v3(8, 2, 4, 2, true, 1.0),
+        Some(&[0.0; 3]),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("3 values"), "{e}");
     let e = route(&[0.0, f32::NAN], 1, &RouterConfig::mixtral(2, 1), None).unwrap_err();
     assert!(e.to_string().contains("expert 1"), "{e}");
@@ -116,8 +154,14 @@ fn brute_top(values: &[f32], allowed: &[usize], k: usize) -> Vec<usize> {
         if mask.count_ones() as usize != k {
             continue;
         }
-        let inside: Vec<usize> = (0..n).filter(|i| mask >> i & 1 == 1).map(|i| allowed[i]).collect();
-        let outside: Vec<usize> = (0..n).filter(|i| mask >> i & 1 == 0).map(|i| allowed[i]).collect();
+        let inside: Vec<usize> = (0..n)
+            .filter(|i| mask >> i & 1 == 1)
+            .map(|i| allowed[i])
+            .collect();
+        let outside: Vec<usize> = (0..n)
+            .filter(|i| mask >> i & 1 == 0)
+            .map(|i| allowed[i])
+            .collect();
         if inside.iter().all(|&a| outside.iter().all(|&b| beats(a, b))) {
             // Order inside by "beats" (a selection sort is plenty for brute force).
             let mut ordered = inside.clone();
@@ -147,10 +191,21 @@ fn reference(logits: &[f32], cfg: &RouterConfig, bias: Option<&[f32]>) -> (Vec<u
             let w = c.iter().map(|&e| scores[e]).collect();
             (c, w)
         }
-        TopkMethod::GroupLimitedGreedy { n_group, topk_group } | TopkMethod::NoAuxTc { n_group, topk_group } => {
+        TopkMethod::GroupLimitedGreedy {
+            n_group,
+            topk_group,
+        }
+        | TopkMethod::NoAuxTc {
+            n_group,
+            topk_group,
+        } => {
             let v3 = matches!(cfg.method, TopkMethod::NoAuxTc { .. });
             let sel: Vec<f32> = if v3 {
-                scores.iter().enumerate().map(|(e, s)| s + bias.map_or(0.0, |b| b[e])).collect()
+                scores
+                    .iter()
+                    .enumerate()
+                    .map(|(e, s)| s + bias.map_or(0.0, |b| b[e]))
+                    .collect()
             } else {
                 scores.clone()
             };
@@ -162,15 +217,28 @@ fn reference(logits: &[f32], cfg: &RouterConfig, bias: Option<&[f32]>) -> (Vec<u
                         let t = brute_top(&sel, &members, 2);
                         sel[t[0]] + sel[t[1]]
                     } else {
-                        members.iter().map(|&e| sel[e]).fold(f32::NEG_INFINITY, f32::max)
+                        members
+                            .iter()
+                            .map(|&e| sel[e])
+                            .fold(f32::NEG_INFINITY, f32::max)
                     }
                 })
                 .collect();
             let kept = brute_top(&gs, &(0..n_group).collect::<Vec<_>>(), topk_group);
-            let masked: Vec<f32> =
-                (0..n).map(|e| if kept.contains(&(e / per)) { sel[e] } else { 0.0 }).collect();
+            let masked: Vec<f32> = (0..n)
+                .map(|e| {
+                    if kept.contains(&(e / per)) {
+                        sel[e]
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
             let c = brute_top(&masked, &all, cfg.top_k);
-            let w = c.iter().map(|&e| if v3 { scores[e] } else { masked[e] }).collect();
+            let w = c
+                .iter()
+                .map(|&e| if v3 { scores[e] } else { masked[e] })
+                .collect();
             (c, w)
         }
     };
@@ -189,9 +257,23 @@ fn reference(logits: &[f32], cfg: &RouterConfig, bias: Option<&[f32]>) -> (Vec<u
 
 fn arb_case() -> impl Strategy<Value = (RouterConfig, Vec<f32>, Option<Vec<f32>>, usize)> {
     // (n_group, per_group) shapes, small value sets so ties are common.
-    let shape = prop_oneof![Just((2usize, 2usize)), Just((2, 3)), Just((3, 2)), Just((4, 2)), Just((2, 4)), Just((4, 3))];
-    (shape, 0usize..3, 1usize..4, any::<bool>(), any::<bool>(), 1usize..4).prop_flat_map(
-        |((g, per), kind, n_tokens, norm, scale_always, tg)| {
+    let shape = prop_oneof![
+        Just((2usize, 2usize)),
+        Just((2, 3)),
+        Just((3, 2)),
+        Just((4, 2)),
+        Just((2, 4)),
+        Just((4, 3))
+    ];
+    (
+        shape,
+        0usize..3,
+        1usize..4,
+        any::<bool>(),
+        any::<bool>(),
+        1usize..4,
+    )
+        .prop_flat_map(|((g, per), kind, n_tokens, norm, scale_always, tg)| {
             let n = g * per;
             let topk_group = tg.min(g);
             let max_k = if kind == 0 { n } else { topk_group * per };
@@ -206,24 +288,37 @@ fn arb_case() -> impl Strategy<Value = (RouterConfig, Vec<f32>, Option<Vec<f32>>
                 .prop_map(move |(k, logits, bias, use_bias)| {
                     let method = match kind {
                         0 => TopkMethod::Greedy,
-                        1 => TopkMethod::GroupLimitedGreedy { n_group: g, topk_group },
-                        _ => TopkMethod::NoAuxTc { n_group: g, topk_group },
+                        1 => TopkMethod::GroupLimitedGreedy {
+                            n_group: g,
+                            topk_group,
+                        },
+                        _ => TopkMethod::NoAuxTc {
+                            n_group: g,
+                            topk_group,
+                        },
                     };
                     let cfg = RouterConfig {
                         n_experts: n,
                         top_k: k,
-                        score: if kind == 2 { ScoreFunction::Sigmoid } else { ScoreFunction::Softmax },
+                        score: if kind == 2 {
+                            ScoreFunction::Sigmoid
+                        } else {
+                            ScoreFunction::Softmax
+                        },
                         method,
                         normalize: norm,
                         norm_epsilon: if kind == 0 { 0.0 } else { 1e-20 },
-                        scaling: if scale_always { RoutedScaling::Always(2.5) } else { RoutedScaling::UnlessNormalized(16.0) },
+                        scaling: if scale_always {
+                            RoutedScaling::Always(2.5)
+                        } else {
+                            RoutedScaling::UnlessNormalized(16.0)
+                        },
                         group_mask: GroupMask::ZeroFill,
                     };
                     let bias = (kind == 2 && use_bias).then_some(bias);
                     (cfg, logits, bias, n_tokens)
                 })
-        },
-    )
+        })
 }
 
 proptest! {

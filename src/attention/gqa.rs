@@ -1,7 +1,6 @@
 //! Grouped-query attention (Ainslie et al. 2023): fused QKV projection, optional per-head
 //! q/k RMSNorm (Qwen3), RoPE, paged causal attention, output projection.
 
-use crate::backend::cpu::attention::cache_slot;
 use crate::checkpoint::WeightSource;
 use crate::config::{AttentionKind, ModelConfig};
 use crate::error::Result;
@@ -78,7 +77,7 @@ impl GqaAttention {
         ops::rope(&mut q, &self.rotary, &positions);
         ops::rope(&mut k, &self.rotary, &positions);
         for (i, qp) in batch.queries.iter().enumerate() {
-            let slot = cache_slot(&batch.tables[qp.seq], block_size, qp.pos);
+            let slot = ops::cache_slot(&batch.tables[qp.seq], block_size, qp.pos);
             cache.write(slot, k.row(i), &v[i * kv_w..][..kv_w]);
         }
         let heads = Heads {

@@ -287,6 +287,9 @@ fn build(ctx: &Ctx, architecture: Architecture, raw: RawConfig) -> Result<ModelC
     // DeepSeek checkpoints rotate interleaved pairs; transformers-5 configs say so with
     // `rope_interleave`, hub configs have no key (and always meant interleaved).
     rope.interleaved = is_mla && raw.rope_interleave.unwrap_or(true);
+    if is_mla && raw.attention_bias == Some(true) {
+        return Err(ctx.invalid("attention_bias", true, "biased MLA projections are not supported"));
+    }
     let attention = if is_mla {
         AttentionKind::Mla(MlaConfig {
             q_lora_rank: raw.q_lora_rank,

@@ -3,10 +3,10 @@
 //! h₀ = E[tokens];  for each layer ℓ:  h ← h + Attn(RMSNorm(h));  h ← h + MoE(RMSNorm(h));
 //! logits = RMSNorm(h) · W_lmᵀ   (W_lm = E when embeddings are tied)
 
-use crate::attention::GqaAttention;
+use crate::attention::{Attention, MlaForm};
 use crate::checkpoint::WeightSource;
-use crate::config::{AttentionKind, ModelConfig};
-use crate::error::{Error, Result};
+use crate::config::ModelConfig;
+use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::model::StepBatch;
 use crate::moe::MoeBlock;
@@ -17,7 +17,7 @@ use crate::tensor::Tensor;
 #[derive(Debug, Clone)]
 pub struct DecoderLayer {
     input_norm: Tensor,
-    attention: GqaAttention,
+    attention: Attention,
     post_attention_norm: Tensor,
     ffn: MoeBlock,
 }
@@ -50,15 +50,7 @@ impl DecoderLayer {
     fn load(cfg: &ModelConfig, src: &dyn WeightSource, layer: usize) -> Result<Self> {
         let p = format!("model.layers.{layer}");
         let norm = |n: &str| src.load(&format!("{p}.{n}.weight"), &[cfg.hidden_size]);
-        let attention = match &cfg.attention {
-            AttentionKind::Gqa { .. } => GqaAttention::load(cfg, src, &format!("{p}.self_attn"))?,
-            AttentionKind::Mla(_) => {
-                return Err(Error::Device(format!(
-                    "{} (multi-head latent attention) is not supported by this build yet",
-                    cfg.architecture.model_type()
-                )))
-            }
-        };
+        let attention = Attention::load(cfg, src, &format!("{p}.self_attn"))?;
         Ok(Self {
             input_norm: norm("input_layernorm")?,
             attention,
@@ -79,6 +71,15 @@ impl Model {
         let norm = src.load("model.norm.weight", &[h])?;
         let lm_head = if config.tie_word_embeddings { None } else { Some(src.load("lm_head.weight", &[v, h])?) };
         Ok(Self { config: config.clone(), embed, layers, norm, lm_head })
+    }
+
+    /// Chooses the algebraic form of multi-head latent attention (no effect on GQA models).
+    pub fn set_mla_form(&mut self, form: MlaForm) {
+        for layer in &mut self.layers {
+            if let Attention::Mla(a) = &mut layer.attention {
+                a.set_form(form);
+            }
+        }
     }
 
     /// The config the model was built from.

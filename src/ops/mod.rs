@@ -5,7 +5,7 @@ use crate::backend::cpu;
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};
 
-pub use cpu::attention::{Heads, PagedCache, QueryPos};
+pub use cpu::attention::{cache_slot, Heads, PagedCache, QueryPos};
 pub use cpu::moe::Permutation;
 pub use cpu::rope::Rotary;
 

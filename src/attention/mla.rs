@@ -1,0 +1,245 @@
+//! Multi-head latent attention (DeepSeek-V2, arXiv:2405.04434 §2.1).
+//!
+//! Per token: c = RMSNorm(x·W_DKV) ∈ R^{kv_lora} and a shared rope key k_r = RoPE(x·W_KR).
+//! Head h: k_h = [W_UK,h c ; k_r], v_h = W_UV,h c, q_h = [q_nope,h ; RoPE(q_rope,h)].
+//! The cache keeps only (c, k_r) per token. Weight absorption folds W_UK into the query,
+//! q̃_h = W_UK,hᵀ q_nope,h, so scores are q̃_h·c + q_rope,h·k_r, and W_UV is applied after the
+//! attention: o_h = W_UV,h Σ_j p_j c_j. Both forms are implemented; they agree to rounding.
+
+use crate::checkpoint::WeightSource;
+use crate::config::{AttentionKind, MlaConfig, ModelConfig};
+use crate::error::Result;
+use crate::kv_cache::LayerCache;
+use crate::model::{Linear, StepBatch};
+use crate::ops::{self, Heads, PagedCache, Rotary};
+use crate::tensor::Tensor;
+
+/// Which algebraic form computes the attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlaForm {
+    /// Attend over the compressed latent (decode-friendly: no per-head K/V materialised).
+    Absorbed,
+    /// Expand per-head K and V from the latent, then ordinary attention (the paper's form).
+    Naive,
+}
+
+/// The query path: a plain projection, or DeepSeek's low-rank one.
+#[derive(Debug, Clone)]
+enum QueryProj {
+    Full(Linear),
+    LowRank { down: Linear, norm: Tensor, up: Linear },
+}
+
+/// One layer's MLA.
+#[derive(Debug, Clone)]
+pub struct MlaAttention {
+    q: QueryProj,
+    kv_down: Linear,
+    kv_norm: Tensor,
+    /// Per head, W_UKᵀ: [kv_lora, nope].
+    w_uk_t: Vec<Tensor>,
+    /// Per head, W_UV: [v_dim, kv_lora].
+    w_uv: Vec<Tensor>,
+    o: Linear,
+    dims: MlaConfig,
+    n_heads: usize,
+    rotary: Rotary,
+    scale: f32,
+    eps: f32,
+    form: MlaForm,
+}
+
+impl MlaAttention {
+    /// Loads the projections of `prefix` (e.g. `model.layers.0.self_attn`).
+    pub fn load(cfg: &ModelConfig, src: &dyn WeightSource, prefix: &str) -> Result<Self> {
+        let AttentionKind::Mla(d) = &cfg.attention else { unreachable!("MlaAttention::load for GQA") };
+        let (h, nh) = (cfg.hidden_size, cfg.num_heads);
+        let qk = d.qk_nope_head_dim + d.qk_rope_head_dim;
+        let lin = |n: &str, out, inp| Linear::load(src, &format!("{prefix}.{n}"), out, inp, false);
+        let q = match d.q_lora_rank {
+            None => QueryProj::Full(lin("q_proj", nh * qk, h)?),
+            Some(r) => QueryProj::LowRank {
+                down: lin("q_a_proj", r, h)?,
+                norm: src.load(&format!("{prefix}.q_a_layernorm.weight"), &[r])?,
+                up: lin("q_b_proj", nh * qk, r)?,
+            },
+        };
+        let kv_b = lin("kv_b_proj", nh * (d.qk_nope_head_dim + d.v_head_dim), d.kv_lora_rank)?;
+        let (w_uk_t, w_uv) = split_kv_b(&kv_b.weight, nh, d)?;
+        let scale = (1.0 / (qk as f64).sqrt() * cfg.rope.softmax_mscale()) as f32;
+        Ok(Self {
+            q,
+            kv_down: lin("kv_a_proj_with_mqa", d.kv_lora_rank + d.qk_rope_head_dim, h)?,
+            kv_norm: src.load(&format!("{prefix}.kv_a_layernorm.weight"), &[d.kv_lora_rank])?,
+            w_uk_t,
+            w_uv,
+            o: lin("o_proj", h, nh * d.v_head_dim)?,
+            dims: d.clone(),
+            n_heads: nh,
+            rotary: Rotary::new(&cfg.rope, d.qk_rope_head_dim),
+            scale,
+            eps: cfg.rms_norm_eps,
+            form: MlaForm::Absorbed,
+        })
+    }
+
+    /// Chooses the algebraic form (both give the same numbers up to rounding).
+    pub fn set_form(&mut self, form: MlaForm) {
+        self.form = form;
+    }
+
+    /// Cache row widths: the latent and the rope key, no separate values.
+    pub fn cache_widths(&self) -> (usize, usize) {
+        (self.dims.kv_lora_rank + self.dims.qk_rope_head_dim, 0)
+    }
+
+    /// Attention of the batch's new tokens; writes their (c, k_r) rows into `cache`.
+    pub fn forward(&self, x: &Tensor, batch: &StepBatch, cache: &mut LayerCache, block_size: usize) -> Result<Tensor> {
+        let (nope, rope, lora) = (self.dims.qk_nope_head_dim, self.dims.qk_rope_head_dim, self.dims.kv_lora_rank);
+        let t = batch.tokens.len();
+        let positions = batch.positions();
+        // Queries, split into the no-position and the rotary parts per head.
+        let q = match &self.q {
+            QueryProj::Full(p) => p.forward(x)?,
+            QueryProj::LowRank { down, norm, up } => up.forward(&ops::rms_norm(&down.forward(x)?, norm, self.eps)?)?,
+        };
+        let (q_nope, mut q_rot) = split_heads(&q, self.n_heads, nope, rope)?;
+        ops::rope(&mut q_rot, &self.rotary, &positions);
+        // The latent and the rope key, into the cache.
+        let kv = self.kv_down.forward(x)?;
+        let (latent, mut k_rot) = split_heads(&kv, 1, lora, rope)?;
+        let latent = ops::rms_norm(&latent, &self.kv_norm, self.eps)?;
+        ops::rope(&mut k_rot, &self.rotary, &positions);
+        for (i, qp) in batch.queries.iter().enumerate() {
+            let slot = ops::cache_slot(&batch.tables[qp.seq], block_size, qp.pos);
+            let row: Vec<f32> = latent.row(i).iter().chain(k_rot.row(i)).copied().collect();
+            cache.write(slot, &row, &[]);
+        }
+        let heads_out = match self.form {
+            MlaForm::Absorbed => self.attend_absorbed(&q_nope, &q_rot, batch, cache, block_size)?,
+            MlaForm::Naive => self.attend_naive(&q_nope, &q_rot, batch, cache, block_size)?,
+        };
+        debug_assert_eq!(heads_out.dims(), &[t, self.n_heads * self.dims.v_head_dim]);
+        self.o.forward(&heads_out)
+    }
+
+    /// Scores against the latent directly: q̃_h = W_UK,hᵀ q_nope,h, MQA over (c, k_r), then W_UV,h.
+    fn attend_absorbed(&self, q_nope: &Tensor, q_rot: &Tensor, batch: &StepBatch, cache: &LayerCache, block_size: usize) -> Result<Tensor> {
+        let (nope, rope, lora) = (self.dims.qk_nope_head_dim, self.dims.qk_rope_head_dim, self.dims.kv_lora_rank);
+        let t = batch.tokens.len();
+        let nh = self.n_heads;
+        let mut q = vec![0.0f32; t * nh * (lora + rope)];
+        for h in 0..nh {
+            let qn = head_columns(q_nope, nh, nope, h)?;
+            let q_lat = ops::linear(&qn, &self.w_uk_t[h], None)?;
+            for i in 0..t {
+                let dst = &mut q[(i * nh + h) * (lora + rope)..][..lora + rope];
+                dst[..lora].copy_from_slice(q_lat.row(i));
+                dst[lora..].copy_from_slice(&q_rot.row(i)[h * rope..][..rope]);
+            }
+        }
+        let q = Tensor::from_f32([t, nh * (lora + rope)], q)?;
+        let rows = PagedCache { data: &cache.keys, width: lora + rope, block_size };
+        let heads = Heads { n_heads: nh, n_kv_heads: 1, qk_dim: lora + rope, v_dim: lora, scale: self.scale, window: None };
+        let o_lat = ops::paged_attention(&q, &batch.queries, &batch.table_refs(), rows, rows, heads)?;
+        self.project_values(&o_lat, lora)
+    }
+
+    /// The paper's form: per-head keys and values expanded from every cached latent.
+    fn attend_naive(&self, q_nope: &Tensor, q_rot: &Tensor, batch: &StepBatch, cache: &LayerCache, block_size: usize) -> Result<Tensor> {
+        let (nope, rope, lora, vd) = (self.dims.qk_nope_head_dim, self.dims.qk_rope_head_dim, self.dims.kv_lora_rank, self.dims.v_head_dim);
+        let nh = self.n_heads;
+        let t = batch.tokens.len();
+        let qk = nope + rope;
+        let mut out = vec![0.0f32; t * nh * vd];
+        for (i, qp) in batch.queries.iter().enumerate() {
+            let table = &batch.tables[qp.seq];
+            let rows: Vec<&[f32]> = (0..=qp.pos)
+                .map(|p| &cache.keys[ops::cache_slot(table, block_size, p) * (lora + rope)..][..lora + rope])
+                .collect();
+            let latents: Vec<f32> = rows.iter().flat_map(|r| r[..lora].to_vec()).collect();
+            let latents = Tensor::from_f32([rows.len(), lora], latents)?;
+            for h in 0..nh {
+                // k_nope,h(j) = W_UK,h c_j ; v_h(j) = W_UV,h c_j for every visible position j.
+                let w_uk = transpose(&self.w_uk_t[h])?;
+                let k_nope = ops::linear(&latents, &w_uk, None)?;
+                let v = ops::linear(&latents, &self.w_uv[h], None)?;
+                let q_h: Vec<f32> = q_nope.row(i)[h * nope..][..nope].iter().chain(&q_rot.row(i)[h * rope..][..rope]).copied().collect();
+                let scores: Vec<f32> = rows
+                    .iter()
+                    .enumerate()
+                    .map(|(j, r)| {
+                        let k: Vec<f32> = k_nope.row(j).iter().chain(&r[lora..]).copied().collect();
+                        q_h.iter().zip(&k).map(|(a, b)| a * b).sum::<f32>() * self.scale
+                    })
+                    .collect();
+                debug_assert_eq!(q_h.len(), qk);
+                let p = crate::backend::cpu::attention::softmax(&scores);
+                let o = &mut out[(i * nh + h) * vd..][..vd];
+                for (j, w) in p.iter().enumerate() {
+                    for (oi, vi) in o.iter_mut().zip(v.row(j)) {
+                        *oi += w * vi;
+                    }
+                }
+            }
+        }
+        Tensor::from_f32([t, nh * vd], out)
+    }
+
+    /// o_h = W_UV,h · (attention-weighted latent of head h), for every head.
+    fn project_values(&self, o_lat: &Tensor, lora: usize) -> Result<Tensor> {
+        let (t, nh, vd) = (o_lat.dims()[0], self.n_heads, self.dims.v_head_dim);
+        let mut out = vec![0.0f32; t * nh * vd];
+        for h in 0..nh {
+            let lat = head_columns(o_lat, nh, lora, h)?;
+            let v = ops::linear(&lat, &self.w_uv[h], None)?;
+            for i in 0..t {
+                out[(i * nh + h) * vd..][..vd].copy_from_slice(v.row(i));
+            }
+        }
+        Tensor::from_f32([t, nh * vd], out)
+    }
+}
+
+/// Splits rows of `n` heads × (a + b) into [T, n·a] and [T, n·b].
+fn split_heads(x: &Tensor, n: usize, a: usize, b: usize) -> Result<(Tensor, Tensor)> {
+    let t = x.dims()[0];
+    let (mut xa, mut xb) = (Vec::with_capacity(t * n * a), Vec::with_capacity(t * n * b));
+    for head in x.as_slice().chunks_exact(a + b) {
+        xa.extend_from_slice(&head[..a]);
+        xb.extend_from_slice(&head[a..]);
+    }
+    Ok((Tensor::from_f32([t, n * a], xa)?, Tensor::from_f32([t, n * b], xb)?))
+}
+
+/// Columns of head `h` of rows of `n` heads × `d`: [T, d].
+fn head_columns(x: &Tensor, n: usize, d: usize, h: usize) -> Result<Tensor> {
+    let t = x.dims()[0];
+    let v: Vec<f32> = (0..t).flat_map(|i| x.row(i)[h * d..][..d].to_vec()).collect();
+    debug_assert_eq!(x.dims()[1], n * d);
+    Tensor::from_f32([t, d], v)
+}
+
+fn transpose(w: &Tensor) -> Result<Tensor> {
+    let (r, c) = (w.dims()[0], w.dims()[1]);
+    let mut v = vec![0.0f32; r * c];
+    for i in 0..r {
+        for j in 0..c {
+            v[j * r + i] = w.as_slice()[i * c + j];
+        }
+    }
+    Tensor::from_f32_stored_as([c, r], v, w.dtype())
+}
+
+/// kv_b_proj [h·(nope + v), kv_lora] → per head W_UKᵀ [kv_lora, nope] and W_UV [v, kv_lora].
+fn split_kv_b(w: &Tensor, nh: usize, d: &MlaConfig) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+    let per_head = d.qk_nope_head_dim + d.v_head_dim;
+    let mut uk_t = Vec::with_capacity(nh);
+    let mut uv = Vec::with_capacity(nh);
+    for h in 0..nh {
+        let rows = w.narrow_rows(h * per_head, per_head)?;
+        uk_t.push(transpose(&rows.narrow_rows(0, d.qk_nope_head_dim)?)?);
+        uv.push(rows.narrow_rows(d.qk_nope_head_dim, d.v_head_dim)?);
+    }
+    Ok((uk_t, uv))
+}
