@@ -1,9 +1,16 @@
 //! Dense products through the `gemm` crate (multithreaded, SIMD).
 
 use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
 
 /// Below this many multiply-adds one thread is faster than waking the pool.
 const PARALLEL_MIN_FLOPS: usize = 1 << 18;
+
+/// Output columns of one gemm call. gemm picks its kernel and blocking from (m, n, k), so a row
+/// of a 3-row product can differ in the last bit from the same row alone; serving needs greedy
+/// answers that do not depend on what else is in the batch, so every product is computed as
+/// the same fixed sequence of one-row calls (one per row and chunk of columns), whatever m is.
+const COLS_PER_CALL: usize = 256;
 
 /// `out[m, n] = x[m, k] · w[n, k]ᵀ (+ bias[n])`: a linear layer with PyTorch's weight layout.
 pub fn linear(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
@@ -22,32 +29,15 @@ pub fn linear_into(out: &mut [f32], x: &[f32], m: usize, k: usize, w: &[f32], n:
     }
     if k == 0 {
         out.fill(0.0);
+    } else if m * n * k >= PARALLEL_MIN_FLOPS {
+        out.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
+            row.par_chunks_mut(COLS_PER_CALL).enumerate().for_each(|(c, cols)| row_times_cols(cols, &x[r * k..][..k], w, c, k));
+        });
     } else {
-        let parallelism = if m * n * k >= PARALLEL_MIN_FLOPS { Parallelism::Rayon(0) } else { Parallelism::None };
-        // SAFETY: the asserts above bound every index gemm touches: dst is m×n row-major
-        // (row stride n), lhs is x as m×k row-major, rhs is wᵀ as k×n (element (i, j) = w[j*k + i]).
-        unsafe {
-            gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.as_ptr(),
-                k as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
+        for (r, row) in out.chunks_mut(n).enumerate() {
+            for (c, cols) in row.chunks_mut(COLS_PER_CALL).enumerate() {
+                row_times_cols(cols, &x[r * k..][..k], w, c, k);
+            }
         }
     }
     if let Some(b) = bias {
@@ -56,6 +46,18 @@ pub fn linear_into(out: &mut [f32], x: &[f32], m: usize, k: usize, w: &[f32], n:
                 *o += bi;
             }
         }
+    }
+}
+
+/// `cols = x_row · w[c·COLS_PER_CALL ..][..cols.len()]ᵀ`: one row against one chunk of output
+/// columns, the unit every product is made of.
+fn row_times_cols(cols: &mut [f32], x_row: &[f32], w: &[f32], chunk: usize, k: usize) {
+    let n = cols.len();
+    let w = &w[chunk * COLS_PER_CALL * k..][..n * k];
+    // SAFETY: dst is 1×n (row stride n), lhs is x_row as 1×k, rhs is wᵀ as k×n (element
+    // (i, j) = w[j*k + i]); the slices above hold exactly these elements.
+    unsafe {
+        gemm(1, n, k, cols.as_mut_ptr(), 1, n as isize, false, x_row.as_ptr(), 1, k as isize, w.as_ptr(), k as isize, 1, 0.0, 1.0, false, false, false, Parallelism::None);
     }
 }
 
