@@ -7,6 +7,7 @@
 //! - [`attention`]: attention layers over the paged [`kv_cache`].
 //! - [`moe`]: routers, expert banks and the MoE block (dense MLPs are its one-expert case).
 //! - [`model`]: the decoder stack that ties them together.
+//! - [`comm`]: communicators between ranks (TP, EP, PP groups); in-process ranks as threads.
 //! - [`engine`]: sequences, prefill and decode steps, generation.
 //!
 //! Routing math, placement and dispatch policy live in the `switchyard-experts` crate.
@@ -14,6 +15,7 @@
 pub mod attention;
 pub mod backend;
 pub mod checkpoint;
+pub mod comm;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -1,0 +1,21 @@
+//! Communicators: the collectives ranks use to run one model together.
+//!
+//! [`Communicator`] is what the model code calls (all-reduce, reduce-scatter, all-gather,
+//! all-to-all-v, send/recv, broadcast, barrier); every implementation counts the bytes it sends to
+//! other ranks. [`LocalComm`] is the in-process implementation: one thread per rank, real copies of
+//! bytes through channels, deterministic reductions. [`RankGrid`] maps a global rank onto its TP,
+//! EP and PP groups, and [`World`] builds every rank's communicators and runs rank threads.
+
+mod communicator;
+mod element;
+mod error;
+mod grid;
+mod local;
+mod world;
+
+pub use communicator::{even_counts, Communicator};
+pub use element::Element;
+pub use error::{CommError, Op};
+pub use grid::{RankCoords, RankGrid};
+pub use local::LocalComm;
+pub use world::{RankComms, RankFailure, RunError, World, DEFAULT_TIMEOUT};
