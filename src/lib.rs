@@ -9,6 +9,8 @@
 //! - [`model`]: the decoder stack that ties them together.
 //! - [`comm`]: communicators between ranks (TP, EP, PP groups); in-process ranks as threads.
 //! - [`engine`]: sequences, prefill and decode steps, generation.
+//! - [`scheduler`]: the serving engine loop (continuous batching, chunked prefill, preemption).
+//! - [`server`]: the OpenAI-compatible HTTP server; [`metrics`]: Prometheus metrics and expert loads.
 //!
 //! Routing math, placement and dispatch policy live in the `switchyard-experts` crate.
 
@@ -20,9 +22,12 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod kv_cache;
+pub mod metrics;
 pub mod model;
 pub mod moe;
 pub mod ops;
+pub mod scheduler;
+pub mod server;
 pub mod tensor;
 pub mod tokenizer;
 

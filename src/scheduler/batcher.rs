@@ -1,0 +1,221 @@
+//! Which sequences run in the next step, and how many of their tokens (continuous batching
+//! with chunked prefill, FCFS, preemption by recompute). Readable in one sitting, like
+//! nano-vllm's scheduler.
+
+use super::sequence::{Advance, ServeSequence};
+use crate::kv_cache::BlockAllocator;
+use crate::model::StepBatch;
+use std::collections::VecDeque;
+use std::time::Instant;
+
+/// Batch limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Sequences in the running batch at most.
+    pub max_num_seqs: usize,
+    /// Tokens in one step at most (decode tokens plus prefill chunks).
+    pub max_batched_tokens: usize,
+}
+
+impl Limits {
+    /// Checks that every running sequence can get a token each step.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_num_seqs == 0 || self.max_batched_tokens == 0 {
+            return Err("max_num_seqs and max_batched_tokens must be positive".into());
+        }
+        if self.max_batched_tokens < self.max_num_seqs {
+            return Err(format!(
+                "max_batched_tokens ({}) must be at least max_num_seqs ({}) so that every running sequence decodes each step",
+                self.max_batched_tokens, self.max_num_seqs
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One sequence's part of a step.
+#[derive(Debug, Clone, Copy)]
+struct Chunk {
+    /// Index into the running list.
+    seq: usize,
+    /// New tokens in this step.
+    len: usize,
+    /// Its row in the step's logits (set for the chunk that reaches the sequence's end).
+    logit_row: Option<usize>,
+}
+
+/// A step to run: the batch and which sequence each part belongs to.
+#[derive(Debug)]
+pub struct Plan {
+    /// What the executor runs.
+    pub batch: StepBatch,
+    chunks: Vec<Chunk>,
+}
+
+/// What a step did to the sequences.
+#[derive(Debug, Default)]
+pub struct StepReport {
+    /// One entry per sequence that got a token.
+    pub advances: Vec<Advance>,
+    /// Sequences preempted while planning this step.
+    pub preempted: usize,
+}
+
+/// The waiting and running queues over one block pool.
+#[derive(Debug)]
+pub struct Batcher {
+    allocator: BlockAllocator,
+    limits: Limits,
+    waiting: VecDeque<ServeSequence>,
+    running: Vec<ServeSequence>,
+    preempted: usize,
+}
+
+impl Batcher {
+    /// Empty queues over `allocator`.
+    pub fn new(allocator: BlockAllocator, limits: Limits) -> Self {
+        Self { allocator, limits, waiting: VecDeque::new(), running: Vec::new(), preempted: 0 }
+    }
+
+    /// The block pool.
+    pub fn allocator(&self) -> &BlockAllocator {
+        &self.allocator
+    }
+
+    /// Queues a sequence (it runs when a slot, the token budget and blocks allow).
+    pub fn add(&mut self, seq: ServeSequence) {
+        self.waiting.push_back(seq);
+    }
+
+    /// Sequences running / waiting.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.running.len(), self.waiting.len())
+    }
+
+    /// Whether nothing is queued or running.
+    pub fn is_idle(&self) -> bool {
+        self.running.is_empty() && self.waiting.is_empty()
+    }
+
+    /// Drops the sequences whose clients went away (their blocks go back to the pool).
+    pub fn drop_cancelled(&mut self) -> usize {
+        let before = self.running.len() + self.waiting.len();
+        self.running.retain(|s| !s.is_cancelled());
+        self.waiting.retain(|s| !s.is_cancelled());
+        before - self.running.len() - self.waiting.len()
+    }
+
+    /// Fails and drops every sequence.
+    pub fn abort_all(&mut self, why: &str) {
+        for s in self.running.drain(..).chain(self.waiting.drain(..)) {
+            s.fail(why);
+        }
+    }
+
+    /// Preempts the youngest running sequence (recomputed when it is scheduled again).
+    fn preempt_youngest(&mut self) {
+        if let Some(mut victim) = self.running.pop() {
+            victim.preempt(&self.allocator);
+            self.waiting.push_front(victim);
+            self.preempted += 1;
+        }
+    }
+
+    /// Plans the next step: running sequences first (oldest first: one decode token, or the
+    /// next prefill chunk), then waiting ones while slots, budget and blocks last. Returns
+    /// None when nothing can run.
+    pub fn schedule(&mut self) -> Option<Plan> {
+        let mut budget = self.limits.max_batched_tokens;
+        let mut chunks = Vec::new();
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            let len = self.running[i].uncached().min(budget);
+            loop {
+                let s = &mut self.running[i];
+                if s.table.reserve(s.cached + len).is_ok() {
+                    chunks.push(Chunk { seq: i, len, logit_row: None });
+                    budget -= len;
+                    i += 1;
+                    break;
+                }
+                if i == 0 && self.running.len() == 1 {
+                    // Alone and still not fitting: it can never run.
+                    let s = self.running.remove(0);
+                    s.fail("the sequence does not fit in the KV cache");
+                    break;
+                }
+                // Preempting the youngest may preempt this very sequence (then the loop ends).
+                let last = self.running.len() - 1;
+                self.preempt_youngest();
+                if last == i {
+                    break;
+                }
+            }
+        }
+        // After a preemption the cache is tight: admit nobody new this step.
+        while budget > 0 && self.running.len() < self.limits.max_num_seqs && self.preempted == 0 {
+            let Some(s) = self.waiting.front_mut() else { break };
+            let len = s.uncached().min(budget);
+            if s.table.reserve(s.cached + len).is_err() {
+                if self.running.is_empty() {
+                    let s = self.waiting.pop_front().expect("front exists");
+                    s.fail("the sequence does not fit in the KV cache");
+                    continue;
+                }
+                break;
+            }
+            let s = self.waiting.pop_front().expect("front exists");
+            chunks.push(Chunk { seq: self.running.len(), len, logit_row: None });
+            budget -= len;
+            self.running.push(s);
+        }
+        if chunks.is_empty() {
+            return None;
+        }
+        let mut batch = StepBatch::default();
+        for c in &mut chunks {
+            let s = &self.running[c.seq];
+            let tokens = &s.tokens[s.cached..s.cached + c.len];
+            batch.push_sequence(tokens, s.cached, s.table.blocks().to_vec(), false);
+            if s.cached + c.len == s.tokens.len() {
+                c.logit_row = Some(batch.logit_rows.len() - 1);
+            } else {
+                batch.logit_rows.pop();
+            }
+        }
+        Some(Plan { batch, chunks })
+    }
+
+    /// Applies a step's logits ([rows, vocab] flattened): advances every chunk's cache, samples
+    /// the next token of each sequence that reached its end, drops finished ones.
+    pub fn complete(&mut self, plan: Plan, logits: &[f32], vocab: usize, eos: &[u32]) -> StepReport {
+        let now = Instant::now();
+        let mut report = StepReport { preempted: std::mem::take(&mut self.preempted), ..Default::default() };
+        let mut done = Vec::new();
+        for c in &plan.chunks {
+            let s = &mut self.running[c.seq];
+            s.cached += c.len;
+            if let Some(row) = c.logit_row {
+                let adv = s.advance(&logits[row * vocab..][..vocab], eos, now);
+                if adv.finished.is_some() || adv.cancelled {
+                    done.push(c.seq);
+                }
+                report.advances.push(adv);
+            }
+        }
+        done.sort_unstable();
+        for i in done.into_iter().rev() {
+            self.running.remove(i);
+        }
+        report
+    }
+
+    /// Fails the sequences of a plan whose step failed.
+    pub fn fail_plan(&mut self, plan: Plan, why: &str) {
+        let mut idx: Vec<usize> = plan.chunks.iter().map(|c| c.seq).collect();
+        idx.sort_unstable();
+        for i in idx.into_iter().rev() {
+            self.running.remove(i).fail(why);
+        }
+    }
+}

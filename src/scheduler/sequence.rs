@@ -1,0 +1,113 @@
+//! A request inside the engine: its tokens, its cache blocks, its sampler and the channel its
+//! tokens go out on.
+
+use super::request::{Event, FinishReason, GeneratedToken, GenerationRequest, SamplingConfig};
+use super::sampler::Sampler;
+use crate::kv_cache::{BlockAllocator, BlockTable};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// One sequence being served.
+#[derive(Debug)]
+pub struct ServeSequence {
+    /// Prompt then generated tokens.
+    pub tokens: Vec<u32>,
+    /// Prompt tokens (the first `prompt_len` of `tokens`).
+    pub prompt_len: usize,
+    /// Tokens whose keys/values are in the cache.
+    pub cached: usize,
+    /// The cache blocks (back to the pool on drop or preemption).
+    pub table: BlockTable,
+    /// How to sample and when to stop.
+    pub sampling: SamplingConfig,
+    sampler: Sampler,
+    events: UnboundedSender<Event>,
+    arrived: Instant,
+    first_token: Option<Instant>,
+}
+
+/// What happened to a sequence when it got a token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Advance {
+    /// Time to first token, when this was the first.
+    pub ttft: Option<Duration>,
+    /// Set when the sequence is done: why, and its mean time per output token (None for a
+    /// single-token answer).
+    pub finished: Option<(FinishReason, Option<Duration>)>,
+    /// The receiver is gone (the client left): drop the sequence.
+    pub cancelled: bool,
+}
+
+impl ServeSequence {
+    /// A new sequence that allocates from `allocator` and answers on `events`.
+    pub fn new(req: GenerationRequest, allocator: &BlockAllocator, events: UnboundedSender<Event>, arrived: Instant) -> Self {
+        let sampler = Sampler::new(req.sampling.seed);
+        Self {
+            prompt_len: req.prompt.len(),
+            tokens: req.prompt,
+            cached: 0,
+            table: allocator.new_table(),
+            sampling: req.sampling,
+            sampler,
+            events,
+            arrived,
+            first_token: None,
+        }
+    }
+
+    /// Tokens not yet in the cache.
+    pub fn uncached(&self) -> usize {
+        self.tokens.len() - self.cached
+    }
+
+    /// Tokens generated so far.
+    pub fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+
+    /// Whether the client dropped its receiver.
+    pub fn is_cancelled(&self) -> bool {
+        self.events.is_closed()
+    }
+
+    /// Gives the blocks back; the whole sequence (prompt and generated tokens) is recomputed
+    /// when it is scheduled again.
+    pub fn preempt(&mut self, allocator: &BlockAllocator) {
+        self.table = allocator.new_table();
+        self.cached = 0;
+    }
+
+    /// Tells the client the request failed.
+    pub fn fail(&self, why: &str) {
+        let _ = self.events.send(Event::Failed(why.to_string()));
+    }
+
+    /// Samples the next token from the logits of the last cached token, sends it, and says
+    /// whether the sequence is done.
+    pub fn advance(&mut self, logits: &[f32], eos: &[u32], now: Instant) -> Advance {
+        let (id, logprob) = self.sampler.pick(logits, &self.sampling, eos, self.generated());
+        self.tokens.push(id);
+        let ttft = match self.first_token {
+            None => {
+                self.first_token = Some(now);
+                Some(now - self.arrived)
+            }
+            Some(_) => None,
+        };
+        let mut cancelled = self.events.send(Event::Token(GeneratedToken { id, logprob })).is_err();
+        let reason = if !self.sampling.ignore_eos && eos.contains(&id) {
+            Some(FinishReason::EndOfSequence)
+        } else if self.generated() >= self.sampling.max_tokens {
+            Some(FinishReason::Length)
+        } else {
+            None
+        };
+        let finished = reason.map(|r| {
+            cancelled |= self.events.send(Event::Finished(r)).is_err();
+            let n = self.generated() as u32;
+            let tpot = self.first_token.filter(|_| n > 1).map(|first| (now - first) / (n - 1));
+            (r, tpot)
+        });
+        Advance { ttft, finished, cancelled }
+    }
+}
