@@ -18,6 +18,12 @@ pub enum Error {
     /// Routing input or configuration that does not fit.
     #[error("routing: {0}")]
     Routing(#[from] switchyard_experts::RoutingError),
+    /// A collective failed (a peer rank died or timed out).
+    #[error(transparent)]
+    Comm(#[from] crate::comm::CommError),
+    /// A parallel layout that cannot run this model.
+    #[error("layout: {0}")]
+    Layout(String),
     /// Shapes that do not fit together.
     #[error("shape mismatch: {0}")]
     Shape(String),

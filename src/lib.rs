@@ -8,6 +8,7 @@
 //! - [`moe`]: routers, expert banks and the MoE block (dense MLPs are its one-expert case).
 //! - [`model`]: the decoder stack that ties them together.
 //! - [`comm`]: communicators between ranks (TP, EP, PP groups); in-process ranks as threads.
+//! - [`parallel`]: what each rank holds and the executor that runs ranks as threads.
 //! - [`engine`]: sequences, prefill and decode steps, generation.
 //! - [`scheduler`]: the serving engine loop (continuous batching, chunked prefill, preemption).
 //! - [`server`]: the OpenAI-compatible HTTP server; [`metrics`]: Prometheus metrics and expert loads.
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod model;
 pub mod moe;
 pub mod ops;
+pub mod parallel;
 pub mod scheduler;
 pub mod server;
 pub mod tensor;

@@ -6,6 +6,7 @@ use crate::config::{AttentionKind, ModelConfig};
 use crate::error::Result;
 use crate::kv_cache::LayerCache;
 use crate::model::{Linear, StepBatch};
+use crate::parallel::Shard;
 use crate::ops::{self, Heads, PagedCache, Rotary};
 use crate::tensor::Tensor;
 
@@ -25,19 +26,27 @@ pub struct GqaAttention {
 }
 
 impl GqaAttention {
-    /// Loads `{prefix}.{q,k,v,o}_proj` (and q_norm/k_norm) of layer `prefix`.
-    pub fn load(cfg: &ModelConfig, src: &dyn WeightSource, prefix: &str) -> Result<Self> {
+    /// Loads this rank's heads of `{prefix}.{q,k,v,o}_proj` (and q_norm/k_norm): q heads split
+    /// over the TP group, KV heads split too or replicated when the group is larger than their
+    /// count, the output projection's matching columns (row-parallel).
+    pub fn load(cfg: &ModelConfig, src: &dyn WeightSource, prefix: &str, shard: &Shard) -> Result<Self> {
         let AttentionKind::Gqa { qkv_bias, o_bias, qk_norm } = cfg.attention else {
             unreachable!("GqaAttention::load called for MLA")
         };
         let (h, hd, nh, nkv) = (cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
-        let q = Linear::load(src, &format!("{prefix}.q_proj"), nh * hd, h, qkv_bias)?;
-        let k = Linear::load(src, &format!("{prefix}.k_proj"), nkv * hd, h, qkv_bias)?;
-        let v = Linear::load(src, &format!("{prefix}.v_proj"), nkv * hd, h, qkv_bias)?;
+        let q_heads = shard.tp_range(nh);
+        let kv_heads = if nkv >= shard.tp { shard.tp_range(nkv) } else { let k = shard.tp_rank * nkv / shard.tp; k..k + 1 };
+        let rows = |r: &std::ops::Range<usize>| (r.start * hd, r.len() * hd);
+        let q = Linear::load(src, &format!("{prefix}.q_proj"), nh * hd, h, qkv_bias)?.rows(rows(&q_heads))?;
+        let k = Linear::load(src, &format!("{prefix}.k_proj"), nkv * hd, h, qkv_bias)?.rows(rows(&kv_heads))?;
+        let v = Linear::load(src, &format!("{prefix}.v_proj"), nkv * hd, h, qkv_bias)?.rows(rows(&kv_heads))?;
+        // Row-parallel output: this rank's input columns; the bias is added once, on TP rank 0.
+        let o = Linear::load(src, &format!("{prefix}.o_proj"), h, nh * hd, o_bias)?.cols(rows(&q_heads), shard.tp_rank == 0)?;
         let norm = |n: &str| src.load(&format!("{prefix}.{n}.weight"), &[hd]);
+        let (nh, nkv) = (q_heads.len(), kv_heads.len());
         Ok(Self {
             qkv: Linear::concat_out(&[q, k, v])?,
-            o: Linear::load(src, &format!("{prefix}.o_proj"), h, nh * hd, o_bias)?,
+            o,
             q_norm: if qk_norm { Some(norm("q_norm")?) } else { None },
             k_norm: if qk_norm { Some(norm("k_norm")?) } else { None },
             n_heads: nh,
@@ -55,6 +64,7 @@ impl GqaAttention {
     }
 
     /// Attention of the batch's new tokens `x` [T, hidden]; writes their K/V into `cache`.
+    /// Under TP the result is this rank's partial sum (the group reduces it).
     pub fn forward(&self, x: &Tensor, batch: &StepBatch, cache: &mut LayerCache, block_size: usize) -> Result<Tensor> {
         let (q_w, kv_w) = (self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim);
         let qkv = self.qkv.forward(x)?;

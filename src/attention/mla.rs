@@ -11,6 +11,7 @@ use crate::config::{AttentionKind, MlaConfig, ModelConfig};
 use crate::error::Result;
 use crate::kv_cache::LayerCache;
 use crate::model::{Linear, StepBatch};
+use crate::parallel::Shard;
 use crate::ops::{self, Heads, PagedCache, Rotary};
 use crate::tensor::Tensor;
 
@@ -50,21 +51,25 @@ pub struct MlaAttention {
 }
 
 impl MlaAttention {
-    /// Loads the projections of `prefix` (e.g. `model.layers.0.self_attn`).
-    pub fn load(cfg: &ModelConfig, src: &dyn WeightSource, prefix: &str) -> Result<Self> {
+    /// Loads this rank's heads of the projections of `prefix` (e.g. `model.layers.0.self_attn`):
+    /// the latent projections are replicated, the per-head ones split over the TP group.
+    pub fn load(cfg: &ModelConfig, src: &dyn WeightSource, prefix: &str, shard: &Shard) -> Result<Self> {
         let AttentionKind::Mla(d) = &cfg.attention else { unreachable!("MlaAttention::load for GQA") };
-        let (h, nh) = (cfg.hidden_size, cfg.num_heads);
+        let (h, all_heads) = (cfg.hidden_size, cfg.num_heads);
+        let heads = shard.tp_range(all_heads);
+        let nh = heads.len();
         let qk = d.qk_nope_head_dim + d.qk_rope_head_dim;
+        let per_head = d.qk_nope_head_dim + d.v_head_dim;
         let lin = |n: &str, out, inp| Linear::load(src, &format!("{prefix}.{n}"), out, inp, false);
         let q = match d.q_lora_rank {
-            None => QueryProj::Full(lin("q_proj", nh * qk, h)?),
+            None => QueryProj::Full(lin("q_proj", all_heads * qk, h)?.rows((heads.start * qk, nh * qk))?),
             Some(r) => QueryProj::LowRank {
                 down: lin("q_a_proj", r, h)?,
                 norm: src.load(&format!("{prefix}.q_a_layernorm.weight"), &[r])?,
-                up: lin("q_b_proj", nh * qk, r)?,
+                up: lin("q_b_proj", all_heads * qk, r)?.rows((heads.start * qk, nh * qk))?,
             },
         };
-        let kv_b = lin("kv_b_proj", nh * (d.qk_nope_head_dim + d.v_head_dim), d.kv_lora_rank)?;
+        let kv_b = lin("kv_b_proj", all_heads * per_head, d.kv_lora_rank)?.rows((heads.start * per_head, nh * per_head))?;
         let (w_uk_t, w_uv) = split_kv_b(&kv_b.weight, nh, d)?;
         let scale = (1.0 / (qk as f64).sqrt() * cfg.rope.softmax_mscale()) as f32;
         Ok(Self {
@@ -73,7 +78,7 @@ impl MlaAttention {
             kv_norm: src.load(&format!("{prefix}.kv_a_layernorm.weight"), &[d.kv_lora_rank])?,
             w_uk_t,
             w_uv,
-            o: lin("o_proj", h, nh * d.v_head_dim)?,
+            o: lin("o_proj", h, all_heads * d.v_head_dim)?.cols((heads.start * d.v_head_dim, nh * d.v_head_dim), true)?,
             dims: d.clone(),
             n_heads: nh,
             rotary: Rotary::new(&cfg.rope, d.qk_rope_head_dim),

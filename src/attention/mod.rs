@@ -13,6 +13,7 @@ use crate::config::{AttentionKind, ModelConfig};
 use crate::error::Result;
 use crate::kv_cache::LayerCache;
 use crate::model::StepBatch;
+use crate::parallel::Shard;
 use crate::tensor::Tensor;
 
 /// The attention of one layer.
@@ -25,11 +26,12 @@ pub enum Attention {
 }
 
 impl Attention {
-    /// Loads the attention the config describes from `prefix` (`model.layers.{i}.self_attn`).
-    pub fn load(cfg: &ModelConfig, src: &dyn WeightSource, prefix: &str) -> Result<Self> {
+    /// Loads this rank's share of the attention the config describes from `prefix`
+    /// (`model.layers.{i}.self_attn`).
+    pub fn load(cfg: &ModelConfig, src: &dyn WeightSource, prefix: &str, shard: &Shard) -> Result<Self> {
         Ok(match cfg.attention {
-            AttentionKind::Gqa { .. } => Attention::Gqa(GqaAttention::load(cfg, src, prefix)?),
-            AttentionKind::Mla(_) => Attention::Mla(MlaAttention::load(cfg, src, prefix)?),
+            AttentionKind::Gqa { .. } => Attention::Gqa(GqaAttention::load(cfg, src, prefix, shard)?),
+            AttentionKind::Mla(_) => Attention::Mla(MlaAttention::load(cfg, src, prefix, shard)?),
         })
     }
 

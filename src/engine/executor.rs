@@ -5,6 +5,7 @@ use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::model::{Model, StepBatch, StepOutput};
+use crate::parallel::RankContext;
 
 /// Runs forward steps over block tables the driver allocated.
 pub trait Executor: Send {
@@ -18,18 +19,20 @@ pub trait Executor: Send {
     fn step(&mut self, batch: &StepBatch) -> Result<StepOutput>;
 }
 
-/// The whole model on one rank of this process.
+/// The whole model on one rank, in the calling thread: the world of one, through the same
+/// per-rank forward as every parallel layout.
 #[derive(Debug)]
 pub struct LocalExecutor {
     model: Model,
     cache: KvCache,
+    ctx: RankContext,
 }
 
 impl LocalExecutor {
     /// `model` with a cache of `num_blocks` blocks of `block_size` slots.
     pub fn new(model: Model, num_blocks: usize, block_size: usize) -> Self {
         let cache = model.new_cache(num_blocks, block_size);
-        Self { model, cache }
+        Self { model, cache, ctx: RankContext::single() }
     }
 }
 
@@ -47,6 +50,8 @@ impl Executor for LocalExecutor {
     }
 
     fn step(&mut self, batch: &StepBatch) -> Result<StepOutput> {
-        self.model.forward(batch, &mut self.cache)
+        let cfg = self.model.config();
+        let out = self.model.forward_rank(batch, &mut self.cache, &self.ctx)?;
+        StepOutput::assemble(vec![out], batch.logit_rows.len(), cfg.vocab_size, cfg.num_layers, 1, 0)
     }
 }

@@ -2,15 +2,23 @@
 //!
 //! h₀ = E[tokens];  for each layer ℓ:  h ← h + Attn(RMSNorm(h));  h ← h + MoE(RMSNorm(h));
 //! logits = RMSNorm(h) · W_lmᵀ   (W_lm = E when embeddings are tied)
+//!
+//! On many ranks (see [`crate::parallel`]) a rank holds one pipeline stage's layers, its TP
+//! share of every attention and its EP share of every MoE block. Its attention group computes
+//! its own sequences; after attention the TP group reduce-scatters so each rank owns 1/tp of
+//! the tokens for the MoE block, then all-gathers them back.
 
+use super::rank_output::RankOutput;
 use crate::attention::{Attention, MlaForm};
 use crate::checkpoint::WeightSource;
+use crate::comm::even_counts;
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::model::StepBatch;
 use crate::moe::MoeBlock;
 use crate::ops;
+use crate::parallel::{split, RankContext, Shard};
 use crate::tensor::Tensor;
 
 /// One decoder layer.
@@ -22,55 +30,56 @@ pub struct DecoderLayer {
     ffn: MoeBlock,
 }
 
-/// A loaded model.
+/// The part of a model one rank holds (all of it on a single rank).
 #[derive(Debug, Clone)]
 pub struct Model {
     config: ModelConfig,
-    embed: Tensor,
+    shard: Shard,
+    /// On the first stage.
+    embed: Option<Tensor>,
     layers: Vec<DecoderLayer>,
-    norm: Tensor,
-    /// None when tied to the embedding.
-    lm_head: Option<Tensor>,
-}
-
-/// What a forward pass returns.
-#[derive(Debug, Clone)]
-pub struct StepOutput {
-    /// [batch.logit_rows.len(), vocab].
-    pub logits: Tensor,
-    /// Per layer, tokens routed to each logical expert (empty for dense layers).
-    pub expert_counts: Vec<Vec<u64>>,
-    /// Per layer, (token, expert) pairs each EP rank computed (empty for dense layers).
-    pub rank_tokens: Vec<Vec<u64>>,
-    /// Bytes the communicators moved between ranks during the step.
-    pub comm_bytes: u64,
+    /// Final norm and lm_head, on the last stage.
+    head: Option<(Tensor, Tensor)>,
 }
 
 impl DecoderLayer {
-    fn load(cfg: &ModelConfig, src: &dyn WeightSource, layer: usize) -> Result<Self> {
+    fn load(cfg: &ModelConfig, src: &dyn WeightSource, layer: usize, shard: &Shard) -> Result<Self> {
         let p = format!("model.layers.{layer}");
         let norm = |n: &str| src.load(&format!("{p}.{n}.weight"), &[cfg.hidden_size]);
-        let attention = Attention::load(cfg, src, &format!("{p}.self_attn"))?;
         Ok(Self {
             input_norm: norm("input_layernorm")?,
-            attention,
+            attention: Attention::load(cfg, src, &format!("{p}.self_attn"), shard)?,
             post_attention_norm: norm("post_attention_layernorm")?,
-            ffn: MoeBlock::load(cfg, src, layer)?,
+            ffn: MoeBlock::load(cfg, src, layer, shard)?,
         })
     }
 }
 
 impl Model {
-    /// Loads every weight the config implies from `src`.
+    /// Loads the whole model for one rank.
     pub fn load(config: &ModelConfig, src: &dyn WeightSource) -> Result<Self> {
+        let placements = crate::parallel::ParallelPlan::single().placements(config)?;
+        Self::load_shard(config, src, Shard::single(config.num_layers, placements))
+    }
+
+    /// Loads what `shard` holds.
+    pub fn load_shard(config: &ModelConfig, src: &dyn WeightSource, shard: Shard) -> Result<Self> {
         let (v, h) = (config.vocab_size, config.hidden_size);
-        let embed = src.load("model.embed_tokens.weight", &[v, h])?;
-        let layers = (0..config.num_layers)
-            .map(|i| DecoderLayer::load(config, src, i))
-            .collect::<Result<Vec<_>>>()?;
-        let norm = src.load("model.norm.weight", &[h])?;
-        let lm_head = if config.tie_word_embeddings { None } else { Some(src.load("lm_head.weight", &[v, h])?) };
-        Ok(Self { config: config.clone(), embed, layers, norm, lm_head })
+        let embed_needed = shard.is_first_stage() || (shard.is_last_stage() && config.tie_word_embeddings);
+        let embed = if embed_needed { Some(src.load("model.embed_tokens.weight", &[v, h])?) } else { None };
+        let layers = shard.layers.clone().map(|i| DecoderLayer::load(config, src, i, &shard)).collect::<Result<Vec<_>>>()?;
+        let head = if shard.is_last_stage() {
+            let norm = src.load("model.norm.weight", &[h])?;
+            let lm_head = match (&embed, config.tie_word_embeddings) {
+                (Some(e), true) => e.clone(),
+                _ => src.load("lm_head.weight", &[v, h])?,
+            };
+            Some((norm, lm_head))
+        } else {
+            None
+        };
+        let embed = if shard.is_first_stage() { embed } else { None };
+        Ok(Self { config: config.clone(), shard, embed, layers, head })
     }
 
     /// Chooses the algebraic form of multi-head latent attention (no effect on GQA models).
@@ -87,45 +96,83 @@ impl Model {
         &self.config
     }
 
-    /// A paged cache for every layer of this model.
+    /// What this rank holds.
+    pub fn shard(&self) -> &Shard {
+        &self.shard
+    }
+
+    /// A paged cache for this rank's layers.
     pub fn new_cache(&self, num_blocks: usize, block_size: usize) -> KvCache {
         let widths: Vec<(usize, usize)> = self.layers.iter().map(|l| l.attention.cache_widths()).collect();
         KvCache::new(num_blocks, block_size, &widths)
     }
 
-    /// Bytes of all weights in their stored dtype.
-    pub fn stored_bytes(&self) -> usize {
-        self.embed.stored_bytes() + self.lm_head.as_ref().map_or(0, Tensor::stored_bytes) + self.layers.iter().map(|l| l.ffn.stored_bytes()).sum::<usize>()
+    /// This rank's part of one step. Every rank of the world calls it with the same batch; the
+    /// rank computes its attention group's sequences, takes hidden states from the previous
+    /// stage and passes them on, and (on the last stage, TP rank 0) returns its logits rows.
+    pub fn forward_rank(&self, batch: &StepBatch, cache: &mut KvCache, ctx: &RankContext) -> Result<RankOutput> {
+        let s = &self.shard;
+        let (sub, logit_index) = split::sub_batch(batch, s.dp_rank(), s.dp());
+        let h = self.config.hidden_size;
+        let mut residual = match &self.embed {
+            Some(e) => ops::embedding(e, &sub.tokens)?,
+            None => Tensor::from_f32([sub.tokens.len(), h], ctx.pp.recv(s.stage - 1)?)?,
+        };
+        let started = ctx.tick();
+        let mut out = RankOutput { ep_rank: s.ep_rank, ..RankOutput::default() };
+        let block_size = cache.block_size();
+        for (i, (layer, layer_cache)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
+            let layer_index = s.layers.start + i;
+            residual = self.layer_forward(layer, layer_index, residual, &sub, layer_cache, block_size, ctx, &mut out)?;
+        }
+        if !s.is_last_stage() {
+            out.work_ticks = started.zip(ctx.tick());
+            ctx.pp.send(residual.as_slice(), s.stage + 1)?;
+            return Ok(out);
+        }
+        if s.tp_rank == 0 {
+            let (norm, lm_head) = self.head.as_ref().expect("the last stage holds the head");
+            let rows: Vec<f32> = sub.logit_rows.iter().flat_map(|&r| residual.row(r).to_vec()).collect();
+            let rows = ops::rms_norm(&Tensor::from_f32([sub.logit_rows.len(), h], rows)?, norm, self.config.rms_norm_eps)?;
+            out.logits = Some((logit_index, ops::linear(&rows, lm_head, None)?));
+        }
+        out.work_ticks = started.zip(ctx.tick());
+        Ok(out)
     }
 
-    /// Runs the batch's new tokens through the model, writing their keys and values into
-    /// `cache`, and returns the logits of `batch.logit_rows`.
-    pub fn forward(&self, batch: &StepBatch, cache: &mut KvCache) -> Result<StepOutput> {
+    #[allow(clippy::too_many_arguments)]
+    fn layer_forward(
+        &self,
+        layer: &DecoderLayer,
+        layer_index: usize,
+        mut residual: Tensor,
+        sub: &StepBatch,
+        cache: &mut crate::kv_cache::LayerCache,
+        block_size: usize,
+        ctx: &RankContext,
+        out: &mut RankOutput,
+    ) -> Result<Tensor> {
         let eps = self.config.rms_norm_eps;
-        let block_size = cache.block_size();
-        let mut residual = ops::embedding(&self.embed, &batch.tokens)?;
-        let mut delta: Option<Tensor> = None;
-        let mut expert_counts = Vec::with_capacity(self.layers.len());
-        let mut rank_tokens = Vec::with_capacity(self.layers.len());
-        for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            let x = match &delta {
-                Some(d) => ops::add_rms_norm(&mut residual, d, &layer.input_norm, eps)?,
-                None => ops::rms_norm(&residual, &layer.input_norm, eps)?,
-            };
-            let attn = layer.attention.forward(&x, batch, layer_cache, block_size)?;
-            let x = ops::add_rms_norm(&mut residual, &attn, &layer.post_attention_norm, eps)?;
-            let moe = layer.ffn.forward(&x)?;
-            rank_tokens.push(if moe.expert_counts.is_empty() { Vec::new() } else { vec![moe.expert_counts.iter().sum()] });
-            expert_counts.push(moe.expert_counts);
-            delta = Some(moe.hidden);
-        }
-        if let Some(d) = &delta {
-            ops::add_in_place(&mut residual, d);
-        }
         let h = self.config.hidden_size;
-        let rows: Vec<f32> = batch.logit_rows.iter().flat_map(|&r| residual.row(r).to_vec()).collect();
-        let rows = ops::rms_norm(&Tensor::from_f32([batch.logit_rows.len(), h], rows)?, &self.norm, eps)?;
-        let logits = ops::linear(&rows, self.lm_head.as_ref().unwrap_or(&self.embed), None)?;
-        Ok(StepOutput { logits, expert_counts, rank_tokens, comm_bytes: 0 })
+        let t = sub.tokens.len();
+        let x = ops::rms_norm(&residual, &layer.input_norm, eps)?;
+        let partial = layer.attention.forward(&x, sub, cache, block_size)?;
+        // Reduce the row-parallel partial sums; each TP rank keeps 1/tp of the tokens.
+        let counts = even_counts(t, ctx.tp.size());
+        let elems: Vec<usize> = counts.iter().map(|c| c * h).collect();
+        let attn = ctx.tp.reduce_scatter_sum(partial.as_slice(), &elems)?;
+        let start = counts[..ctx.tp.rank()].iter().sum::<usize>();
+        let mine = counts[ctx.tp.rank()];
+        let mut res_slice = residual.narrow_rows(start, mine)?;
+        let attn = Tensor::from_f32([mine, h], attn)?;
+        let x = ops::add_rms_norm(&mut res_slice, &attn, &layer.post_attention_norm, eps)?;
+        let moe = layer.ffn.forward(&x, ctx.ep.as_ref())?;
+        ops::add_in_place(&mut res_slice, &moe.hidden);
+        out.a2a_predicted_bytes += moe.dispatch.predicted_bytes;
+        out.a2a_measured_bytes += moe.dispatch.measured_bytes;
+        out.record_layer(layer_index, moe.expert_counts, moe.rows_computed, layer.ffn.is_sparse());
+        let (gathered, _) = ctx.tp.all_gather(res_slice.as_slice())?;
+        residual = Tensor::from_f32([t, h], gathered)?;
+        Ok(residual)
     }
 }

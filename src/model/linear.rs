@@ -48,6 +48,20 @@ impl Linear {
         })
     }
 
+    /// Output rows `start..start + len` (a column-parallel shard).
+    pub fn rows(self, (start, len): (usize, usize)) -> Result<Self> {
+        Ok(Self {
+            weight: self.weight.narrow_rows(start, len)?,
+            bias: self.bias.map(|b| b.narrow_rows(start, len)).transpose()?,
+        })
+    }
+
+    /// Input columns `start..start + len` (a row-parallel shard); the bias stays only where
+    /// `keep_bias` (one rank adds it to the reduced sum).
+    pub fn cols(self, (start, len): (usize, usize), keep_bias: bool) -> Result<Self> {
+        Ok(Self { weight: self.weight.narrow_cols(start, len)?, bias: self.bias.filter(|_| keep_bias) })
+    }
+
     /// Output features.
     pub fn out_features(&self) -> usize {
         self.weight.dims()[0]

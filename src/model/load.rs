@@ -6,6 +6,7 @@ use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::tokenizer::Tokenizer;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Where a model's weights come from.
 #[derive(Debug, Clone)]
@@ -28,6 +29,16 @@ pub struct LoadedModel {
 }
 
 impl ModelSource {
+    /// The config and a shareable weight source (for loading shards on many rank threads).
+    pub fn weights(&self) -> Result<(ModelConfig, Arc<dyn WeightSource>)> {
+        let config = ModelConfig::from_dir(&self.dir)?;
+        let src: Arc<dyn WeightSource> = match self.random_weights {
+            Some(seed) => Arc::new(RandomWeights::new(seed)),
+            None => Arc::new(Checkpoint::open(&self.dir)?),
+        };
+        Ok((config, src))
+    }
+
     /// Reads config.json, the weights and the tokenizer.
     pub fn load(&self) -> Result<LoadedModel> {
         let config = ModelConfig::from_dir(&self.dir)?;

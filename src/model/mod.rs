@@ -5,8 +5,10 @@ mod batch;
 mod decoder;
 mod linear;
 mod load;
+mod rank_output;
 
 pub use batch::StepBatch;
-pub use decoder::{DecoderLayer, Model, StepOutput};
+pub use decoder::{DecoderLayer, Model};
+pub use rank_output::{RankOutput, StepOutput};
 pub use linear::Linear;
 pub use load::{LoadedModel, ModelSource};

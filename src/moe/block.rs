@@ -2,14 +2,17 @@
 //!
 //! out(x) = Σ_{e ∈ topk(x)} w_e(x) · E_e(x)  [+ σ(x·g) ·] S(x)
 
+use super::dispatch::{dispatch_combine, DispatchStats, EpRank};
 use super::{ExpertBank, ExpertNames, Router};
+use crate::comm::Communicator;
+use crate::parallel::Shard;
 use crate::backend::cpu::activation::sigmoid;
 use crate::checkpoint::WeightSource;
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::ops;
 use crate::tensor::Tensor;
-use switchyard_experts::expert_counts;
+use switchyard_experts::{expert_counts, Placement};
 
 /// Always-on experts computed beside the routed ones.
 #[derive(Debug, Clone)]
@@ -19,12 +22,17 @@ struct SharedExperts {
     gate: Option<Tensor>,
 }
 
-/// One layer's feed-forward block.
+/// One layer's feed-forward block: the router and shared experts replicated on every rank,
+/// the routed experts of this rank's slots.
 #[derive(Debug, Clone)]
 pub struct MoeBlock {
     router: Router,
     experts: ExpertBank,
     shared: Option<SharedExperts>,
+    /// Where the routed experts live (None: a dense block, computed locally).
+    placement: Option<Placement>,
+    ep_rank: usize,
+    ranks_per_node: usize,
 }
 
 /// The block's output and the routing it did (for load statistics).
@@ -32,25 +40,30 @@ pub struct MoeBlock {
 pub struct MoeOutput {
     /// [T, hidden].
     pub hidden: Tensor,
-    /// Tokens sent to each logical expert (empty for a dense block).
+    /// Tokens this rank routed to each logical expert (empty for a dense block).
     pub expert_counts: Vec<u64>,
+    /// (token, expert) pairs this rank's experts computed, from every source rank.
+    pub rows_computed: u64,
+    /// The dispatch's byte counts (predicted by the plan, measured by the communicator).
+    pub dispatch: DispatchStats,
 }
 
 impl MoeBlock {
-    /// Loads the feed-forward block of layer `layer`: sparse where the config says so, else a
-    /// dense MLP as one expert.
-    pub fn load(cfg: &ModelConfig, src: &dyn WeightSource, layer: usize) -> Result<Self> {
+    /// Loads this rank's part of the feed-forward block of layer `layer`: sparse where the
+    /// config says so (the experts of this rank's slots in the shard's placement), else a dense
+    /// MLP as one expert, replicated (each rank computes its own tokens).
+    pub fn load(cfg: &ModelConfig, src: &dyn WeightSource, layer: usize, shard: &Shard) -> Result<Self> {
         let prefix = format!("model.layers.{layer}");
         let h = cfg.hidden_size;
-        let (Some(moe), true) = (&cfg.moe, cfg.is_sparse_layer(layer)) else {
+        let (Some(moe), Some(placement)) = (&cfg.moe, shard.placements[layer].as_ref()) else {
             let mlp = ExpertBank::load_dense(src, &format!("{prefix}.mlp"), h, cfg.intermediate_size, cfg.mlp_bias)?;
-            return Ok(Self { router: Router::Single, experts: mlp, shared: None });
+            return Ok(Self { router: Router::Single, experts: mlp, shared: None, placement: None, ep_rank: 0, ranks_per_node: 1 });
         };
         let names = ExpertNames::of(cfg.architecture);
         let p = format!("{prefix}.{}", names.sparse);
         let router = Router::load(src, &p, moe.router, h, moe.correction_bias)?;
-        let ids: Vec<usize> = (0..moe.n_experts).collect();
-        let experts = ExpertBank::load_experts(src, &p, names.proj, &ids, h, moe.intermediate_size)?;
+        let slots = placement.rank_experts(shard.ep_rank);
+        let experts = ExpertBank::load_experts(src, &p, names.proj, slots, moe.n_experts, h, moe.intermediate_size)?;
         let shared = match (&moe.shared, names.shared) {
             (Some(s), Some(name)) => Some(SharedExperts {
                 mlp: ExpertBank::load_dense(src, &format!("{p}.{name}"), h, s.intermediate_size, false)?,
@@ -58,7 +71,7 @@ impl MoeBlock {
             }),
             _ => None,
         };
-        Ok(Self { router, experts, shared })
+        Ok(Self { router, experts, shared, placement: Some(placement.clone()), ep_rank: shard.ep_rank, ranks_per_node: shard.ranks_per_node })
     }
 
     /// Whether a router picks among several experts.
@@ -71,14 +84,23 @@ impl MoeBlock {
         self.experts.stored_bytes() + self.shared.as_ref().map_or(0, |s| s.mlp.stored_bytes())
     }
 
-    /// route → permute → grouped SwiGLU → combine (+ shared).
-    pub fn forward(&self, x: &Tensor) -> Result<MoeOutput> {
+    /// route → dispatch to the experts' ranks → grouped SwiGLU → combine (+ shared). Every rank
+    /// of the EP group calls this together (with its own tokens, possibly none).
+    pub fn forward(&self, x: &Tensor, ep: &dyn Communicator) -> Result<MoeOutput> {
         let routing = self.router.route(x)?;
         let n = self.router.n_experts();
-        let perm = ops::permute_by_expert(&routing.experts, n);
-        let xs = ops::gather_rows(x, &perm.order, routing.top_k)?;
-        let ys = self.experts.forward_grouped(&xs, &perm.offsets)?;
-        let mut out = ops::combine(&ys, &perm.order, &routing.weights, routing.top_k)?;
+        let (mut out, dispatch) = match &self.placement {
+            Some(placement) => {
+                let rank = EpRank { placement, rank: self.ep_rank, ranks_per_node: self.ranks_per_node };
+                dispatch_combine(x, &routing, rank, &self.experts, ep)?
+            }
+            None => {
+                let perm = ops::permute_by_expert(&routing.experts, n);
+                let xs = ops::gather_rows(x, &perm.order, routing.top_k)?;
+                let ys = self.experts.forward_grouped(&xs, &perm.offsets)?;
+                (ops::combine(&ys, &perm.order, &routing.weights, routing.top_k)?, DispatchStats::default())
+            }
+        };
         if let Some(shared) = &self.shared {
             let mut s = shared.mlp.forward_grouped(x, &[0, x.dims()[0]])?;
             if let Some(g) = &shared.gate {
@@ -92,6 +114,6 @@ impl MoeBlock {
             ops::add_in_place(&mut out, &s);
         }
         let expert_counts = if self.is_sparse() { expert_counts(&routing, n) } else { Vec::new() };
-        Ok(MoeOutput { hidden: out, expert_counts })
+        Ok(MoeOutput { hidden: out, expert_counts, rows_computed: dispatch.rows_computed, dispatch })
     }
 }

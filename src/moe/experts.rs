@@ -4,7 +4,8 @@
 use crate::checkpoint::{CheckpointError, WeightSource};
 use crate::error::Result;
 use crate::ops;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
+use switchyard_experts::EMPTY_SLOT;
 
 /// Experts of one layer (all of them, or the slots one rank holds).
 #[derive(Debug, Clone)]
@@ -16,44 +17,64 @@ pub struct ExpertBank {
 }
 
 impl ExpertBank {
-    /// Loads experts `ids` of a sparse block at `prefix` (e.g. `model.layers.3.mlp`), named
-    /// per expert as the hub has them (`{prefix}.experts.{e}.{gate,up,down}`), or fused as
-    /// transformers 5 keeps them in memory (`{prefix}.experts.gate_up_proj`, `.down_proj`).
-    pub fn load_experts(src: &dyn WeightSource, prefix: &str, proj: [&str; 3], ids: &[usize], hidden: usize, inter: usize) -> Result<Self> {
-        let mut gate_up = Vec::with_capacity(ids.len() * 2 * inter * hidden);
-        let mut down = Vec::with_capacity(ids.len() * hidden * inter);
-        for &e in ids {
+    /// Loads the experts of physical slots whose logical ids are `slots` (an [`EMPTY_SLOT`]
+    /// holds zeros: no token is routed there) of a sparse block at `prefix` (e.g.
+    /// `model.layers.3.mlp`), named per expert as the hub has them
+    /// (`{prefix}.experts.{e}.{gate,up,down}`), or fused as transformers 5 keeps them in memory
+    /// (`{prefix}.experts.gate_up_proj`, `.down_proj`).
+    pub fn load_experts(
+        src: &dyn WeightSource,
+        prefix: &str,
+        proj: [&str; 3],
+        slots: &[u32],
+        n_experts: usize,
+        hidden: usize,
+        inter: usize,
+    ) -> Result<Self> {
+        let mut gate_up = Vec::with_capacity(slots.len() * 2 * inter * hidden);
+        let mut down = Vec::with_capacity(slots.len() * hidden * inter);
+        let mut dtype = DType::BF16;
+        for (i, &e) in slots.iter().enumerate() {
+            if e == EMPTY_SLOT {
+                gate_up.resize(gate_up.len() + 2 * inter * hidden, 0.0);
+                down.resize(down.len() + hidden * inter, 0.0);
+                continue;
+            }
             let name = |p: &str| format!("{prefix}.experts.{e}.{p}.weight");
             let gate = match src.load(&name(proj[0]), &[inter, hidden]) {
-                Err(CheckpointError::MissingTensor { .. }) if ids.first() == Some(&e) => {
-                    return Self::load_fused(src, prefix, ids, hidden, inter);
+                Err(CheckpointError::MissingTensor { .. }) if slots[..i].iter().all(|&s| s == EMPTY_SLOT) => {
+                    return Self::load_fused(src, prefix, slots, hidden, inter, n_experts);
                 }
                 other => other?,
             };
+            dtype = gate.dtype();
             gate_up.extend_from_slice(gate.as_slice());
             gate_up.extend_from_slice(src.load(&name(proj[1]), &[inter, hidden])?.as_slice());
             down.extend_from_slice(src.load(&name(proj[2]), &[hidden, inter])?.as_slice());
         }
-        let dtype = src.load(&format!("{prefix}.experts.{}.{}.weight", ids[0], proj[2]), &[hidden, inter])?.dtype();
+        let n = slots.len();
         Ok(Self {
-            gate_up: Tensor::from_f32_stored_as([ids.len(), 2 * inter, hidden], gate_up, dtype)?,
-            down: Tensor::from_f32_stored_as([ids.len(), hidden, inter], down, dtype)?,
+            gate_up: Tensor::from_f32_stored_as([n, 2 * inter, hidden], gate_up, dtype)?,
+            down: Tensor::from_f32_stored_as([n, hidden, inter], down, dtype)?,
             gate_up_bias: None,
             down_bias: None,
         })
     }
 
-    fn load_fused(src: &dyn WeightSource, prefix: &str, ids: &[usize], hidden: usize, inter: usize) -> Result<Self> {
-        let n = ids.iter().max().map_or(0, |m| m + 1);
+    fn load_fused(src: &dyn WeightSource, prefix: &str, slots: &[u32], hidden: usize, inter: usize, n_experts: usize) -> Result<Self> {
+        let n = n_experts;
         let gate_up = src.load(&format!("{prefix}.experts.gate_up_proj"), &[n, 2 * inter, hidden])?;
         let down = src.load(&format!("{prefix}.experts.down_proj"), &[n, hidden, inter])?;
         let pick = |t: &Tensor, rows: usize| -> Result<Tensor> {
-            let mut v = Vec::with_capacity(ids.len() * rows);
-            for &e in ids {
-                v.extend_from_slice(&t.as_slice()[e * rows..][..rows]);
+            let mut v = Vec::with_capacity(slots.len() * rows);
+            for &e in slots {
+                match e {
+                    EMPTY_SLOT => v.resize(v.len() + rows, 0.0),
+                    e => v.extend_from_slice(&t.as_slice()[e as usize * rows..][..rows]),
+                }
             }
             let mut dims = t.dims().to_vec();
-            dims[0] = ids.len();
+            dims[0] = slots.len();
             Tensor::from_f32_stored_as(dims, v, t.dtype())
         };
         Ok(Self {

@@ -4,11 +4,13 @@
 //! case (top-1, weight 1, no router), so every model takes the same path.
 
 mod block;
+mod dispatch;
 mod experts;
 mod names;
 mod router;
 
 pub use block::{MoeBlock, MoeOutput};
+pub use dispatch::{dispatch_combine, DispatchStats, EpRank};
 pub use experts::ExpertBank;
 pub use names::ExpertNames;
 pub use router::Router;

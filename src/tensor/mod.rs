@@ -120,6 +120,19 @@ impl Tensor {
         &self.as_slice()[i * cols..(i + 1) * cols]
     }
 
+    /// Columns `start..start + len` of a 2-D tensor (a row-parallel weight's shard).
+    pub fn narrow_cols(&self, start: usize, len: usize) -> Result<Self> {
+        let (rows, cols) = (self.dims()[0], self.dims()[1]);
+        if start + len > cols {
+            return Err(Error::Shape(format!("columns {start}..{} out of {cols}", start + len)));
+        }
+        let mut data = Vec::with_capacity(rows * len);
+        for r in 0..rows {
+            data.extend_from_slice(&self.as_slice()[r * cols + start..][..len]);
+        }
+        Self::from_f32_stored_as([rows, len], data, self.dtype)
+    }
+
     /// Rows `range` of a tensor viewed as [rows, last dim], as a new tensor (used to split
     /// weights among ranks or experts).
     pub fn narrow_rows(&self, start: usize, len: usize) -> Result<Self> {

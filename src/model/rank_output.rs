@@ -1,0 +1,84 @@
+//! What each rank returns from a step, and how the driver assembles the step's output.
+
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// One rank's results of one step.
+#[derive(Debug, Clone, Default)]
+pub struct RankOutput {
+    /// The rank's index in its stage.
+    pub ep_rank: usize,
+    /// Logit rows this rank computed: indices into the batch's `logit_rows`, and the rows.
+    pub logits: Option<(Vec<usize>, Tensor)>,
+    /// Per sparse layer of this rank: tokens it routed to each logical expert.
+    pub expert_counts: Vec<(usize, Vec<u64>)>,
+    /// Per sparse layer of this rank: pairs its experts computed.
+    pub rows_computed: Vec<(usize, u64)>,
+    /// All-to-All bytes the dispatch plans predicted for this rank's sends.
+    pub a2a_predicted_bytes: u64,
+    /// All-to-All bytes the EP communicator counted.
+    pub a2a_measured_bytes: u64,
+    /// Logical-clock ticks at which the rank's input was ready and its work done.
+    pub work_ticks: Option<(u64, u64)>,
+}
+
+impl RankOutput {
+    /// Records a layer's routing statistics.
+    pub fn record_layer(&mut self, layer: usize, counts: Vec<u64>, rows: u64, sparse: bool) {
+        if sparse {
+            self.expert_counts.push((layer, counts));
+            self.rows_computed.push((layer, rows));
+        }
+    }
+}
+
+/// A step's output, assembled from every rank.
+#[derive(Debug, Clone)]
+pub struct StepOutput {
+    /// [batch.logit_rows.len(), vocab].
+    pub logits: Tensor,
+    /// Per layer, tokens routed to each logical expert (empty for dense layers).
+    pub expert_counts: Vec<Vec<u64>>,
+    /// Per layer, (token, expert) pairs each EP rank computed (empty for dense layers).
+    pub rank_tokens: Vec<Vec<u64>>,
+    /// Bytes the communicators moved between ranks during the step.
+    pub comm_bytes: u64,
+    /// All-to-All bytes the dispatch plans predicted (summed over ranks and layers).
+    pub a2a_predicted_bytes: u64,
+    /// All-to-All bytes the EP communicators counted.
+    pub a2a_measured_bytes: u64,
+}
+
+impl StepOutput {
+    /// Sums every rank's statistics and places every logits row.
+    pub fn assemble(outputs: Vec<RankOutput>, n_rows: usize, vocab: usize, num_layers: usize, ep: usize, comm_bytes: u64) -> Result<Self> {
+        let mut logits = vec![f32::NAN; n_rows * vocab];
+        let mut filled = 0;
+        let mut expert_counts: Vec<Vec<u64>> = vec![Vec::new(); num_layers];
+        let mut rank_tokens: Vec<Vec<u64>> = vec![Vec::new(); num_layers];
+        let (mut a2a_predicted_bytes, mut a2a_measured_bytes) = (0, 0);
+        for out in outputs {
+            a2a_predicted_bytes += out.a2a_predicted_bytes;
+            a2a_measured_bytes += out.a2a_measured_bytes;
+            if let Some((index, rows)) = out.logits {
+                for (k, &row) in index.iter().enumerate() {
+                    logits[row * vocab..][..vocab].copy_from_slice(rows.row(k));
+                    filled += 1;
+                }
+            }
+            for (layer, counts) in out.expert_counts {
+                let total = &mut expert_counts[layer];
+                total.resize(counts.len(), 0);
+                total.iter_mut().zip(&counts).for_each(|(t, c)| *t += c);
+            }
+            for (layer, rows) in out.rows_computed {
+                rank_tokens[layer].resize(ep, 0);
+                rank_tokens[layer][out.ep_rank] += rows;
+            }
+        }
+        if filled != n_rows {
+            return Err(Error::Layout(format!("ranks returned {filled} logit rows, the step needs {n_rows}")));
+        }
+        Ok(Self { logits: Tensor::from_f32([n_rows, vocab], logits)?, expert_counts, rank_tokens, comm_bytes, a2a_predicted_bytes, a2a_measured_bytes })
+    }
+}

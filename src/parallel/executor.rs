@@ -1,0 +1,252 @@
+//! `ParallelExecutor`: every rank of a layout as a thread of this process, each with its own
+//! shard, KV storage and communicators. The driver sends every step's plan to every rank and
+//! gathers the last stage's logits; it may keep up to `pp` steps in flight so pipeline stages
+//! work at the same time.
+
+use super::{ParallelPlan, RankContext};
+use crate::checkpoint::WeightSource;
+use crate::comm::World;
+use crate::config::ModelConfig;
+use crate::engine::Executor;
+use crate::error::{Error, Result};
+use crate::model::{Model, RankOutput, StepBatch, StepOutput};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// When a rank worked on a step, on a logical clock shared by all ranks (ticks, not time):
+/// from the moment its input was ready (embedded, or received from the previous stage) to the
+/// end of its part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageEvent {
+    /// The step.
+    pub step: u64,
+    /// The rank's pipeline stage.
+    pub stage: usize,
+    /// Global rank.
+    pub rank: usize,
+    /// Tick at which the input was ready.
+    pub start: u64,
+    /// Tick at which the rank finished.
+    pub end: u64,
+}
+
+struct Report {
+    rank: usize,
+    step: u64,
+    output: std::result::Result<RankOutput, String>,
+    bytes: u64,
+}
+
+/// A layout's ranks as threads.
+pub struct ParallelExecutor {
+    config: ModelConfig,
+    ep: usize,
+    num_blocks: usize,
+    block_size: usize,
+    to_ranks: Vec<Sender<(u64, Arc<StepBatch>)>>,
+    reports: Receiver<Report>,
+    handles: Vec<JoinHandle<()>>,
+    next_step: u64,
+    in_flight: VecDeque<(u64, usize)>,
+    early: Vec<Report>,
+    events: Arc<Mutex<Vec<StageEvent>>>,
+    failure: Option<String>,
+}
+
+impl ParallelExecutor {
+    /// Starts one thread per rank of `plan`, each loading its shard from `src`; returns once
+    /// every rank has loaded (or the first loading error).
+    pub fn new(config: &ModelConfig, src: Arc<dyn WeightSource>, plan: &ParallelPlan, num_blocks: usize, block_size: usize) -> Result<Self> {
+        plan.validate(config)?;
+        let world = World::new(plan.grid);
+        let clock = Arc::new(AtomicU64::new(0));
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let (report_tx, reports) = channel();
+        let (ready_tx, ready_rx) = channel();
+        let mut to_ranks = Vec::new();
+        let mut handles = Vec::new();
+        for (rank, comms) in world.communicators().into_iter().enumerate() {
+            let shard = plan.shard(config, rank)?;
+            let (tx, rx) = channel();
+            to_ranks.push(tx);
+            let (cfg, src, report_tx, ready_tx) = (config.clone(), src.clone(), report_tx.clone(), ready_tx.clone());
+            let (clock, events) = (clock.clone(), events.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("rank-{rank}"))
+                .spawn(move || {
+                    let mut ctx = RankContext::from(comms);
+                    ctx.clock = Some(clock);
+                    let model = match Model::load_shard(&cfg, src.as_ref(), shard) {
+                        Ok(m) => m,
+                        Err(e) => return drop(ready_tx.send(Err(format!("rank {rank}: {e}")))),
+                    };
+                    let mut cache = model.new_cache(num_blocks, block_size);
+                    let _ = ready_tx.send(Ok(()));
+                    drop(ready_tx);
+                    rank_loop(rank, &model, &mut cache, &ctx, rx, report_tx, &events);
+                })
+                .map_err(|e| Error::Layout(format!("cannot start rank {rank}: {e}")))?;
+            handles.push(handle);
+        }
+        drop(ready_tx);
+        for _ in 0..handles.len() {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(Error::Layout(format!("loading the model: {e}"))),
+                Err(_) => return Err(Error::Layout("a rank stopped while loading".into())),
+            }
+        }
+        Ok(Self {
+            config: config.clone(),
+            ep: plan.grid.ep,
+            num_blocks,
+            block_size,
+            to_ranks,
+            reports,
+            handles,
+            next_step: 0,
+            in_flight: VecDeque::new(),
+            early: Vec::new(),
+            events,
+            failure: None,
+        })
+    }
+
+    /// Sends a step to every rank without waiting; returns its id. Steps in flight at once must
+    /// hold different sequences.
+    pub fn submit(&mut self, batch: StepBatch) -> Result<u64> {
+        self.check_alive()?;
+        if let Some(&bad) = batch.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            return Err(Error::Input(format!("token id {bad} is outside the vocabulary (size {})", self.config.vocab_size)));
+        }
+        let step = self.next_step;
+        self.next_step += 1;
+        let rows = batch.logit_rows.len();
+        let batch = Arc::new(batch);
+        for tx in &self.to_ranks {
+            if tx.send((step, batch.clone())).is_err() {
+                return self.fail("a rank thread is gone".into());
+            }
+        }
+        self.in_flight.push_back((step, rows));
+        Ok(step)
+    }
+
+    /// Waits for the oldest step in flight and assembles its output.
+    pub fn collect(&mut self) -> Result<StepOutput> {
+        self.check_alive()?;
+        let Some((step, rows)) = self.in_flight.pop_front() else {
+            return Err(Error::Input("collect() with no step in flight".into()));
+        };
+        let mut mine: Vec<Report> = Vec::new();
+        let (early, rest): (Vec<Report>, Vec<Report>) = self.early.drain(..).partition(|r| r.step == step);
+        self.early = rest;
+        mine.extend(early);
+        while mine.len() < self.to_ranks.len() {
+            match self.reports.recv() {
+                Ok(r) if r.step == step => mine.push(r),
+                Ok(r) => self.early.push(r),
+                Err(_) => return self.fail("every rank thread stopped".into()),
+            }
+        }
+        let mut outputs = Vec::with_capacity(mine.len());
+        let mut bytes = 0;
+        for r in mine {
+            bytes += r.bytes;
+            match r.output {
+                Ok(o) => outputs.push(o),
+                Err(e) => return self.fail(format!("rank {} failed: {e}", r.rank)),
+            }
+        }
+        StepOutput::assemble(outputs, rows, self.config.vocab_size, self.config.num_layers, self.ep, bytes)
+    }
+
+    /// Every rank's stage work so far (for tests of pipeline overlap).
+    pub fn stage_events(&self) -> Vec<StageEvent> {
+        self.events.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn check_alive(&self) -> Result<()> {
+        match &self.failure {
+            Some(f) => Err(Error::Layout(format!("the ranks stopped after a failure: {f}"))),
+            None => Ok(()),
+        }
+    }
+
+    fn fail<T>(&mut self, why: String) -> Result<T> {
+        self.to_ranks.clear();
+        self.failure = Some(why.clone());
+        Err(Error::Layout(why))
+    }
+}
+
+fn rank_loop(
+    rank: usize,
+    model: &Model,
+    cache: &mut crate::kv_cache::KvCache,
+    ctx: &RankContext,
+    jobs: Receiver<(u64, Arc<StepBatch>)>,
+    reports: Sender<Report>,
+    events: &Mutex<Vec<StageEvent>>,
+) {
+    let mut sent_before = 0;
+    while let Ok((step, batch)) = jobs.recv() {
+        let output = model.forward_rank(&batch, cache, ctx).map_err(|e| e.to_string());
+        if let Ok(o) = &output {
+            if let Some((start, end)) = o.work_ticks {
+                let event = StageEvent { step, stage: model.shard().stage, rank, start, end };
+                events.lock().unwrap_or_else(|e| e.into_inner()).push(event);
+            }
+        }
+        let failed = output.is_err();
+        let sent = ctx.bytes_moved();
+        let _ = reports.send(Report { rank, step, output, bytes: sent - sent_before });
+        sent_before = sent;
+        if failed {
+            // Dropping the communicators makes every peer fail at once instead of waiting.
+            return;
+        }
+    }
+}
+
+impl Drop for ParallelExecutor {
+    fn drop(&mut self) {
+        self.to_ranks.clear();
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Executor for ParallelExecutor {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn num_blocks(&self) -> usize {
+        self.num_blocks
+    }
+
+    fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    fn step(&mut self, batch: &StepBatch) -> Result<StepOutput> {
+        self.submit(batch.clone())?;
+        self.collect()
+    }
+}
+
+impl std::fmt::Debug for ParallelExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ParallelExecutor({} ranks, {} in flight)", self.to_ranks.len(), self.in_flight.len())
+    }
+}
+
+/// Shared by the rank threads: the next tick of the logical clock.
+pub(crate) fn tick(clock: &AtomicU64) -> u64 {
+    clock.fetch_add(1, Ordering::SeqCst)
+}

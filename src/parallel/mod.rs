@@ -1,0 +1,16 @@
+//! One model over many ranks: what each rank holds ([`Shard`]), the communicators it runs with
+//! ([`RankContext`]), how a step's sequences are spread over data-parallel attention groups
+//! ([`split`]), and the executors that run ranks as threads ([`ParallelExecutor`]).
+//!
+//! A single rank is the world of one: the same forward code runs with size-1 groups.
+
+mod context;
+mod executor;
+mod plan;
+mod shard;
+pub mod split;
+
+pub use context::RankContext;
+pub use executor::{ParallelExecutor, StageEvent};
+pub use plan::{ParallelPlan, PlacementSpec};
+pub use shard::Shard;
