@@ -9,6 +9,7 @@
 //! - [`model`]: the decoder stack that ties them together.
 //! - [`comm`]: communicators between ranks (TP, EP, PP groups); in-process ranks as threads.
 //! - [`parallel`]: what each rank holds and the executor that runs ranks as threads.
+//! - [`layout`]: parallel layouts from configs/*.toml, their checks, memory and traffic plans.
 //! - [`engine`]: sequences, prefill and decode steps, generation.
 //! - [`scheduler`]: the serving engine loop (continuous batching, chunked prefill, preemption).
 //! - [`server`]: the OpenAI-compatible HTTP server; [`metrics`]: Prometheus metrics and expert loads.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod kv_cache;
+pub mod layout;
 pub mod metrics;
 pub mod model;
 pub mod moe;

@@ -1,0 +1,69 @@
+//! All-to-All bytes of the MoE blocks, assuming routing spreads tokens evenly over the experts.
+//!
+//! Each (token, chosen expert) pair goes to the `moe_tp` ranks of the expert group that holds
+//! the expert; with `g = ep / moe_tp` groups a rank's own group holds it with probability `1/g`,
+//! so a pair leaves the rank `moe_tp - 1/g` times on average. Dispatch ships the hidden state
+//! there and combine ships the result back: `2 * top_k * hidden * bytes * (moe_tp - 1/g)` bytes
+//! per token per MoE layer. A dense model is one expert, top-1.
+
+use super::memory::Dtypes;
+use super::Layout;
+use crate::config::ModelConfig;
+use serde::Serialize;
+
+/// All-to-All traffic of a layout.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Traffic {
+    /// Expected off-rank destinations of one (token, expert) pair: `moe_tp - 1/groups`.
+    pub off_rank_per_pair: f64,
+    /// Bytes one token moves in one MoE layer (dispatch + combine).
+    pub bytes_per_token_layer: f64,
+    /// MoE layers of each stage.
+    pub moe_layers_per_stage: Vec<usize>,
+    /// Bytes one token moves through the whole model (every stage's MoE layers).
+    pub bytes_per_token: f64,
+    /// Tokens in the step this estimate is for.
+    pub batch_tokens: usize,
+    /// Bytes the whole step moves (all stages, all ranks).
+    pub bytes_per_step: f64,
+    /// Bytes one rank of each stage sends in the step (the stage's tokens spread over its ranks).
+    pub bytes_per_rank_step: Vec<f64>,
+}
+
+/// Routed experts per token: `top_k`, or 1 for a dense model.
+fn top_k(model: &ModelConfig) -> usize {
+    model.moe.as_ref().map_or(1, |m| m.router.top_k)
+}
+
+/// Whether layer `i` runs the MoE path (every layer of a dense model does).
+fn is_moe_layer(model: &ModelConfig, i: usize) -> bool {
+    model.moe.as_ref().is_none_or(|m| m.sparse_layers[i])
+}
+
+/// The All-to-All traffic of `layout` for a step of `batch_tokens` tokens.
+pub fn traffic(model: &ModelConfig, layout: &Layout, batch_tokens: usize, dt: Dtypes) -> Traffic {
+    let groups = layout.expert_groups(model) as f64;
+    let off = layout.moe_tp(model) as f64 - 1.0 / groups;
+    let per_layer =
+        2.0 * top_k(model) as f64 * model.hidden_size as f64 * dt.activation as f64 * off;
+    let moe_layers_per_stage: Vec<usize> = layout
+        .stage_layers(model.num_layers)
+        .into_iter()
+        .map(|r| r.filter(|&i| is_moe_layer(model, i)).count())
+        .collect();
+    let total_layers: usize = moe_layers_per_stage.iter().sum();
+    let per_token = per_layer * total_layers as f64;
+    let ep = layout.parallel.ep as f64;
+    Traffic {
+        off_rank_per_pair: off,
+        bytes_per_token_layer: per_layer,
+        bytes_per_token: per_token,
+        batch_tokens,
+        bytes_per_step: per_token * batch_tokens as f64,
+        bytes_per_rank_step: moe_layers_per_stage
+            .iter()
+            .map(|&l| per_layer * l as f64 * batch_tokens as f64 / ep)
+            .collect(),
+        moe_layers_per_stage,
+    }
+}

@@ -1,0 +1,188 @@
+//! Layouts that cannot work fail with the number that is wrong and what would fit.
+
+use std::path::{Path, PathBuf};
+use switchyard::config::ModelConfig;
+use switchyard::layout::Layout;
+
+fn model(dir: &str) -> ModelConfig {
+    ModelConfig::from_dir(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(dir)).unwrap()
+}
+
+fn err(toml: &str, model_dir: &str, gpu: Option<f64>) -> String {
+    let l =
+        Layout::from_toml(toml, Path::new("test.toml")).unwrap_or_else(|e| panic!("parse: {e}"));
+    l.validate(&model(model_dir), gpu).unwrap_err().to_string()
+}
+
+const MIXTRAL: &str = "configs/models/Mixtral-8x7B-v0.1";
+const V3: &str = "configs/models/DeepSeek-V3";
+
+fn assert_has(msg: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(msg.contains(p), "{msg:?} lacks {p:?}");
+    }
+}
+
+#[test]
+fn tp_not_dividing_heads_lists_the_divisors() {
+    let e = err("[parallel]\ntp = 3\nep = 6", MIXTRAL, None);
+    assert_has(
+        &e,
+        &[
+            "tp 3 does not divide num_attention_heads 32",
+            "1, 2, 4, 8, 16 or 32",
+        ],
+    );
+}
+
+#[test]
+fn tp_not_dividing_ep() {
+    let e = err("[parallel]\ntp = 4\nep = 6", MIXTRAL, None);
+    assert_has(&e, &["tp 4 does not divide ep 6", "4, 8, 12 or 16"]);
+}
+
+#[test]
+fn experts_plus_redundant_not_divisible_says_which_redundant_would() {
+    let e = err(
+        "[parallel]\nep = 8\n[experts]\nredundant = 3",
+        MIXTRAL,
+        None,
+    );
+    assert_has(
+        &e,
+        &[
+            "experts (8) + redundant (3) = 11 slots",
+            "not divisible by 8 expert groups",
+            "0, 8 or 16",
+        ],
+    );
+    let e = err("[parallel]\nep = 3", MIXTRAL, None);
+    assert_has(&e, &["experts (8) + redundant (0) = 8", "1, 4 or 7"]);
+}
+
+#[test]
+fn moe_tp_that_does_not_tile() {
+    let e = err("[parallel]\nep = 8\nmoe_tp = 3", MIXTRAL, None);
+    assert_has(&e, &["moe_tp 3 must divide ep 8", "1, 2, 4 or 8"]);
+}
+
+#[test]
+fn pp_beyond_the_layers() {
+    let e = err("[parallel]\npp = 64", MIXTRAL, None);
+    assert_has(&e, &["pp 64 is more than num_hidden_layers 32"]);
+}
+
+#[test]
+fn explicit_pipeline_split_must_sum_to_the_layers() {
+    let e = err(
+        "[parallel]\npp = 2\n[pipeline]\nlayers = [16, 15]",
+        MIXTRAL,
+        None,
+    );
+    assert_has(
+        &e,
+        &[
+            "[16, 15]",
+            "sums to 31 but the model has 32 layers",
+            "[16, 16]",
+        ],
+    );
+    let e = err(
+        "[parallel]\npp = 2\n[pipeline]\nlayers = [32]",
+        MIXTRAL,
+        None,
+    );
+    assert_has(&e, &["has 1 stages but pp is 2"]);
+}
+
+#[test]
+fn world_size_must_match_the_machines() {
+    let e = err(
+        "[parallel]\nep = 8\npp = 2\nnodes = 1\ngpus_per_node = 8",
+        V3,
+        None,
+    );
+    assert_has(
+        &e,
+        &[
+            "ep 8 x pp 2 = 16 ranks",
+            "nodes 1 x gpus_per_node 8 = 8 GPUs",
+        ],
+    );
+}
+
+#[test]
+fn too_little_memory_says_how_much_is_needed() {
+    let e = err("[parallel]\ntp = 8\nep = 8", V3, Some(80.0));
+    assert_has(
+        &e,
+        &[
+            "stage 0 needs",
+            "GB per rank",
+            "72.00 GB (80.00 GB x memory_fraction 0.9)",
+            "raise ep (now 8) or pp (now 1)",
+        ],
+    );
+    // Mixtral on one 80 GB GPU: 93 GB of weights.
+    let e = err("", MIXTRAL, Some(80.0));
+    assert_has(&e, &["weights 93.41 GB", "GPUs of at least 10"]);
+}
+
+#[test]
+fn explicit_placement_of_the_wrong_size() {
+    let e = err(
+        "[parallel]\nep = 2\n[experts]\nredundant = 2\nplacement = [[0, 1, 2, 3, 4, 5, 6, 7]]",
+        MIXTRAL,
+        None,
+    );
+    assert_has(
+        &e,
+        &[
+            "placement of MoE layer 0",
+            "8 slots but experts (8) + redundant (2)",
+            "needs 10",
+        ],
+    );
+    let e = Layout::from_toml(
+        "[experts]\nplacement = \"missing.json\"",
+        Path::new("configs/t.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert_has(&e, &["missing.json"]);
+}
+
+#[test]
+fn explicit_placement_missing_an_expert() {
+    let e = err(
+        "[parallel]\nep = 2\n[experts]\nplacement = [[0, 1, 2, 3, 4, 5, 6, 6]]",
+        MIXTRAL,
+        None,
+    );
+    assert_has(
+        &e,
+        &["placement of MoE layer 0", "logical expert 7 has no slot"],
+    );
+}
+
+#[test]
+fn unknown_fields_and_bad_ranges_are_refused() {
+    let parse = Layout::from_toml("[parallel]\ntpp = 2", Path::new("bad.toml"))
+        .unwrap_err()
+        .to_string();
+    assert_has(&parse, &["bad.toml", "tpp"]);
+    let e = err("[scheduler]\nmemory_fraction = 1.5", MIXTRAL, None);
+    assert_has(&e, &["scheduler.memory_fraction = 1.5", "(0, 1]"]);
+    let e = err("[parallel]\nep = 0", MIXTRAL, None);
+    assert_has(&e, &["parallel.ep = 0"]);
+}
+
+#[test]
+fn tp_that_neither_splits_nor_replicates_kv_heads() {
+    let mut cfg = model(MIXTRAL);
+    cfg.num_heads = 12;
+    cfg.num_kv_heads = 4;
+    let l = Layout::from_toml("[parallel]\ntp = 6", Path::new("t.toml")).unwrap();
+    let e = l.validate(&cfg, None).unwrap_err().to_string();
+    assert_has(&e, &["tp 6 and num_key_value_heads 4", "1, 2, 4 or 12"]);
+}
