@@ -3,6 +3,7 @@
 
 mod generate;
 mod model_args;
+mod plan;
 mod score;
 mod serve;
 
@@ -22,6 +23,8 @@ enum Command {
     Score(score::ScoreArgs),
     /// Generate tokens after a prompt.
     Generate(generate::GenerateArgs),
+    /// Per-rank memory and All-to-All traffic of a layout, or a layout for a set of GPUs.
+    Plan(plan::PlanArgs),
     /// Serve the OpenAI-compatible HTTP API.
     Serve(serve::ServeArgs),
 }
@@ -31,6 +34,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Score(a) => score::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Plan(a) => plan::run(a),
         Command::Serve(a) => serve::run(a),
     }
 }
