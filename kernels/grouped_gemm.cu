@@ -1,0 +1,279 @@
+// Grouped GEMM over variable-size expert groups on the tensor cores (mma.sync m16n8k16 bf16,
+// f32 accumulate), for the two expert projections of a SwiGLU MoE layer:
+//
+//   gate/up: act[r, n] = silu(x[tok(r)] . gate_e[n]) * (x[tok(r)] . up_e[n])
+//            A rows are gathered from the tokens on load (tok(r) = order[r] / top_k), the
+//            weights are [n_experts, 2*inter, hidden] (gate rows, then up rows), and SiLU*up is
+//            fused into the epilogue: the same thread holds the gate and up accumulators of one
+//            output element.
+//   down:    y[r, n] = w[order[r]] * (act[r] . down_e[n]), weights [n_experts, hidden, inter];
+//            the router weight of the (token, expert) pair is applied in the epilogue.
+//
+// Rows r of expert e are offsets[e]..offsets[e+1] (the permutation kernels compute them on the
+// device). blockIdx.x walks the M tiles of all experts (tile_offsets[e] is the first tile of
+// expert e); blockIdx.y is the N tile. Blocks past the last tile exit at once, so the grid can be
+// sized without knowing the per-expert counts on the host. M runs fastest so that the blocks in
+// flight share one expert's weight tile (weights stream from HBM once at large T).
+//
+// Both operands are K-contiguous ("TN"), so A and B fragments come straight from ldmatrix.
+// Shared memory holds STAGES stages of a BM x 32 A tile and a BN x 32 B tile, filled by
+// cp.async (16 bytes a thread, zero-filled past a group's end) and XOR-swizzled so ldmatrix is
+// free of bank conflicts. K must be a multiple of 32 and N of the N tile (checked on the host).
+
+#include <cuda_bf16.h>
+
+#define BK 32
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+// Offset in 16-byte chunks of (row, chunk) in a [rows][4 chunks] tile, swizzled.
+__device__ __forceinline__ int swz(int row, int chunk) {
+    return row * 4 + (chunk ^ ((row >> 1) & 3));
+}
+
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool valid) {
+    int size = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(size));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr));
+}
+
+__device__ __forceinline__ void ldmatrix_x2(unsigned addr, unsigned& r0, unsigned& r1) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r0), "=r"(r1) : "r"(addr));
+}
+
+__device__ __forceinline__ void mma_bf16(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
+
+// Finds the expert whose tiles contain `tile` (tile_offsets has n_experts + 1 entries).
+__device__ __forceinline__ int expert_of_tile(const int* tile_offsets, int n_experts, int tile) {
+    int lo = 0, hi = n_experts;  // invariant: tile_offsets[lo] <= tile < tile_offsets[hi]
+    while (hi - lo > 1) {
+        int mid = (lo + hi) >> 1;
+        if (tile_offsets[mid] <= tile) lo = mid; else hi = mid;
+    }
+    return lo;
+}
+
+// Row of B (weights) in the N tile for n-fragment f of warp wn.
+template <int BN, int WN_FRAGS, bool GATE_UP>
+__device__ __forceinline__ int b_row(int wn, int f) {
+    if (GATE_UP) {
+        constexpr int HALF = WN_FRAGS / 2;
+        return f < HALF ? wn * HALF * 8 + f * 8 : BN / 2 + wn * HALF * 8 + (f - HALF) * 8;
+    } else {
+        return wn * WN_FRAGS * 8 + f * 8;
+    }
+}
+
+// BM x BN block tile, WARPS_M x WARPS_N warps, each warp (BM / WARPS_M) x (WN_FRAGS * 8).
+template <int BM, int BN, int WARPS_M, int WARPS_N, int WN_FRAGS, int STAGES, bool GATE_UP>
+__device__ __forceinline__ void grouped_gemm(
+    const __nv_bfloat16* __restrict__ a,         // gate/up: x [T, K]; down: act [P, K]
+    const __nv_bfloat16* __restrict__ w,         // [n_experts, N_total, K]
+    __nv_bfloat16* __restrict__ out,             // gate/up: act [P, N_total/2]; down: y [P, N_total]
+    const int* __restrict__ order,               // [P] pair of each sorted row
+    const float* __restrict__ pair_weight,       // down: router weight of each pair
+    const int* __restrict__ offsets,             // [n_experts + 1]
+    const int* __restrict__ tile_offsets,        // [n_experts + 1]
+    int n_experts, int n_total, int k, int top_k) {
+    constexpr int THREADS = WARPS_M * WARPS_N * 32;
+    constexpr int WM_FRAGS = BM / WARPS_M / 16;
+    static_assert(BN == WARPS_N * WN_FRAGS * 8, "warps must cover the N tile");
+    static_assert(!GATE_UP || WN_FRAGS % 2 == 0, "gate/up needs paired fragments");
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    uint4* sA = reinterpret_cast<uint4*>(smem_raw);           // [STAGES][BM * 4]
+    uint4* sB = sA + STAGES * BM * 4;                         // [STAGES][BN * 4]
+
+    const int tile = blockIdx.x;
+    if (tile >= tile_offsets[n_experts]) return;
+    const int e = expert_of_tile(tile_offsets, n_experts, tile);
+    const int row_begin = offsets[e] + (tile - tile_offsets[e]) * BM;
+    const int row_end = offsets[e + 1];
+    const int n0 = blockIdx.y * (GATE_UP ? BN / 2 : BN);
+    const int inter = n_total / 2;
+    const __nv_bfloat16* w_e = w + (size_t)e * n_total * k;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wm = warp / WARPS_N, wn = warp % WARPS_N;
+
+    // Per-thread load assignments: chunk c of row r (4 chunks of 8 bf16 per 32-wide row).
+    constexpr int A_CHUNKS = BM * 4, B_CHUNKS = BN * 4;
+    constexpr int A_ITERS = (A_CHUNKS + THREADS - 1) / THREADS;
+    constexpr int B_ITERS = (B_CHUNKS + THREADS - 1) / THREADS;
+    const __nv_bfloat16* a_src[A_ITERS];
+    bool a_ok[A_ITERS];
+#pragma unroll
+    for (int i = 0; i < A_ITERS; ++i) {
+        int idx = tid + i * THREADS;
+        int r = idx >> 2, c = idx & 3;
+        int row = row_begin + r;
+        bool ok = idx < A_CHUNKS && row < row_end;
+        int src_row = 0;
+        if (ok) src_row = GATE_UP ? order[row] / top_k : row;
+        a_ok[i] = ok;
+        a_src[i] = a + (size_t)src_row * k + c * 8;
+    }
+    const __nv_bfloat16* b_src[B_ITERS];
+#pragma unroll
+    for (int i = 0; i < B_ITERS; ++i) {
+        int idx = tid + i * THREADS;
+        int r = idx >> 2, c = idx & 3;
+        int wrow;
+        if (GATE_UP) wrow = r < BN / 2 ? n0 + r : inter + n0 + (r - BN / 2);
+        else wrow = n0 + r;
+        b_src[i] = w_e + (size_t)wrow * k + c * 8;
+    }
+
+    auto load_stage = [&](int slot, int kt) {
+        const int koff = kt * BK;
+#pragma unroll
+        for (int i = 0; i < A_ITERS; ++i) {
+            int idx = tid + i * THREADS;
+            if (idx < A_CHUNKS) {
+                int r = idx >> 2, c = idx & 3;
+                cp_async16(smem_u32(sA + slot * BM * 4 + swz(r, c)), a_src[i] + (a_ok[i] ? koff : 0), a_ok[i]);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < B_ITERS; ++i) {
+            int idx = tid + i * THREADS;
+            if (idx < B_CHUNKS) {
+                int r = idx >> 2, c = idx & 3;
+                cp_async16(smem_u32(sB + slot * BN * 4 + swz(r, c)), b_src[i] + koff, true);
+            }
+        }
+    };
+
+    float acc[WM_FRAGS][WN_FRAGS][4];
+#pragma unroll
+    for (int i = 0; i < WM_FRAGS; ++i)
+#pragma unroll
+        for (int j = 0; j < WN_FRAGS; ++j)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
+
+    const int k_tiles = k / BK;
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < k_tiles) load_stage(s, s);
+        cp_async_commit();
+    }
+
+    for (int kt = 0; kt < k_tiles; ++kt) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        {
+            int next = kt + STAGES - 1;
+            if (next < k_tiles) load_stage(next % STAGES, next);
+            cp_async_commit();
+        }
+        const int slot = kt % STAGES;
+        const uint4* tA = sA + slot * BM * 4;
+        const uint4* tB = sB + slot * BN * 4;
+#pragma unroll
+        for (int kk = 0; kk < 2; ++kk) {
+            unsigned af[WM_FRAGS][4];
+#pragma unroll
+            for (int i = 0; i < WM_FRAGS; ++i) {
+                int r = wm * (BM / WARPS_M) + i * 16 + (lane & 15);
+                int c = kk * 2 + (lane >> 4);
+                ldmatrix_x4(smem_u32(tA + swz(r, c)), af[i][0], af[i][1], af[i][2], af[i][3]);
+            }
+            unsigned bf[WN_FRAGS][2];
+            if (WN_FRAGS % 2 == 0) {
+#pragma unroll
+                for (int p = 0; p < WN_FRAGS / 2; ++p) {
+                    int g = lane >> 3;
+                    int f = p * 2 + (g >> 1);
+                    int r = b_row<BN, WN_FRAGS, GATE_UP>(wn, f) + (lane & 7);
+                    int c = kk * 2 + (g & 1);
+                    ldmatrix_x4(smem_u32(tB + swz(r, c)), bf[p * 2][0], bf[p * 2][1], bf[p * 2 + 1][0], bf[p * 2 + 1][1]);
+                }
+            } else {
+#pragma unroll
+                for (int f = 0; f < WN_FRAGS; ++f) {
+                    int g = (lane >> 3) & 1;
+                    int r = b_row<BN, WN_FRAGS, GATE_UP>(wn, f) + (lane & 7);
+                    int c = kk * 2 + g;
+                    ldmatrix_x2(smem_u32(tB + swz(r, c)), bf[f][0], bf[f][1]);
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < WM_FRAGS; ++i)
+#pragma unroll
+                for (int j = 0; j < WN_FRAGS; ++j) mma_bf16(acc[i][j], af[i], bf[j][0], bf[j][1]);
+        }
+    }
+    cp_async_wait<0>();
+
+    // Epilogue: fragment element q sits at row (lane / 4) + 8 * (q / 2), column 2 * (lane % 4) + q % 2.
+#pragma unroll
+    for (int i = 0; i < WM_FRAGS; ++i) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            int row = row_begin + wm * (BM / WARPS_M) + i * 16 + (lane >> 2) + h * 8;
+            if (row >= row_end) continue;
+            if (GATE_UP) {
+                constexpr int HALF = WN_FRAGS / 2;
+#pragma unroll
+                for (int j = 0; j < HALF; ++j) {
+                    int col = n0 + wn * HALF * 8 + j * 8 + 2 * (lane & 3);
+                    float g0 = acc[i][j][2 * h], g1 = acc[i][j][2 * h + 1];
+                    float u0 = acc[i][j + HALF][2 * h], u1 = acc[i][j + HALF][2 * h + 1];
+                    __nv_bfloat162 v = __floats2bfloat162_rn(silu(g0) * u0, silu(g1) * u1);
+                    *reinterpret_cast<__nv_bfloat162*>(out + (size_t)row * inter + col) = v;
+                }
+            } else {
+                float s = pair_weight ? pair_weight[order[row]] : 1.0f;
+#pragma unroll
+                for (int j = 0; j < WN_FRAGS; ++j) {
+                    int col = n0 + wn * WN_FRAGS * 8 + j * 8 + 2 * (lane & 3);
+                    __nv_bfloat162 v = __floats2bfloat162_rn(s * acc[i][j][2 * h], s * acc[i][j][2 * h + 1]);
+                    *reinterpret_cast<__nv_bfloat162*>(out + (size_t)row * n_total + col) = v;
+                }
+            }
+        }
+    }
+}
+
+#define GG_ARGS                                                                                    \
+    const __nv_bfloat16 *__restrict__ a, const __nv_bfloat16 *__restrict__ w,                      \
+        __nv_bfloat16 *__restrict__ out, const int *__restrict__ order,                           \
+        const float *__restrict__ pair_weight, const int *__restrict__ offsets,                   \
+        const int *__restrict__ tile_offsets, int n_experts, int n_total, int k, int top_k
+#define GG_PASS a, w, out, order, pair_weight, offsets, tile_offsets, n_experts, n_total, k, top_k
+
+// Large groups: 128 x 128 tiles, 8 warps of 64 x 32.
+extern "C" __global__ void __launch_bounds__(256) gate_up_large(GG_ARGS) {
+    grouped_gemm<128, 128, 2, 4, 4, 4, true>(GG_PASS);
+}
+extern "C" __global__ void __launch_bounds__(256) down_large(GG_ARGS) {
+    grouped_gemm<128, 128, 2, 4, 4, 4, false>(GG_PASS);
+}
+// Small groups (decode): 32-row tiles, 8 warps side by side in N, so each block streams a
+// 128-row (gate/up) or 64-row (down) slab of weights with little wasted arithmetic.
+extern "C" __global__ void __launch_bounds__(256) gate_up_small(GG_ARGS) {
+    grouped_gemm<32, 128, 1, 8, 2, 6, true>(GG_PASS);
+}
+extern "C" __global__ void __launch_bounds__(256) down_small(GG_ARGS) {
+    grouped_gemm<32, 64, 1, 8, 1, 6, false>(GG_PASS);
+}

@@ -1,0 +1,84 @@
+// Permute (token, expert) pairs into groups by expert, on the device, with no host round-trip:
+//   1. expert_histogram: each block counts the pairs of its chunk per expert.
+//   2. expert_offsets: one block turns the chunk counts into per-expert offsets (exclusive prefix
+//      sum), each chunk's first position inside every expert, and the GEMM tile offsets
+//      (ceil(count / bm) tiles per expert) that the grouped GEMM maps its blocks with.
+//   3. expert_scatter: one warp per chunk places its pairs in token order (__match_any_sync ranks
+//      pairs of the same expert), so the permutation is stable, equal to the CPU counting sort.
+// Outputs: order[row] = pair (t * top_k + j), row_of_pair[pair] = row.
+
+#define CHUNK 256
+
+extern "C" __global__ void __launch_bounds__(256) expert_histogram(
+    const int* __restrict__ experts, int n_pairs, int n_experts, int* __restrict__ chunk_counts) {
+    extern __shared__ int hist[];
+    for (int e = threadIdx.x; e < n_experts; e += blockDim.x) hist[e] = 0;
+    __syncthreads();
+    int p = blockIdx.x * CHUNK + threadIdx.x;
+    if (p < n_pairs) atomicAdd(&hist[experts[p]], 1);
+    __syncthreads();
+    for (int e = threadIdx.x; e < n_experts; e += blockDim.x)
+        chunk_counts[(size_t)blockIdx.x * n_experts + e] = hist[e];
+}
+
+// One block of 1024 threads; n_experts <= 1024.
+extern "C" __global__ void __launch_bounds__(1024) expert_offsets(
+    int* __restrict__ chunk_counts, int n_chunks, int n_experts, int bm, int* __restrict__ offsets,
+    int* __restrict__ tile_offsets) {
+    __shared__ int s_cnt[1024];
+    __shared__ int s_tiles[1024];
+    const int e = threadIdx.x;
+    int total = 0;
+    if (e < n_experts) {
+#pragma unroll 8
+        for (int c = 0; c < n_chunks; ++c) {
+            int v = chunk_counts[(size_t)c * n_experts + e];
+            chunk_counts[(size_t)c * n_experts + e] = total;  // position inside the expert
+            total += v;
+        }
+    }
+    s_cnt[e] = e < n_experts ? total : 0;
+    s_tiles[e] = e < n_experts ? (total + bm - 1) / bm : 0;
+    __syncthreads();
+    // Inclusive Hillis-Steele scans of counts and tiles.
+    for (int off = 1; off < 1024; off <<= 1) {
+        int a = e >= off ? s_cnt[e - off] : 0;
+        int b = e >= off ? s_tiles[e - off] : 0;
+        __syncthreads();
+        s_cnt[e] += a;
+        s_tiles[e] += b;
+        __syncthreads();
+    }
+    if (e < n_experts) {
+        int start = s_cnt[e] - total;
+        offsets[e + 1] = s_cnt[e];
+        tile_offsets[e + 1] = s_tiles[e];
+        if (e == 0) { offsets[0] = 0; tile_offsets[0] = 0; }
+        for (int c = 0; c < n_chunks; ++c) chunk_counts[(size_t)c * n_experts + e] += start;
+    }
+}
+
+// One warp per chunk.
+extern "C" __global__ void __launch_bounds__(32) expert_scatter(
+    const int* __restrict__ experts, int n_pairs, int n_experts, const int* __restrict__ chunk_base,
+    int* __restrict__ order, int* __restrict__ row_of_pair) {
+    extern __shared__ int base[];
+    const int lane = threadIdx.x;
+    for (int e = lane; e < n_experts; e += 32) base[e] = chunk_base[(size_t)blockIdx.x * n_experts + e];
+    __syncwarp();
+    const unsigned lt = (1u << lane) - 1u;
+    for (int i = 0; i < CHUNK; i += 32) {
+        int p = blockIdx.x * CHUNK + i + lane;
+        int e = p < n_pairs ? experts[p] : -1 - lane;  // invalid lanes match nobody
+        unsigned peers = __match_any_sync(0xffffffffu, e);
+        int pos = 0;
+        if (p < n_pairs) pos = base[e] + __popc(peers & lt);
+        __syncwarp();
+        if (p < n_pairs) {
+            order[pos] = p;
+            row_of_pair[p] = pos;
+            if (lane == 31 - __clz(peers)) base[e] += __popc(peers);
+        }
+        __syncwarp();
+    }
+}

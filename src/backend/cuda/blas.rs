@@ -1,0 +1,61 @@
+//! Dense GEMMs through cuBLAS, bf16 operands with f32 accumulation, in the row-major "linear"
+//! form the model uses: `out[m, n] = x[m, k] · w[n, k]ᵀ`.
+
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
+use half::bf16;
+
+use super::device::{CudaDevice, DeviceBuffer};
+use super::dev_err;
+use crate::error::{Error, Result};
+
+/// Element types cuBLAS writes for [`linear`].
+pub trait GemmOut: cudarc::driver::DeviceRepr {
+    /// cuBLAS's name of the type.
+    const CUDA_TYPE: cudaDataType;
+}
+impl GemmOut for f32 {
+    const CUDA_TYPE: cudaDataType = cudaDataType::CUDA_R_32F;
+}
+impl GemmOut for bf16 {
+    const CUDA_TYPE: cudaDataType = cudaDataType::CUDA_R_16BF;
+}
+
+/// `out[m, n] = x[m, k] · w[n, k]ᵀ` with bf16 inputs, f32 accumulation, output bf16 or f32.
+pub fn linear<O: GemmOut>(dev: &CudaDevice, x: &DeviceBuffer<bf16>, w: &DeviceBuffer<bf16>, out: &mut DeviceBuffer<O>, m: usize, k: usize, n: usize) -> Result<()> {
+    if x.len() < m * k || w.len() < n * k || out.len() < m * n {
+        return Err(Error::Shape(format!("linear {m}x{k} by {n}x{k}: a buffer is too short")));
+    }
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    let stream = dev.stream();
+    let (xp, _gx) = x.device_ptr(stream);
+    let (wp, _gw) = w.device_ptr(stream);
+    let (op, _go) = out.device_ptr_mut(stream);
+    // Column-major view: outᵀ[n, m] = w[n, k] · xᵀ[k, m], i.e. op(A)=Aᵀ with A = w as k x n.
+    // SAFETY: the three buffers hold at least n·k, m·k and m·n elements (checked above); alpha and
+    // beta are f32 as CUBLAS_COMPUTE_32F requires; the handle is bound to the device's stream.
+    unsafe {
+        cudarc::cublas::result::gemm_ex(
+            *dev.blas().handle(),
+            cublasOperation_t::CUBLAS_OP_T,
+            cublasOperation_t::CUBLAS_OP_N,
+            n as i32,
+            m as i32,
+            k as i32,
+            &alpha as *const f32 as *const _,
+            wp as *const _,
+            cudaDataType::CUDA_R_16BF,
+            k as i32,
+            xp as *const _,
+            cudaDataType::CUDA_R_16BF,
+            k as i32,
+            &beta as *const f32 as *const _,
+            op as *mut _,
+            O::CUDA_TYPE,
+            n as i32,
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }
+    .map_err(dev_err("cuBLAS GemmEx"))
+}

@@ -1,0 +1,190 @@
+//! One GPU: its context, the stream every op of this backend runs on, a cuBLAS handle, and the
+//! kernels of `kernels/*.cu`, compiled once per process (and cached on disk) for its architecture.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+use cudarc::nvrtc::Ptx;
+
+use super::{compile, dev_err};
+use crate::error::{Error, Result};
+
+/// Device memory of `T` elements (a cudarc slice owned by the device's stream).
+pub type DeviceBuffer<T> = CudaSlice<T>;
+
+/// The kernel sources, each compiled as one module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Fused top-k routing (`kernels/route.cu`).
+    Route,
+    /// Counting sort of (token, expert) pairs by expert (`kernels/permute.cu`).
+    Permute,
+    /// Grouped GEMMs gate/up (+SiLU·up) and down (`kernels/grouped_gemm.cu`).
+    GroupedGemm,
+    /// Unpermute and weighted combine (`kernels/combine.cu`).
+    Combine,
+    /// RMSNorm with the residual add (`kernels/norm.cu`).
+    Norm,
+    /// Seeded random fills for tests and benchmarks (`kernels/fill.cu`).
+    Fill,
+}
+
+impl Kernel {
+    /// Every kernel module.
+    pub const ALL: [Kernel; 6] = [Kernel::Route, Kernel::Permute, Kernel::GroupedGemm, Kernel::Combine, Kernel::Norm, Kernel::Fill];
+
+    /// The file stem under `kernels/`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Route => "route",
+            Kernel::Permute => "permute",
+            Kernel::GroupedGemm => "grouped_gemm",
+            Kernel::Combine => "combine",
+            Kernel::Norm => "norm",
+            Kernel::Fill => "fill",
+        }
+    }
+
+    /// The CUDA C++ source.
+    pub fn source(self) -> &'static str {
+        match self {
+            Kernel::Route => include_str!("../../../kernels/route.cu"),
+            Kernel::Permute => include_str!("../../../kernels/permute.cu"),
+            Kernel::GroupedGemm => include_str!("../../../kernels/grouped_gemm.cu"),
+            Kernel::Combine => include_str!("../../../kernels/combine.cu"),
+            Kernel::Norm => include_str!("../../../kernels/norm.cu"),
+            Kernel::Fill => include_str!("../../../kernels/fill.cu"),
+        }
+    }
+}
+
+/// One GPU with its stream, cuBLAS handle and loaded kernel modules.
+pub struct CudaDevice {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    arch: String,
+    name: String,
+    modules: Mutex<HashMap<Kernel, Arc<CudaModule>>>,
+}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaDevice").field("ordinal", &self.ctx.ordinal()).field("name", &self.name).field("arch", &self.arch).finish()
+    }
+}
+
+/// Why CUDA cannot be used here, or `None` when the driver is present and sees a GPU.
+pub fn unavailable_reason() -> Option<String> {
+    // SAFETY: only probes whether the driver library can be loaded; calls no CUDA function.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Some("no CUDA driver (libcuda.so) on this machine".into());
+    }
+    match CudaContext::device_count() {
+        Ok(0) => Some("the CUDA driver sees no GPU".into()),
+        Ok(_) => None,
+        Err(e) => Some(format!("the CUDA driver failed to start: {e:?}")),
+    }
+}
+
+impl CudaDevice {
+    /// Opens GPU `ordinal`: context, stream and cuBLAS. Fails with [`Error::Device`] when there is
+    /// no driver, no such GPU, or no cuBLAS.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        if let Some(why) = unavailable_reason() {
+            return Err(Error::Device(why));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(dev_err("opening the GPU"))?;
+        let stream = ctx.default_stream();
+        // SAFETY: only probes whether the cuBLAS library can be loaded.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(Error::Device("cuBLAS (libcublas.so) was not found".into()));
+        }
+        let blas = CudaBlas::new(stream.clone()).map_err(dev_err("creating the cuBLAS handle"))?;
+        let (major, minor) = ctx.compute_capability().map_err(dev_err("reading the compute capability"))?;
+        // Hopper gets the `a` target so that wgmma/setmaxnreg are available to the kernels.
+        let arch = if major == 9 { format!("sm_{major}{minor}a") } else { format!("sm_{major}{minor}") };
+        let name = ctx.name().map_err(dev_err("reading the GPU name"))?;
+        Ok(Self { ctx, stream, blas, arch, name, modules: Mutex::new(HashMap::new()) })
+    }
+
+    /// The GPU's name (e.g. "NVIDIA H200").
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The architecture kernels are compiled for (e.g. `sm_90a`).
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    /// The context.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The stream every op of this backend is queued on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The cuBLAS handle (bound to [`Self::stream`]).
+    pub fn blas(&self) -> &CudaBlas {
+        &self.blas
+    }
+
+    /// Number of streaming multiprocessors.
+    pub fn sm_count(&self) -> Result<usize> {
+        use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
+        self.ctx.attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map(|n| n as usize).map_err(dev_err("reading the SM count"))
+    }
+
+    /// A kernel function, compiling and loading its module on first use.
+    pub fn function(&self, kernel: Kernel, name: &str) -> Result<CudaFunction> {
+        let module = {
+            let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+            match modules.get(&kernel) {
+                Some(m) => m.clone(),
+                None => {
+                    let bin = compile::cubin(kernel.name(), kernel.source(), &self.arch)?;
+                    let m = self.ctx.load_module(Ptx::from_binary(bin)).map_err(dev_err("loading a kernel module"))?;
+                    modules.insert(kernel, m.clone());
+                    m
+                }
+            }
+        };
+        module.load_function(name).map_err(|e| Error::Device(format!("kernel {name} in {}.cu: {e:?}", kernel.name())))
+    }
+
+    /// A kernel function allowed `smem` bytes of dynamic shared memory (above the 48 KiB default).
+    pub fn function_with_smem(&self, kernel: Kernel, name: &str, smem: usize) -> Result<CudaFunction> {
+        use cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        let f = self.function(kernel, name)?;
+        if smem > 48 * 1024 {
+            f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32).map_err(dev_err("raising the shared-memory limit"))?;
+        }
+        Ok(f)
+    }
+
+    /// Copies host values to a new device buffer.
+    pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<DeviceBuffer<T>> {
+        self.stream.clone_htod(host).map_err(dev_err("copying to the GPU"))
+    }
+
+    /// Copies a device buffer (or view) back to the host (synchronises the stream).
+    pub fn download<T: DeviceRepr + Default + Clone>(&self, buf: &DeviceBuffer<T>) -> Result<Vec<T>> {
+        self.stream.clone_dtoh(buf).map_err(dev_err("copying from the GPU"))
+    }
+
+    /// A zeroed device buffer.
+    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<DeviceBuffer<T>> {
+        self.stream.alloc_zeros(len).map_err(dev_err("allocating GPU memory"))
+    }
+
+    /// Waits for everything queued on the stream.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(dev_err("synchronising the stream"))
+    }
+}

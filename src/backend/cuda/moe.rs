@@ -1,0 +1,396 @@
+//! The MoE layer on the GPU, every stage on the device and no host round-trip:
+//! router logits -> [`MoeWorkspace::route`] (fused top-k, one launch) -> [`MoeWorkspace::permute`]
+//! (counting sort by expert, offsets and GEMM tile map on the device) -> [`MoeWorkspace::gate_up`]
+//! (grouped GEMM, rows gathered from the tokens on load, SiLU·up in the epilogue) ->
+//! [`MoeWorkspace::down`] (grouped GEMM, router weight in the epilogue) ->
+//! [`MoeWorkspace::combine`] (unpermute and sum, plus an optional addend such as the shared
+//! experts' output). bf16 activations and weights, f32 accumulation.
+
+use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
+use half::bf16;
+use switchyard_experts::{GroupMask, RoutedScaling, RouterConfig, ScoreFunction, TopkMethod};
+
+use super::device::{CudaDevice, DeviceBuffer, Kernel};
+use super::dev_err;
+use crate::error::{Error, Result};
+
+/// Pairs per chunk of the permutation kernels (`CHUNK` in kernels/permute.cu).
+const CHUNK: usize = 256;
+/// Most experts the routing and permutation kernels take.
+pub const MAX_EXPERTS: usize = 1024;
+
+/// The layer's dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoeShape {
+    /// Residual width (K of gate/up, N of down).
+    pub hidden: usize,
+    /// Expert intermediate width.
+    pub inter: usize,
+    /// Experts held by this device.
+    pub n_experts: usize,
+    /// Experts per token.
+    pub top_k: usize,
+}
+
+impl MoeShape {
+    /// Checks the divisibility the kernels rely on.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: String| Err(Error::Shape(format!("CUDA MoE kernels: {what}")));
+        if self.hidden % 128 != 0 {
+            return bad(format!("hidden {} must be a multiple of 128", self.hidden));
+        }
+        if self.inter % 64 != 0 {
+            return bad(format!("intermediate {} must be a multiple of 64", self.inter));
+        }
+        if self.n_experts == 0 || self.n_experts > MAX_EXPERTS {
+            return bad(format!("{} experts, expected 1..={MAX_EXPERTS}", self.n_experts));
+        }
+        if self.top_k == 0 || self.top_k > self.n_experts {
+            return bad(format!("top_k {} with {} experts", self.top_k, self.n_experts));
+        }
+        Ok(())
+    }
+
+    /// Bytes of one expert's weights in bf16 (gate, up and down).
+    pub fn expert_bytes(&self) -> usize {
+        3 * self.hidden * self.inter * 2
+    }
+}
+
+/// Which tile shape the grouped GEMMs use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemmPath {
+    /// 32-row tiles, 8 warps across N: few rows per expert (decode); each block streams a slab
+    /// of weights once with little wasted arithmetic.
+    Small,
+    /// 128 x 128 tiles: many rows per expert (prefill), arithmetic-bound.
+    Large,
+}
+
+impl GemmPath {
+    /// The path for `n_pairs` (token, expert) pairs over `n_experts` experts, chosen on the host
+    /// from sizes alone (the per-expert counts stay on the device).
+    pub fn for_load(n_pairs: usize, n_experts: usize) -> Self {
+        if n_pairs <= 48 * n_experts { GemmPath::Small } else { GemmPath::Large }
+    }
+
+    /// Rows per M tile.
+    pub fn bm(self) -> usize {
+        match self {
+            GemmPath::Small => 32,
+            GemmPath::Large => 128,
+        }
+    }
+
+    fn kernels(self) -> (&'static str, usize, &'static str, usize) {
+        // (gate/up kernel, its B rows per tile, down kernel, its B rows per tile)
+        match self {
+            GemmPath::Small => ("gate_up_small", 128, "down_small", 64),
+            GemmPath::Large => ("gate_up_large", 128, "down_large", 128),
+        }
+    }
+
+    fn stages(self) -> usize {
+        match self {
+            GemmPath::Small => 6,
+            GemmPath::Large => 4,
+        }
+    }
+
+    fn smem(self, bn: usize) -> usize {
+        self.stages() * (self.bm() + bn) * 4 * 16
+    }
+
+    /// Upper bound of M tiles over all experts (the grid's x; surplus blocks exit at once).
+    fn max_tiles(self, n_pairs: usize, n_experts: usize) -> usize {
+        n_pairs.div_ceil(self.bm()) + n_experts.min(n_pairs)
+    }
+}
+
+/// The routing variant as the kernel's scalar arguments.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RouterParams {
+    /// Experts per token.
+    pub top_k: usize,
+    /// Routed experts.
+    pub n_experts: usize,
+    score_fn: i32,
+    method: i32,
+    n_group: i32,
+    topk_group: i32,
+    group_mask: i32,
+    normalize: i32,
+    eps: f32,
+    scale: f32,
+}
+
+impl RouterParams {
+    /// Converts a validated router configuration.
+    pub fn new(cfg: &RouterConfig) -> Result<Self> {
+        cfg.validate()?;
+        if cfg.n_experts > MAX_EXPERTS {
+            return Err(Error::Shape(format!("{} experts; the routing kernel takes at most {MAX_EXPERTS}", cfg.n_experts)));
+        }
+        let (method, n_group, topk_group) = match cfg.method {
+            TopkMethod::Greedy => (0, 1, 1),
+            TopkMethod::GroupLimitedGreedy { n_group, topk_group } => (1, n_group, topk_group),
+            TopkMethod::NoAuxTc { n_group, topk_group } => (2, n_group, topk_group),
+        };
+        if n_group > 32 {
+            return Err(Error::Shape(format!("{n_group} expert groups; the routing kernel takes at most 32")));
+        }
+        let scale = match cfg.scaling {
+            RoutedScaling::None => 1.0,
+            RoutedScaling::Always(f) => f,
+            RoutedScaling::UnlessNormalized(f) => {
+                if cfg.normalize { 1.0 } else { f }
+            }
+        };
+        Ok(Self {
+            top_k: cfg.top_k,
+            n_experts: cfg.n_experts,
+            score_fn: match cfg.score {
+                ScoreFunction::Softmax => 0,
+                ScoreFunction::Sigmoid => 1,
+            },
+            method,
+            n_group: n_group as i32,
+            topk_group: topk_group as i32,
+            group_mask: match cfg.group_mask {
+                GroupMask::ZeroFill => 0,
+                GroupMask::Exclude => 1,
+            },
+            normalize: cfg.normalize as i32,
+            eps: cfg.norm_epsilon,
+            scale,
+        })
+    }
+
+    fn is_noaux(&self) -> bool {
+        self.method == 2
+    }
+}
+
+/// Raw device address of an optional buffer (0 for none), for nullable kernel arguments.
+fn addr<T>(dev: &CudaDevice, b: Option<&DeviceBuffer<T>>) -> u64 {
+    // The guard only records a stream event in multi-stream mode; everything here runs on the
+    // device's single stream, so dropping it at once keeps the ordering.
+    b.map(|b| b.device_ptr(dev.stream()).0).unwrap_or(0)
+}
+
+/// Buffers of one MoE layer call, sized for up to `max_tokens` tokens (reused across layers).
+#[derive(Debug)]
+pub struct MoeWorkspace {
+    /// Layer shape.
+    pub shape: MoeShape,
+    /// Capacity in tokens.
+    pub max_tokens: usize,
+    /// [T, top_k] chosen experts.
+    pub experts: DeviceBuffer<i32>,
+    /// [T, top_k] combine weights.
+    pub weights: DeviceBuffer<f32>,
+    /// [n_chunks, n_experts] counts, then each chunk's first row inside every expert.
+    pub chunk_counts: DeviceBuffer<i32>,
+    /// [n_experts + 1] first sorted row of each expert.
+    pub offsets: DeviceBuffer<i32>,
+    /// [n_experts + 1] first GEMM M tile of each expert.
+    pub tile_offsets: DeviceBuffer<i32>,
+    /// [P] pair (t·top_k + j) of each sorted row.
+    pub order: DeviceBuffer<i32>,
+    /// [P] sorted row of each pair.
+    pub row_of_pair: DeviceBuffer<i32>,
+    /// [P, inter] SiLU(gate)·up.
+    pub act: DeviceBuffer<bf16>,
+    /// [P, hidden] down projections, scaled by the router weights.
+    pub y: DeviceBuffer<bf16>,
+}
+
+impl MoeWorkspace {
+    /// Allocates the buffers for `max_tokens` tokens.
+    pub fn new(dev: &CudaDevice, shape: MoeShape, max_tokens: usize) -> Result<Self> {
+        shape.validate()?;
+        let p = max_tokens * shape.top_k;
+        let e = shape.n_experts;
+        Ok(Self {
+            shape,
+            max_tokens,
+            experts: dev.zeros(p.max(1))?,
+            weights: dev.zeros(p.max(1))?,
+            chunk_counts: dev.zeros(p.div_ceil(CHUNK).max(1) * e)?,
+            offsets: dev.zeros(e + 1)?,
+            tile_offsets: dev.zeros(e + 1)?,
+            order: dev.zeros(p.max(1))?,
+            row_of_pair: dev.zeros(p.max(1))?,
+            act: dev.zeros(p.max(1) * shape.inter)?,
+            y: dev.zeros(p.max(1) * shape.hidden)?,
+        })
+    }
+
+    fn check_tokens(&self, n_tokens: usize) -> Result<()> {
+        if n_tokens == 0 || n_tokens > self.max_tokens {
+            return Err(Error::Shape(format!("{n_tokens} tokens; the workspace holds 1..={}", self.max_tokens)));
+        }
+        Ok(())
+    }
+
+    /// Fused routing of `n_tokens` rows of f32 `logits` into [`Self::experts`] and [`Self::weights`].
+    /// `bias` is the noaux_tc correction bias (selection only).
+    pub fn route(&mut self, dev: &CudaDevice, logits: &DeviceBuffer<f32>, bias: Option<&DeviceBuffer<f32>>, p: &RouterParams, n_tokens: usize) -> Result<()> {
+        self.check_tokens(n_tokens)?;
+        if p.n_experts != self.shape.n_experts || p.top_k != self.shape.top_k {
+            return Err(Error::Shape(format!("router ({} experts, top {}) does not fit the layer {:?}", p.n_experts, p.top_k, self.shape)));
+        }
+        if logits.len() < n_tokens * p.n_experts || bias.is_some_and(|b| b.len() < p.n_experts) {
+            return Err(Error::Shape("router logits or bias too short".into()));
+        }
+        let f = dev.function(Kernel::Route, "topk_route")?;
+        let bias_ptr = if p.is_noaux() { addr(dev, bias) } else { 0 };
+        let (nt, ne, k) = (n_tokens as i32, p.n_experts as i32, p.top_k as i32);
+        let cfg = LaunchConfig { grid_dim: (n_tokens.div_ceil(4) as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        let mut b = dev.stream().launch_builder(&f);
+        b.arg(logits).arg(&bias_ptr).arg(&mut self.experts).arg(&mut self.weights);
+        b.arg(&nt).arg(&ne).arg(&k).arg(&p.score_fn).arg(&p.method).arg(&p.n_group).arg(&p.topk_group);
+        b.arg(&p.group_mask).arg(&p.normalize).arg(&p.eps).arg(&p.scale);
+        // SAFETY: topk_route reads n_tokens*n_experts logits and n_experts bias values (checked
+        // above, or a null bias) and writes n_tokens*top_k experts and weights (workspace capacity).
+        unsafe { b.launch(cfg) }.map_err(dev_err("launching topk_route"))?;
+        Ok(())
+    }
+
+    /// Sorts the pairs of [`Self::experts`] by expert (stable in token order), filling
+    /// [`Self::order`], [`Self::row_of_pair`], [`Self::offsets`] and the tile map for `path`.
+    pub fn permute(&mut self, dev: &CudaDevice, n_tokens: usize, path: GemmPath) -> Result<()> {
+        self.check_tokens(n_tokens)?;
+        let n_pairs = n_tokens * self.shape.top_k;
+        let n_chunks = n_pairs.div_ceil(CHUNK);
+        let (np, ne, nc, bm) = (n_pairs as i32, self.shape.n_experts as i32, n_chunks as i32, path.bm() as i32);
+        let smem = (self.shape.n_experts * 4) as u32;
+        let hist = dev.function(Kernel::Permute, "expert_histogram")?;
+        let offs = dev.function(Kernel::Permute, "expert_offsets")?;
+        let scatter = dev.function(Kernel::Permute, "expert_scatter")?;
+        let mut b = dev.stream().launch_builder(&hist);
+        b.arg(&self.experts).arg(&np).arg(&ne).arg(&mut self.chunk_counts);
+        // SAFETY: reads n_pairs experts (< n_experts, written by route), writes n_chunks*n_experts counts (capacity).
+        unsafe { b.launch(LaunchConfig { grid_dim: (n_chunks as u32, 1, 1), block_dim: (CHUNK as u32, 1, 1), shared_mem_bytes: smem }) }
+            .map_err(dev_err("launching expert_histogram"))?;
+        let mut b = dev.stream().launch_builder(&offs);
+        b.arg(&mut self.chunk_counts).arg(&nc).arg(&ne).arg(&bm).arg(&mut self.offsets).arg(&mut self.tile_offsets);
+        // SAFETY: one block of 1024 threads over n_experts <= 1024 columns of n_chunks counts;
+        // writes n_experts + 1 offsets and tile offsets.
+        unsafe { b.launch(LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 }) }
+            .map_err(dev_err("launching expert_offsets"))?;
+        let mut b = dev.stream().launch_builder(&scatter);
+        b.arg(&self.experts).arg(&np).arg(&ne).arg(&self.chunk_counts).arg(&mut self.order).arg(&mut self.row_of_pair);
+        // SAFETY: each chunk writes its pairs to distinct rows < n_pairs of order and row_of_pair.
+        unsafe { b.launch(LaunchConfig { grid_dim: (n_chunks as u32, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: smem }) }
+            .map_err(dev_err("launching expert_scatter"))?;
+        Ok(())
+    }
+
+    /// Grouped gate/up GEMM with SiLU·up: [`Self::act`] row r = SiLU(x_t·gate_e)·(x_t·up_e) for
+    /// the token t and expert e of sorted row r. `x` is [T, hidden] bf16; `gate_up` is
+    /// [n_experts, 2·inter, hidden] (gate rows, then up rows).
+    pub fn gate_up(&mut self, dev: &CudaDevice, x: &DeviceBuffer<bf16>, gate_up: &DeviceBuffer<bf16>, n_tokens: usize, path: GemmPath) -> Result<()> {
+        self.check_tokens(n_tokens)?;
+        let s = self.shape;
+        if x.len() < n_tokens * s.hidden || gate_up.len() < s.n_experts * 2 * s.inter * s.hidden {
+            return Err(Error::Shape("gate_up: x or the weights are too short".into()));
+        }
+        let (name, bn, _, _) = path.kernels();
+        let smem = path.smem(bn);
+        let f = dev.function_with_smem(Kernel::GroupedGemm, name, smem)?;
+        let n_pairs = n_tokens * s.top_k;
+        let (ne, nt, k, tk) = (s.n_experts as i32, (2 * s.inter) as i32, s.hidden as i32, s.top_k as i32);
+        let null = 0u64;
+        let cfg = LaunchConfig {
+            grid_dim: (path.max_tiles(n_pairs, s.n_experts) as u32, (s.inter / (bn / 2)) as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        let mut b = dev.stream().launch_builder(&f);
+        b.arg(x).arg(gate_up).arg(&mut self.act).arg(&self.order).arg(&null).arg(&self.offsets).arg(&self.tile_offsets);
+        b.arg(&ne).arg(&nt).arg(&k).arg(&tk);
+        // SAFETY: rows come from offsets/order written by permute (< n_pairs, tokens < n_tokens);
+        // weights are n_experts x 2·inter x hidden (checked); act holds n_pairs x inter; hidden is a
+        // multiple of 32 and inter of 64 (MoeShape::validate), as the tiles require.
+        unsafe { b.launch(cfg) }.map_err(dev_err("launching the gate/up grouped GEMM"))?;
+        Ok(())
+    }
+
+    /// Grouped down GEMM: [`Self::y`] row r = w_r · (act_r · down_e), `down` [n_experts, hidden, inter].
+    pub fn down(&mut self, dev: &CudaDevice, down: &DeviceBuffer<bf16>, n_tokens: usize, path: GemmPath) -> Result<()> {
+        self.check_tokens(n_tokens)?;
+        let s = self.shape;
+        if down.len() < s.n_experts * s.hidden * s.inter {
+            return Err(Error::Shape("down: the weights are too short".into()));
+        }
+        let (_, _, name, bn) = path.kernels();
+        let smem = path.smem(bn);
+        let f = dev.function_with_smem(Kernel::GroupedGemm, name, smem)?;
+        let n_pairs = n_tokens * s.top_k;
+        let (ne, nt, k, tk) = (s.n_experts as i32, s.hidden as i32, s.inter as i32, s.top_k as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (path.max_tiles(n_pairs, s.n_experts) as u32, (s.hidden / bn) as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        let mut b = dev.stream().launch_builder(&f);
+        b.arg(&self.act).arg(down).arg(&mut self.y).arg(&self.order).arg(&self.weights).arg(&self.offsets).arg(&self.tile_offsets);
+        b.arg(&ne).arg(&nt).arg(&k).arg(&tk);
+        // SAFETY: reads act rows < n_pairs and the checked weights; writes y rows < n_pairs of
+        // hidden columns (hidden a multiple of the 64/128-wide N tile).
+        unsafe { b.launch(cfg) }.map_err(dev_err("launching the down grouped GEMM"))?;
+        Ok(())
+    }
+
+    /// Unpermute and combine into `out` [T, hidden] bf16: out_t = Σ_j y[row(t, j)] (+ addend_t).
+    pub fn combine(&self, dev: &CudaDevice, n_tokens: usize, addend: Option<&DeviceBuffer<bf16>>, out: &mut DeviceBuffer<bf16>) -> Result<()> {
+        self.check_tokens(n_tokens)?;
+        let h = self.shape.hidden;
+        if out.len() < n_tokens * h || addend.is_some_and(|a| a.len() < n_tokens * h) {
+            return Err(Error::Shape("combine: out or addend too short".into()));
+        }
+        let f = dev.function(Kernel::Combine, "moe_combine")?;
+        let add = addr(dev, addend);
+        let (hi, k) = (h as i32, self.shape.top_k as i32);
+        let cfg = LaunchConfig { grid_dim: ((h / 8).div_ceil(256) as u32, n_tokens as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let mut b = dev.stream().launch_builder(&f);
+        b.arg(&self.y).arg(&self.row_of_pair).arg(&add).arg(out).arg(&hi).arg(&k);
+        // SAFETY: reads top_k rows of y per token (rows < n_pairs from permute) and writes
+        // n_tokens x hidden outputs (checked); hidden % 8 == 0 for the 16-byte accesses.
+        unsafe { b.launch(cfg) }.map_err(dev_err("launching moe_combine"))?;
+        Ok(())
+    }
+}
+
+/// One MoE layer's experts on a GPU: stacked bf16 weights and the router.
+#[derive(Debug)]
+pub struct MoeLayer {
+    /// Dimensions.
+    pub shape: MoeShape,
+    /// [n_experts, 2·inter, hidden]: gate rows, then up rows.
+    pub gate_up: DeviceBuffer<bf16>,
+    /// [n_experts, hidden, inter].
+    pub down: DeviceBuffer<bf16>,
+    /// The routing variant.
+    pub router: RouterParams,
+    /// noaux_tc correction bias [n_experts], if any.
+    pub bias: Option<DeviceBuffer<f32>>,
+}
+
+impl MoeLayer {
+    /// The whole layer for `n_tokens` tokens: `x` [T, hidden] bf16 and router `logits` [T, n_experts]
+    /// f32 in, `out` [T, hidden] bf16 out (plus `addend` when given). Queues the work on the
+    /// device's stream and returns without waiting.
+    pub fn forward(&self, dev: &CudaDevice, ws: &mut MoeWorkspace, x: &DeviceBuffer<bf16>, logits: &DeviceBuffer<f32>, n_tokens: usize, addend: Option<&DeviceBuffer<bf16>>, out: &mut DeviceBuffer<bf16>) -> Result<()> {
+        if ws.shape != self.shape {
+            return Err(Error::Shape(format!("workspace {:?} does not fit layer {:?}", ws.shape, self.shape)));
+        }
+        let path = GemmPath::for_load(n_tokens * self.shape.top_k, self.shape.n_experts);
+        ws.route(dev, logits, self.bias.as_ref(), &self.router, n_tokens)?;
+        ws.permute(dev, n_tokens, path)?;
+        ws.gate_up(dev, x, &self.gate_up, n_tokens, path)?;
+        ws.down(dev, &self.down, n_tokens, path)?;
+        ws.combine(dev, n_tokens, addend, out)
+    }
+}

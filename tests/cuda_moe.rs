@@ -1,0 +1,299 @@
+//! The CUDA MoE kernels against the CPU reference, on fresh random inputs at bf16 tolerances.
+//! Every output is poisoned (NaN, or -1 for indices) before the launch, so an element a kernel
+//! fails to write fails the test. Each test prints a message and passes where no GPU or driver is
+//! present (CI), so the suite stays green there.
+#![cfg(feature = "cuda")]
+
+use half::bf16;
+use switchyard::backend::cpu::moe::{combine, gather_rows, grouped_swiglu, permute_by_expert, ExpertWeights};
+use switchyard::backend::cpu::norm::add_rms_norm as cpu_add_rms_norm;
+use switchyard::backend::cuda::device::unavailable_reason;
+use switchyard::backend::cuda::{norm, CudaDevice, DeviceBuffer, GemmPath, MoeLayer, MoeShape, MoeWorkspace, RouterParams};
+use switchyard_experts::{route, GroupMask, RoutedScaling, RouterConfig, TopkMethod};
+
+fn device() -> Option<CudaDevice> {
+    if let Some(why) = unavailable_reason() {
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    Some(CudaDevice::new(0).expect("a GPU is present, so it must open"))
+}
+
+/// SplitMix64 uniform values in [-1, 1).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.next() * scale).collect()
+    }
+    /// Router logits with no near-ties: a shuffled ladder of distinct values plus small jitter.
+    fn logits(&mut self, t: usize, n: usize) -> Vec<f32> {
+        let mut out = Vec::with_capacity(t * n);
+        for _ in 0..t {
+            let mut idx: Vec<usize> = (0..n).collect();
+            for i in (1..n).rev() {
+                let j = ((self.next() + 1.0) * 0.5 * (i + 1) as f32) as usize;
+                idx.swap(i, j.min(i));
+            }
+            out.extend(idx.iter().map(|&r| (r as f32 - n as f32 / 2.0) * (8.0 / n as f32) + self.next() * 0.3 / n as f32));
+        }
+        out
+    }
+}
+
+fn to_bf16(v: &[f32]) -> Vec<bf16> {
+    v.iter().map(|&x| bf16::from_f32(x)).collect()
+}
+fn round_bf16(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect()
+}
+fn from_bf16(v: &[bf16]) -> Vec<f32> {
+    v.iter().map(|x| x.to_f32()).collect()
+}
+
+fn poison_bf16(dev: &CudaDevice, n: usize) -> DeviceBuffer<bf16> {
+    dev.upload(&vec![bf16::NAN; n]).unwrap()
+}
+fn poison(dev: &CudaDevice, buf: &mut DeviceBuffer<bf16>) {
+    let n = buf.len();
+    dev.stream().memcpy_htod(&vec![bf16::NAN; n], buf).unwrap();
+}
+fn poison_i32(dev: &CudaDevice, buf: &mut DeviceBuffer<i32>) {
+    let n = buf.len();
+    dev.stream().memcpy_htod(&vec![-1i32; n], buf).unwrap();
+}
+
+/// Relative L2 error, and every element finite.
+fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) = got.iter().position(|x| !x.is_finite()) {
+        panic!("{what}: element {i} is {} (unwritten or overflow)", got[i]);
+    }
+    let num: f64 = got.iter().zip(want).map(|(g, w)| ((g - w) as f64).powi(2)).sum();
+    let den: f64 = want.iter().map(|w| (*w as f64).powi(2)).sum::<f64>().max(1e-30);
+    let rel = (num / den).sqrt();
+    assert!(rel <= tol as f64, "{what}: relative error {rel:.3e} > {tol:.1e}");
+    println!("{what}: relative error {rel:.2e}");
+}
+
+fn router_variants() -> Vec<(&'static str, RouterConfig, bool)> {
+    let mut v3_exclude = RouterConfig::deepseek_v3(256, 8, 8, 4, true, 2.5);
+    v3_exclude.group_mask = GroupMask::Exclude;
+    let mut v2_remote = RouterConfig::deepseek_v2(64, 6, TopkMethod::GroupLimitedGreedy { n_group: 8, topk_group: 3 }, 16.0);
+    v2_remote.normalize = true;
+    v2_remote.scaling = RoutedScaling::UnlessNormalized(16.0);
+    let mut v2_glg_excl = RouterConfig::deepseek_v2(64, 6, TopkMethod::GroupLimitedGreedy { n_group: 8, topk_group: 3 }, 16.0);
+    v2_glg_excl.group_mask = GroupMask::Exclude;
+    vec![
+        ("mixtral softmax top-2 renormalised", RouterConfig::mixtral(8, 2), false),
+        ("qwen softmax top-4 not renormalised", RouterConfig::qwen_moe(60, 4, false), false),
+        ("deepseek-v2 greedy scaled", RouterConfig::deepseek_v2(64, 6, TopkMethod::Greedy, 16.0), false),
+        ("deepseek-v2 group-limited zero-fill", RouterConfig::deepseek_v2(64, 6, TopkMethod::GroupLimitedGreedy { n_group: 8, topk_group: 3 }, 16.0), false),
+        ("deepseek-v2 group-limited excluded", v2_glg_excl, false),
+        ("deepseek-v2 remote code renormalised", v2_remote, false),
+        ("deepseek-v3 noaux_tc with bias", RouterConfig::deepseek_v3(256, 8, 8, 4, true, 2.5), true),
+        ("deepseek-v3 noaux_tc no bias, not renormalised", RouterConfig::deepseek_v3(256, 8, 8, 4, false, 2.5), false),
+        ("deepseek-v3 noaux_tc excluded groups", v3_exclude, true),
+        ("sigmoid greedy", RouterConfig { score: switchyard_experts::ScoreFunction::Sigmoid, ..RouterConfig::mixtral(16, 3) }, false),
+    ]
+}
+
+#[test]
+fn fused_routing_matches_the_reference_for_every_variant() {
+    let Some(dev) = device() else { return };
+    let mut rng = Rng(1);
+    for (name, cfg, with_bias) in router_variants() {
+        let t = 77;
+        let logits = rng.logits(t, cfg.n_experts);
+        let bias = with_bias.then(|| rng.vec(cfg.n_experts, 0.05));
+        let want = route(&logits, t, &cfg, bias.as_deref()).unwrap();
+        let shape = MoeShape { hidden: 128, inter: 64, n_experts: cfg.n_experts, top_k: cfg.top_k };
+        let mut ws = MoeWorkspace::new(&dev, shape, t).unwrap();
+        poison_i32(&dev, &mut ws.experts);
+        dev.stream().memcpy_htod(&vec![f32::NAN; ws.weights.len()], &mut ws.weights).unwrap();
+        let d_logits = dev.upload(&logits).unwrap();
+        let d_bias = bias.as_ref().map(|b| dev.upload(b).unwrap());
+        ws.route(&dev, &d_logits, d_bias.as_ref(), &RouterParams::new(&cfg).unwrap(), t).unwrap();
+        let experts = dev.download(&ws.experts).unwrap();
+        let weights = dev.download(&ws.weights).unwrap();
+        let want_e: Vec<i32> = want.experts.iter().map(|&e| e as i32).collect();
+        assert_eq!(experts, want_e, "{name}: experts");
+        for (i, (g, w)) in weights.iter().zip(&want.weights).enumerate() {
+            assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "{name}: weight {i}: {g} vs {w}");
+        }
+        println!("{name}: {t} tokens equal");
+    }
+}
+
+#[test]
+fn permutation_matches_the_counting_sort() {
+    let Some(dev) = device() else { return };
+    let mut rng = Rng(2);
+    for (n_experts, top_k, t) in [(8, 2, 1), (8, 2, 1000), (256, 8, 3), (256, 8, 700), (64, 6, 129)] {
+        // Skewed picks (distinct per token), so some experts get many rows and some none.
+        let mut experts = Vec::new();
+        for _ in 0..t {
+            let mut chosen: Vec<u32> = Vec::new();
+            while chosen.len() < top_k {
+                let u = (rng.next() + 1.0) * 0.5;
+                let e = ((u * u * n_experts as f32) as u32).min(n_experts as u32 - 1);
+                if !chosen.contains(&e) {
+                    chosen.push(e);
+                }
+            }
+            experts.extend(chosen);
+        }
+        let want = permute_by_expert(&experts, n_experts);
+        let shape = MoeShape { hidden: 128, inter: 64, n_experts, top_k };
+        let mut ws = MoeWorkspace::new(&dev, shape, t).unwrap();
+        let e_i32: Vec<i32> = experts.iter().map(|&e| e as i32).collect();
+        dev.stream().memcpy_htod(&e_i32, &mut ws.experts).unwrap();
+        poison_i32(&dev, &mut ws.order);
+        poison_i32(&dev, &mut ws.row_of_pair);
+        poison_i32(&dev, &mut ws.offsets);
+        poison_i32(&dev, &mut ws.tile_offsets);
+        for path in [GemmPath::Small, GemmPath::Large] {
+            ws.permute(&dev, t, path).unwrap();
+            let order = dev.download(&ws.order).unwrap();
+            let offsets = dev.download(&ws.offsets).unwrap();
+            let tiles = dev.download(&ws.tile_offsets).unwrap();
+            let rows = dev.download(&ws.row_of_pair).unwrap();
+            let want_order: Vec<i32> = want.order.iter().map(|&p| p as i32).collect();
+            assert_eq!(&order[..t * top_k], &want_order[..], "order ({n_experts} experts, {t} tokens)");
+            let want_off: Vec<i32> = want.offsets.iter().map(|&o| o as i32).collect();
+            assert_eq!(offsets, want_off, "offsets");
+            let mut acc = 0;
+            for e in 0..n_experts {
+                assert_eq!(tiles[e], acc, "tile offset of expert {e}");
+                acc += (want.offsets[e + 1] - want.offsets[e]).div_ceil(path.bm()) as i32;
+            }
+            assert_eq!(tiles[n_experts], acc);
+            for (row, &p) in want.order.iter().enumerate() {
+                assert_eq!(rows[p as usize], row as i32, "row_of_pair");
+            }
+        }
+        println!("permutation {n_experts} experts top-{top_k} x {t} tokens equal");
+    }
+}
+
+struct LayerCase {
+    name: &'static str,
+    shape: MoeShape,
+    router: RouterConfig,
+    bias: bool,
+}
+
+fn layer_cases() -> Vec<LayerCase> {
+    vec![
+        LayerCase { name: "mixtral-like", shape: MoeShape { hidden: 256, inter: 448, n_experts: 8, top_k: 2 }, router: RouterConfig::mixtral(8, 2), bias: false },
+        LayerCase {
+            name: "deepseek-like",
+            shape: MoeShape { hidden: 384, inter: 128, n_experts: 64, top_k: 6 },
+            router: RouterConfig::deepseek_v3(64, 6, 8, 4, true, 2.5),
+            bias: true,
+        },
+    ]
+}
+
+/// Every stage and the whole layer against route -> permute -> grouped SwiGLU -> combine on the CPU.
+#[test]
+fn moe_layer_matches_the_cpu_path() {
+    let Some(dev) = device() else { return };
+    let mut rng = Rng(3);
+    for case in layer_cases() {
+        let s = case.shape;
+        let (h, i, e, k) = (s.hidden, s.inter, s.n_experts, s.top_k);
+        let gate_up = round_bf16(&rng.vec(e * 2 * i * h, 1.0 / (h as f32).sqrt()));
+        let down = round_bf16(&rng.vec(e * h * i, 1.0 / (i as f32).sqrt()));
+        let bias = case.bias.then(|| rng.vec(e, 0.05));
+        let layer = MoeLayer {
+            shape: s,
+            gate_up: dev.upload(&to_bf16(&gate_up)).unwrap(),
+            down: dev.upload(&to_bf16(&down)).unwrap(),
+            router: RouterParams::new(&case.router).unwrap(),
+            bias: bias.as_ref().map(|b| dev.upload(b).unwrap()),
+        };
+        for t in [1usize, 5, 64, 300] {
+            let x = round_bf16(&rng.vec(t * h, 1.0));
+            let logits = rng.logits(t, e);
+            let addend = round_bf16(&rng.vec(t * h, 0.5));
+            // CPU reference.
+            let r = route(&logits, t, &case.router, bias.as_deref()).unwrap();
+            let perm = permute_by_expert(&r.experts, e);
+            let xs = gather_rows(&x, h, &perm.order, k);
+            let w = ExpertWeights { gate_up: &gate_up, down: &down, hidden: h, inter: i, gate_up_bias: None, down_bias: None };
+            let y = grouped_swiglu(&xs, &perm.offsets, w);
+            let mut want = combine(&y, &perm.order, &r.weights, k, h);
+            for (o, a) in want.iter_mut().zip(&addend) {
+                *o += a;
+            }
+            // The intermediate act of the reference, per sorted row.
+            let want_act: Vec<f32> = {
+                let mut act = vec![0.0f32; t * k * i];
+                for ex in 0..e {
+                    let rows = perm.offsets[ex]..perm.offsets[ex + 1];
+                    for row in rows {
+                        let xr = &xs[row * h..][..h];
+                        for c in 0..i {
+                            let g: f32 = (0..h).map(|q| gate_up[(ex * 2 * i + c) * h + q] * xr[q]).sum();
+                            let u: f32 = (0..h).map(|q| gate_up[(ex * 2 * i + i + c) * h + q] * xr[q]).sum();
+                            act[row * i + c] = g / (1.0 + (-g).exp()) * u;
+                        }
+                    }
+                }
+                act
+            };
+            let d_x = dev.upload(&to_bf16(&x)).unwrap();
+            let d_logits = dev.upload(&logits).unwrap();
+            let d_add = dev.upload(&to_bf16(&addend)).unwrap();
+            let mut ws = MoeWorkspace::new(&dev, s, t).unwrap();
+            for path in [GemmPath::Small, GemmPath::Large] {
+                poison(&dev, &mut ws.act);
+                poison(&dev, &mut ws.y);
+                let mut out = poison_bf16(&dev, t * h);
+                ws.route(&dev, &d_logits, layer.bias.as_ref(), &layer.router, t).unwrap();
+                ws.permute(&dev, t, path).unwrap();
+                ws.gate_up(&dev, &d_x, &layer.gate_up, t, path).unwrap();
+                let act = from_bf16(&dev.download(&ws.act).unwrap());
+                assert_close(&format!("{} T={t} {path:?} gate/up SiLU", case.name), &act[..t * k * i], &want_act, 1e-2);
+                ws.down(&dev, &layer.down, t, path).unwrap();
+                ws.combine(&dev, t, Some(&d_add), &mut out).unwrap();
+                let got = from_bf16(&dev.download(&out).unwrap());
+                assert_close(&format!("{} T={t} {path:?} layer", case.name), &got, &want, 1.5e-2);
+            }
+            // The one-call path (picks its own tile shape), without an addend.
+            let mut out = poison_bf16(&dev, t * h);
+            layer.forward(&dev, &mut ws, &d_x, &d_logits, t, None, &mut out).unwrap();
+            let got = from_bf16(&dev.download(&out).unwrap());
+            let want_plain: Vec<f32> = want.iter().zip(&addend).map(|(w, a)| w - a).collect();
+            assert_close(&format!("{} T={t} forward", case.name), &got, &want_plain, 1.5e-2);
+        }
+    }
+}
+
+#[test]
+fn rms_norm_with_residual_matches_the_reference() {
+    let Some(dev) = device() else { return };
+    let mut rng = Rng(4);
+    for (rows, hidden) in [(1usize, 4096usize), (33, 7168), (7, 96)] {
+        let res = round_bf16(&rng.vec(rows * hidden, 2.0));
+        let delta = round_bf16(&rng.vec(rows * hidden, 1.0));
+        let w = round_bf16(&rng.vec(hidden, 1.0));
+        let mut want_res = res.clone();
+        let want = cpu_add_rms_norm(&mut want_res, &delta, &w, 1e-6);
+        let mut d_res = dev.upload(&to_bf16(&res)).unwrap();
+        let d_delta = dev.upload(&to_bf16(&delta)).unwrap();
+        let d_w = dev.upload(&to_bf16(&w)).unwrap();
+        let mut out = poison_bf16(&dev, rows * hidden);
+        norm::add_rms_norm(&dev, &mut d_res, Some(&d_delta), &d_w, &mut out, rows, hidden, 1e-6).unwrap();
+        assert_close(&format!("add_rms_norm {rows}x{hidden} out"), &from_bf16(&dev.download(&out).unwrap()), &want, 1e-2);
+        assert_close(&format!("add_rms_norm {rows}x{hidden} residual"), &from_bf16(&dev.download(&d_res).unwrap()), &want_res, 1e-2);
+    }
+}
