@@ -4,6 +4,7 @@ use crate::engine::Executor;
 use crate::model::StepOutput;
 use ::metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use std::sync::Mutex;
 use std::time::Duration;
 
 const TTFT: &str = "switchyard_time_to_first_token_seconds";
@@ -46,7 +47,9 @@ pub struct ServingMetrics {
     handle: PrometheusHandle,
     expert_tokens: Vec<Vec<Counter>>,
     expert_replicas: Vec<Vec<Gauge>>,
-    rank_tokens: Vec<Counter>,
+    /// One counter per EP rank seen so far (grown when a step reports more ranks: the
+    /// executor's rank count is only known from its outputs).
+    rank_tokens: Mutex<Vec<Counter>>,
     imbalance: Vec<Gauge>,
     alltoall_bytes: Counter,
     rebalances: Counter,
@@ -70,6 +73,10 @@ impl std::fmt::Debug for ServingMetrics {
 
 fn meta() -> Metadata<'static> {
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()))
+}
+
+fn rank_counter(r: &PrometheusRecorder, rank: usize) -> Counter {
+    r.register_counter(&Key::from_parts("switchyard_rank_tokens_total", labels(&[("rank", rank.to_string())])), &meta())
 }
 
 fn labels(pairs: &[(&'static str, String)]) -> Vec<Label> {
@@ -140,7 +147,7 @@ impl ServingMetrics {
         Self {
             expert_tokens,
             expert_replicas,
-            rank_tokens: (0..ranks).map(|k| counter("switchyard_rank_tokens_total", &[("rank", k.to_string())])).collect(),
+            rank_tokens: Mutex::new((0..ranks).map(|k| rank_counter(r, k)).collect()),
             imbalance,
             alltoall_bytes: counter("switchyard_alltoall_bytes_total", &[]),
             rebalances: counter("switchyard_rebalances_total", &[]),
@@ -190,11 +197,17 @@ impl ServingMetrics {
                 c.increment(n);
             }
         }
+        let mut ranks = self.rank_tokens.lock().unwrap_or_else(|p| p.into_inner());
         for layer in &out.rank_tokens {
-            for (c, &n) in self.rank_tokens.iter().zip(layer) {
+            while ranks.len() < layer.len() {
+                let k = ranks.len();
+                ranks.push(rank_counter(&self.recorder, k));
+            }
+            for (c, &n) in ranks.iter().zip(layer) {
                 c.increment(n);
             }
         }
+        drop(ranks);
         for (g, &v) in self.imbalance.iter().zip(imbalance) {
             g.set(v);
         }
