@@ -22,8 +22,11 @@ pub enum Error {
     #[error(transparent)]
     Comm(#[from] crate::comm::CommError),
     /// A parallel layout that cannot run this model.
-    #[error("layout: {0}")]
-    Layout(String),
+    #[error(transparent)]
+    Layout(#[from] crate::layout::LayoutError),
+    /// The ranks cannot run a step (a rank failed, or a layout they cannot execute).
+    #[error("ranks: {0}")]
+    Ranks(String),
     /// Shapes that do not fit together.
     #[error("shape mismatch: {0}")]
     Shape(String),

@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use serde_json::Value;
+use std::path::PathBuf;
 use std::process::Command;
 
 fn switchyard(args: &[&str]) -> (bool, String, String) {
@@ -83,4 +84,25 @@ fn bad_inputs_fail_with_a_message_not_a_panic() {
         assert!(err.contains(msg), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn layout_flags_and_files_give_the_single_rank_answer() {
+    let g = golden("deepseek_v3");
+    let dir = fixture_dir("deepseek_v3");
+    let d = dir.to_str().unwrap();
+    let prompt = ids(&g.prompts[2]);
+    let base = ["generate", "--model", d, "--tokens", &prompt, "--max-tokens", "8", "--ignore-eos", "--json"];
+    let (ok, single, err) = switchyard(&base);
+    assert!(ok, "{err}");
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/tiny-tp2-ep4-pp2.toml");
+    let layouts: [&[&str]; 3] = [&["--ep", "4"], &["--tp", "2", "--pp", "2"], &["--layout", file.to_str().unwrap()]];
+    for flags in layouts {
+        let args: Vec<&str> = base.iter().copied().chain(flags.iter().copied()).collect();
+        let (ok, out, err) = switchyard(&args);
+        assert!(ok, "{flags:?}: {err}");
+        assert_eq!(out, single, "{flags:?}");
+    }
+    let (ok, _, err) = switchyard(&["generate", "--model", d, "--tokens", "1", "--ep", "3"]);
+    assert!(!ok && err.contains("ep 3"), "{err}");
 }

@@ -4,7 +4,7 @@ use super::model_args::{parse_tokens, ModelArgs};
 use anyhow::{bail, Context};
 use clap::Args;
 use switchyard::backend::cpu::sample::SamplingParams;
-use switchyard::engine::{Engine, GenerateOptions};
+use switchyard::engine::GenerateOptions;
 
 /// Flags of `generate`.
 #[derive(Debug, Args)]
@@ -45,12 +45,12 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     if a.temperature < 0.0 || !(a.top_p > 0.0 && a.top_p <= 1.0) {
         bail!("--temperature must be >= 0 and --top-p in (0, 1]");
     }
-    let loaded = a.model.load()?;
+    let tokenizer = switchyard::tokenizer::Tokenizer::from_dir(&a.model.model)?;
     let prompt = match (&a.tokens, &a.prompt) {
         (Some(t), _) => parse_tokens(t)?,
         (None, Some(text)) => {
-            let tok = loaded.tokenizer.as_ref().with_context(|| {
-                format!("--prompt needs {}/tokenizer.json; pass --tokens instead", loaded.dir.display())
+            let tok = tokenizer.as_ref().with_context(|| {
+                format!("--prompt needs {}/tokenizer.json; pass --tokens instead", a.model.model.display())
             })?;
             tok.encode(text)?
         }
@@ -62,8 +62,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         seed: a.seed,
         ignore_eos: a.ignore_eos,
     };
-    let tokenizer = loaded.tokenizer;
-    let mut engine = Engine::new(loaded.model, prompt.len() + a.max_tokens, a.model.kv_block_size);
+    let (mut engine, _) = a.model.engine(prompt.len() + a.max_tokens)?;
     let out = engine.generate(&prompt, &opts)?;
     let text = tokenizer.as_ref().map(|t| t.decode(&out.tokens)).transpose()?;
     if a.json {

@@ -1,11 +1,15 @@
-//! Flags every model-running subcommand shares.
+//! Flags every model-running subcommand shares: the model and the parallel layout.
 
 use anyhow::{bail, Context};
 use clap::Args;
 use std::path::PathBuf;
-use switchyard::model::{LoadedModel, ModelSource};
+use switchyard::engine::Engine;
+use switchyard::layout::LayoutOverrides;
+use switchyard::model::ModelSource;
+use switchyard::parallel::{build_executor, ParallelPlan};
+use switchyard::tokenizer::Tokenizer;
 
-/// Which model to run.
+/// Which model to run, and over which ranks.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// Checkpoint directory (config.json + *.safetensors [+ tokenizer.json]).
@@ -17,19 +21,33 @@ pub struct ModelArgs {
     /// Seed of --random-weights.
     #[arg(long, default_value_t = 0)]
     pub weights_seed: u64,
-    /// Token slots per KV-cache block.
-    #[arg(long, default_value_t = 16)]
-    pub kv_block_size: usize,
+    /// Token slots per KV-cache block (default: the layout's).
+    #[arg(long)]
+    pub kv_block_size: Option<usize>,
+    /// The parallel layout (in-process CPU ranks, one thread each).
+    #[command(flatten)]
+    pub layout: LayoutOverrides,
 }
 
 impl ModelArgs {
-    /// Loads the model.
-    pub fn load(&self) -> anyhow::Result<LoadedModel> {
-        if self.kv_block_size == 0 {
+    /// Where the weights come from.
+    pub fn source(&self) -> ModelSource {
+        ModelSource { dir: self.model.clone(), random_weights: self.random_weights.then_some(self.weights_seed) }
+    }
+
+    /// The model on the layout's ranks, with a cache of `cache_tokens` tokens, and its tokenizer.
+    pub fn engine(&self, cache_tokens: usize) -> anyhow::Result<(Engine, Option<Tokenizer>)> {
+        let layout = self.layout.resolve()?;
+        let block_size = self.kv_block_size.unwrap_or(layout.scheduler.kv_block_size);
+        if block_size == 0 {
             bail!("--kv-block-size must be positive");
         }
-        let source = ModelSource { dir: self.model.clone(), random_weights: self.random_weights.then_some(self.weights_seed) };
-        source.load().with_context(|| format!("loading model {}", self.model.display()))
+        let plan = ParallelPlan::from_layout(layout)?;
+        let blocks = cache_tokens.max(1).div_ceil(block_size);
+        let executor = build_executor(&self.source(), &plan, blocks, block_size)
+            .with_context(|| format!("loading model {}", self.model.display()))?;
+        let tokenizer = Tokenizer::from_dir(&self.model)?;
+        Ok((Engine::with_executor(executor), tokenizer))
     }
 }
 

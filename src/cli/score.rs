@@ -2,7 +2,6 @@
 
 use super::model_args::{parse_tokens, ModelArgs};
 use clap::Args;
-use switchyard::engine::Engine;
 
 /// Flags of `score`.
 #[derive(Debug, Args)]
@@ -20,8 +19,7 @@ pub struct ScoreArgs {
 /// Runs `score`.
 pub fn run(a: ScoreArgs) -> anyhow::Result<()> {
     let tokens = parse_tokens(&a.tokens)?;
-    let loaded = a.model.load()?;
-    let mut engine = Engine::new(loaded.model, tokens.len().max(1), a.model.kv_block_size);
+    let (mut engine, _) = a.model.engine(tokens.len())?;
     let logits = engine.score(&tokens)?;
     let vocab = logits.dims()[1];
     let rows: Vec<&[f32]> = logits.as_slice().chunks_exact(vocab).collect();

@@ -1,11 +1,14 @@
 //! `switchyard serve`: the OpenAI-compatible HTTP server.
 
-use super::model_args::ModelArgs;
 use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
+use switchyard::config::ModelConfig;
+use switchyard::layout::{Layout, LayoutOverrides};
 use switchyard::model::ModelSource;
+use switchyard::parallel::{build_executor, ParallelPlan};
+use switchyard::tokenizer::Tokenizer;
 use switchyard::scheduler::Limits;
 use switchyard::server::{self, ServeOptions};
 
@@ -46,38 +49,37 @@ pub struct ServeArgs {
     /// Name the model is served under (default: the checkpoint directory's name).
     #[arg(long)]
     served_model_name: Option<String>,
-    /// Sequences in the running batch at most.
-    #[arg(long, default_value_t = 256)]
-    max_num_seqs: usize,
-    /// Tokens per forward step at most (decode tokens plus prefill chunks).
-    #[arg(long, default_value_t = 2048)]
-    max_batched_tokens: usize,
+    /// Sequences in the running batch at most (default: the layout's, 256).
+    #[arg(long)]
+    max_num_seqs: Option<usize>,
+    /// Tokens per forward step at most, decode tokens plus prefill chunks (default: the
+    /// layout's, 8192).
+    #[arg(long)]
+    max_batched_tokens: Option<usize>,
     /// KV-cache blocks (default: max_num_seqs full contexts within 512 MiB).
     #[arg(long)]
     kv_blocks: Option<usize>,
-    /// Token slots per KV-cache block.
-    #[arg(long, default_value_t = 16)]
-    kv_block_size: usize,
+    /// Token slots per KV-cache block (default: the layout's, 16).
+    #[arg(long)]
+    kv_block_size: Option<usize>,
     /// Seconds a shutdown waits for running requests before failing them.
     #[arg(long, default_value_t = 30)]
     shutdown_grace_secs: u64,
+    /// The parallel layout (in-process CPU ranks, one thread each).
+    #[command(flatten)]
+    layout: LayoutOverrides,
 }
 
 impl ServeArgs {
-    fn model_args(&self) -> ModelArgs {
-        ModelArgs {
-            model: self.model.clone().unwrap_or_else(default_model_dir),
-            random_weights: self.random_weights,
-            weights_seed: self.weights_seed,
-            kv_block_size: self.kv_block_size,
-        }
-    }
-
-    fn options(&self) -> ServeOptions {
+    fn options(&self, layout: &Layout) -> ServeOptions {
+        let sched = &layout.scheduler;
         ServeOptions {
-            limits: Limits { max_num_seqs: self.max_num_seqs, max_batched_tokens: self.max_batched_tokens },
+            limits: Limits {
+                max_num_seqs: self.max_num_seqs.unwrap_or(sched.max_num_seqs),
+                max_batched_tokens: self.max_batched_tokens.unwrap_or(sched.max_batched_tokens),
+            },
             kv_blocks: self.kv_blocks,
-            kv_block_size: self.kv_block_size,
+            kv_block_size: self.kv_block_size.unwrap_or(sched.kv_block_size),
             api_key: self.api_key.clone(),
             served_model_name: self.served_model_name.clone(),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
@@ -85,16 +87,27 @@ impl ServeArgs {
     }
 }
 
-/// Runs `serve` until Ctrl-C / SIGTERM.
-pub fn run(a: ServeArgs) -> anyhow::Result<()> {
-    let model_args = a.model_args();
-    if model_args.kv_block_size == 0 {
+/// Loads the model onto the layout's ranks and starts the engine.
+fn start(a: &ServeArgs) -> anyhow::Result<std::sync::Arc<server::AppState>> {
+    let dir = a.model.clone().unwrap_or_else(default_model_dir);
+    let layout = a.layout.resolve()?;
+    let opts = a.options(&layout);
+    if opts.kv_block_size == 0 {
         anyhow::bail!("--kv-block-size must be positive");
     }
-    let source = ModelSource { dir: model_args.model.clone(), random_weights: model_args.random_weights.then_some(model_args.weights_seed) };
-    let loaded = source.load().with_context(|| format!("loading model {}", model_args.model.display()))?;
-    let opts = a.options();
-    let state = server::local_state(loaded, &opts)?;
+    let config = ModelConfig::from_dir(&dir)?;
+    let blocks = opts.kv_blocks.unwrap_or_else(|| server::default_kv_blocks(&config, &opts.limits, opts.kv_block_size));
+    let source = ModelSource { dir: dir.clone(), random_weights: a.random_weights.then_some(a.weights_seed) };
+    let plan = ParallelPlan::from_layout(layout)?;
+    let executor = build_executor(&source, &plan, blocks, opts.kv_block_size).with_context(|| format!("loading model {}", dir.display()))?;
+    let tokenizer = Tokenizer::from_dir(&dir)?;
+    Ok(server::state_over(executor, tokenizer, &dir, &opts)?)
+}
+
+/// Runs `serve` until Ctrl-C / SIGTERM.
+pub fn run(a: ServeArgs) -> anyhow::Result<()> {
+    let state = start(&a)?;
+    let grace = Duration::from_secs(a.shutdown_grace_secs);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
@@ -107,7 +120,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         println!(
             "try: curl http://{addr}/v1/completions -H 'Content-Type: application/json'{auth} -d '{{\"model\": \"{name}\", \"prompt\": \"The quick brown fox\", \"max_tokens\": 16, \"temperature\": 0}}'"
         );
-        server::serve(listener, state, server::shutdown_signal(), opts.shutdown_grace).await?;
+        server::serve(listener, state, server::shutdown_signal(), grace).await?;
         anyhow::Ok(())
     })
 }

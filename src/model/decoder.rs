@@ -58,7 +58,7 @@ impl DecoderLayer {
 impl Model {
     /// Loads the whole model for one rank.
     pub fn load(config: &ModelConfig, src: &dyn WeightSource) -> Result<Self> {
-        let placements = crate::parallel::ParallelPlan::single().placements(config)?;
+        let placements = crate::layout::Layout::default().placements(config)?;
         Self::load_shard(config, src, Shard::single(config.num_layers, placements))
     }
 

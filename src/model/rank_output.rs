@@ -77,7 +77,7 @@ impl StepOutput {
             }
         }
         if filled != n_rows {
-            return Err(Error::Layout(format!("ranks returned {filled} logit rows, the step needs {n_rows}")));
+            return Err(Error::Ranks(format!("ranks returned {filled} logit rows, the step needs {n_rows}")));
         }
         Ok(Self { logits: Tensor::from_f32([n_rows, vocab], logits)?, expert_counts, rank_tokens, comm_bytes, a2a_predicted_bytes, a2a_measured_bytes })
     }

@@ -51,13 +51,23 @@ pub struct MoeOutput {
 impl MoeBlock {
     /// Loads this rank's part of the feed-forward block of layer `layer`: sparse where the
     /// config says so (the experts of this rank's slots in the shard's placement), else a dense
-    /// MLP as one expert, replicated (each rank computes its own tokens).
+    /// MLP as the experts of its intermediate-dim parts (one part: the whole MLP, replicated).
     pub fn load(cfg: &ModelConfig, src: &dyn WeightSource, layer: usize, shard: &Shard) -> Result<Self> {
         let prefix = format!("model.layers.{layer}");
         let h = cfg.hidden_size;
         let (Some(moe), Some(placement)) = (&cfg.moe, shard.placements[layer].as_ref()) else {
-            let mlp = ExpertBank::load_dense(src, &format!("{prefix}.mlp"), h, cfg.intermediate_size, cfg.mlp_bias)?;
-            return Ok(Self { router: Router::Single, experts: mlp, shared: None, placement: None, ep_rank: 0, ranks_per_node: 1 });
+            let placement = &shard.dense_placement;
+            let parts = placement.n_logical();
+            let slots = placement.rank_experts(shard.ep_rank);
+            let mlp = ExpertBank::load_dense_parts(src, &format!("{prefix}.mlp"), h, cfg.intermediate_size, cfg.mlp_bias, parts, slots)?;
+            return Ok(Self {
+                router: Router::Dense { parts },
+                experts: mlp,
+                shared: None,
+                placement: Some(placement.clone()),
+                ep_rank: shard.ep_rank,
+                ranks_per_node: shard.ranks_per_node,
+            });
         };
         let names = ExpertNames::of(cfg.architecture);
         let p = format!("{prefix}.{}", names.sparse);

@@ -79,5 +79,5 @@ pub fn dispatch_combine(
 }
 
 fn dispatch_err(e: impl std::fmt::Display) -> Error {
-    Error::Layout(format!("expert dispatch: {e}"))
+    Error::Ranks(format!("expert dispatch: {e}"))
 }

@@ -85,31 +85,50 @@ impl ExpertBank {
         })
     }
 
+    /// A bank from stacked `gate_up` [n, 2I, H] and `down` [n, H, I] weights.
+    pub fn from_stacked(gate_up: Tensor, down: Tensor) -> Self {
+        Self { gate_up, down, gate_up_bias: None, down_bias: None }
+    }
+
     /// A dense SwiGLU MLP `{prefix}.{gate,up,down}_proj` as a bank of one expert.
     pub fn load_dense(src: &dyn WeightSource, prefix: &str, hidden: usize, inter: usize, bias: bool) -> Result<Self> {
+        Self::load_dense_parts(src, prefix, hidden, inter, bias, 1, &[0])
+    }
+
+    /// A dense SwiGLU MLP split along its intermediate dim into `parts` experts, of which this
+    /// bank holds `slots` (part ids): part p has rows p·I/parts.. of gate and up and the same
+    /// columns of down, so the parts' outputs sum to the MLP's. The down bias goes to part 0.
+    pub fn load_dense_parts(src: &dyn WeightSource, prefix: &str, hidden: usize, inter: usize, bias: bool, parts: usize, slots: &[u32]) -> Result<Self> {
         let [g, u, d] = super::ExpertNames::DENSE;
         let w = |p: &str, shape: &[usize]| src.load(&format!("{prefix}.{p}.weight"), shape);
         let b = |p: &str, n: usize| -> Result<Option<Tensor>> {
             Ok(if bias { Some(src.load(&format!("{prefix}.{p}.bias"), &[n])?) } else { None })
         };
-        let (gate, up) = (w(g, &[inter, hidden])?, w(u, &[inter, hidden])?);
+        let (gate, up, down) = (w(g, &[inter, hidden])?, w(u, &[inter, hidden])?, w(d, &[hidden, inter])?);
+        let (gate_b, up_b, down_b) = (b(g, inter)?, b(u, inter)?, b(d, hidden)?);
+        let c = inter / parts;
         let dtype = gate.dtype();
-        let mut gu = gate.into_vec();
-        gu.extend_from_slice(up.as_slice());
-        let gate_up_bias = match (b(g, inter)?, b(u, inter)?) {
-            (Some(bg), Some(bu)) => {
-                let mut v = bg.into_vec();
-                v.extend_from_slice(bu.as_slice());
-                Some(Tensor::from_f32([1, 2 * inter], v)?)
+        let (mut gu, mut dn, mut gu_bias, mut dn_bias) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for &p in slots {
+            let p = p as usize;
+            gu.extend_from_slice(gate.narrow_rows(p * c, c)?.as_slice());
+            gu.extend_from_slice(up.narrow_rows(p * c, c)?.as_slice());
+            dn.extend_from_slice(down.narrow_cols(p * c, c)?.as_slice());
+            if let (Some(gb), Some(ub), Some(db)) = (&gate_b, &up_b, &down_b) {
+                gu_bias.extend_from_slice(&gb.as_slice()[p * c..][..c]);
+                gu_bias.extend_from_slice(&ub.as_slice()[p * c..][..c]);
+                match p {
+                    0 => dn_bias.extend_from_slice(db.as_slice()),
+                    _ => dn_bias.resize(dn_bias.len() + hidden, 0.0),
+                }
             }
-            _ => None,
-        };
-        let down_bias = b(d, hidden)?.map(|t| t.reshape([1, hidden])).transpose()?;
+        }
+        let n = slots.len();
         Ok(Self {
-            gate_up: Tensor::from_f32_stored_as([1, 2 * inter, hidden], gu, dtype)?,
-            down: w(d, &[hidden, inter])?.reshape([1, hidden, inter])?,
-            gate_up_bias,
-            down_bias,
+            gate_up: Tensor::from_f32_stored_as([n, 2 * c, hidden], gu, dtype)?,
+            down: Tensor::from_f32_stored_as([n, hidden, c], dn, dtype)?,
+            gate_up_bias: if bias { Some(Tensor::from_f32([n, 2 * c], gu_bias)?) } else { None },
+            down_bias: if bias { Some(Tensor::from_f32([n, hidden], dn_bias)?) } else { None },
         })
     }
 

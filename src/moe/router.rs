@@ -9,8 +9,12 @@ use switchyard_experts::{route, RouterConfig, Routing};
 /// How a block's tokens pick experts.
 #[derive(Debug, Clone)]
 pub enum Router {
-    /// A dense MLP: every token to expert 0 with weight 1.
-    Single,
+    /// A dense MLP split into `parts` along its intermediate dim (Megatron-style): every token
+    /// visits every part with weight 1, and the parts' outputs sum to the MLP's.
+    Dense {
+        /// Parts of the split (1: the whole MLP).
+        parts: usize,
+    },
     /// A learned top-k router.
     Learned {
         /// [n_experts, hidden].
@@ -38,7 +42,7 @@ impl Router {
     /// Experts chosen per token.
     pub fn top_k(&self) -> usize {
         match self {
-            Router::Single => 1,
+            Router::Dense { parts } => *parts,
             Router::Learned { config, .. } => config.top_k,
         }
     }
@@ -46,7 +50,7 @@ impl Router {
     /// Logical experts.
     pub fn n_experts(&self) -> usize {
         match self {
-            Router::Single => 1,
+            Router::Dense { parts } => *parts,
             Router::Learned { config, .. } => config.n_experts,
         }
     }
@@ -55,7 +59,11 @@ impl Router {
     pub fn route(&self, x: &Tensor) -> Result<Routing> {
         let n_tokens = x.dims()[0];
         match self {
-            Router::Single => Ok(Routing { top_k: 1, experts: vec![0; n_tokens], weights: vec![1.0; n_tokens] }),
+            Router::Dense { parts } => Ok(Routing {
+                top_k: *parts,
+                experts: (0..n_tokens).flat_map(|_| 0..*parts as u32).collect(),
+                weights: vec![1.0; n_tokens * parts],
+            }),
             Router::Learned { gate, correction_bias, config } => {
                 let logits = ops::linear(x, gate, None)?;
                 Ok(route(logits.as_slice(), n_tokens, config, correction_bias.as_deref())?)

@@ -88,15 +88,15 @@ impl ParallelExecutor {
                     drop(ready_tx);
                     rank_loop(rank, &model, &mut cache, &ctx, rx, report_tx, &events);
                 })
-                .map_err(|e| Error::Layout(format!("cannot start rank {rank}: {e}")))?;
+                .map_err(|e| Error::Ranks(format!("cannot start rank {rank}: {e}")))?;
             handles.push(handle);
         }
         drop(ready_tx);
         for _ in 0..handles.len() {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(Error::Layout(format!("loading the model: {e}"))),
-                Err(_) => return Err(Error::Layout("a rank stopped while loading".into())),
+                Ok(Err(e)) => return Err(Error::Ranks(format!("loading the model: {e}"))),
+                Err(_) => return Err(Error::Ranks("a rank stopped while loading".into())),
             }
         }
         Ok(Self {
@@ -171,7 +171,7 @@ impl ParallelExecutor {
 
     fn check_alive(&self) -> Result<()> {
         match &self.failure {
-            Some(f) => Err(Error::Layout(format!("the ranks stopped after a failure: {f}"))),
+            Some(f) => Err(Error::Ranks(format!("the ranks stopped after a failure: {f}"))),
             None => Ok(()),
         }
     }
@@ -179,7 +179,7 @@ impl ParallelExecutor {
     fn fail<T>(&mut self, why: String) -> Result<T> {
         self.to_ranks.clear();
         self.failure = Some(why.clone());
-        Err(Error::Layout(why))
+        Err(Error::Ranks(why))
     }
 }
 

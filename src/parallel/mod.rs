@@ -4,13 +4,15 @@
 //!
 //! A single rank is the world of one: the same forward code runs with size-1 groups.
 
+mod build;
 mod context;
 mod executor;
 mod plan;
 mod shard;
 pub mod split;
 
+pub use build::build_executor;
 pub use context::RankContext;
 pub use executor::{ParallelExecutor, StageEvent};
-pub use plan::{ParallelPlan, PlacementSpec};
+pub use plan::ParallelPlan;
 pub use shard::Shard;

@@ -1,134 +1,99 @@
-//! `ParallelPlan`: the layout as the model needs it, checked against the model, turned into
-//! each rank's [`Shard`].
+//! `ParallelPlan`: a [`Layout`] resolved for one model — the rank grid, every layer's expert
+//! placement, the pipeline split — and turned into each rank's [`Shard`]. The layout module
+//! owns the rules (validation, placements, stage split); this only applies them.
 
 use super::Shard;
 use crate::comm::RankGrid;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::layout::Layout;
 use switchyard_experts::Placement;
 
-/// How logical experts are laid onto physical slots.
-#[derive(Debug, Clone, PartialEq)]
-pub enum PlacementSpec {
-    /// Experts in order, spare slots filled with replicas.
-    Contiguous,
-    /// An explicit slot → logical expert map, the same for every sparse layer.
-    Explicit(Vec<u32>),
-}
-
-/// Parallel sizes and expert placement.
+/// The layout as the ranks need it.
 #[derive(Debug, Clone)]
 pub struct ParallelPlan {
     /// TP, EP and PP sizes.
     pub grid: RankGrid,
-    /// Spare expert slots per sparse layer (replicas).
-    pub redundant: usize,
-    /// Initial placement.
-    pub placement: PlacementSpec,
-    /// Layers per pipeline stage (None: as even as possible).
-    pub stage_layers: Option<Vec<usize>>,
-    /// Ranks per node.
-    pub ranks_per_node: usize,
+    /// The layout it came from.
+    pub layout: Layout,
 }
 
 impl ParallelPlan {
-    /// One rank.
-    pub fn single() -> Self {
-        Self { grid: RankGrid::single(), redundant: 0, placement: PlacementSpec::Contiguous, stage_layers: None, ranks_per_node: 1 }
+    /// The plan of `layout`; fails if its sizes do not form a grid.
+    pub fn from_layout(layout: Layout) -> Result<Self> {
+        let grid = layout.grid()?;
+        Ok(Self { grid, layout })
     }
 
-    /// Checks the plan against the model, naming the number that does not fit.
+    /// One rank.
+    pub fn single() -> Self {
+        Self::from_layout(Layout::default()).expect("the default layout is one rank")
+    }
+
+    /// Checks the layout against the model (the layout's rules, naming the wrong number), and
+    /// what the ranks additionally need.
     pub fn validate(&self, cfg: &ModelConfig) -> Result<()> {
-        let RankGrid { tp, ep, pp } = self.grid;
-        if cfg.num_heads % tp != 0 {
-            let fits: Vec<usize> = (1..=cfg.num_heads).filter(|d| cfg.num_heads % d == 0).collect();
-            return Err(Error::Layout(format!("tp {tp} does not divide the {} attention heads; tp could be {fits:?}", cfg.num_heads)));
-        }
-        let kv = cfg.num_kv_heads;
-        if kv % tp != 0 && tp % kv != 0 {
-            return Err(Error::Layout(format!("tp {tp} and the {kv} KV heads must divide one another")));
-        }
+        self.layout.validate(cfg, None)?;
+        let ep = self.grid.ep;
         if ep % self.stage_ranks_per_node() != 0 {
-            return Err(Error::Layout(format!("ep {ep} is not a whole number of nodes of {} ranks", self.ranks_per_node)));
+            return Err(Error::Ranks(format!("ep {ep} is not a whole number of nodes of {} ranks", self.stage_ranks_per_node())));
         }
-        if pp > cfg.num_layers {
-            return Err(Error::Layout(format!("pp {pp} exceeds the {} layers", cfg.num_layers)));
+        if cfg.moe.is_some() && self.layout.moe_tp(cfg) > 1 {
+            return Err(Error::Ranks(format!(
+                "moe_tp {} splits routed experts, which the ranks do not run yet; use moe_tp 1",
+                self.layout.moe_tp(cfg)
+            )));
         }
-        if let Some(split) = &self.stage_layers {
-            let total: usize = split.iter().sum();
-            if split.len() != pp || total != cfg.num_layers || split.contains(&0) {
-                return Err(Error::Layout(format!(
-                    "pipeline layers {split:?} must be {pp} positive counts summing to {} (they sum to {total})",
-                    cfg.num_layers
-                )));
-            }
-        }
-        if let Some(moe) = &cfg.moe {
-            let slots = moe.n_experts + self.redundant;
-            if slots % ep != 0 {
-                let fit = (ep - moe.n_experts % ep) % ep;
-                return Err(Error::Layout(format!(
-                    "experts ({}) + redundant ({}) = {slots} slots is not divisible by ep {ep}; redundant could be {fit} or {}",
-                    moe.n_experts,
-                    self.redundant,
-                    fit + ep
-                )));
-            }
+        if cfg.intermediate_size % self.dense_split(cfg) != 0 {
+            return Err(Error::Ranks(format!(
+                "moe_tp {} does not divide the dense intermediate size {}",
+                self.dense_split(cfg),
+                cfg.intermediate_size
+            )));
         }
         Ok(())
     }
 
-    /// Ranks of one stage per node: a stage smaller than a node lives in one node.
+    /// Ranks of one stage per node (`gpus_per_node`; a stage smaller than a node lives in one).
     fn stage_ranks_per_node(&self) -> usize {
-        self.ranks_per_node.clamp(1, self.grid.ep)
+        self.layout.parallel.gpus_per_node.unwrap_or(self.grid.ep).clamp(1, self.grid.ep)
     }
 
-    /// The layers of each stage.
-    pub fn stage_ranges(&self, num_layers: usize) -> Vec<std::ops::Range<usize>> {
-        let pp = self.grid.pp;
-        let counts: Vec<usize> = match &self.stage_layers {
-            Some(c) => c.clone(),
-            None => (0..pp).map(|s| num_layers / pp + usize::from(s < num_layers % pp)).collect(),
-        };
-        let mut start = 0;
-        counts
-            .iter()
-            .map(|c| {
-                let r = start..start + c;
-                start += c;
-                r
-            })
-            .collect()
+    /// How many parts a dense MLP is split into (Megatron-style, over the intermediate dim):
+    /// the layout's moe_tp for dense models, 1 for the dense layers of MoE models.
+    fn dense_split(&self, cfg: &ModelConfig) -> usize {
+        if cfg.moe.is_some() {
+            1
+        } else {
+            self.layout.moe_tp(cfg).max(1)
+        }
     }
 
-    /// The placement of every layer (None for dense layers).
+    /// The placement of every sparse layer (None for dense layers).
     pub fn placements(&self, cfg: &ModelConfig) -> Result<Vec<Option<Placement>>> {
-        let ep = self.grid.ep;
-        (0..cfg.num_layers)
-            .map(|layer| {
-                let Some(moe) = cfg.moe.as_ref().filter(|_| cfg.is_sparse_layer(layer)) else { return Ok(None) };
-                let p = match &self.placement {
-                    PlacementSpec::Contiguous => Placement::contiguous(moe.n_experts, ep, self.redundant),
-                    PlacementSpec::Explicit(slots) => Placement::from_slots(slots.clone(), moe.n_experts, ep),
-                };
-                p.map(Some).map_err(|e| Error::Layout(e.to_string()))
-            })
-            .collect()
+        Ok(self.layout.placements(cfg)?)
     }
 
     /// The shard of global rank `rank`.
     pub fn shard(&self, cfg: &ModelConfig, rank: usize) -> Result<Shard> {
         self.validate(cfg)?;
         let c = self.grid.coords(rank);
+        let parts = self.dense_split(cfg);
+        let ep = self.grid.ep;
+        // A dense MLP's parts are experts every token visits; spare slots hold replicas so every
+        // rank holds one part (parts = ep: one each; parts = 1: a full copy everywhere).
+        let spare = (ep - parts % ep) % ep;
+        let dense_placement = Placement::contiguous(parts, ep, spare).map_err(|e| Error::Ranks(e.to_string()))?;
         Ok(Shard {
             tp_rank: c.tp_rank,
             tp: self.grid.tp,
             ep_rank: c.ep_rank,
-            ep: self.grid.ep,
+            ep,
             stage: c.stage,
             pp: self.grid.pp,
-            layers: self.stage_ranges(cfg.num_layers)[c.stage].clone(),
+            layers: self.layout.stage_layers(cfg.num_layers)[c.stage].clone(),
             placements: self.placements(cfg)?,
+            dense_placement,
             ranks_per_node: self.stage_ranks_per_node(),
         })
     }

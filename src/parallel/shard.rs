@@ -23,6 +23,9 @@ pub struct Shard {
     pub layers: Range<usize>,
     /// Expert placement of each sparse layer of the model (None for dense layers).
     pub placements: Vec<Option<Placement>>,
+    /// Where the parts of a dense MLP live (its intermediate dim split into `n_logical` parts,
+    /// every token visiting all of them).
+    pub dense_placement: Placement,
     /// Ranks per node (replica choice prefers the same node).
     pub ranks_per_node: usize,
 }
@@ -30,7 +33,8 @@ pub struct Shard {
 impl Shard {
     /// The whole model on one rank.
     pub fn single(num_layers: usize, placements: Vec<Option<Placement>>) -> Self {
-        Self { tp_rank: 0, tp: 1, ep_rank: 0, ep: 1, stage: 0, pp: 1, layers: 0..num_layers, placements, ranks_per_node: 1 }
+        let dense_placement = Placement::contiguous(1, 1, 0).expect("one part on one rank");
+        Self { tp_rank: 0, tp: 1, ep_rank: 0, ep: 1, stage: 0, pp: 1, layers: 0..num_layers, placements, dense_placement, ranks_per_node: 1 }
     }
 
     /// Whether this rank embeds tokens.
