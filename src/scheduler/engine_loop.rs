@@ -50,6 +50,8 @@ pub(super) struct EngineLoop {
     pub metrics: Arc<ServingMetrics>,
     pub board: Arc<LoadBoard>,
     pub status: Arc<EngineStatus>,
+    /// Sees every step's output after it is recorded (e.g. a routing trace writer).
+    pub observer: Option<super::StepObserver>,
 }
 
 impl EngineLoop {
@@ -100,6 +102,9 @@ impl EngineLoop {
                 Ok(out) => {
                     let imbalance = self.board.record(&out.expert_counts, &out.rank_tokens);
                     self.metrics.record_step(&out, &imbalance);
+                    if let Some(observe) = self.observer.as_mut() {
+                        observe(&out);
+                    }
                     let report = self.batcher.complete(plan, out.logits.as_slice(), vocab, &eos);
                     self.metrics.record_generated(report.advances.len());
                     for a in &report.advances {

@@ -31,6 +31,10 @@ pub enum SubmitError {
     Stopped,
 }
 
+/// Called by the engine thread with every forward step's output (routing counts, rank loads,
+/// communication), after the metrics have counted it.
+pub type StepObserver = Box<dyn FnMut(&crate::model::StepOutput) + Send>;
+
 /// A cloneable handle to the engine thread. The thread ends when every handle is dropped and
 /// the last sequence is done.
 #[derive(Debug, Clone)]
@@ -45,6 +49,11 @@ pub struct EngineHandle {
 impl EngineHandle {
     /// Starts the engine thread over `executor`.
     pub fn spawn(executor: Box<dyn Executor>, limits: Limits) -> Result<Self, String> {
+        Self::spawn_observed(executor, limits, None)
+    }
+
+    /// Starts the engine thread over `executor`; `observer` sees every step's output.
+    pub fn spawn_observed(executor: Box<dyn Executor>, limits: Limits, observer: Option<StepObserver>) -> Result<Self, String> {
         limits.validate()?;
         let allocator = BlockAllocator::new(executor.num_blocks(), executor.block_size());
         let metrics = Arc::new(ServingMetrics::for_executor(executor.as_ref(), 1));
@@ -58,6 +67,7 @@ impl EngineHandle {
             metrics: metrics.clone(),
             board: board.clone(),
             status: status.clone(),
+            observer,
         };
         std::thread::Builder::new()
             .name("switchyard-engine".into())

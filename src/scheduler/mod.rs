@@ -17,7 +17,7 @@ mod sampler;
 mod sequence;
 
 pub use batcher::{Batcher, Limits};
-pub use handle::{EngineHandle, EngineStatus, SubmitError};
+pub use handle::{EngineHandle, EngineStatus, StepObserver, SubmitError};
 pub use request::{Event, FinishReason, GeneratedToken, GenerationRequest, SamplingConfig, TokenLogprob};
 pub use sampler::Sampler;
 pub use sequence::ServeSequence;

@@ -6,7 +6,7 @@ use super::state::AppState;
 use crate::config::ModelConfig;
 use crate::engine::{Executor, LocalExecutor};
 use crate::model::LoadedModel;
-use crate::scheduler::{EngineHandle, Limits};
+use crate::scheduler::{EngineHandle, Limits, StepObserver};
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -89,9 +89,20 @@ pub fn local_state(loaded: LoadedModel, opts: &ServeOptions) -> Result<Arc<AppSt
 
 /// Starts the engine over any executor (e.g. a multi-rank one) and builds the state.
 pub fn state_over(executor: Box<dyn Executor>, tokenizer: Option<crate::tokenizer::Tokenizer>, dir: &Path, opts: &ServeOptions) -> Result<Arc<AppState>, ServeError> {
+    state_observed(executor, tokenizer, dir, opts, None)
+}
+
+/// [`state_over`] with an observer of every forward step (e.g. `--record-routing`).
+pub fn state_observed(
+    executor: Box<dyn Executor>,
+    tokenizer: Option<crate::tokenizer::Tokenizer>,
+    dir: &Path,
+    opts: &ServeOptions,
+    observer: Option<StepObserver>,
+) -> Result<Arc<AppState>, ServeError> {
     let cfg = executor.config().clone();
     let chat_template = ChatTemplate::from_dir(dir).map_err(ServeError::ChatTemplate)?;
-    let engine = EngineHandle::spawn(executor, opts.limits).map_err(ServeError::Limits)?;
+    let engine = EngineHandle::spawn_observed(executor, opts.limits, observer).map_err(ServeError::Limits)?;
     let name = opts.served_model_name.clone().unwrap_or_else(|| model_name_of(dir));
     let mut state = AppState::new(engine, &cfg, tokenizer, chat_template, name.clone());
     let s = Arc::get_mut(&mut state).expect("the state was just created");

@@ -22,7 +22,7 @@ mod state;
 pub mod stop;
 
 pub use error::ApiError;
-pub use launch::{default_kv_blocks, local_state, model_name_of, serve, shutdown_signal, state_over, ServeError, ServeOptions};
+pub use launch::{default_kv_blocks, local_state, model_name_of, serve, shutdown_signal, state_observed, state_over, ServeError, ServeOptions};
 pub use state::AppState;
 
 use axum::extract::DefaultBodyLimit;
