@@ -4,7 +4,8 @@
 //! * tests/python/test_openai_api.py — the official `openai` client: completions, chat,
 //!   streaming, token-id prompts, greedy answers equal to `switchyard generate --json`;
 //! * tests/python/test_metrics.py — `promtool check metrics` on /metrics, expert counters;
-//! * tests/python/test_load.py — 200 concurrent streaming clients, a fifth hanging up;
+//! * tests/python/test_load.py — 200 concurrent streaming clients, a fifth hanging up (also
+//!   on two EP ranks with a KV cache small enough to force waiting and preemption);
 //! * tests/python/test_dashboard.py — the dashboard in headless Chromium (screenshots in
 //!   target/artifacts/).
 //!
@@ -104,6 +105,13 @@ fn promtool_checks_the_metrics() {
 #[test]
 fn two_hundred_streaming_clients() {
     run_script("test_load.py", &["openai"], &[], &[]);
+}
+
+/// The same wave on two EP ranks with a KV cache of 640 tokens and small steps: requests wait
+/// for blocks and get preempted, and still answer as if alone.
+#[test]
+fn two_hundred_streaming_clients_on_a_tight_cache_and_two_ranks() {
+    run_script("test_load.py", &["openai"], &[], &["--expect-preemption", "--serve-flags", "--kv-blocks 40 --max-batched-tokens 256 --ep 2"]);
 }
 
 #[test]

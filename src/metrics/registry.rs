@@ -63,6 +63,7 @@ pub struct ServingMetrics {
     kv_used: Gauge,
     kv_capacity: Gauge,
     steps: Counter,
+    preemptions: Counter,
 }
 
 impl std::fmt::Debug for ServingMetrics {
@@ -119,6 +120,7 @@ impl ServingMetrics {
         describe("switchyard_kv_blocks_used", None, "KV-cache blocks held by sequences.");
         describe("switchyard_kv_blocks_capacity", None, "KV-cache blocks in the pool.");
         describe("switchyard_engine_steps_total", None, "Forward steps the engine ran.");
+        describe("switchyard_preemptions_total", None, "Running requests preempted (to be recomputed) because KV blocks ran out.");
         let per_expert = |name: &'static str| -> Vec<Vec<_>> {
             experts
                 .iter()
@@ -164,6 +166,7 @@ impl ServingMetrics {
             kv_used: gauge("switchyard_kv_blocks_used", &[]),
             kv_capacity,
             steps: counter("switchyard_engine_steps_total", &[]),
+            preemptions: counter("switchyard_preemptions_total", &[]),
             handle,
             recorder,
         }
@@ -212,6 +215,11 @@ impl ServingMetrics {
             g.set(v);
         }
         self.alltoall_bytes.increment(out.comm_bytes);
+    }
+
+    /// Counts running sequences preempted for lack of KV blocks.
+    pub fn record_preemptions(&self, n: usize) {
+        self.preemptions.increment(n as u64);
     }
 
     /// Counts a request by how it ended.

@@ -107,6 +107,7 @@ impl EngineLoop {
                     }
                     let report = self.batcher.complete(plan, out.logits.as_slice(), vocab, &eos);
                     self.metrics.record_generated(report.advances.len());
+                    self.metrics.record_preemptions(report.preempted);
                     for a in &report.advances {
                         if let Some(t) = a.ttft {
                             self.metrics.record_ttft(t);

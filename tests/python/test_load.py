@@ -9,6 +9,7 @@ and nothing running or waiting. Bounded: one wave of --clients requests, --timeo
 
 import asyncio
 import os
+import shlex
 import sys
 import time
 
@@ -23,6 +24,8 @@ def extra(p):
     p.add_argument("--clients", type=int, default=200)
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--timeout", type=float, default=240.0, help="seconds the whole wave may take")
+    p.add_argument("--expect-preemption", action="store_true", help="assert that the wave preempted requests")
+    p.add_argument("--serve-flags", default="", help="extra `switchyard serve` flags, e.g. \"--kv-blocks 48 --ep 2\"")
 
 
 ARGS = parse_args(__doc__, extra)
@@ -119,6 +122,10 @@ def test_200_streaming_clients_with_a_fifth_hanging_up():
         return metric(after, key) - metric(before, key)
 
     eq(delta("failed"), 0.0, "failed requests")
+    preempted = metric(after, "switchyard_preemptions_total") - metric(before, "switchyard_preemptions_total")
+    print(f"  preemptions: {preempted:.0f}")
+    if ARGS.expect_preemption:
+        check(preempted > 0, "the wave preempted requests (the cache is meant to be too small)")
     eq(delta("finished"), float(ARGS.clients - leavers), "finished requests")
     eq(delta("cancelled"), float(leavers), "cancelled requests")
     generated = metric(after, "switchyard_generation_tokens_total") - metric(before, "switchyard_generation_tokens_total")
@@ -130,7 +137,7 @@ def test_200_streaming_clients_with_a_fifth_hanging_up():
 
 def main():
     global SERVER, MODEL
-    with Server(ARGS.bin, ARGS.model) as s:
+    with Server(ARGS.bin, ARGS.model, *shlex.split(ARGS.serve_flags)) as s:
         SERVER = s
         MODEL = OpenAI(base_url=s.v1, api_key="unused").models.list().data[0].id
         return run_tests([("test_200_streaming_clients_with_a_fifth_hanging_up", test_200_streaming_clients_with_a_fifth_hanging_up)])

@@ -35,6 +35,7 @@ NAMES = [
     "switchyard_kv_blocks_used",
     "switchyard_kv_blocks_capacity",
     "switchyard_engine_steps_total",
+    "switchyard_preemptions_total",
 ]
 
 
