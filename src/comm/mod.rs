@@ -5,12 +5,14 @@
 //! other ranks. [`LocalComm`] is the in-process implementation: one thread per rank, real copies of
 //! bytes through channels, deterministic reductions. [`RankGrid`] maps a global rank onto its TP,
 //! EP and PP groups, and [`World`] builds every rank's communicators and runs rank threads.
+//! [`tcp`] spreads the same groups over processes (nodes) connected by TCP ([`TcpComm`]).
 
 mod communicator;
 mod element;
 mod error;
 mod grid;
 mod local;
+pub mod tcp;
 mod world;
 
 pub use communicator::{even_counts, Communicator};
@@ -18,4 +20,5 @@ pub use element::Element;
 pub use error::{CommError, Op};
 pub use grid::{RankCoords, RankGrid};
 pub use local::LocalComm;
+pub use tcp::TcpComm;
 pub use world::{RankComms, RankFailure, RunError, World, DEFAULT_TIMEOUT};
