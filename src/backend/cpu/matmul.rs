@@ -89,6 +89,19 @@ mod tests {
     }
 
     #[test]
+    fn a_row_does_not_depend_on_the_other_rows_of_the_batch() {
+        for &(m, k, n) in &[(3, 64, 300), (17, 128, 96), (33, 257, 513)] {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 2654435761usize % 1000) as f32 / 500.0 - 1.0) * 0.37).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 40503 % 997) as f32 / 498.5 - 1.0) * 0.21).collect();
+            let all = linear(&x, m, k, &w, n, None);
+            for r in 0..m {
+                let alone = linear(&x[r * k..][..k], 1, k, &w, n, None);
+                assert_eq!(&all[r * n..][..n], &alone[..], "row {r} of {m}x{k}x{n}");
+            }
+        }
+    }
+
+    #[test]
     fn adds_the_bias_to_every_row() {
         let out = linear(&[1.0, 2.0, 3.0, 4.0], 2, 2, &[1.0, 0.0, 0.0, 1.0], 2, Some(&[10.0, 20.0]));
         assert_eq!(out, vec![11.0, 22.0, 13.0, 24.0]);
