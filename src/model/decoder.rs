@@ -101,6 +101,21 @@ impl Model {
         &self.shard
     }
 
+    /// The feed-forward block of model layer `layer`, if this rank holds that layer.
+    pub fn ffn(&self, layer: usize) -> Option<&MoeBlock> {
+        let i = layer.checked_sub(self.shard.layers.start)?;
+        self.layers.get(i).filter(|_| self.shard.layers.contains(&layer)).map(|l| &l.ffn)
+    }
+
+    /// [`Model::ffn`], mutable: a rebalance switches the block's placement between steps.
+    pub fn ffn_mut(&mut self, layer: usize) -> Option<&mut MoeBlock> {
+        let i = layer.checked_sub(self.shard.layers.start)?;
+        if !self.shard.layers.contains(&layer) {
+            return None;
+        }
+        self.layers.get_mut(i).map(|l| &mut l.ffn)
+    }
+
     /// A paged cache for this rank's layers.
     pub fn new_cache(&self, num_blocks: usize, block_size: usize) -> KvCache {
         let widths: Vec<(usize, usize)> = self.layers.iter().map(|l| l.attention.cache_widths()).collect();

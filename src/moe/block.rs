@@ -89,6 +89,52 @@ impl MoeBlock {
         matches!(self.router, Router::Learned { .. })
     }
 
+    /// Where the routed experts live (None for a dense block).
+    pub fn placement(&self) -> Option<&Placement> {
+        self.placement.as_ref()
+    }
+
+    /// This rank's index in the EP group.
+    pub fn ep_rank(&self) -> usize {
+        self.ep_rank
+    }
+
+    /// The routed experts of this rank's slots.
+    pub fn experts(&self) -> &ExpertBank {
+        &self.experts
+    }
+
+    /// Switches to a new placement of a sparse block at a step boundary (a rebalance): writes
+    /// the staged weights of this rank's changed slots (`(local slot, weights)`, laid out as
+    /// [`ExpertBank::slot_weights`]) into the bank and routes by `placement` from now on. Every
+    /// rank of the EP group must switch before the same step. Checks everything before changing
+    /// anything.
+    pub fn switch_placement(&mut self, placement: Placement, slots: Vec<(usize, Vec<f32>)>) -> Result<()> {
+        let Some(old) = &self.placement else {
+            return Err(crate::Error::Ranks("a dense block has no expert placement to switch".into()));
+        };
+        let same_shape = old.n_logical() == placement.n_logical()
+            && old.n_ranks() == placement.n_ranks()
+            && old.slots_per_rank() == placement.slots_per_rank();
+        if !same_shape || !self.is_sparse() {
+            return Err(crate::Error::Ranks(format!(
+                "a new placement must keep {} experts over {} ranks of {} slots",
+                old.n_logical(),
+                old.n_ranks(),
+                old.slots_per_rank()
+            )));
+        }
+        let (n, len) = (self.experts.len(), self.experts.slot_len());
+        if let Some((slot, w)) = slots.iter().find(|(slot, w)| *slot >= n || w.len() != len) {
+            return Err(crate::Error::Shape(format!("{} weights for local slot {slot}; the bank has {n} slots of {len}", w.len())));
+        }
+        for (slot, w) in &slots {
+            self.experts.set_slot_weights(*slot, w)?;
+        }
+        self.placement = Some(placement);
+        Ok(())
+    }
+
     /// Bytes of the expert weights in their stored dtype.
     pub fn stored_bytes(&self) -> usize {
         self.experts.stored_bytes() + self.shared.as_ref().map_or(0, |s| s.mlp.stored_bytes())

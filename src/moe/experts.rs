@@ -152,4 +152,38 @@ impl ExpertBank {
         let biases = self.gate_up_bias.as_ref().zip(self.down_bias.as_ref());
         ops::grouped_swiglu(x, offsets, &self.gate_up, &self.down, biases)
     }
+
+    /// Elements of one expert's weights: its `gate_up` rows, then its `down` rows.
+    pub fn slot_len(&self) -> usize {
+        (self.gate_up.numel() + self.down.numel()) / self.len().max(1)
+    }
+
+    /// A copy of the weights of local slot `slot` (`gate_up` then `down`, [`Self::slot_len`]
+    /// elements): what a rebalance sends to a rank that will hold the same expert.
+    pub fn slot_weights(&self, slot: usize) -> Result<Vec<f32>> {
+        let (gu, dn) = self.slot_sizes(slot)?;
+        let mut v = Vec::with_capacity(gu + dn);
+        v.extend_from_slice(&self.gate_up.as_slice()[slot * gu..][..gu]);
+        v.extend_from_slice(&self.down.as_slice()[slot * dn..][..dn]);
+        Ok(v)
+    }
+
+    /// Overwrites local slot `slot` with weights laid out as [`Self::slot_weights`] returns them.
+    pub fn set_slot_weights(&mut self, slot: usize, weights: &[f32]) -> Result<()> {
+        let (gu, dn) = self.slot_sizes(slot)?;
+        if weights.len() != gu + dn {
+            return Err(crate::Error::Shape(format!("{} weights for an expert slot of {}", weights.len(), gu + dn)));
+        }
+        self.gate_up.as_mut_slice()[slot * gu..][..gu].copy_from_slice(&weights[..gu]);
+        self.down.as_mut_slice()[slot * dn..][..dn].copy_from_slice(&weights[gu..]);
+        Ok(())
+    }
+
+    fn slot_sizes(&self, slot: usize) -> Result<(usize, usize)> {
+        let n = self.len();
+        if slot >= n {
+            return Err(crate::Error::Shape(format!("expert slot {slot} of a bank of {n}")));
+        }
+        Ok((self.gate_up.numel() / n, self.down.numel() / n))
+    }
 }
