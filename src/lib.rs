@@ -9,6 +9,7 @@
 //! - [`model`]: the decoder stack that ties them together.
 //! - [`comm`]: communicators between ranks (TP, EP, PP groups); in-process ranks as threads.
 //! - [`parallel`]: what each rank holds and the executor that runs ranks as threads.
+//! - [`replication`]: live routing statistics, rebalancing hot experts onto spare slots while serving.
 //! - [`layout`]: parallel layouts from configs/*.toml, their checks, memory and traffic plans.
 //! - [`engine`]: sequences, prefill and decode steps, generation.
 //! - [`scheduler`]: the serving engine loop (continuous batching, chunked prefill, preemption).
@@ -30,6 +31,7 @@ pub mod model;
 pub mod moe;
 pub mod ops;
 pub mod parallel;
+pub mod replication;
 pub mod scheduler;
 pub mod server;
 pub mod tensor;

@@ -47,6 +47,10 @@ pub struct StepOutput {
     pub a2a_predicted_bytes: u64,
     /// All-to-All bytes the EP communicators counted.
     pub a2a_measured_bytes: u64,
+    /// What the hot-expert replication did this step and its state after it (replicas per
+    /// expert, rebalances, bytes migrated); None where there is no manager (one local rank, or a
+    /// model without MoE layers).
+    pub replication: Option<crate::replication::ReplicationStep>,
 }
 
 impl StepOutput {
@@ -79,6 +83,6 @@ impl StepOutput {
         if filled != n_rows {
             return Err(Error::Ranks(format!("ranks returned {filled} logit rows, the step needs {n_rows}")));
         }
-        Ok(Self { logits: Tensor::from_f32([n_rows, vocab], logits)?, expert_counts, rank_tokens, comm_bytes, a2a_predicted_bytes, a2a_measured_bytes })
+        Ok(Self { logits: Tensor::from_f32([n_rows, vocab], logits)?, expert_counts, rank_tokens, comm_bytes, a2a_predicted_bytes, a2a_measured_bytes, replication: None })
     }
 }

@@ -10,6 +10,7 @@ use crate::config::ModelConfig;
 use crate::engine::Executor;
 use crate::error::{Error, Result};
 use crate::model::{Model, RankOutput, StepBatch, StepOutput};
+use crate::replication::{Directive, RankReplica, ReplicationConfig, ReplicationManager, ReplicationStatus};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -38,6 +39,8 @@ struct Report {
     step: u64,
     output: std::result::Result<RankOutput, String>,
     bytes: u64,
+    /// Of `bytes`, what the step's expert migration sent.
+    migrated: u64,
 }
 
 /// A layout's ranks as threads.
@@ -46,7 +49,7 @@ pub struct ParallelExecutor {
     ep: usize,
     num_blocks: usize,
     block_size: usize,
-    to_ranks: Vec<Sender<(u64, Arc<StepBatch>)>>,
+    to_ranks: Vec<Sender<(u64, Arc<StepBatch>, Directive)>>,
     reports: Receiver<Report>,
     handles: Vec<JoinHandle<()>>,
     next_step: u64,
@@ -54,6 +57,8 @@ pub struct ParallelExecutor {
     early: Vec<Report>,
     events: Arc<Mutex<Vec<StageEvent>>>,
     failure: Option<String>,
+    /// Live routing statistics and rebalancing (see [`ParallelExecutor::with_replication`]).
+    replication: Option<ReplicationManager>,
 }
 
 impl ParallelExecutor {
@@ -61,6 +66,9 @@ impl ParallelExecutor {
     /// every rank has loaded (or the first loading error).
     pub fn new(config: &ModelConfig, src: Arc<dyn WeightSource>, plan: &ParallelPlan, num_blocks: usize, block_size: usize) -> Result<Self> {
         plan.validate(config)?;
+        // Routing statistics for every MoE model; rebalancing as the layout's [experts] says.
+        let replication = ReplicationManager::for_plan(config, plan, ReplicationConfig::from_layout(&plan.layout.experts))
+            .map_err(|e| Error::Ranks(e.to_string()))?;
         let world = World::new(plan.grid);
         let clock = Arc::new(AtomicU64::new(0));
         let events = Arc::new(Mutex::new(Vec::new()));
@@ -79,14 +87,14 @@ impl ParallelExecutor {
                 .spawn(move || {
                     let mut ctx = RankContext::from(comms);
                     ctx.clock = Some(clock);
-                    let model = match Model::load_shard(&cfg, src.as_ref(), shard) {
+                    let mut model = match Model::load_shard(&cfg, src.as_ref(), shard) {
                         Ok(m) => m,
                         Err(e) => return drop(ready_tx.send(Err(format!("rank {rank}: {e}")))),
                     };
                     let mut cache = model.new_cache(num_blocks, block_size);
                     let _ = ready_tx.send(Ok(()));
                     drop(ready_tx);
-                    rank_loop(rank, &model, &mut cache, &ctx, rx, report_tx, &events);
+                    rank_loop(rank, &mut model, &mut cache, &ctx, rx, report_tx, &events);
                 })
                 .map_err(|e| Error::Ranks(format!("cannot start rank {rank}: {e}")))?;
             handles.push(handle);
@@ -112,7 +120,24 @@ impl ParallelExecutor {
             early: Vec::new(),
             events,
             failure: None,
+            replication,
         })
+    }
+
+    /// Replaces the replication settings the layout's `[experts]` section gave (rebalance
+    /// every `rebalance_every` steps over a `window`; see [`crate::replication`]). A model
+    /// without MoE layers has nothing to rebalance and is left as it is. Call before the first
+    /// step: the statistics start over.
+    pub fn with_replication(mut self, replication: ReplicationConfig) -> Result<Self> {
+        if let Some(m) = &mut self.replication {
+            m.set_config(replication).map_err(|e| Error::Ranks(e.to_string()))?;
+        }
+        Ok(self)
+    }
+
+    /// The replication manager's state after the last collected step (None when it is off).
+    pub fn replication_status(&self) -> Option<Arc<ReplicationStatus>> {
+        self.replication.as_ref().map(ReplicationManager::status)
     }
 
     /// Sends a step to every rank without waiting; returns its id. Steps in flight at once must
@@ -126,8 +151,9 @@ impl ParallelExecutor {
         self.next_step += 1;
         let rows = batch.logit_rows.len();
         let batch = Arc::new(batch);
+        let directive = self.replication.as_mut().map_or_else(Directive::default, |m| m.next_directive(step));
         for tx in &self.to_ranks {
-            if tx.send((step, batch.clone())).is_err() {
+            if tx.send((step, batch.clone(), directive.clone())).is_err() {
                 return self.fail("a rank thread is gone".into());
             }
         }
@@ -153,15 +179,20 @@ impl ParallelExecutor {
             }
         }
         let mut outputs = Vec::with_capacity(mine.len());
-        let mut bytes = 0;
+        let (mut bytes, mut migrated) = (0, 0);
         for r in mine {
             bytes += r.bytes;
+            migrated += r.migrated;
             match r.output {
                 Ok(o) => outputs.push(o),
                 Err(e) => return self.fail(format!("rank {} failed: {e}", r.rank)),
             }
         }
-        StepOutput::assemble(outputs, rows, self.config.vocab_size, self.config.num_layers, self.ep, bytes)
+        let mut out = StepOutput::assemble(outputs, rows, self.config.vocab_size, self.config.num_layers, self.ep, bytes)?;
+        if let Some(m) = &mut self.replication {
+            out.replication = Some(m.observe(&out.expert_counts, migrated).map_err(|e| Error::Ranks(e.to_string()))?);
+        }
+        Ok(out)
     }
 
     /// Every rank's stage work so far (for tests of pipeline overlap).
@@ -185,16 +216,21 @@ impl ParallelExecutor {
 
 fn rank_loop(
     rank: usize,
-    model: &Model,
+    model: &mut Model,
     cache: &mut crate::kv_cache::KvCache,
     ctx: &RankContext,
-    jobs: Receiver<(u64, Arc<StepBatch>)>,
+    jobs: Receiver<(u64, Arc<StepBatch>, Directive)>,
     reports: Sender<Report>,
     events: &Mutex<Vec<StageEvent>>,
 ) {
     let mut sent_before = 0;
-    while let Ok((step, batch)) = jobs.recv() {
-        let output = model.forward_rank(&batch, cache, ctx).map_err(|e| e.to_string());
+    let mut replica = RankReplica::default();
+    while let Ok((step, batch, directive)) = jobs.recv() {
+        // Expert copies and the placement switch happen between steps, in step order.
+        let (output, migrated) = match replica.apply(&directive, model, ctx.ep.as_ref()) {
+            Ok(migrated) => (model.forward_rank(&batch, cache, ctx).map_err(|e| e.to_string()), migrated),
+            Err(e) => (Err(e.to_string()), 0),
+        };
         if let Ok(o) = &output {
             if let Some((start, end)) = o.work_ticks {
                 let event = StageEvent { step, stage: model.shard().stage, rank, start, end };
@@ -203,7 +239,7 @@ fn rank_loop(
         }
         let failed = output.is_err();
         let sent = ctx.bytes_moved();
-        let _ = reports.send(Report { rank, step, output, bytes: sent - sent_before });
+        let _ = reports.send(Report { rank, step, output, bytes: sent - sent_before, migrated });
         sent_before = sent;
         if failed {
             // Dropping the communicators makes every peer fail at once instead of waiting.
