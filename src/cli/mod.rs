@@ -4,6 +4,7 @@
 mod generate;
 mod model_args;
 mod plan;
+mod rebalance_sim;
 mod score;
 mod serve;
 
@@ -27,6 +28,8 @@ enum Command {
     Plan(plan::PlanArgs),
     /// Serve the OpenAI-compatible HTTP API.
     Serve(serve::ServeArgs),
+    /// Rebalance a routing trace or a Zipf skew offline: imbalance before/after, slots moved.
+    RebalanceSim(rebalance_sim::RebalanceSimArgs),
 }
 
 /// Runs the chosen subcommand.
@@ -36,5 +39,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Plan(a) => plan::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::RebalanceSim(a) => rebalance_sim::run(a),
     }
 }
