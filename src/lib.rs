@@ -9,6 +9,7 @@
 //! - [`model`]: the decoder stack that ties them together.
 //! - [`comm`]: communicators between ranks (TP, EP, PP groups); in-process ranks as threads.
 //! - [`parallel`]: what each rank holds and the executor that runs ranks as threads.
+//! - [`cluster`]: multi-node jobs: rendezvous, TCP communicators between nodes, node 0 driving.
 //! - [`replication`]: live routing statistics, rebalancing hot experts onto spare slots while serving.
 //! - [`layout`]: parallel layouts from configs/*.toml, their checks, memory and traffic plans.
 //! - [`engine`]: sequences, prefill and decode steps, generation.
@@ -20,6 +21,7 @@
 pub mod attention;
 pub mod backend;
 pub mod checkpoint;
+pub mod cluster;
 pub mod comm;
 pub mod config;
 pub mod engine;

@@ -3,7 +3,8 @@
 use anyhow::{bail, Context};
 use clap::Args;
 use std::path::PathBuf;
-use switchyard::engine::Engine;
+use switchyard::cluster::{self, ClusterArgs, ClusterExecutor};
+use switchyard::engine::{Engine, Executor};
 use switchyard::layout::LayoutOverrides;
 use switchyard::model::ModelSource;
 use switchyard::parallel::{build_executor, ParallelPlan};
@@ -27,6 +28,9 @@ pub struct ModelArgs {
     /// The parallel layout (in-process CPU ranks, one thread each).
     #[command(flatten)]
     pub layout: LayoutOverrides,
+    /// Which node of a multi-node job this is (`--nodes --node-rank --rendezvous`).
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 impl ModelArgs {
@@ -36,16 +40,26 @@ impl ModelArgs {
     }
 
     /// The model on the layout's ranks, with a cache of `cache_tokens` tokens, and its tokenizer.
+    /// On a follower node of a multi-node job (`--node-rank` above 0) this runs the node's ranks
+    /// for node 0 and exits the process when node 0 stops (non-zero with the error otherwise).
     pub fn engine(&self, cache_tokens: usize) -> anyhow::Result<(Engine, Option<Tokenizer>)> {
-        let layout = self.layout.resolve()?;
+        let mut layout = self.layout.resolve()?;
+        let cluster = self.cluster.resolve(&mut layout)?;
         let block_size = self.kv_block_size.unwrap_or(layout.scheduler.kv_block_size);
         if block_size == 0 {
             bail!("--kv-block-size must be positive");
         }
         let plan = ParallelPlan::from_layout(layout)?;
         let blocks = cache_tokens.max(1).div_ceil(block_size);
-        let executor = build_executor(&self.source(), &plan, blocks, block_size)
-            .with_context(|| format!("loading model {}", self.model.display()))?;
+        let executor: Box<dyn Executor> = match &cluster {
+            None => build_executor(&self.source(), &plan, blocks, block_size)
+                .with_context(|| format!("loading model {}", self.model.display()))?,
+            Some(spec) if spec.is_driver() => Box::new(ClusterExecutor::start(&self.source(), &plan, blocks, block_size, spec)?),
+            Some(spec) => {
+                cluster::follow(&self.source(), &plan, spec)?;
+                std::process::exit(0);
+            }
+        };
         let tokenizer = Tokenizer::from_dir(&self.model)?;
         Ok((Engine::with_executor(executor), tokenizer))
     }

@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
+use switchyard::cluster::{self, ClusterArgs, ClusterExecutor};
 use switchyard::config::ModelConfig;
 use switchyard::layout::{Layout, LayoutOverrides};
 use switchyard::model::ModelSource;
@@ -68,6 +69,10 @@ pub struct ServeArgs {
     /// The parallel layout (in-process CPU ranks, one thread each).
     #[command(flatten)]
     layout: LayoutOverrides,
+    /// Which node of a multi-node job this is (`--nodes --node-rank --rendezvous`); nodes other
+    /// than 0 follow node 0's step plans and serve no HTTP.
+    #[command(flatten)]
+    cluster: ClusterArgs,
 }
 
 impl ServeArgs {
@@ -87,10 +92,12 @@ impl ServeArgs {
     }
 }
 
-/// Loads the model onto the layout's ranks and starts the engine.
-fn start(a: &ServeArgs) -> anyhow::Result<std::sync::Arc<server::AppState>> {
+/// Loads the model onto the layout's ranks and starts the engine; `None` on a follower node,
+/// once node 0 has stopped it.
+fn start(a: &ServeArgs) -> anyhow::Result<Option<std::sync::Arc<server::AppState>>> {
     let dir = a.model.clone().unwrap_or_else(default_model_dir);
-    let layout = a.layout.resolve()?;
+    let mut layout = a.layout.resolve()?;
+    let cluster = a.cluster.resolve(&mut layout)?;
     let opts = a.options(&layout);
     if opts.kv_block_size == 0 {
         anyhow::bail!("--kv-block-size must be positive");
@@ -99,14 +106,30 @@ fn start(a: &ServeArgs) -> anyhow::Result<std::sync::Arc<server::AppState>> {
     let blocks = opts.kv_blocks.unwrap_or_else(|| server::default_kv_blocks(&config, &opts.limits, opts.kv_block_size));
     let source = ModelSource { dir: dir.clone(), random_weights: a.random_weights.then_some(a.weights_seed) };
     let plan = ParallelPlan::from_layout(layout)?;
-    let executor = build_executor(&source, &plan, blocks, opts.kv_block_size).with_context(|| format!("loading model {}", dir.display()))?;
+    let (executor, fault): (Box<dyn switchyard::engine::Executor>, _) = match &cluster {
+        None => (build_executor(&source, &plan, blocks, opts.kv_block_size).with_context(|| format!("loading model {}", dir.display()))?, None),
+        Some(spec) if spec.is_driver() => {
+            let ex = ClusterExecutor::start(&source, &plan, blocks, opts.kv_block_size, spec)?;
+            let fault = ex.fault();
+            (Box::new(ex), Some(fault))
+        }
+        Some(spec) => {
+            println!("switchyard node {} of {}: following node 0 at {}", spec.node_rank, spec.nodes, spec.rendezvous);
+            cluster::follow(&source, &plan, spec)?;
+            return Ok(None);
+        }
+    };
     let tokenizer = Tokenizer::from_dir(&dir)?;
-    Ok(server::state_over(executor, tokenizer, &dir, &opts)?)
+    let mut state = server::state_over(executor, tokenizer, &dir, &opts)?;
+    std::sync::Arc::get_mut(&mut state).expect("the state was just created").fault = fault;
+    Ok(Some(state))
 }
 
 /// Runs `serve` until Ctrl-C / SIGTERM.
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
-    let state = start(&a)?;
+    let Some(state) = start(&a)? else {
+        return Ok(());
+    };
     let grace = Duration::from_secs(a.shutdown_grace_secs);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async move {

@@ -35,8 +35,11 @@ pub async fn model(State(state): State<Arc<AppState>>, Path(id): Path<String>) -
     }
 }
 
-/// 200 while the engine thread runs, 503 after it stopped.
+/// 200 while the engine thread runs, 503 after it stopped or the cluster's ranks failed.
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
+    if let Some(why) = state.fault.as_ref().and_then(|f| f.get()) {
+        return ApiError::unavailable(why).into_response();
+    }
     let e = &state.engine;
     if !e.is_alive() {
         return ApiError::unavailable("The engine thread has stopped.").into_response();

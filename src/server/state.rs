@@ -30,6 +30,8 @@ pub struct AppState {
     pub vocab: usize,
     /// Unix time the server started.
     pub created: u64,
+    /// Set when the ranks of a multi-node job have failed (a node died): `/health` reports it.
+    pub fault: Option<crate::cluster::FaultFlag>,
 }
 
 impl AppState {
@@ -45,6 +47,7 @@ impl AppState {
             context: config.max_position_embeddings,
             vocab: config.vocab_size,
             created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            fault: None,
         })
     }
 

@@ -1,0 +1,310 @@
+//! The control connection between node 0 and each other node (the rendezvous socket, kept
+//! open): length-prefixed frames, JSON for the rendezvous messages and a plain little-endian
+//! encoding for step batches and rank outputs.
+//!
+//! ```text
+//! kind u8 | len u64 | body (len bytes)
+//! ```
+
+use crate::model::{RankOutput, StepBatch};
+use crate::ops::QueryPos;
+use crate::tensor::Tensor;
+use std::io::{self, Read, Write};
+
+/// What a control frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Node → node 0: the rendezvous hello (JSON).
+    Hello = 1,
+    /// Node 0 → node: the address book and run parameters (JSON).
+    Welcome = 2,
+    /// Node 0 → node: the job is off, and why (text).
+    Reject = 3,
+    /// Node → node 0: its ranks have loaded.
+    Ready = 4,
+    /// Node → node 0: its ranks could not load (text).
+    Failed = 5,
+    /// Node 0 → node: a step (step id, batch).
+    Step = 6,
+    /// Node → node 0: one rank's output of a step.
+    Report = 7,
+    /// Node 0 → node: the job is done.
+    Stop = 8,
+}
+
+impl Kind {
+    fn from_u8(k: u8) -> Option<Self> {
+        use Kind::*;
+        [Hello, Welcome, Reject, Ready, Failed, Step, Report, Stop].into_iter().find(|x| *x as u8 == k)
+    }
+}
+
+/// Writes one frame.
+pub(crate) fn send(w: &mut impl Write, kind: Kind, body: &[u8]) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(9 + body.len());
+    buf.push(kind as u8);
+    buf.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    buf.extend_from_slice(body);
+    w.write_all(&buf)?;
+    w.flush()
+}
+
+/// Reads one frame; `Ok(None)` when the peer closed the connection.
+pub(crate) fn recv(r: &mut impl Read) -> io::Result<Option<(Kind, Vec<u8>)>> {
+    let mut k = [0u8; 1];
+    match r.read_exact(&mut k) {
+        Ok(()) => {}
+        Err(e) if matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted) => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut len = [0u8; 8];
+    r.read_exact(&mut len)?;
+    let len = u64::from_le_bytes(len);
+    let kind = Kind::from_u8(k[0]).ok_or_else(|| invalid(format!("unknown control frame kind {}", k[0])))?;
+    let len = usize::try_from(len).map_err(|_| invalid(format!("control frame of {len} bytes")))?;
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    Ok(Some((kind, body)))
+}
+
+fn invalid(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+/// Little-endian writer.
+#[derive(Default)]
+pub(crate) struct Enc(pub Vec<u8>);
+
+impl Enc {
+    pub fn u8(&mut self, x: u8) -> &mut Self {
+        self.0.push(x);
+        self
+    }
+    pub fn u64(&mut self, x: u64) -> &mut Self {
+        self.0.extend_from_slice(&x.to_le_bytes());
+        self
+    }
+    pub fn usize(&mut self, x: usize) -> &mut Self {
+        self.u64(x as u64)
+    }
+    pub fn usizes(&mut self, xs: &[usize]) -> &mut Self {
+        self.usize(xs.len());
+        xs.iter().for_each(|&x| {
+            self.usize(x);
+        });
+        self
+    }
+    pub fn u64s(&mut self, xs: &[u64]) -> &mut Self {
+        self.usize(xs.len());
+        xs.iter().for_each(|&x| {
+            self.u64(x);
+        });
+        self
+    }
+    pub fn u32s(&mut self, xs: &[u32]) -> &mut Self {
+        self.usize(xs.len());
+        xs.iter().for_each(|&x| self.0.extend_from_slice(&x.to_le_bytes()));
+        self
+    }
+    pub fn f32s(&mut self, xs: &[f32]) -> &mut Self {
+        self.usize(xs.len());
+        xs.iter().for_each(|&x| self.0.extend_from_slice(&x.to_le_bytes()));
+        self
+    }
+    pub fn str(&mut self, s: &str) -> &mut Self {
+        self.usize(s.len());
+        self.0.extend_from_slice(s.as_bytes());
+        self
+    }
+}
+
+/// Little-endian reader over a frame's body; every read checks the length.
+pub(crate) struct Dec<'a>(pub &'a [u8]);
+
+impl<'a> Dec<'a> {
+    fn take(&mut self, n: usize) -> io::Result<&'a [u8]> {
+        if self.0.len() < n {
+            return Err(invalid(format!("frame ends {} bytes early", n - self.0.len())));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    pub fn u8(&mut self) -> io::Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    pub fn u64(&mut self) -> io::Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+    pub fn usize(&mut self) -> io::Result<usize> {
+        let x = self.u64()?;
+        usize::try_from(x).map_err(|_| invalid(format!("{x} does not fit usize")))
+    }
+    fn len(&mut self, elem: usize) -> io::Result<usize> {
+        let n = self.usize()?;
+        if n.saturating_mul(elem) > self.0.len() {
+            return Err(invalid(format!("{n} elements of {elem} bytes but {} bytes left", self.0.len())));
+        }
+        Ok(n)
+    }
+    pub fn usizes(&mut self) -> io::Result<Vec<usize>> {
+        let n = self.len(8)?;
+        (0..n).map(|_| self.usize()).collect()
+    }
+    pub fn u64s(&mut self) -> io::Result<Vec<u64>> {
+        let n = self.len(8)?;
+        (0..n).map(|_| self.u64()).collect()
+    }
+    pub fn u32s(&mut self) -> io::Result<Vec<u32>> {
+        let n = self.len(4)?;
+        Ok(self.take(4 * n)?.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
+    }
+    pub fn f32s(&mut self) -> io::Result<Vec<f32>> {
+        let n = self.len(4)?;
+        Ok(self.take(4 * n)?.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
+    }
+    pub fn str(&mut self) -> io::Result<String> {
+        let n = self.len(1)?;
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|e| invalid(e.to_string()))
+    }
+}
+
+/// A step's batch as bytes.
+pub(crate) fn encode_batch(step: u64, b: &StepBatch) -> Vec<u8> {
+    let mut e = Enc::default();
+    e.u64(step).u32s(&b.tokens);
+    let flat: Vec<usize> = b.queries.iter().flat_map(|q| [q.seq, q.pos]).collect();
+    e.usizes(&flat).usize(b.tables.len());
+    for t in &b.tables {
+        e.u32s(t);
+    }
+    e.usizes(&b.logit_rows);
+    e.0
+}
+
+/// The step id and batch of [`encode_batch`]'s bytes.
+pub(crate) fn decode_batch(bytes: &[u8]) -> io::Result<(u64, StepBatch)> {
+    let mut d = Dec(bytes);
+    let step = d.u64()?;
+    let tokens = d.u32s()?;
+    let queries = d.usizes()?.chunks_exact(2).map(|c| QueryPos { seq: c[0], pos: c[1] }).collect();
+    let n = d.usize()?;
+    let tables = (0..n).map(|_| d.u32s()).collect::<io::Result<_>>()?;
+    let logit_rows = d.usizes()?;
+    Ok((step, StepBatch { tokens, queries, tables, logit_rows }))
+}
+
+/// One rank's report of a step: its global rank, the step, the bytes its communicators sent,
+/// and its output or error.
+pub(crate) fn encode_report(rank: usize, step: u64, bytes: u64, output: &Result<RankOutput, String>) -> Vec<u8> {
+    let mut e = Enc::default();
+    e.usize(rank).u64(step).u64(bytes);
+    match output {
+        Err(msg) => {
+            e.u8(0).str(msg);
+        }
+        Ok(o) => {
+            e.u8(1).usize(o.ep_rank);
+            match &o.logits {
+                None => {
+                    e.u8(0);
+                }
+                Some((index, t)) => {
+                    e.u8(1).usizes(index).usizes(t.dims()).f32s(t.as_slice());
+                }
+            }
+            e.usize(o.expert_counts.len());
+            for (layer, counts) in &o.expert_counts {
+                e.usize(*layer).u64s(counts);
+            }
+            let (layers, rows): (Vec<usize>, Vec<u64>) = o.rows_computed.iter().copied().unzip();
+            e.usizes(&layers).u64s(&rows).u64(o.a2a_predicted_bytes).u64(o.a2a_measured_bytes);
+            match o.work_ticks {
+                None => e.u8(0),
+                Some((a, b)) => e.u8(1).u64(a).u64(b),
+            };
+        }
+    }
+    e.0
+}
+
+/// A decoded rank report.
+pub(crate) struct Report {
+    pub rank: usize,
+    pub step: u64,
+    pub bytes: u64,
+    pub output: Result<RankOutput, String>,
+}
+
+/// The report of [`encode_report`]'s bytes.
+pub(crate) fn decode_report(bytes: &[u8]) -> io::Result<Report> {
+    let mut d = Dec(bytes);
+    let (rank, step, bytes) = (d.usize()?, d.u64()?, d.u64()?);
+    if d.u8()? == 0 {
+        return Ok(Report { rank, step, bytes, output: Err(d.str()?) });
+    }
+    let ep_rank = d.usize()?;
+    let logits = match d.u8()? {
+        0 => None,
+        _ => {
+            let index = d.usizes()?;
+            let dims = d.usizes()?;
+            let data = d.f32s()?;
+            let t = Tensor::from_f32(dims, data).map_err(|e| invalid(e.to_string()))?;
+            Some((index, t))
+        }
+    };
+    let n = d.usize()?;
+    let expert_counts = (0..n).map(|_| Ok((d.usize()?, d.u64s()?))).collect::<io::Result<_>>()?;
+    let layers = d.usizes()?;
+    let rows = d.u64s()?;
+    let (a2a_predicted_bytes, a2a_measured_bytes) = (d.u64()?, d.u64()?);
+    let work_ticks = match d.u8()? {
+        0 => None,
+        _ => Some((d.u64()?, d.u64()?)),
+    };
+    let output = RankOutput {
+        ep_rank,
+        logits,
+        expert_counts,
+        rows_computed: layers.into_iter().zip(rows).collect(),
+        a2a_predicted_bytes,
+        a2a_measured_bytes,
+        work_ticks,
+        ..RankOutput::default()
+    };
+    Ok(Report { rank, step, bytes, output: Ok(output) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_and_reports_round_trip() {
+        let mut b = StepBatch::default();
+        b.push_sequence(&[5, 6, 7], 0, vec![0, 3], true);
+        b.push_sequence(&[9], 4, vec![1, 2], false);
+        let (step, back) = decode_batch(&encode_batch(7, &b)).unwrap();
+        assert_eq!(step, 7);
+        assert_eq!((back.tokens, back.queries, back.tables, back.logit_rows), (b.tokens, b.queries, b.tables, b.logit_rows));
+
+        let out = RankOutput {
+            ep_rank: 1,
+            logits: Some((vec![0, 2], Tensor::from_f32([2, 3], vec![1.0, -2.5, 3.0, f32::MIN_POSITIVE, 0.0, 7.0]).unwrap())),
+            expert_counts: vec![(1, vec![3, 0, 4])],
+            rows_computed: vec![(1, 7)],
+            a2a_predicted_bytes: 10,
+            a2a_measured_bytes: 12,
+            work_ticks: Some((3, 9)),
+            ..RankOutput::default()
+        };
+        let r = decode_report(&encode_report(3, 7, 99, &Ok(out.clone()))).unwrap();
+        assert_eq!((r.rank, r.step, r.bytes), (3, 7, 99));
+        let got = r.output.unwrap();
+        assert_eq!(format!("{got:?}"), format!("{out:?}"));
+        let e = decode_report(&encode_report(2, 1, 0, &Err("boom".into()))).unwrap();
+        assert_eq!(e.output.unwrap_err(), "boom");
+        assert!(decode_report(&[1, 2, 3]).is_err());
+    }
+}
