@@ -58,6 +58,16 @@ impl GqaAttention {
         })
     }
 
+    /// Moves the weights to `device` (matrices as bf16 on a GPU).
+    pub fn to_device(&mut self, device: &crate::backend::Device) -> Result<()> {
+        self.qkv.to_device(device)?;
+        self.o.to_device(device)?;
+        for n in [&mut self.q_norm, &mut self.k_norm].into_iter().flatten() {
+            *n = n.to_device(device)?;
+        }
+        Ok(())
+    }
+
     /// Cache row widths (keys, values) of this layer.
     pub fn cache_widths(&self) -> (usize, usize) {
         (self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim)
@@ -68,28 +78,19 @@ impl GqaAttention {
     pub fn forward(&self, x: &Tensor, batch: &StepBatch, cache: &mut LayerCache, block_size: usize) -> Result<Tensor> {
         let (q_w, kv_w) = (self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim);
         let qkv = self.qkv.forward(x)?;
-        let t = batch.tokens.len();
-        let mut q = Vec::with_capacity(t * q_w);
-        let mut k = Vec::with_capacity(t * kv_w);
-        let mut v = Vec::with_capacity(t * kv_w);
-        for row in qkv.as_slice().chunks_exact(q_w + 2 * kv_w) {
-            q.extend_from_slice(&row[..q_w]);
-            k.extend_from_slice(&row[q_w..q_w + kv_w]);
-            v.extend_from_slice(&row[q_w + kv_w..]);
-        }
-        let mut q = Tensor::from_f32([t, q_w], q)?;
-        let mut k = Tensor::from_f32([t, kv_w], k)?;
+        let mut q = ops::narrow_cols(&qkv, 0, q_w)?;
+        let mut k = ops::narrow_cols(&qkv, q_w, kv_w)?;
+        let v = ops::narrow_cols(&qkv, q_w + kv_w, kv_w)?;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-            ops::rms_norm_chunks(&mut q, qn, self.eps);
-            ops::rms_norm_chunks(&mut k, kn, self.eps);
+            ops::rms_norm_chunks(&mut q, qn, self.eps)?;
+            ops::rms_norm_chunks(&mut k, kn, self.eps)?;
         }
         let positions = batch.positions();
-        ops::rope(&mut q, &self.rotary, &positions);
-        ops::rope(&mut k, &self.rotary, &positions);
-        for (i, qp) in batch.queries.iter().enumerate() {
-            let slot = ops::cache_slot(&batch.tables[qp.seq], block_size, qp.pos);
-            cache.write(slot, k.row(i), &v[i * kv_w..][..kv_w]);
-        }
+        ops::rope(&mut q, &self.rotary, &positions)?;
+        ops::rope(&mut k, &self.rotary, &positions)?;
+        let slots: Vec<usize> = batch.queries.iter().map(|qp| ops::cache_slot(&batch.tables[qp.seq], block_size, qp.pos)).collect();
+        ops::scatter_rows(&mut cache.keys, kv_w, 0, &slots, &k)?;
+        ops::scatter_rows(&mut cache.values, kv_w, 0, &slots, &v)?;
         let heads = Heads {
             n_heads: self.n_heads,
             n_kv_heads: self.n_kv_heads,

@@ -93,6 +93,24 @@ impl MlaAttention {
         self.form = form;
     }
 
+    /// Moves the weights to `device` (matrices as bf16 on a GPU).
+    pub fn to_device(&mut self, device: &crate::backend::Device) -> Result<()> {
+        match &mut self.q {
+            QueryProj::Full(p) => p.to_device(device)?,
+            QueryProj::LowRank { down, norm, up } => {
+                down.to_device(device)?;
+                *norm = norm.to_device(device)?;
+                up.to_device(device)?;
+            }
+        }
+        self.kv_down.to_device(device)?;
+        self.kv_norm = self.kv_norm.to_device(device)?;
+        for w in self.w_uk_t.iter_mut().chain(self.w_uv.iter_mut()) {
+            *w = w.to_device_bf16(device)?;
+        }
+        self.o.to_device(device)
+    }
+
     /// Cache row widths: the latent and the rope key, no separate values.
     pub fn cache_widths(&self) -> (usize, usize) {
         (self.dims.kv_lora_rank + self.dims.qk_rope_head_dim, 0)
@@ -109,17 +127,15 @@ impl MlaAttention {
             QueryProj::LowRank { down, norm, up } => up.forward(&ops::rms_norm(&down.forward(x)?, norm, self.eps)?)?,
         };
         let (q_nope, mut q_rot) = split_heads(&q, self.n_heads, nope, rope)?;
-        ops::rope(&mut q_rot, &self.rotary, &positions);
+        ops::rope(&mut q_rot, &self.rotary, &positions)?;
         // The latent and the rope key, into the cache.
         let kv = self.kv_down.forward(x)?;
         let (latent, mut k_rot) = split_heads(&kv, 1, lora, rope)?;
         let latent = ops::rms_norm(&latent, &self.kv_norm, self.eps)?;
-        ops::rope(&mut k_rot, &self.rotary, &positions);
-        for (i, qp) in batch.queries.iter().enumerate() {
-            let slot = ops::cache_slot(&batch.tables[qp.seq], block_size, qp.pos);
-            let row: Vec<f32> = latent.row(i).iter().chain(k_rot.row(i)).copied().collect();
-            cache.write(slot, &row, &[]);
-        }
+        ops::rope(&mut k_rot, &self.rotary, &positions)?;
+        let slots: Vec<usize> = batch.queries.iter().map(|qp| ops::cache_slot(&batch.tables[qp.seq], block_size, qp.pos)).collect();
+        ops::scatter_rows(&mut cache.keys, lora + rope, 0, &slots, &latent)?;
+        ops::scatter_rows(&mut cache.keys, lora + rope, lora, &slots, &k_rot)?;
         let heads_out = match self.form {
             MlaForm::Absorbed => self.attend_absorbed(&q_nope, &q_rot, batch, cache, block_size)?,
             MlaForm::Naive => self.attend_naive(&q_nope, &q_rot, batch, cache, block_size)?,
@@ -131,19 +147,15 @@ impl MlaAttention {
     /// Scores against the latent directly: q̃_h = W_UK,hᵀ q_nope,h, MQA over (c, k_r), then W_UV,h.
     fn attend_absorbed(&self, q_nope: &Tensor, q_rot: &Tensor, batch: &StepBatch, cache: &LayerCache, block_size: usize) -> Result<Tensor> {
         let (nope, rope, lora) = (self.dims.qk_nope_head_dim, self.dims.qk_rope_head_dim, self.dims.kv_lora_rank);
-        let t = batch.tokens.len();
         let nh = self.n_heads;
-        let mut q = vec![0.0f32; t * nh * (lora + rope)];
+        // Per head [q̃_h ; q_rope,h], heads side by side.
+        let mut parts = Vec::with_capacity(2 * nh);
         for h in 0..nh {
             let qn = head_columns(q_nope, nh, nope, h)?;
-            let q_lat = ops::linear(&qn, &self.w_uk_t[h], None)?;
-            for i in 0..t {
-                let dst = &mut q[(i * nh + h) * (lora + rope)..][..lora + rope];
-                dst[..lora].copy_from_slice(q_lat.row(i));
-                dst[lora..].copy_from_slice(&q_rot.row(i)[h * rope..][..rope]);
-            }
+            parts.push(ops::linear(&qn, &self.w_uk_t[h], None)?);
+            parts.push(head_columns(q_rot, nh, rope, h)?);
         }
-        let q = Tensor::from_f32([t, nh * (lora + rope)], q)?;
+        let q = ops::concat_cols(&parts.iter().collect::<Vec<_>>())?;
         let rows = PagedCache { data: &cache.keys, width: lora + rope, block_size };
         let heads = Heads { n_heads: nh, n_kv_heads: 1, qk_dim: lora + rope, v_dim: lora, scale: self.scale, window: None };
         let o_lat = ops::paged_attention(&q, &batch.queries, &batch.table_refs(), rows, rows, heads)?;
@@ -156,11 +168,15 @@ impl MlaAttention {
         let nh = self.n_heads;
         let t = batch.tokens.len();
         let qk = nope + rope;
+        if q_nope.is_cuda() {
+            return Err(crate::Error::Device("the naive MLA form runs on the CPU only; the GPU uses the absorbed form".into()));
+        }
+        let keys = cache.keys.as_slice();
         let mut out = vec![0.0f32; t * nh * vd];
         for (i, qp) in batch.queries.iter().enumerate() {
             let table = &batch.tables[qp.seq];
             let rows: Vec<&[f32]> = (0..=qp.pos)
-                .map(|p| &cache.keys[ops::cache_slot(table, block_size, p) * (lora + rope)..][..lora + rope])
+                .map(|p| &keys[ops::cache_slot(table, block_size, p) * (lora + rope)..][..lora + rope])
                 .collect();
             let latents: Vec<f32> = rows.iter().flat_map(|r| r[..lora].to_vec()).collect();
             let latents = Tensor::from_f32([rows.len(), lora], latents)?;
@@ -193,36 +209,28 @@ impl MlaAttention {
 
     /// o_h = W_UV,h · (attention-weighted latent of head h), for every head.
     fn project_values(&self, o_lat: &Tensor, lora: usize) -> Result<Tensor> {
-        let (t, nh, vd) = (o_lat.dims()[0], self.n_heads, self.dims.v_head_dim);
-        let mut out = vec![0.0f32; t * nh * vd];
-        for h in 0..nh {
-            let lat = head_columns(o_lat, nh, lora, h)?;
-            let v = ops::linear(&lat, &self.w_uv[h], None)?;
-            for i in 0..t {
-                out[(i * nh + h) * vd..][..vd].copy_from_slice(v.row(i));
-            }
-        }
-        Tensor::from_f32([t, nh * vd], out)
+        let nh = self.n_heads;
+        let heads = (0..nh).map(|h| ops::linear(&head_columns(o_lat, nh, lora, h)?, &self.w_uv[h], None)).collect::<Result<Vec<_>>>()?;
+        ops::concat_cols(&heads.iter().collect::<Vec<_>>())
     }
 }
 
 /// Splits rows of `n` heads × (a + b) into [T, n·a] and [T, n·b].
 fn split_heads(x: &Tensor, n: usize, a: usize, b: usize) -> Result<(Tensor, Tensor)> {
-    let t = x.dims()[0];
-    let (mut xa, mut xb) = (Vec::with_capacity(t * n * a), Vec::with_capacity(t * n * b));
-    for head in x.as_slice().chunks_exact(a + b) {
-        xa.extend_from_slice(&head[..a]);
-        xb.extend_from_slice(&head[a..]);
-    }
-    Ok((Tensor::from_f32([t, n * a], xa)?, Tensor::from_f32([t, n * b], xb)?))
+    let part = |off: usize, w: usize| -> Result<Tensor> {
+        let cols = (0..n).map(|h| ops::narrow_cols(x, h * (a + b) + off, w)).collect::<Result<Vec<_>>>()?;
+        if cols.len() == 1 {
+            return Ok(cols.into_iter().next().expect("one head"));
+        }
+        ops::concat_cols(&cols.iter().collect::<Vec<_>>())
+    };
+    Ok((part(0, a)?, part(a, b)?))
 }
 
 /// Columns of head `h` of rows of `n` heads × `d`: [T, d].
 fn head_columns(x: &Tensor, n: usize, d: usize, h: usize) -> Result<Tensor> {
-    let t = x.dims()[0];
-    let v: Vec<f32> = (0..t).flat_map(|i| x.row(i)[h * d..][..d].to_vec()).collect();
     debug_assert_eq!(x.dims()[1], n * d);
-    Tensor::from_f32([t, d], v)
+    ops::narrow_cols(x, h * d, d)
 }
 
 fn transpose(w: &Tensor) -> Result<Tensor> {

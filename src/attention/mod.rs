@@ -35,6 +35,14 @@ impl Attention {
         })
     }
 
+    /// Moves the weights to `device`.
+    pub fn to_device(&mut self, device: &crate::backend::Device) -> Result<()> {
+        match self {
+            Attention::Gqa(a) => a.to_device(device),
+            Attention::Mla(a) => a.to_device(device),
+        }
+    }
+
     /// Cache row widths (keys, values).
     pub fn cache_widths(&self) -> (usize, usize) {
         match self {

@@ -1,5 +1,87 @@
 //! Compute backends. `cpu` is the exact f32 reference every other backend is tested against.
+//!
+//! The set of devices is closed: [`Device`] is `Cpu` or `Cuda`, and a tensor's
+//! [`Storage`](crate::tensor::Storage) has a `Cuda` variant in every build. Without the `cuda`
+//! feature [`CudaStorage`] and [`CudaHandle`] are empty enums, so no CUDA tensor can exist and
+//! asking for the GPU is a typed [`Error::Device`], never a panic.
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+
+use crate::error::Result;
+
+#[cfg(feature = "cuda")]
+pub use cuda::storage::{CudaHandle, CudaStorage};
+
+#[cfg(not(feature = "cuda"))]
+mod no_cuda {
+    /// A GPU tensor's memory: uninhabited in a build without the `cuda` feature.
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum CudaStorage {}
+
+    /// An open GPU: uninhabited in a build without the `cuda` feature.
+    #[derive(Debug, Clone)]
+    pub enum CudaHandle {}
+}
+#[cfg(not(feature = "cuda"))]
+pub use no_cuda::{CudaHandle, CudaStorage};
+
+/// Which kind of device to run on (the `--device` flag).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceKind {
+    /// The f32 CPU reference.
+    #[default]
+    Cpu,
+    /// The first CUDA GPU.
+    Cuda,
+}
+
+/// Where tensors live and ops run.
+#[derive(Debug, Clone, Default)]
+pub enum Device {
+    /// Host memory, the CPU backend.
+    #[default]
+    Cpu,
+    /// One GPU (its context, stream, cuBLAS handle and kernels).
+    Cuda(CudaHandle),
+}
+
+impl Device {
+    /// Opens the device `kind` names: the CPU, or GPU 0 (shared by every caller in the process).
+    /// Fails with [`Error::Device`] when this build has no CUDA support or the machine no GPU.
+    pub fn open(kind: DeviceKind) -> Result<Self> {
+        match kind {
+            DeviceKind::Cpu => Ok(Device::Cpu),
+            DeviceKind::Cuda => Self::cuda(0),
+        }
+    }
+
+    /// GPU `ordinal`, opened once per process.
+    #[cfg(feature = "cuda")]
+    pub fn cuda(ordinal: usize) -> Result<Self> {
+        cuda::storage::shared_device(ordinal).map(Device::Cuda)
+    }
+
+    /// GPU `ordinal`: not available in a build without the `cuda` feature.
+    #[cfg(not(feature = "cuda"))]
+    pub fn cuda(_ordinal: usize) -> Result<Self> {
+        Err(crate::error::Error::Device("this build of switchyard has no CUDA support (rebuild with `--features cuda`)".into()))
+    }
+
+    /// Whether this is a GPU.
+    pub fn is_cuda(&self) -> bool {
+        matches!(self, Device::Cuda(_))
+    }
+
+    /// A short name ("cpu", or "cuda:0 (NVIDIA H200)").
+    pub fn describe(&self) -> String {
+        match self {
+            Device::Cpu => "cpu".into(),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(d) => format!("cuda:{} ({})", d.context().ordinal(), d.name()),
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(d) => match *d {},
+        }
+    }
+}

@@ -7,7 +7,8 @@ use switchyard::cluster::{self, ClusterArgs, ClusterExecutor};
 use switchyard::engine::{Engine, Executor};
 use switchyard::layout::LayoutOverrides;
 use switchyard::model::ModelSource;
-use switchyard::parallel::{build_executor, ParallelPlan};
+use switchyard::backend::{Device, DeviceKind};
+use switchyard::parallel::{build_executor_on, ParallelPlan};
 use switchyard::tokenizer::Tokenizer;
 
 /// Which model to run, and over which ranks.
@@ -25,6 +26,9 @@ pub struct ModelArgs {
     /// Token slots per KV-cache block (default: the layout's).
     #[arg(long)]
     pub kv_block_size: Option<usize>,
+    /// Where the model runs: the f32 CPU reference, or the first CUDA GPU (bf16 weights).
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    pub device: DeviceKind,
     /// The parallel layout (in-process CPU ranks, one thread each).
     #[command(flatten)]
     pub layout: LayoutOverrides,
@@ -52,8 +56,12 @@ impl ModelArgs {
         let plan = ParallelPlan::from_layout(layout)?;
         let blocks = cache_tokens.max(1).div_ceil(block_size);
         let executor: Box<dyn Executor> = match &cluster {
-            None => build_executor(&self.source(), &plan, blocks, block_size)
-                .with_context(|| format!("loading model {}", self.model.display()))?,
+            None => {
+                let device = Device::open(self.device)?;
+                build_executor_on(&self.source(), &plan, blocks, block_size, &device)
+                    .with_context(|| format!("loading model {}", self.model.display()))?
+            }
+            Some(_) if self.device != DeviceKind::Cpu => bail!("multi-node jobs run CPU ranks for now (--device cpu)"),
             Some(spec) if spec.is_driver() => Box::new(ClusterExecutor::start(&self.source(), &plan, blocks, block_size, spec)?),
             Some(spec) => {
                 cluster::follow(&self.source(), &plan, spec)?;

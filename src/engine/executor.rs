@@ -31,8 +31,13 @@ pub struct LocalExecutor {
 impl LocalExecutor {
     /// `model` with a cache of `num_blocks` blocks of `block_size` slots.
     pub fn new(model: Model, num_blocks: usize, block_size: usize) -> Self {
-        let cache = model.new_cache(num_blocks, block_size);
-        Self { model, cache, ctx: RankContext::single() }
+        Self::try_new(model, num_blocks, block_size).expect("allocating the KV cache")
+    }
+
+    /// [`Self::new`], failing instead of panicking when the cache does not fit the model's device.
+    pub fn try_new(model: Model, num_blocks: usize, block_size: usize) -> Result<Self> {
+        let cache = model.try_new_cache(num_blocks, block_size)?;
+        Ok(Self { model, cache, ctx: RankContext::single() })
     }
 }
 

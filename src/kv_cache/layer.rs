@@ -1,11 +1,16 @@
-/// One layer's cache: `keys` and `values` as [num_blocks · block_size, width] rows. GQA stores
-/// K and V per KV head; MLA stores its compressed latent and rope key as `keys` and no values.
+use crate::backend::Device;
+use crate::error::Result;
+use crate::tensor::Tensor;
+
+/// One layer's cache: `keys` and `values` as [num_blocks · block_size, width] rows (flat f32
+/// tensors, on the model's device). GQA stores K and V per KV head; MLA stores its compressed
+/// latent and rope key as `keys` and no values.
 #[derive(Debug, Clone)]
 pub struct LayerCache {
     /// Key rows.
-    pub keys: Vec<f32>,
+    pub keys: Tensor,
     /// Value rows (empty when `v_width` is 0).
-    pub values: Vec<f32>,
+    pub values: Tensor,
     /// Values per key row.
     pub k_width: usize,
     /// Values per value row.
@@ -13,11 +18,11 @@ pub struct LayerCache {
 }
 
 impl LayerCache {
-    /// Writes the rows of one token at `slot`.
+    /// Writes the rows of one token at `slot` (a CPU cache).
     pub fn write(&mut self, slot: usize, k: &[f32], v: &[f32]) {
-        self.keys[slot * self.k_width..][..self.k_width].copy_from_slice(k);
+        self.keys.as_mut_slice()[slot * self.k_width..][..self.k_width].copy_from_slice(k);
         if self.v_width > 0 {
-            self.values[slot * self.v_width..][..self.v_width].copy_from_slice(v);
+            self.values.as_mut_slice()[slot * self.v_width..][..self.v_width].copy_from_slice(v);
         }
     }
 }
@@ -36,17 +41,24 @@ pub struct KvCache {
 impl KvCache {
     /// A cache of `num_blocks` blocks with per-layer row widths `(k_width, v_width)`.
     pub fn new(num_blocks: usize, block_size: usize, widths: &[(usize, usize)]) -> Self {
+        Self::new_on(num_blocks, block_size, widths, &Device::Cpu).expect("a CPU cache always allocates")
+    }
+
+    /// [`Self::new`] with the storage on `device`.
+    pub fn new_on(num_blocks: usize, block_size: usize, widths: &[(usize, usize)], device: &Device) -> Result<Self> {
         let slots = num_blocks * block_size;
         let layers = widths
             .iter()
-            .map(|&(k_width, v_width)| LayerCache {
-                keys: vec![0.0; slots * k_width],
-                values: vec![0.0; slots * v_width],
-                k_width,
-                v_width,
+            .map(|&(k_width, v_width)| {
+                Ok(LayerCache {
+                    keys: Tensor::zeros_on([slots * k_width], device)?,
+                    values: Tensor::zeros_on([slots * v_width], device)?,
+                    k_width,
+                    v_width,
+                })
             })
-            .collect();
-        Self { layers, num_blocks, block_size }
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers, num_blocks, block_size })
     }
 
     /// Blocks of storage.

@@ -10,6 +10,7 @@
 
 use super::rank_output::RankOutput;
 use crate::attention::{Attention, MlaForm};
+use crate::backend::Device;
 use crate::checkpoint::WeightSource;
 use crate::comm::even_counts;
 use crate::config::ModelConfig;
@@ -40,6 +41,8 @@ pub struct Model {
     layers: Vec<DecoderLayer>,
     /// Final norm and lm_head, on the last stage.
     head: Option<(Tensor, Tensor)>,
+    /// Where the weights (and the caches this model makes) live.
+    device: Device,
 }
 
 impl DecoderLayer {
@@ -79,7 +82,7 @@ impl Model {
             None
         };
         let embed = if shard.is_first_stage() { embed } else { None };
-        Ok(Self { config: config.clone(), shard, embed, layers, head })
+        Ok(Self { config: config.clone(), shard, embed, layers, head, device: Device::Cpu })
     }
 
     /// Chooses the algebraic form of multi-head latent attention (no effect on GQA models).
@@ -116,10 +119,40 @@ impl Model {
         self.layers.get_mut(i).map(|l| &mut l.ffn)
     }
 
+    /// Moves every weight to `device` (matrices as bf16, vectors as f32 on a GPU); the caches
+    /// this model makes from then on live there too, and every op runs there.
+    pub fn to_device(&mut self, device: &Device) -> Result<()> {
+        if let Some(e) = &mut self.embed {
+            *e = e.to_device_bf16(device)?;
+        }
+        for l in &mut self.layers {
+            l.input_norm = l.input_norm.to_device(device)?;
+            l.post_attention_norm = l.post_attention_norm.to_device(device)?;
+            l.attention.to_device(device)?;
+            l.ffn.to_device(device)?;
+        }
+        if let Some((norm, lm_head)) = &mut self.head {
+            *norm = norm.to_device(device)?;
+            *lm_head = lm_head.to_device_bf16(device)?;
+        }
+        self.device = device.clone();
+        Ok(())
+    }
+
+    /// Where the weights live.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// A paged cache for this rank's layers.
     pub fn new_cache(&self, num_blocks: usize, block_size: usize) -> KvCache {
+        self.try_new_cache(num_blocks, block_size).expect("allocating the KV cache")
+    }
+
+    /// A paged cache for this rank's layers on the model's device.
+    pub fn try_new_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache> {
         let widths: Vec<(usize, usize)> = self.layers.iter().map(|l| l.attention.cache_widths()).collect();
-        KvCache::new(num_blocks, block_size, &widths)
+        KvCache::new_on(num_blocks, block_size, &widths, &self.device)
     }
 
     /// This rank's part of one step. Every rank of the world calls it with the same batch; the
@@ -147,9 +180,9 @@ impl Model {
         }
         if s.tp_rank == 0 {
             let (norm, lm_head) = self.head.as_ref().expect("the last stage holds the head");
-            let rows: Vec<f32> = sub.logit_rows.iter().flat_map(|&r| residual.row(r).to_vec()).collect();
-            let rows = ops::rms_norm(&Tensor::from_f32([sub.logit_rows.len(), h], rows)?, norm, self.config.rms_norm_eps)?;
-            out.logits = Some((logit_index, ops::linear(&rows, lm_head, None)?));
+            let picked: Vec<u32> = sub.logit_rows.iter().map(|&r| r as u32).collect();
+            let rows = ops::rms_norm(&ops::gather_rows(&residual, &picked, 1)?, norm, self.config.rms_norm_eps)?;
+            out.logits = Some((logit_index, ops::linear(&rows, lm_head, None)?.into_cpu()?));
         }
         out.work_ticks = started.zip(ctx.tick());
         Ok(out)
@@ -172,20 +205,28 @@ impl Model {
         let t = sub.tokens.len();
         let x = ops::rms_norm(&residual, &layer.input_norm, eps)?;
         let partial = layer.attention.forward(&x, sub, cache, block_size)?;
-        // Reduce the row-parallel partial sums; each TP rank keeps 1/tp of the tokens.
-        let counts = even_counts(t, ctx.tp.size());
-        let elems: Vec<usize> = counts.iter().map(|c| c * h).collect();
-        let attn = ctx.tp.reduce_scatter_sum(partial.as_slice(), &elems)?;
-        let start = counts[..ctx.tp.rank()].iter().sum::<usize>();
-        let mine = counts[ctx.tp.rank()];
-        let mut res_slice = residual.narrow_rows(start, mine)?;
-        let attn = Tensor::from_f32([mine, h], attn)?;
+        let tp = ctx.tp.size();
+        let (mut res_slice, attn) = if tp == 1 {
+            // One TP rank: nothing to reduce or gather (and the tensors may live on a GPU).
+            (residual, partial)
+        } else {
+            // Reduce the row-parallel partial sums; each TP rank keeps 1/tp of the tokens.
+            let counts = even_counts(t, tp);
+            let elems: Vec<usize> = counts.iter().map(|c| c * h).collect();
+            let attn = ctx.tp.reduce_scatter_sum(partial.as_slice(), &elems)?;
+            let start = counts[..ctx.tp.rank()].iter().sum::<usize>();
+            let mine = counts[ctx.tp.rank()];
+            (residual.narrow_rows(start, mine)?, Tensor::from_f32([mine, h], attn)?)
+        };
         let x = ops::add_rms_norm(&mut res_slice, &attn, &layer.post_attention_norm, eps)?;
         let moe = layer.ffn.forward(&x, ctx.ep.as_ref())?;
-        ops::add_in_place(&mut res_slice, &moe.hidden);
+        ops::add_in_place(&mut res_slice, &moe.hidden)?;
         out.a2a_predicted_bytes += moe.dispatch.predicted_bytes;
         out.a2a_measured_bytes += moe.dispatch.measured_bytes;
         out.record_layer(layer_index, moe.expert_counts, moe.rows_computed, layer.ffn.is_sparse());
+        if tp == 1 {
+            return Ok(res_slice);
+        }
         let (gathered, _) = ctx.tp.all_gather(res_slice.as_slice())?;
         residual = Tensor::from_f32([t, h], gathered)?;
         Ok(residual)

@@ -77,6 +77,15 @@ impl Linear {
         ops::linear(x, &self.weight, self.bias.as_ref())
     }
 
+    /// Moves the layer to `device`: the weight as bf16 on a GPU, the bias as f32.
+    pub fn to_device(&mut self, device: &crate::backend::Device) -> Result<()> {
+        self.weight = self.weight.to_device_bf16(device)?;
+        if let Some(b) = &mut self.bias {
+            *b = b.to_device(device)?;
+        }
+        Ok(())
+    }
+
     /// Bytes of the weights in their stored dtype.
     pub fn stored_bytes(&self) -> usize {
         self.weight.stored_bytes() + self.bias.as_ref().map_or(0, Tensor::stored_bytes)

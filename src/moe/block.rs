@@ -6,7 +6,6 @@ use super::dispatch::{dispatch_combine, DispatchStats, EpRank};
 use super::{ExpertBank, ExpertNames, Router};
 use crate::comm::Communicator;
 use crate::parallel::Shard;
-use crate::backend::cpu::activation::sigmoid;
 use crate::checkpoint::WeightSource;
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -135,6 +134,19 @@ impl MoeBlock {
         Ok(())
     }
 
+    /// Moves the router, the experts and the shared experts to `device` (matrices as bf16 on a GPU).
+    pub fn to_device(&mut self, device: &crate::backend::Device) -> Result<()> {
+        self.router.to_device(device)?;
+        self.experts.to_device(device)?;
+        if let Some(s) = &mut self.shared {
+            s.mlp.to_device(device)?;
+            if let Some(g) = &mut s.gate {
+                *g = g.to_device_bf16(device)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Bytes of the expert weights in their stored dtype.
     pub fn stored_bytes(&self) -> usize {
         self.experts.stored_bytes() + self.shared.as_ref().map_or(0, |s| s.mlp.stored_bytes())
@@ -146,6 +158,17 @@ impl MoeBlock {
         let routing = self.router.route(x)?;
         let n = self.router.n_experts();
         let (mut out, dispatch) = match &self.placement {
+            // A GPU block runs its experts in place: one EP rank, slot i holding expert i.
+            Some(placement) if x.is_cuda() => {
+                if placement.n_ranks() != 1 || placement.rank_experts(0).iter().enumerate().any(|(i, &e)| e as usize != i) {
+                    return Err(crate::Error::Device("expert parallelism over several GPUs is not supported yet".into()));
+                }
+                let perm = ops::permute_by_expert(&routing.experts, n);
+                let xs = ops::gather_rows(x, &perm.order, routing.top_k)?;
+                let ys = self.experts.forward_grouped(&xs, &perm.offsets)?;
+                let rows_computed = perm.order.len() as u64;
+                (ops::combine(&ys, &perm.order, &routing.weights, routing.top_k)?, DispatchStats { rows_computed, ..DispatchStats::default() })
+            }
             Some(placement) => {
                 let rank = EpRank { placement, rank: self.ep_rank, ranks_per_node: self.ranks_per_node };
                 dispatch_combine(x, &routing, rank, &self.experts, ep)?
@@ -161,13 +184,9 @@ impl MoeBlock {
             let mut s = shared.mlp.forward_grouped(x, &[0, x.dims()[0]])?;
             if let Some(g) = &shared.gate {
                 let gate = ops::linear(x, g, None)?;
-                let h = x.dims()[1];
-                for (row, gv) in s.as_mut_slice().chunks_exact_mut(h).zip(gate.as_slice()) {
-                    let scale = sigmoid(*gv);
-                    row.iter_mut().for_each(|v| *v *= scale);
-                }
+                ops::sigmoid_scale_rows(&mut s, &gate)?;
             }
-            ops::add_in_place(&mut out, &s);
+            ops::add_in_place(&mut out, &s)?;
         }
         let expert_counts = if self.is_sparse() { expert_counts(&routing, n) } else { Vec::new() };
         Ok(MoeOutput { hidden: out, expert_counts, rows_computed: dispatch.rows_computed, dispatch })

@@ -132,6 +132,16 @@ impl ExpertBank {
         })
     }
 
+    /// Moves the bank to `device`: the stacked weights as bf16 on a GPU, the biases as f32.
+    pub fn to_device(&mut self, device: &crate::backend::Device) -> Result<()> {
+        self.gate_up = self.gate_up.to_device_bf16(device)?;
+        self.down = self.down.to_device_bf16(device)?;
+        for b in [&mut self.gate_up_bias, &mut self.down_bias].into_iter().flatten() {
+            *b = b.to_device(device)?;
+        }
+        Ok(())
+    }
+
     /// Experts in the bank.
     pub fn len(&self) -> usize {
         self.down.dims()[0]

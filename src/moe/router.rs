@@ -39,6 +39,15 @@ impl Router {
         Ok(Router::Learned { gate, correction_bias, config })
     }
 
+    /// Moves the gate to `device`, in f32: routing decisions flip on small logit differences,
+    /// and transformers computes the routers of DeepSeek-V3 in f32 too.
+    pub fn to_device(&mut self, device: &crate::backend::Device) -> Result<()> {
+        if let Router::Learned { gate, .. } = self {
+            *gate = gate.to_device(device)?;
+        }
+        Ok(())
+    }
+
     /// Experts chosen per token.
     pub fn top_k(&self) -> usize {
         match self {
@@ -65,7 +74,8 @@ impl Router {
                 weights: vec![1.0; n_tokens * parts],
             }),
             Router::Learned { gate, correction_bias, config } => {
-                let logits = ops::linear(x, gate, None)?;
+                // The top-k runs on the host for now (one copy of [T, n_experts] logits per layer).
+                let logits = ops::linear(x, gate, None)?.into_cpu()?;
                 Ok(route(logits.as_slice(), n_tokens, config, correction_bias.as_deref())?)
             }
         }

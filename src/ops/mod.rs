@@ -1,18 +1,47 @@
 //! The fused ops of inference over [`Tensor`]s, dispatched on where the tensor lives. The model
-//! calls only these; each backend provides the kernels (`backend::cpu` is the reference).
+//! calls only these; each backend provides the kernels (`backend::cpu` is the reference,
+//! `backend::cuda::ops` the GPU's, chosen when the first tensor argument is on a GPU).
 
 use crate::backend::cpu;
 use crate::error::{Error, Result};
-use crate::tensor::{Storage, Tensor};
+use crate::tensor::Tensor;
 
-pub use cpu::attention::{cache_slot, Heads, PagedCache, QueryPos};
+pub use cpu::attention::{cache_slot, Heads, QueryPos};
 pub use cpu::moe::Permutation;
 pub use cpu::rope::Rotary;
 
-fn cpu_of(t: &Tensor) -> &[f32] {
-    match t.storage() {
-        Storage::Cpu(v) => v,
+/// A paged cache of one layer: `slots` rows of `width` values, `block_size` rows per block,
+/// on whichever device `data` lives.
+#[derive(Debug, Clone, Copy)]
+pub struct PagedCache<'a> {
+    /// [num_slots · width] values.
+    pub data: &'a Tensor,
+    /// Values per slot.
+    pub width: usize,
+    /// Slots per block.
+    pub block_size: usize,
+}
+
+impl<'a> PagedCache<'a> {
+    fn cpu(&self) -> cpu::attention::PagedCache<'a> {
+        cpu::attention::PagedCache { data: self.data.as_slice(), width: self.width, block_size: self.block_size }
     }
+}
+
+/// Runs the GPU version when `$t` lives on a GPU (compiled only with the `cuda` feature; without
+/// it no GPU tensor can exist).
+macro_rules! on_gpu {
+    ($t:expr => $call:expr) => {
+        #[cfg(feature = "cuda")]
+        if $t.is_cuda() {
+            #[allow(clippy::needless_return)]
+            return $call;
+        }
+    };
+}
+
+fn cpu_of(t: &Tensor) -> &[f32] {
+    t.as_slice()
 }
 
 fn rows_of(x: &Tensor) -> (usize, usize) {
@@ -23,6 +52,7 @@ fn rows_of(x: &Tensor) -> (usize, usize) {
 
 /// `x · wᵀ (+ b)` over the last dim of `x`.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    on_gpu!(x => crate::backend::cuda::ops::linear(x, w, b));
     let (m, k) = rows_of(x);
     let (n, wk) = (w.dims()[0], w.dims()[1]);
     if k != wk {
@@ -34,6 +64,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 
 /// Rows of the embedding table for `ids`.
 pub fn embedding(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
+    on_gpu!(table => crate::backend::cuda::ops::embedding(table, ids));
     let (vocab, hidden) = (table.dims()[0], table.dims()[1]);
     let mut out = Vec::with_capacity(ids.len() * hidden);
     for &id in ids {
@@ -47,34 +78,94 @@ pub fn embedding(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
 
 /// RMSNorm of each row.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    on_gpu!(x => crate::backend::cuda::ops::rms_norm(x, w, eps));
     Tensor::from_f32(x.dims().to_vec(), cpu::norm::rms_norm(cpu_of(x), cpu_of(w), eps))
 }
 
 /// `residual += delta`, then RMSNorm(residual).
 pub fn add_rms_norm(residual: &mut Tensor, delta: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    on_gpu!(residual => crate::backend::cuda::ops::add_rms_norm(residual, delta, w, eps));
     let dims = residual.dims().to_vec();
     let out = cpu::norm::add_rms_norm(residual.as_mut_slice(), cpu_of(delta), cpu_of(w), eps);
     Tensor::from_f32(dims, out)
 }
 
 /// `x += y`.
-pub fn add_in_place(x: &mut Tensor, y: &Tensor) {
+pub fn add_in_place(x: &mut Tensor, y: &Tensor) -> Result<()> {
+    on_gpu!(x => crate::backend::cuda::ops::add_in_place(x, y));
     for (a, b) in x.as_mut_slice().iter_mut().zip(cpu_of(y)) {
         *a += b;
     }
+    Ok(())
 }
 
 /// RMSNorm over every `w.len()`-wide chunk (per-head q/k norm).
-pub fn rms_norm_chunks(x: &mut Tensor, w: &Tensor, eps: f32) {
+pub fn rms_norm_chunks(x: &mut Tensor, w: &Tensor, eps: f32) -> Result<()> {
+    on_gpu!(x => crate::backend::cuda::ops::rms_norm_chunks(x, w, eps));
     cpu::norm::rms_norm_in_place(x.as_mut_slice(), cpu_of(w), eps);
+    Ok(())
 }
 
 /// RoPE on every row of `x` (one token's heads) at that token's position.
-pub fn rope(x: &mut Tensor, rotary: &Rotary, positions: &[usize]) {
+pub fn rope(x: &mut Tensor, rotary: &Rotary, positions: &[usize]) -> Result<()> {
+    on_gpu!(x => crate::backend::cuda::ops::rope(x, rotary, positions));
     let (_, cols) = rows_of(x);
     for (row, &pos) in x.as_mut_slice().chunks_exact_mut(cols).zip(positions) {
         rotary.apply(row, pos);
     }
+    Ok(())
+}
+
+/// Columns `start..start + len` of the rows of `x`, as [rows, len].
+pub fn narrow_cols(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+    on_gpu!(x => crate::backend::cuda::ops::narrow_cols(x, start, len));
+    let (rows, cols) = rows_of(x);
+    if start + len > cols {
+        return Err(Error::Shape(format!("columns {start}..{} of {}", start + len, x.shape())));
+    }
+    let mut out = Vec::with_capacity(rows * len);
+    for r in 0..rows {
+        out.extend_from_slice(&cpu_of(x)[r * cols + start..][..len]);
+    }
+    Tensor::from_f32([rows, len], out)
+}
+
+/// The rows of `parts` side by side: [rows, Σ widths].
+pub fn concat_cols(parts: &[&Tensor]) -> Result<Tensor> {
+    on_gpu!(parts[0] => crate::backend::cuda::ops::concat_cols(parts));
+    let rows = rows_of(parts[0]).0;
+    let width: usize = parts.iter().map(|p| rows_of(p).1).sum();
+    let mut out = Vec::with_capacity(rows * width);
+    for r in 0..rows {
+        for p in parts {
+            let c = rows_of(p).1;
+            out.extend_from_slice(&cpu_of(p)[r * c..][..c]);
+        }
+    }
+    Tensor::from_f32([rows, width], out)
+}
+
+/// Writes row i of `src` into row `slots[i]` of `dst` (a cache of `dst_width`-wide rows), from
+/// column `col` on.
+pub fn scatter_rows(dst: &mut Tensor, dst_width: usize, col: usize, slots: &[usize], src: &Tensor) -> Result<()> {
+    on_gpu!(dst => crate::backend::cuda::ops::scatter_rows(dst, dst_width, col, slots, src));
+    let w = rows_of(src).1;
+    let d = dst.as_mut_slice();
+    for (i, &slot) in slots.iter().enumerate() {
+        d[slot * dst_width + col..][..w].copy_from_slice(&cpu_of(src)[i * w..][..w]);
+    }
+    Ok(())
+}
+
+/// Row t of `s` times sigmoid(gate[t]) (Qwen2-MoE's gated shared expert).
+pub fn sigmoid_scale_rows(s: &mut Tensor, gate: &Tensor) -> Result<()> {
+    on_gpu!(s => crate::backend::cuda::ops::sigmoid_scale_rows(s, gate));
+    let h = rows_of(s).1;
+    for (row, gv) in s.as_mut_slice().chunks_exact_mut(h).zip(cpu_of(gate)) {
+        let scale = cpu::activation::sigmoid(*gv);
+        row.iter_mut().for_each(|v| *v *= scale);
+    }
+    Ok(())
 }
 
 /// silu(gate) · up over rows of `[gate | up]`.
@@ -92,7 +183,10 @@ pub fn paged_attention(
     values: PagedCache,
     heads: Heads,
 ) -> Result<Tensor> {
-    let out = cpu::attention::paged_attention(cpu_of(q), queries, tables, keys, values, heads);
+    on_gpu!(q => crate::backend::cuda::ops::paged_attention(
+        q, queries, tables, keys.data, keys.width, values.data, values.width, keys.block_size, heads
+    ));
+    let out = cpu::attention::paged_attention(cpu_of(q), queries, tables, keys.cpu(), values.cpu(), heads);
     Tensor::from_f32([queries.len(), heads.n_heads * heads.v_dim], out)
 }
 
@@ -103,6 +197,7 @@ pub fn permute_by_expert(experts: &[u32], n_experts: usize) -> Permutation {
 
 /// Rows of `x` in permutation order (pair p reads token p / top_k).
 pub fn gather_rows(x: &Tensor, order: &[u32], top_k: usize) -> Result<Tensor> {
+    on_gpu!(x => crate::backend::cuda::ops::gather_rows(x, order, top_k));
     let (_, h) = rows_of(x);
     Tensor::from_f32([order.len(), h], cpu::moe::gather_rows(cpu_of(x), h, order, top_k))
 }
@@ -116,6 +211,7 @@ pub fn grouped_swiglu(
     down: &Tensor,
     biases: Option<(&Tensor, &Tensor)>,
 ) -> Result<Tensor> {
+    on_gpu!(x => crate::backend::cuda::ops::grouped_swiglu(x, offsets, gate_up, down, biases));
     let (rows, h) = rows_of(x);
     let inter = down.dims()[2];
     let w = cpu::moe::ExpertWeights {
@@ -131,7 +227,18 @@ pub fn grouped_swiglu(
 
 /// Unpermute and sum with the router weights.
 pub fn combine(y: &Tensor, order: &[u32], weights: &[f32], top_k: usize) -> Result<Tensor> {
+    on_gpu!(y => crate::backend::cuda::ops::combine(y, order, weights, top_k));
     let (_, h) = rows_of(y);
     let out = cpu::moe::combine(cpu_of(y), order, weights, top_k, h);
     Tensor::from_f32([weights.len() / top_k.max(1), h], out)
+}
+
+/// The index of the largest value of every row (the first on ties).
+pub fn argmax_rows(x: &Tensor) -> Result<Vec<u32>> {
+    on_gpu!(x => crate::backend::cuda::ops::argmax_rows(x));
+    let (_, cols) = rows_of(x);
+    Ok(cpu_of(x)
+        .chunks_exact(cols.max(1))
+        .map(|r| r.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32)
+        .collect())
 }

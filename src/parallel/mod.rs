@@ -11,7 +11,7 @@ mod plan;
 mod shard;
 pub mod split;
 
-pub use build::build_executor;
+pub use build::{build_executor, build_executor_on};
 pub use context::RankContext;
 pub use executor::{ParallelExecutor, StageEvent};
 pub use plan::ParallelPlan;

@@ -10,6 +10,7 @@ mod shape;
 pub use dtype::DType;
 pub use shape::Shape;
 
+use crate::backend::{CudaStorage, Device};
 use crate::error::{Error, Result};
 
 /// Where a tensor's elements live.
@@ -17,6 +18,12 @@ use crate::error::{Error, Result};
 pub enum Storage {
     /// Host memory, f32 elements (the CPU reference computes in f32).
     Cpu(Vec<f32>),
+    /// GPU memory, f32 or bf16 elements (cannot exist in a build without the `cuda` feature).
+    Cuda(CudaStorage),
+}
+
+fn on_gpu(what: &str) -> ! {
+    panic!("{what} of a tensor on the GPU: copy it to the host with Tensor::to_cpu first")
 }
 
 /// A dense, row-major tensor.
@@ -83,24 +90,98 @@ impl Tensor {
         &self.storage
     }
 
-    /// The values of a CPU tensor.
+    /// The storage, mutable (for a backend's in-place ops).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn storage_mut(&mut self) -> &mut Storage {
+        &mut self.storage
+    }
+
+    /// A tensor over existing storage (a backend's op output).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn from_storage(shape: impl Into<Shape>, dtype: DType, storage: Storage) -> Self {
+        Self { shape: shape.into(), dtype, storage }
+    }
+
+    /// Whether the tensor lives on a GPU.
+    pub fn is_cuda(&self) -> bool {
+        matches!(self.storage, Storage::Cuda(_))
+    }
+
+    /// The values of a CPU tensor. Panics for a GPU tensor (a bug: ops dispatch on storage).
     pub fn as_slice(&self) -> &[f32] {
         match &self.storage {
             Storage::Cpu(v) => v,
+            Storage::Cuda(_) => on_gpu("as_slice"),
         }
     }
 
-    /// The values of a CPU tensor, mutable.
+    /// The values of a CPU tensor, mutable. Panics for a GPU tensor.
     pub fn as_mut_slice(&mut self) -> &mut [f32] {
         match &mut self.storage {
             Storage::Cpu(v) => v,
+            Storage::Cuda(_) => on_gpu("as_mut_slice"),
         }
     }
 
-    /// Consumes the tensor, returning its CPU values.
+    /// Consumes the tensor, returning its CPU values. Panics for a GPU tensor.
     pub fn into_vec(self) -> Vec<f32> {
         match self.storage {
             Storage::Cpu(v) => v,
+            Storage::Cuda(_) => on_gpu("into_vec"),
+        }
+    }
+
+    /// The tensor on the host (a GPU tensor is copied back, bf16 widened; waits for the GPU).
+    pub fn into_cpu(self) -> Result<Self> {
+        match self.storage {
+            Storage::Cpu(_) => Ok(self),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(ref s) => {
+                let v = s.to_host()?;
+                Ok(Self { shape: self.shape, dtype: self.dtype, storage: Storage::Cpu(v) })
+            }
+            #[cfg(not(feature = "cuda"))]
+            Storage::Cuda(ref s) => match *s {},
+        }
+    }
+
+    /// A copy on the host.
+    pub fn to_cpu(&self) -> Result<Self> {
+        self.clone().into_cpu()
+    }
+
+    /// A copy on `device` with f32 elements (activations, vectors; the KV cache).
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        self.upload(device, false)
+    }
+
+    /// A copy on `device` for a weight matrix: bf16 elements on a GPU (f32 on the CPU).
+    pub fn to_device_bf16(&self, device: &Device) -> Result<Self> {
+        self.upload(device, true)
+    }
+
+    fn upload(&self, device: &Device, bf16: bool) -> Result<Self> {
+        let host = self.to_cpu()?;
+        match device {
+            Device::Cpu => Ok(host),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(dev) => crate::backend::cuda::ops::upload(&host, dev, bf16),
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(d) => {
+                let _ = bf16;
+                match *d {}
+            }
+        }
+    }
+
+    /// Zeros of `shape` (f32) on `device`.
+    pub fn zeros_on(shape: impl Into<Shape>, device: &Device) -> Result<Self> {
+        match device {
+            Device::Cpu => Ok(Self::zeros(shape)),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(dev) => crate::backend::cuda::ops::zeros(dev, shape.into()),
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(d) => match *d {},
         }
     }
 

@@ -26,6 +26,20 @@ impl Rotary {
         self.inv_freq.len() * 2
     }
 
+    /// Whether pairs are (2i, 2i+1) rather than (i, i + dim/2).
+    pub fn interleaved(&self) -> bool {
+        self.interleaved
+    }
+
+    /// cos then sin of every frequency at `pos`, times the attention factor, exactly as
+    /// [`Self::apply`] uses them (a GPU kernel rotates with these values).
+    pub fn cos_sin(&self, pos: usize) -> Vec<f32> {
+        let angles = self.inv_freq.iter().map(|f| pos as f32 * f);
+        let cos = angles.clone().map(|a| a.cos() * self.attention_factor);
+        let sin = angles.map(|a| a.sin() * self.attention_factor);
+        cos.chain(sin).collect()
+    }
+
     /// Rotates every `dim`-wide chunk of `x` (one token's heads) to position `pos`.
     pub fn apply(&self, x: &mut [f32], pos: usize) {
         let half = self.inv_freq.len();

@@ -59,3 +59,40 @@ pub fn linear<O: GemmOut>(dev: &CudaDevice, x: &DeviceBuffer<bf16>, w: &DeviceBu
     }
     .map_err(dev_err("cuBLAS GemmEx"))
 }
+
+/// [`linear`] on raw device addresses: `x` [m, k] bf16, `w` [n, k] bf16, `out` [m, n] f32.
+pub fn linear_raw(dev: &CudaDevice, x: u64, w: u64, out: u64, m: usize, k: usize, n: usize) -> Result<()> {
+    linear_raw_typed(dev, x, w, out, m, k, n, cudaDataType::CUDA_R_16BF)
+}
+
+/// [`linear`] on raw device addresses, `x` and `w` of type `input` (bf16 or f32), `out` f32.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_raw_typed(dev: &CudaDevice, x: u64, w: u64, out: u64, m: usize, k: usize, n: usize, input: cudaDataType) -> Result<()> {
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    // SAFETY: the caller passes live buffers of at least m·k, n·k (bf16) and m·n (f32) elements
+    // of this device; alpha and beta are f32 as CUBLAS_COMPUTE_32F requires.
+    unsafe {
+        cudarc::cublas::result::gemm_ex(
+            *dev.blas().handle(),
+            cublasOperation_t::CUBLAS_OP_T,
+            cublasOperation_t::CUBLAS_OP_N,
+            n as i32,
+            m as i32,
+            k as i32,
+            &alpha as *const f32 as *const _,
+            w as *const _,
+            input,
+            k as i32,
+            x as *const _,
+            input,
+            k as i32,
+            &beta as *const f32 as *const _,
+            out as *mut _,
+            cudaDataType::CUDA_R_32F,
+            n as i32,
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }
+    .map_err(dev_err("cuBLAS GemmEx"))
+}

@@ -29,11 +29,14 @@ pub enum Kernel {
     Norm,
     /// Seeded random fills for tests and benchmarks (`kernels/fill.cu`).
     Fill,
+    /// The model's glue ops on f32 activations: embedding, norms, RoPE, paged attention, row and
+    /// column copies, naive grouped SwiGLU, combine, argmax (`kernels/ops.cu`).
+    Ops,
 }
 
 impl Kernel {
     /// Every kernel module.
-    pub const ALL: [Kernel; 6] = [Kernel::Route, Kernel::Permute, Kernel::GroupedGemm, Kernel::Combine, Kernel::Norm, Kernel::Fill];
+    pub const ALL: [Kernel; 7] = [Kernel::Route, Kernel::Permute, Kernel::GroupedGemm, Kernel::Combine, Kernel::Norm, Kernel::Fill, Kernel::Ops];
 
     /// The file stem under `kernels/`.
     pub fn name(self) -> &'static str {
@@ -44,6 +47,7 @@ impl Kernel {
             Kernel::Combine => "combine",
             Kernel::Norm => "norm",
             Kernel::Fill => "fill",
+            Kernel::Ops => "ops",
         }
     }
 
@@ -56,6 +60,7 @@ impl Kernel {
             Kernel::Combine => include_str!("../../../kernels/combine.cu"),
             Kernel::Norm => include_str!("../../../kernels/norm.cu"),
             Kernel::Fill => include_str!("../../../kernels/fill.cu"),
+            Kernel::Ops => include_str!("../../../kernels/ops.cu"),
         }
     }
 }

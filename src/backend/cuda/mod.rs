@@ -12,6 +12,8 @@ pub mod compile;
 pub mod device;
 pub mod moe;
 pub mod norm;
+pub mod ops;
+pub mod storage;
 
 pub use device::{CudaDevice, DeviceBuffer, Kernel};
 pub use moe::{GemmPath, MoeLayer, MoeShape, MoeWorkspace, RouterParams};

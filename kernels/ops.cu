@@ -1,0 +1,281 @@
+// The model's glue ops on f32 activations (weights bf16 or f32): casts, bias, embedding, RMSNorm,
+// RoPE (cos/sin computed on the host exactly as the CPU reference does), row and column copies,
+// paged attention (GQA and MLA's absorbed MQA form), a naive grouped SwiGLU and the combine.
+// Simple and correct first: one thread, warp or block per output element or row.
+#include <cuda_bf16.h>
+
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+
+__device__ __forceinline__ float ld(const float* p, long i) { return p[i]; }
+__device__ __forceinline__ float ld(const __nv_bfloat16* p, long i) { return __bfloat162float(p[i]); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum (or max) over a block of up to 1024 threads; every thread gets the result.
+__device__ float block_reduce(float v, bool is_max) {
+    __shared__ float scratch[32];
+    __shared__ float result;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+    v = is_max ? warp_max(v) : warp_sum(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        float r = lane < warps ? scratch[lane] : (is_max ? -INFINITY : 0.0f);
+        r = is_max ? warp_max(r) : warp_sum(r);
+        if (lane == 0) result = r;
+    }
+    __syncthreads();
+    return result;
+}
+
+extern "C" __global__ void cast_f32_bf16(const float* __restrict__ x, __nv_bfloat16* __restrict__ y, long n) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+        y[i] = __float2bfloat16(x[i]);
+}
+
+extern "C" __global__ void cast_bf16_f32(const __nv_bfloat16* __restrict__ x, float* __restrict__ y, long n) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+        y[i] = __bfloat162float(x[i]);
+}
+
+// y[r, c] += b[c]
+extern "C" __global__ void add_bias(float* __restrict__ y, const float* __restrict__ b, long rows, int cols) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < rows * cols; i += (long)gridDim.x * blockDim.x)
+        y[i] += b[i % cols];
+}
+
+// x[i] += y[i]
+extern "C" __global__ void add_in_place(float* __restrict__ x, const float* __restrict__ y, long n) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+        x[i] += y[i];
+}
+
+// out[t, :] = table[ids[t], :]; one block per token.
+template <typename T>
+__device__ void embedding_impl(const T* table, const int* ids, float* out, int hidden) {
+    long src = (long)ids[blockIdx.x] * hidden, dst = (long)blockIdx.x * hidden;
+    for (int c = threadIdx.x; c < hidden; c += blockDim.x) out[dst + c] = ld(table, src + c);
+}
+extern "C" __global__ void embedding_bf16(const __nv_bfloat16* table, const int* ids, float* out, int hidden) {
+    embedding_impl(table, ids, out, hidden);
+}
+extern "C" __global__ void embedding_f32(const float* table, const int* ids, float* out, int hidden) {
+    embedding_impl(table, ids, out, hidden);
+}
+
+// y = x / sqrt(mean(x^2) + eps) * w over rows of `cols` (one block per row; y may alias x).
+// With `delta`, first res += delta (stored), then the norm of res.
+extern "C" __global__ void rms_norm_f32(float* res, const float* delta, const float* __restrict__ w, float* y, int cols, float eps) {
+    long base = (long)blockIdx.x * cols;
+    float ss = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = res[base + c];
+        if (delta) {
+            v += delta[base + c];
+            res[base + c] = v;
+        }
+        ss += v * v;
+    }
+    ss = block_reduce(ss, false);
+    float inv = 1.0f / sqrtf(ss / cols + eps);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) y[base + c] = res[base + c] * inv * w[c];
+}
+
+// RoPE in place: row t of x holds chunks of 2*half values; cs holds per row [cos(half), sin(half)]
+// (attention factor already applied). interleaved: pairs (2i, 2i+1), else (i, i+half).
+extern "C" __global__ void rope_f32(float* x, const float* __restrict__ cs, int cols, int half, int interleaved) {
+    long row = blockIdx.x;
+    const float* c = cs + row * 2 * half;
+    int chunks = cols / (2 * half);
+    for (int k = threadIdx.x; k < chunks * half; k += blockDim.x) {
+        int ch = k / half, i = k % half;
+        int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
+        float* p = x + row * cols + ch * 2 * half;
+        float x1 = p[a], x2 = p[b];
+        p[a] = x1 * c[i] - x2 * c[half + i];
+        p[b] = x2 * c[i] + x1 * c[half + i];
+    }
+}
+
+// dst[rows[i] * dst_w + dst_off + c] = src[srow(i) * src_w + src_off + c] for c < len, where
+// srow(i) = src_rows ? src_rows[i] / div : i. Covers gathers, scatters (cache writes) and column
+// slices/concats. One block per row i.
+extern "C" __global__ void copy_rows(const float* __restrict__ src, int src_w, int src_off, const int* src_rows, int div,
+                                     float* __restrict__ dst, int dst_w, int dst_off, const int* dst_rows, int len) {
+    long i = blockIdx.x;
+    long s = src_rows ? (long)(src_rows[i] / div) : i;
+    long d = dst_rows ? (long)dst_rows[i] : i;
+    for (int c = threadIdx.x; c < len; c += blockDim.x) dst[d * dst_w + dst_off + c] = src[s * src_w + src_off + c];
+}
+
+// Causal paged attention. One block per (query token, head). Keys of a query at position pos in
+// sequence seq: positions first..pos, slot(p) = table[seq][p / block_size] * block_size + p % block_size.
+// Online softmax over chunks of CH positions; each thread owns output dims tid, tid + blockDim, ...
+#define ATT_CH 256
+#define ATT_MAX_DIMS 8
+extern "C" __global__ void paged_attention_f32(
+    const float* __restrict__ q, const float* __restrict__ kc, const float* __restrict__ vc, float* __restrict__ out,
+    const int* __restrict__ q_seq, const int* __restrict__ q_pos, const int* __restrict__ table_off, const int* __restrict__ tables,
+    int n_heads, int group, int qk_dim, int v_dim, int k_width, int v_width, int block_size, float scale, int window) {
+    extern __shared__ float smem[];
+    float* qs = smem;              // qk_dim
+    float* ps = smem + qk_dim;     // ATT_CH
+    int t = blockIdx.x / n_heads, head = blockIdx.x % n_heads, kv = head / group;
+    int seq = q_seq[t], pos = q_pos[t];
+    const int* table = tables + table_off[seq];
+    int first = window > 0 ? max(0, pos + 1 - window) : 0;
+    for (int c = threadIdx.x; c < qk_dim; c += blockDim.x) qs[c] = q[((long)t * n_heads + head) * qk_dim + c];
+    __syncthreads();
+    float m = -INFINITY, l = 0.0f, acc[ATT_MAX_DIMS];
+    for (int j = 0; j < ATT_MAX_DIMS; j++) acc[j] = 0.0f;
+    for (int start = first; start <= pos; start += ATT_CH) {
+        int n = min(ATT_CH, pos + 1 - start);
+        float local_max = -INFINITY;
+        for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            int p = start + i;
+            long slot = (long)table[p / block_size] * block_size + p % block_size;
+            const float* k = kc + slot * k_width + (long)kv * qk_dim;
+            float s = 0.0f;
+            for (int c = 0; c < qk_dim; c++) s += qs[c] * k[c];
+            s *= scale;
+            ps[i] = s;
+            local_max = fmaxf(local_max, s);
+        }
+        float new_m = fmaxf(m, block_reduce(local_max, true));
+        float correction = expf(m - new_m);  // 0 on the first chunk (m = -inf)
+        float local_sum = 0.0f;
+        for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            float e = expf(ps[i] - new_m);
+            ps[i] = e;
+            local_sum += e;
+        }
+        l = l * correction + block_reduce(local_sum, false);  // the reduction's barrier publishes ps
+        m = new_m;
+        for (int j = 0; j < ATT_MAX_DIMS; j++) {
+            int d = threadIdx.x + j * blockDim.x;
+            if (d >= v_dim) break;
+            float a = acc[j] * correction;
+            for (int i = 0; i < n; i++) {
+                int p = start + i;
+                long slot = (long)table[p / block_size] * block_size + p % block_size;
+                a += ps[i] * vc[slot * v_width + (long)kv * v_dim + d];
+            }
+            acc[j] = a;
+        }
+        __syncthreads();
+    }
+    for (int j = 0; j < ATT_MAX_DIMS; j++) {
+        int d = threadIdx.x + j * blockDim.x;
+        if (d >= v_dim) break;
+        out[((long)t * n_heads + head) * v_dim + d] = acc[j] / l;
+    }
+}
+
+// Naive grouped SwiGLU, one warp per output element.
+// act[r, i] = silu(x_r . gu[e, i] + b[e, i]) * (x_r . gu[e, inter + i] + b[e, inter + i]), e = expert[r].
+template <typename W>
+__device__ void gate_up_impl(const float* x, const W* gu, const float* bias, const int* expert, float* act, int rows, int hidden, int inter) {
+    long warp = (blockIdx.x * (long)blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (warp >= (long)rows * inter) return;
+    int r = warp / inter, i = warp % inter, e = expert[r];
+    const float* xr = x + (long)r * hidden;
+    const W* g = gu + ((long)e * 2 * inter + i) * hidden;
+    const W* u = gu + ((long)e * 2 * inter + inter + i) * hidden;
+    float sg = 0.0f, su = 0.0f;
+    for (int c = lane; c < hidden; c += 32) {
+        sg += xr[c] * ld(g, c);
+        su += xr[c] * ld(u, c);
+    }
+    sg = warp_sum(sg);
+    su = warp_sum(su);
+    if (lane == 0) {
+        if (bias) {
+            sg += bias[(long)e * 2 * inter + i];
+            su += bias[(long)e * 2 * inter + inter + i];
+        }
+        act[(long)r * inter + i] = sg / (1.0f + expf(-sg)) * su;
+    }
+}
+extern "C" __global__ void grouped_gate_up_bf16(const float* x, const __nv_bfloat16* gu, const float* bias, const int* expert, float* act, int rows, int hidden, int inter) {
+    gate_up_impl(x, gu, bias, expert, act, rows, hidden, inter);
+}
+extern "C" __global__ void grouped_gate_up_f32(const float* x, const float* gu, const float* bias, const int* expert, float* act, int rows, int hidden, int inter) {
+    gate_up_impl(x, gu, bias, expert, act, rows, hidden, inter);
+}
+
+// y[r, j] = act_r . down[e, j] + b[e, j]
+template <typename W>
+__device__ void down_impl(const float* act, const W* dn, const float* bias, const int* expert, float* y, int rows, int hidden, int inter) {
+    long warp = (blockIdx.x * (long)blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (warp >= (long)rows * hidden) return;
+    int r = warp / hidden, j = warp % hidden, e = expert[r];
+    const float* a = act + (long)r * inter;
+    const W* w = dn + ((long)e * hidden + j) * inter;
+    float s = 0.0f;
+    for (int c = lane; c < inter; c += 32) s += a[c] * ld(w, c);
+    s = warp_sum(s);
+    if (lane == 0) y[(long)r * hidden + j] = s + (bias ? bias[(long)e * hidden + j] : 0.0f);
+}
+extern "C" __global__ void grouped_down_bf16(const float* act, const __nv_bfloat16* dn, const float* bias, const int* expert, float* y, int rows, int hidden, int inter) {
+    down_impl(act, dn, bias, expert, y, rows, hidden, inter);
+}
+extern "C" __global__ void grouped_down_f32(const float* act, const float* dn, const float* bias, const int* expert, float* y, int rows, int hidden, int inter) {
+    down_impl(act, dn, bias, expert, y, rows, hidden, inter);
+}
+
+// out[t, :] = sum_j w[t*k + j] * y[row_of_pair[t*k + j], :], summed in j order. One block per token.
+extern "C" __global__ void combine_f32(const float* __restrict__ y, const int* __restrict__ row_of_pair, const float* __restrict__ w,
+                                       float* __restrict__ out, int hidden, int top_k) {
+    long t = blockIdx.x;
+    for (int c = threadIdx.x; c < hidden; c += blockDim.x) {
+        float s = 0.0f;
+        for (int j = 0; j < top_k; j++) {
+            long pair = t * top_k + j;
+            s += w[pair] * y[(long)row_of_pair[pair] * hidden + c];
+        }
+        out[t * hidden + c] = s;
+    }
+}
+
+// s[t, :] *= sigmoid(gate[t]). One block per row.
+extern "C" __global__ void sigmoid_scale_rows(float* s, const float* __restrict__ gate, int cols) {
+    float g = 1.0f / (1.0f + expf(-gate[blockIdx.x]));
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) s[(long)blockIdx.x * cols + c] *= g;
+}
+
+// Index of the largest value of each row (the first on ties). One block per row.
+extern "C" __global__ void argmax_rows(const float* __restrict__ x, int* __restrict__ out, int cols) {
+    __shared__ float bv[1024];
+    __shared__ int bi[1024];
+    const float* row = x + (long)blockIdx.x * cols;
+    float best = -INFINITY;
+    int idx = 0x7fffffff;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = row[c];
+        if (v > best || (v == best && c < idx)) { best = v; idx = c; }
+    }
+    bv[threadIdx.x] = best;
+    bi[threadIdx.x] = idx;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            float v = bv[threadIdx.x + s];
+            int i = bi[threadIdx.x + s];
+            if (v > bv[threadIdx.x] || (v == bv[threadIdx.x] && i < bi[threadIdx.x])) { bv[threadIdx.x] = v; bi[threadIdx.x] = i; }
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[blockIdx.x] = bi[0] == 0x7fffffff ? 0 : bi[0];
+}

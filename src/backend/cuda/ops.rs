@@ -1,0 +1,459 @@
+//! The CUDA versions of [`crate::ops`]: each takes and returns [`Tensor`]s whose storage is on one
+//! GPU, queues its kernel (kernels/ops.cu) or cuBLAS call on the device's stream and returns
+//! without waiting. Activations are f32; weight matrices are bf16 and go through cuBLAS with f32
+//! accumulation (the input rows are rounded to bf16 for the product).
+
+use std::sync::Arc;
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use half::bf16;
+
+use super::storage::{alloc, CudaHandle, CudaStorage, DevBuf};
+use super::{dev_err, CudaDevice, Kernel};
+use crate::backend::cpu::attention::{Heads, QueryPos};
+use crate::backend::cpu::rope::Rotary;
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Shape, Storage, Tensor};
+
+/// Launches `kernels/ops.cu`'s `$name` over `$grid` blocks of `$block` threads; the arguments are
+/// bound to locals first so they outlive the launch.
+macro_rules! launch {
+    ($dev:expr, $name:literal, $grid:expr, $block:expr, $smem:expr; $($a:ident = $v:expr),* $(,)?) => {{
+        $(let $a = $v;)*
+        let f = $dev.function(Kernel::Ops, $name)?;
+        let mut b = $dev.stream().launch_builder(&f);
+        $(b.arg(&$a);)*
+        let cfg = LaunchConfig { grid_dim: (($grid) as u32, 1, 1), block_dim: (($block) as u32, 1, 1), shared_mem_bytes: ($smem) as u32 };
+        // SAFETY: every pointer argument is a live buffer of this device whose length the caller
+        // checked against the sizes passed beside it; the kernel touches nothing beyond them.
+        unsafe { b.launch(cfg) }.map_err(dev_err(concat!("launching ", $name)))?;
+    }};
+}
+
+fn gpu(t: &Tensor) -> Result<&CudaStorage> {
+    match t.storage() {
+        Storage::Cuda(s) => Ok(s),
+        Storage::Cpu(_) => Err(Error::Device(format!("a CPU tensor {} met GPU tensors in one op", t.shape()))),
+    }
+}
+
+fn gpu_mut(t: &mut Tensor) -> Result<&mut CudaStorage> {
+    match t.storage_mut() {
+        Storage::Cuda(s) => {
+            s.make_unique()?;
+            Ok(s)
+        }
+        Storage::Cpu(_) => Err(Error::Device("a CPU tensor met GPU tensors in one op".into())),
+    }
+}
+
+fn f32_ptr(t: &Tensor) -> Result<u64> {
+    let s = gpu(t)?;
+    if s.is_bf16() {
+        return Err(Error::Device(format!("an f32 activation was expected, got a bf16 tensor {}", t.shape())));
+    }
+    Ok(s.ptr())
+}
+
+fn rows_of(x: &Tensor) -> (usize, usize) {
+    let d = x.dims();
+    let cols = *d.last().unwrap_or(&0);
+    (if cols == 0 { 0 } else { x.numel() / cols }, cols)
+}
+
+fn wrap(dev: &CudaHandle, shape: impl Into<Shape>, dtype: DType, buf: DevBuf) -> Tensor {
+    Tensor::from_storage(shape, dtype, Storage::Cuda(CudaStorage { dev: dev.clone(), buf: Arc::new(buf) }))
+}
+
+/// A new f32 tensor of `shape` on `dev`, uninitialised (NaN under poisoning).
+fn empty(dev: &CudaHandle, shape: impl Into<Shape>) -> Result<Tensor> {
+    let shape = shape.into();
+    let buf = alloc::<f32>(dev, shape.numel())?;
+    Ok(wrap(dev, shape, DType::F32, DevBuf::F32(buf)))
+}
+
+fn upload_i32(dev: &CudaDevice, v: &[i32]) -> Result<cudarc::driver::CudaSlice<i32>> {
+    if v.is_empty() {
+        return alloc::<i32>(dev, 1);
+    }
+    dev.upload(v)
+}
+
+fn raw<T>(dev: &CudaDevice, s: &cudarc::driver::CudaSlice<T>) -> u64 {
+    cudarc::driver::DevicePtr::device_ptr(s, dev.stream()).0
+}
+
+const THREADS: usize = 256;
+
+fn grid_for(n: usize) -> usize {
+    n.div_ceil(THREADS).clamp(1, 65_535)
+}
+
+/// `host` (a CPU tensor) on `dev`: bf16 when `as_bf16`, else f32.
+pub fn upload(host: &Tensor, dev: &CudaHandle, as_bf16: bool) -> Result<Tensor> {
+    let v = host.as_slice();
+    let buf = if as_bf16 {
+        let b: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
+        DevBuf::Bf16(if b.is_empty() { alloc(dev, 1)? } else { dev.upload(&b)? })
+    } else {
+        DevBuf::F32(if v.is_empty() { alloc(dev, 1)? } else { dev.upload(v)? })
+    };
+    Ok(wrap(dev, host.shape().clone(), host.dtype(), buf))
+}
+
+/// Zeros of `shape`, f32.
+pub fn zeros(dev: &CudaHandle, shape: Shape) -> Result<Tensor> {
+    let buf = dev.zeros::<f32>(shape.numel().max(1))?;
+    Ok(wrap(dev, shape, DType::F32, DevBuf::F32(buf)))
+}
+
+/// `x · wᵀ (+ b)` over the last dim of `x`: cuBLAS bf16 × bf16 with f32 accumulation and output
+/// for a bf16 weight; all in f32 for an f32 weight (the routers, as transformers computes them).
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let dev = gpu(x)?.device().clone();
+    let (m, k) = rows_of(x);
+    let (n, wk) = (w.dims()[0], w.dims()[1]);
+    if k != wk || b.is_some_and(|b| b.numel() != n) {
+        return Err(Error::Shape(format!("linear: input {} against weight {}", x.shape(), w.shape())));
+    }
+    let mut out_dims = x.dims().to_vec();
+    *out_dims.last_mut().expect("x has a last dim") = n;
+    let out = empty(&dev, out_dims)?;
+    if m == 0 {
+        return Ok(out);
+    }
+    if !gpu(w)?.is_bf16() {
+        use cudarc::cublas::sys::cudaDataType;
+        super::blas::linear_raw_typed(&dev, f32_ptr(x)?, gpu(w)?.ptr(), gpu(&out)?.ptr(), m, k, n, cudaDataType::CUDA_R_32F)?;
+        if let Some(b) = b {
+            let (yp, bp, rows, cols) = (gpu(&out)?.ptr(), f32_ptr(b)?, m as i64, n as i32);
+            launch!(dev, "add_bias", grid_for(m * n), THREADS, 0; a = yp, b2 = bp, c = rows, d = cols);
+        }
+        return Ok(out);
+    }
+    // Inputs rounded to bf16 for the tensor cores.
+    let xb = alloc::<bf16>(&dev, m * k)?;
+    let (xp, xbp, nel) = (f32_ptr(x)?, raw(&dev, &xb), (m * k) as i64);
+    launch!(dev, "cast_f32_bf16", grid_for(m * k), THREADS, 0; a = xp, b2 = xbp, c = nel);
+    let ws = gpu(w)?;
+    let wb_owned;
+    let wbp = if ws.is_bf16() {
+        ws.ptr()
+    } else {
+        wb_owned = alloc::<bf16>(&dev, n * k)?;
+        let (src, dst, nw) = (ws.ptr(), raw(&dev, &wb_owned), (n * k) as i64);
+        launch!(dev, "cast_f32_bf16", grid_for(n * k), THREADS, 0; a = src, b2 = dst, c = nw);
+        raw(&dev, &wb_owned)
+    };
+    super::blas::linear_raw(&dev, xbp, wbp, gpu(&out)?.ptr(), m, k, n)?;
+    if let Some(b) = b {
+        let (yp, bp, rows, cols) = (gpu(&out)?.ptr(), f32_ptr(b)?, m as i64, n as i32);
+        launch!(dev, "add_bias", grid_for(m * n), THREADS, 0; a = yp, b2 = bp, c = rows, d = cols);
+    }
+    drop(xb);
+    Ok(out)
+}
+
+/// Rows of the embedding table (bf16 or f32) for `ids`.
+pub fn embedding(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
+    let ts = gpu(table)?;
+    let dev = ts.device().clone();
+    let (vocab, hidden) = (table.dims()[0], table.dims()[1]);
+    if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+        return Err(Error::Input(format!("token id {bad} is outside the vocabulary (size {vocab})")));
+    }
+    let out = empty(&dev, [ids.len(), hidden])?;
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let idv: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+    let idb = upload_i32(&dev, &idv)?;
+    let (tp, ip, op, h) = (ts.ptr(), raw(&dev, &idb), gpu(&out)?.ptr(), hidden as i32);
+    if ts.is_bf16() {
+        launch!(dev, "embedding_bf16", ids.len(), THREADS, 0; a = tp, b = ip, c = op, d = h);
+    } else {
+        launch!(dev, "embedding_f32", ids.len(), THREADS, 0; a = tp, b = ip, c = op, d = h);
+    }
+    drop(idb);
+    Ok(out)
+}
+
+fn norm_launch(dev: &CudaHandle, res: u64, delta: u64, w: &Tensor, y: u64, rows: usize, eps: f32) -> Result<()> {
+    let (wp, cols) = (f32_ptr(w)?, w.numel() as i32);
+    if rows == 0 {
+        return Ok(());
+    }
+    launch!(dev, "rms_norm_f32", rows, THREADS, 0; a = res, b = delta, c = wp, d = y, e = cols, g = eps);
+    Ok(())
+}
+
+/// RMSNorm of every `w.numel()`-wide row.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    let dev = gpu(x)?.device().clone();
+    let out = empty(&dev, x.dims().to_vec())?;
+    let rows = x.numel() / w.numel().max(1);
+    norm_launch(&dev, f32_ptr(x)?, 0, w, gpu(&out)?.ptr(), rows, eps)?;
+    Ok(out)
+}
+
+/// `residual += delta`, then RMSNorm(residual).
+pub fn add_rms_norm(residual: &mut Tensor, delta: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    if residual.numel() != delta.numel() {
+        return Err(Error::Shape(format!("add_rms_norm: residual {} and delta {}", residual.shape(), delta.shape())));
+    }
+    let dp = f32_ptr(delta)?;
+    let dev = gpu(residual)?.device().clone();
+    let out = empty(&dev, residual.dims().to_vec())?;
+    let rows = residual.numel() / w.numel().max(1);
+    let rp = gpu_mut(residual)?.ptr();
+    norm_launch(&dev, rp, dp, w, gpu(&out)?.ptr(), rows, eps)?;
+    Ok(out)
+}
+
+/// RMSNorm in place over `w.numel()`-wide chunks.
+pub fn rms_norm_chunks(x: &mut Tensor, w: &Tensor, eps: f32) -> Result<()> {
+    let rows = x.numel() / w.numel().max(1);
+    let s = gpu_mut(x)?;
+    let (dev, p) = (s.device().clone(), s.ptr());
+    norm_launch(&dev, p, 0, w, p, rows, eps)
+}
+
+/// `x += y`.
+pub fn add_in_place(x: &mut Tensor, y: &Tensor) -> Result<()> {
+    if x.numel() != y.numel() {
+        return Err(Error::Shape(format!("add: {} and {}", x.shape(), y.shape())));
+    }
+    let yp = f32_ptr(y)?;
+    let n = x.numel();
+    let s = gpu_mut(x)?;
+    let (dev, xp) = (s.device().clone(), s.ptr());
+    if n > 0 {
+        let nn = n as i64;
+        launch!(dev, "add_in_place", grid_for(n), THREADS, 0; a = xp, b = yp, c = nn);
+    }
+    Ok(())
+}
+
+/// RoPE on every row of `x` at that row's position; cos and sin are computed on the host exactly
+/// as the CPU reference computes them.
+pub fn rope(x: &mut Tensor, rotary: &Rotary, positions: &[usize]) -> Result<()> {
+    let (rows, cols) = rows_of(x);
+    let half = rotary.dim() / 2;
+    if rows != positions.len() || half == 0 || cols % (2 * half) != 0 {
+        return Err(Error::Shape(format!("rope over {} with {} positions and dim {}", x.shape(), positions.len(), rotary.dim())));
+    }
+    let cs: Vec<f32> = positions.iter().flat_map(|&p| rotary.cos_sin(p)).collect();
+    let s = gpu_mut(x)?;
+    let (dev, xp) = (s.device().clone(), s.ptr());
+    if rows == 0 {
+        return Ok(());
+    }
+    let csb = dev.upload(&cs)?;
+    let (cp, c, h, il) = (raw(&dev, &csb), cols as i32, half as i32, rotary.interleaved() as i32);
+    launch!(dev, "rope_f32", rows, 128, 0; a = xp, b = cp, cc = c, d = h, e = il);
+    drop(csb);
+    Ok(())
+}
+
+/// `dst[dst_rows[i]][dst_off..][..len] = src[src_rows[i] / div][src_off..][..len]` for `n` rows
+/// (an absent index list means row i).
+#[allow(clippy::too_many_arguments)]
+fn copy_rows(src: &Tensor, src_w: usize, src_off: usize, src_rows: Option<&[i32]>, div: usize, dst: u64, dst_w: usize, dst_off: usize, dst_rows: Option<&[i32]>, len: usize, n: usize) -> Result<()> {
+    let dev = gpu(src)?.device().clone();
+    if n == 0 || len == 0 {
+        return Ok(());
+    }
+    let sr = src_rows.map(|r| upload_i32(&dev, r)).transpose()?;
+    let dr = dst_rows.map(|r| upload_i32(&dev, r)).transpose()?;
+    let srp = sr.as_ref().map_or(0, |b| raw(&dev, b));
+    let drp = dr.as_ref().map_or(0, |b| raw(&dev, b));
+    let sp = f32_ptr(src)?;
+    let (sw, so, dv, dw, dof, l) = (src_w as i32, src_off as i32, div.max(1) as i32, dst_w as i32, dst_off as i32, len as i32);
+    launch!(dev, "copy_rows", n, 128, 0; a = sp, b = sw, c = so, d = srp, e = dv, f2 = dst, g = dw, h = dof, i = drp, j = l);
+    drop((sr, dr));
+    Ok(())
+}
+
+/// Rows of `x` in `order`, pair p reading row p / top_k.
+pub fn gather_rows(x: &Tensor, order: &[u32], top_k: usize) -> Result<Tensor> {
+    let (rows, h) = rows_of(x);
+    if let Some(&bad) = order.iter().find(|&&p| p as usize / top_k.max(1) >= rows) {
+        return Err(Error::Shape(format!("gather_rows: pair {bad} of {rows} rows x {top_k}")));
+    }
+    let dev = gpu(x)?.device().clone();
+    let out = empty(&dev, [order.len(), h])?;
+    let idx: Vec<i32> = order.iter().map(|&p| p as i32).collect();
+    copy_rows(x, h, 0, Some(&idx), top_k, gpu(&out)?.ptr(), h, 0, None, h, order.len())?;
+    Ok(out)
+}
+
+/// Columns `start..start + len` of the rows of `x`.
+pub fn narrow_cols(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+    let (rows, cols) = rows_of(x);
+    if start + len > cols {
+        return Err(Error::Shape(format!("columns {start}..{} of {}", start + len, x.shape())));
+    }
+    let dev = gpu(x)?.device().clone();
+    let out = empty(&dev, [rows, len])?;
+    copy_rows(x, cols, start, None, 1, gpu(&out)?.ptr(), len, 0, None, len, rows)?;
+    Ok(out)
+}
+
+/// The rows of `parts` side by side.
+pub fn concat_cols(parts: &[&Tensor]) -> Result<Tensor> {
+    let dev = gpu(parts[0])?.device().clone();
+    let rows = rows_of(parts[0]).0;
+    let width: usize = parts.iter().map(|p| rows_of(p).1).sum();
+    let out = empty(&dev, [rows, width])?;
+    let op = gpu(&out)?.ptr();
+    let mut off = 0;
+    for p in parts {
+        let (r, c) = rows_of(p);
+        if r != rows {
+            return Err(Error::Shape(format!("concat_cols: {} rows against {rows}", r)));
+        }
+        copy_rows(p, c, 0, None, 1, op, width, off, None, c, rows)?;
+        off += c;
+    }
+    Ok(out)
+}
+
+/// Writes row i of `src` into row `slots[i]` of `dst` (rows of `dst_w`), at column `col`.
+pub fn scatter_rows(dst: &mut Tensor, dst_w: usize, col: usize, slots: &[usize], src: &Tensor) -> Result<()> {
+    let (rows, w) = rows_of(src);
+    let total = dst.numel() / dst_w.max(1);
+    if rows != slots.len() || col + w > dst_w || slots.iter().any(|&s| s >= total) {
+        return Err(Error::Shape(format!("scatter_rows: {} into rows of {dst_w} at column {col}", src.shape())));
+    }
+    let idx: Vec<i32> = slots.iter().map(|&s| s as i32).collect();
+    let dp = gpu_mut(dst)?.ptr();
+    copy_rows(src, w, 0, None, 1, dp, dst_w, col, Some(&idx), w, rows)
+}
+
+/// Causal paged attention over GPU caches of `k_width`/`v_width`-wide rows.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention(q: &Tensor, queries: &[QueryPos], tables: &[&[u32]], keys: &Tensor, k_width: usize, values: &Tensor, v_width: usize, block_size: usize, h: Heads) -> Result<Tensor> {
+    let dev = gpu(q)?.device().clone();
+    let out = empty(&dev, [queries.len(), h.n_heads * h.v_dim])?;
+    if queries.is_empty() {
+        return Ok(out);
+    }
+    const THREADS_ATT: usize = 128;
+    if h.v_dim > 8 * THREADS_ATT || h.n_kv_heads == 0 || h.n_heads % h.n_kv_heads != 0 {
+        return Err(Error::Shape(format!("paged attention: {h:?} is not supported on the GPU")));
+    }
+    let mut offs = Vec::with_capacity(tables.len());
+    let mut flat: Vec<i32> = Vec::new();
+    for t in tables {
+        offs.push(flat.len() as i32);
+        flat.extend(t.iter().map(|&b| b as i32));
+    }
+    for qp in queries {
+        if qp.seq >= tables.len() || qp.pos / block_size >= tables[qp.seq].len() {
+            return Err(Error::Shape(format!("paged attention: position {} of sequence {} has no block", qp.pos, qp.seq)));
+        }
+    }
+    let seqs: Vec<i32> = queries.iter().map(|q| q.seq as i32).collect();
+    let poss: Vec<i32> = queries.iter().map(|q| q.pos as i32).collect();
+    let (sb, pb, ob, tb) = (upload_i32(&dev, &seqs)?, upload_i32(&dev, &poss)?, upload_i32(&dev, &offs)?, upload_i32(&dev, &flat)?);
+    let smem = (h.qk_dim + 256) * 4;
+    let (qp, kp, vp, outp) = (f32_ptr(q)?, f32_ptr(keys)?, f32_ptr(values)?, gpu(&out)?.ptr());
+    let (sp, pp, op, tp) = (raw(&dev, &sb), raw(&dev, &pb), raw(&dev, &ob), raw(&dev, &tb));
+    let window = h.window.map_or(0, |w| w as i32);
+    launch!(dev, "paged_attention_f32", queries.len() * h.n_heads, THREADS_ATT, smem;
+        a = qp, b = kp, c = vp, d = outp, e = sp, f2 = pp, g = op, i = tp,
+        nh = h.n_heads as i32, grp = (h.n_heads / h.n_kv_heads) as i32, qk = h.qk_dim as i32, vd = h.v_dim as i32,
+        kw = k_width as i32, vw = v_width as i32, bs = block_size as i32, sc = h.scale, win = window);
+    drop((sb, pb, ob, tb));
+    Ok(out)
+}
+
+/// Grouped SwiGLU: rows `offsets[e]..offsets[e+1]` of `x` through expert e (naive kernels, one
+/// warp per output).
+pub fn grouped_swiglu(x: &Tensor, offsets: &[usize], gate_up: &Tensor, down: &Tensor, biases: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
+    let (rows, hidden) = rows_of(x);
+    let inter = down.dims()[2];
+    let n_exp = down.dims()[0];
+    if offsets.len() != n_exp + 1 || offsets[n_exp] != rows || gate_up.dims() != [n_exp, 2 * inter, hidden] {
+        return Err(Error::Shape(format!("grouped_swiglu: x {} offsets {offsets:?} gate_up {} down {}", x.shape(), gate_up.shape(), down.shape())));
+    }
+    let dev = gpu(x)?.device().clone();
+    let y = empty(&dev, [rows, hidden])?;
+    if rows == 0 {
+        return Ok(y);
+    }
+    let expert: Vec<i32> = (0..n_exp).flat_map(|e| std::iter::repeat_n(e as i32, offsets[e + 1] - offsets[e])).collect();
+    let eb = upload_i32(&dev, &expert)?;
+    let act = empty(&dev, [rows, inter])?;
+    let (xp, gs, ds) = (f32_ptr(x)?, gpu(gate_up)?, gpu(down)?);
+    let (gp, dp, ep, ap, yp) = (gs.ptr(), ds.ptr(), raw(&dev, &eb), gpu(&act)?.ptr(), gpu(&y)?.ptr());
+    let (gbp, dbp) = match biases {
+        Some((gb, db)) => (f32_ptr(gb)?, f32_ptr(db)?),
+        None => (0, 0),
+    };
+    let (r, hd, it) = (rows as i32, hidden as i32, inter as i32);
+    let warps_per_block = THREADS / 32;
+    let g1 = (rows * inter).div_ceil(warps_per_block);
+    if gs.is_bf16() {
+        launch!(dev, "grouped_gate_up_bf16", g1, THREADS, 0; a = xp, b = gp, c = gbp, d = ep, e = ap, f2 = r, g = hd, h = it);
+    } else {
+        launch!(dev, "grouped_gate_up_f32", g1, THREADS, 0; a = xp, b = gp, c = gbp, d = ep, e = ap, f2 = r, g = hd, h = it);
+    }
+    let g2 = (rows * hidden).div_ceil(warps_per_block);
+    if ds.is_bf16() {
+        launch!(dev, "grouped_down_bf16", g2, THREADS, 0; a = ap, b = dp, c = dbp, d = ep, e = yp, f2 = r, g = hd, h = it);
+    } else {
+        launch!(dev, "grouped_down_f32", g2, THREADS, 0; a = ap, b = dp, c = dbp, d = ep, e = yp, f2 = r, g = hd, h = it);
+    }
+    drop((eb, act));
+    Ok(y)
+}
+
+/// Unpermute and sum with the router weights, in j order per token.
+pub fn combine(y: &Tensor, order: &[u32], weights: &[f32], top_k: usize) -> Result<Tensor> {
+    let (_, h) = rows_of(y);
+    let n_tokens = weights.len() / top_k.max(1);
+    let dev = gpu(y)?.device().clone();
+    let out = empty(&dev, [n_tokens, h])?;
+    if n_tokens == 0 {
+        return Ok(out);
+    }
+    let mut row_of_pair = vec![0i32; order.len()];
+    for (row, &pair) in order.iter().enumerate() {
+        row_of_pair[pair as usize] = row as i32;
+    }
+    let (rb, wb) = (upload_i32(&dev, &row_of_pair)?, dev.upload(weights)?);
+    let (yp, rp, wp, op, hh, k) = (f32_ptr(y)?, raw(&dev, &rb), raw(&dev, &wb), gpu(&out)?.ptr(), h as i32, top_k as i32);
+    launch!(dev, "combine_f32", n_tokens, THREADS, 0; a = yp, b = rp, c = wp, d = op, e = hh, f2 = k);
+    drop((rb, wb));
+    Ok(out)
+}
+
+/// Row t of `s` times sigmoid(gate[t]).
+pub fn sigmoid_scale_rows(s: &mut Tensor, gate: &Tensor) -> Result<()> {
+    let (rows, cols) = rows_of(s);
+    if gate.numel() != rows {
+        return Err(Error::Shape(format!("sigmoid_scale_rows: {} rows, {} gates", rows, gate.numel())));
+    }
+    let gp = f32_ptr(gate)?;
+    let st = gpu_mut(s)?;
+    let (dev, sp) = (st.device().clone(), st.ptr());
+    if rows > 0 {
+        let c = cols as i32;
+        launch!(dev, "sigmoid_scale_rows", rows, THREADS, 0; a = sp, b = gp, cc = c);
+    }
+    Ok(())
+}
+
+/// The index of the largest value of every row (the first on ties); waits for the GPU.
+pub fn argmax_rows(x: &Tensor) -> Result<Vec<u32>> {
+    let (rows, cols) = rows_of(x);
+    let dev = gpu(x)?.device().clone();
+    if rows == 0 {
+        return Ok(Vec::new());
+    }
+    let out = alloc::<i32>(&dev, rows)?;
+    let (xp, op, c) = (f32_ptr(x)?, raw(&dev, &out), cols as i32);
+    launch!(dev, "argmax_rows", rows, 1024, 0; a = xp, b = op, cc = c);
+    Ok(dev.download(&out)?.into_iter().take(rows).map(|i| i as u32).collect())
+}

@@ -1,0 +1,61 @@
+//! Every golden fixture on `--device cuda`: logits within 2e-2 (relative L2) of transformers',
+//! greedy tokens equal up to the golden's first small-margin step, and greedy generation on the
+//! GPU equal to the CPU's over the same prefix. Skips, saying so, where there is no GPU (CI).
+//! Built only with `--features cuda`.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use common::*;
+use switchyard::backend::cpu::sample::SamplingParams;
+use switchyard::backend::Device;
+use switchyard::engine::{Engine, GenerateOptions};
+use switchyard::model::ModelSource;
+
+const ALL: &[&str] = &["llama_tied", "llama_bias_sharded", "mistral_window", "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "deepseek_v3_yarn"];
+
+fn engine(name: &str, device: &Device) -> Engine {
+    let mut model = ModelSource { dir: fixture_dir(name), random_weights: None }.load().unwrap_or_else(|e| panic!("{name}: {e}")).model;
+    model.to_device(device).unwrap_or_else(|e| panic!("{name}: {e}"));
+    Engine::new(model, 64, 4)
+}
+
+#[test]
+fn every_fixture_on_the_gpu() {
+    let device = match Device::cuda(0) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("skipped: no GPU here ({e})");
+            return;
+        }
+    };
+    let opts = GenerateOptions { max_tokens: 12, sampling: SamplingParams::default(), seed: 0, ignore_eos: true };
+    let mut failures = Vec::new();
+    for &name in ALL {
+        let g = golden(name);
+        let mut gpu = engine(name, &device);
+        let mut cpu = engine(name, &Device::Cpu);
+        let mut worst = 0.0f64;
+        for (prompt, want) in g.prompts.iter().zip(&g.logits) {
+            let got = gpu.score(prompt).unwrap();
+            let want: Vec<f32> = want.iter().flatten().copied().collect();
+            worst = worst.max(rel_l2(got.as_slice(), &want));
+        }
+        let mut tokens_ok = true;
+        for (prompt, want) in g.prompts.iter().zip(&g.greedy) {
+            let got = gpu.generate(prompt, &opts).unwrap();
+            let on_cpu = cpu.generate(prompt, &opts).unwrap();
+            let n = decisive_prefix(want);
+            if got.tokens[..n] != want.tokens[..n] || got.tokens[..n] != on_cpu.tokens[..n] {
+                tokens_ok = false;
+                eprintln!("{name}: prompt of {}: gpu {:?} cpu {:?} golden {:?} (first {n} must match)", prompt.len(), got.tokens, on_cpu.tokens, want.tokens);
+            }
+        }
+        let ok = worst <= 2e-2 && tokens_ok && gpu.used_blocks() == 0;
+        eprintln!("{name}: worst logits relative L2 {worst:.2e}; greedy tokens {}; {}", if tokens_ok { "match" } else { "DIFFER" }, if ok { "ok" } else { "FAIL" });
+        if !ok {
+            failures.push(name);
+        }
+    }
+    assert!(failures.is_empty(), "fixtures failing on the GPU: {failures:?}");
+}
