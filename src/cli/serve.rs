@@ -10,7 +10,8 @@ use switchyard::layout::{Layout, LayoutOverrides};
 use switchyard::model::ModelSource;
 use switchyard::parallel::{build_executor, ParallelPlan};
 use switchyard::tokenizer::Tokenizer;
-use switchyard::scheduler::Limits;
+use switchyard::replication::RoutingRecorder;
+use switchyard::scheduler::{Limits, StepObserver};
 use switchyard::server::{self, ServeOptions};
 
 /// The checkpoint `serve` runs when no `--model` is given (ships with the repo).
@@ -66,6 +67,10 @@ pub struct ServeArgs {
     /// Seconds a shutdown waits for running requests before failing them.
     #[arg(long, default_value_t = 30)]
     shutdown_grace_secs: u64,
+    /// Write every forward step's expert routing to FILE as JSON lines (the trace
+    /// `switchyard rebalance-sim --trace` replays).
+    #[arg(long, value_name = "FILE")]
+    record_routing: Option<PathBuf>,
     /// The parallel layout (in-process CPU ranks, one thread each).
     #[command(flatten)]
     layout: LayoutOverrides,
@@ -120,9 +125,24 @@ fn start(a: &ServeArgs) -> anyhow::Result<Option<std::sync::Arc<server::AppState
         }
     };
     let tokenizer = Tokenizer::from_dir(&dir)?;
-    let mut state = server::state_over(executor, tokenizer, &dir, &opts)?;
+    let observer = a.record_routing.as_deref().map(routing_recorder).transpose()?;
+    let mut state = server::state_observed(executor, tokenizer, &dir, &opts, observer)?;
     std::sync::Arc::get_mut(&mut state).expect("the state was just created").fault = fault;
     Ok(Some(state))
+}
+
+/// A step observer that appends each step's routing to `path`; a write error is reported
+/// once and stops the recording, not the server.
+fn routing_recorder(path: &std::path::Path) -> anyhow::Result<StepObserver> {
+    let mut recorder = Some(RoutingRecorder::create(path).with_context(|| format!("--record-routing {}", path.display()))?);
+    Ok(Box::new(move |out| {
+        if let Some(r) = recorder.as_mut() {
+            if let Err(e) = r.record(&out.expert_counts) {
+                eprintln!("--record-routing: {e}; recording stopped");
+                recorder = None;
+            }
+        }
+    }))
 }
 
 /// Runs `serve` until Ctrl-C / SIGTERM.

@@ -10,11 +10,12 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Server, check, eq, get_text, metric, metric_lines, parse_args, post_json, run_tests, tests_of, wait_idle  # noqa: E402
+from harness import Server, check, eq, get_json, get_text, metric, metric_lines, parse_args, post_json, run_tests, tests_of, wait_idle  # noqa: E402
 
 ARGS = parse_args(__doc__, lambda p: p.add_argument("--promtool", default=shutil.which("promtool") or "promtool"))
 SERVER = None
@@ -112,6 +113,30 @@ def test_rank_counters_on_an_expert_parallel_layout():
         eq(sum(moved.values()), experts, "rank (token, expert) pairs sum to the routed pairs")
         out = subprocess.run([ARGS.promtool, "check", "metrics"], input=after, capture_output=True, text=True, timeout=60)
         eq((out.returncode, out.stdout + out.stderr), (0, ""), "promtool check metrics on the EP layout")
+
+
+def test_record_routing_writes_the_steps_routing():
+    cfg = json.load(open(os.path.join(ARGS.model, "config.json")))
+    top_k = cfg["num_experts_per_tok"]
+    with tempfile.TemporaryDirectory(prefix="switchyard-trace-") as tmp:
+        trace = os.path.join(tmp, "routing.jsonl")
+        with Server(ARGS.bin, ARGS.model, "--record-routing", trace) as s:
+            prompt, new = [0, 45, 463, 329, 574], 6
+            post_json(s.v1 + "/completions", {"prompt": prompt, "max_tokens": new, "temperature": 0, "ignore_eos": True})
+            wait_idle(s.base)
+            counters = metric_lines(get_text(s.base + "/metrics"), "switchyard_expert_tokens_total")
+            moe_layers = get_json(s.base + "/api/expert-load")["load"]["layers"]
+        steps = [json.loads(line) for line in open(trace)]
+    eq([st["step"] for st in steps], list(range(new)), "one trace line per forward step")
+    eq([sum(layer) for layer in steps[0]["layers"]], [len(prompt) * top_k] * len(steps[0]["layers"]), "prefill step routes prompt x top_k per layer")
+    check(all(sum(layer) == top_k for st in steps[1:] for layer in st["layers"]), "each decode step routes top_k per layer")
+    # Trace lines list the MoE layers only; the counters are labelled with the model's layer index.
+    totals = {
+        f'{{layer="{layer}",expert="{e}"}}': float(sum(st["layers"][i][e] for st in steps))
+        for i, layer in enumerate(moe_layers)
+        for e in range(len(steps[0]["layers"][i]))
+    }
+    eq(totals, counters, "trace totals equal the expert counters")
 
 
 def main():
