@@ -2,6 +2,7 @@
 
 use crate::engine::Executor;
 use crate::model::StepOutput;
+use crate::replication::ReplicationStatus;
 use ::metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use std::sync::Mutex;
@@ -53,6 +54,9 @@ pub struct ServingMetrics {
     imbalance: Vec<Gauge>,
     alltoall_bytes: Counter,
     rebalances: Counter,
+    migrated_bytes: Counter,
+    /// (rebalances, migrated bytes) of the last replication status seen, to count deltas.
+    replication_seen: Mutex<(u64, u64)>,
     requests: Vec<Counter>,
     prompt_tokens: Counter,
     generation_tokens: Counter,
@@ -110,6 +114,8 @@ impl ServingMetrics {
         describe("switchyard_expert_load_imbalance", None, "Max over mean EP-rank load per MoE layer over the recent steps.");
         describe("switchyard_alltoall_bytes_total", Some(Unit::Bytes), "Bytes moved between ranks by the All-to-All and other collectives.");
         describe("switchyard_rebalances_total", None, "Expert placement rebalances done.");
+        describe("switchyard_expert_bytes_migrated_total", Some(Unit::Bytes), "Expert weight bytes copied into slots by rebalances.");
+        r.describe_gauge("switchyard_rebalance_imbalance".into(), None, "Max over mean EP-rank load per MoE layer before and after the last rebalance.".into());
         describe("switchyard_requests_total", None, "Requests by outcome (finished, cancelled, rejected, failed).");
         describe("switchyard_prompt_tokens_total", None, "Prompt tokens of admitted requests.");
         describe("switchyard_generation_tokens_total", None, "Tokens generated.");
@@ -153,6 +159,8 @@ impl ServingMetrics {
             imbalance,
             alltoall_bytes: counter("switchyard_alltoall_bytes_total", &[]),
             rebalances: counter("switchyard_rebalances_total", &[]),
+            migrated_bytes: counter("switchyard_expert_bytes_migrated_total", &[]),
+            replication_seen: Mutex::new((0, 0)),
             requests: Outcome::ALL
                 .iter()
                 .map(|o| counter("switchyard_requests_total", &[("outcome", o.label().to_string())]))
@@ -254,12 +262,25 @@ impl ServingMetrics {
         self.kv_used.set(kv_used as f64);
     }
 
-    /// Counts a rebalance of the expert placement and records the new replica counts.
-    pub fn record_rebalance(&self, replicas: &[Vec<usize>]) {
-        self.rebalances.increment(1);
-        for (layer, counts) in self.expert_replicas.iter().zip(replicas) {
-            for (g, &n) in layer.iter().zip(counts) {
-                g.set(n as f64);
+    /// Follows the replication manager: replica counts per expert, rebalances done, expert
+    /// bytes migrated, and each MoE layer's imbalance before and after the last rebalance.
+    pub fn record_replication(&self, status: &ReplicationStatus) {
+        let mut seen = self.replication_seen.lock().unwrap_or_else(|e| e.into_inner());
+        self.rebalances.increment(status.rebalances_total.saturating_sub(seen.0));
+        self.migrated_bytes.increment(status.bytes_migrated_total.saturating_sub(seen.1));
+        *seen = (status.rebalances_total, status.bytes_migrated_total);
+        for (&layer, counts) in status.layers.iter().zip(&status.replicas) {
+            for (g, &n) in self.expert_replicas.get(layer).into_iter().flatten().zip(counts) {
+                g.set(f64::from(n));
+            }
+        }
+        if let Some(last) = &status.last {
+            let r = &self.recorder;
+            for (when, values) in [("before", &last.imbalance_before), ("after", &last.imbalance_after)] {
+                for (&layer, &v) in status.layers.iter().zip(values.iter()) {
+                    let key = Key::from_parts("switchyard_rebalance_imbalance", labels(&[("layer", layer.to_string()), ("when", when.to_string())]));
+                    r.register_gauge(&key, &meta()).set(v);
+                }
             }
         }
     }

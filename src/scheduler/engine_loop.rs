@@ -102,6 +102,9 @@ impl EngineLoop {
                 Ok(out) => {
                     let imbalance = self.board.record(&out.expert_counts, &out.rank_tokens);
                     self.metrics.record_step(&out, &imbalance);
+                    if let Some(rep) = &out.replication {
+                        self.metrics.record_replication(&rep.status);
+                    }
                     if let Some(observe) = self.observer.as_mut() {
                         observe(&out);
                     }
