@@ -168,7 +168,7 @@ fn listen(node: usize, ranks: Range<usize>, stream: TcpStream, events: Sender<Ev
         }
     };
     if !stopping.load(Ordering::SeqCst) {
-        let why = format!("node {node} (ranks {}..{}) {why}", ranks.start, ranks.end - 1);
+        let why = format!("node {node} (ranks {:?}) {why}", ranks.collect::<Vec<_>>());
         fault.set(format!("cluster stopped: {why}"));
         let _ = events.send(Event::NodeGone { why });
     }
@@ -203,7 +203,7 @@ impl Executor for ClusterExecutor {
         for i in 0..self.followers.len() {
             if let Err(e) = wire::send(&mut &self.followers[i].control, Kind::Step, &body) {
                 let f = &self.followers[i];
-                let why = format!("node {} (ranks {}..{}) cannot be sent step {step}: {e}", f.node, f.ranks.start, f.ranks.end - 1);
+                let why = format!("node {} (ranks {:?}) cannot be sent step {step}: {e}", f.node, f.ranks.clone().collect::<Vec<_>>());
                 return self.fail(why);
             }
         }
