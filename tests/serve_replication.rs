@@ -43,4 +43,8 @@ async fn rebalancing_while_serving_keeps_answers_and_shows_replicas() {
     let replicas: f64 = (0..8).map(|e| metric(&text, &format!("switchyard_expert_replicas{{layer=\"0\",expert=\"{e}\"}}"))).sum();
     assert_eq!(replicas, 12.0, "8 experts + 4 redundant slots");
     assert!(text.contains("switchyard_rebalance_imbalance{layer=\"0\",when=\"after\"}"), "{text}");
+    let (_, load) = call_raw(&state, "GET", "/api/expert-load", Vec::new(), &[]).await;
+    let load: serde_json::Value = serde_json::from_str(&load).unwrap();
+    let reps: u64 = load["load"]["replicas"][0].as_array().unwrap_or_else(|| panic!("{load}")).iter().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(reps, 12, "the dashboard's data shows every replica: {load}");
 }

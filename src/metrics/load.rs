@@ -25,6 +25,9 @@ pub struct ExpertLoad {
     pub imbalance: Vec<f64>,
     /// Forward steps seen.
     pub steps: u64,
+    /// `replicas[i][e]`: physical slots holding expert e of layer `layers[i]` (empty until the
+    /// executor reports a placement; then hot experts show their extra replicas).
+    pub replicas: Vec<Vec<u32>>,
 }
 
 #[derive(Debug, Default)]
@@ -85,6 +88,13 @@ impl LoadBoard {
         let s = &mut w.snapshot;
         s.imbalance = s.rank_recent.iter().map(|r| imbalance(r)).collect();
         s.imbalance.clone()
+    }
+
+    /// Records the executor's current replica counts (`layers[i]` holds `replicas[i]`).
+    pub fn set_replicas(&self, layers: &[usize], replicas: &[Vec<u32>]) {
+        let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let order = w.snapshot.layers.clone();
+        w.snapshot.replicas = order.iter().map(|l| layers.iter().position(|x| x == l).map(|i| replicas[i].clone()).unwrap_or_default()).collect();
     }
 
     /// A copy of the current loads.

@@ -104,6 +104,7 @@ impl EngineLoop {
                     self.metrics.record_step(&out, &imbalance);
                     if let Some(rep) = &out.replication {
                         self.metrics.record_replication(&rep.status);
+                        self.board.set_replicas(&rep.status.layers, &rep.status.replicas);
                     }
                     if let Some(observe) = self.observer.as_mut() {
                         observe(&out);
