@@ -64,7 +64,7 @@ impl ClusterArgs {
             return Ok(None);
         }
         let world = layout.world();
-        if world % nodes != 0 {
+        if !world.is_multiple_of(nodes) {
             return Err(ClusterError::Spec(format!(
                 "{world} ranks (ep {} x pp {}) do not split evenly over {nodes} nodes",
                 layout.parallel.ep, layout.parallel.pp

@@ -130,7 +130,7 @@ impl Fabric {
     /// rank, in global rank order.
     pub fn connect(spec: &FabricSpec, listener: TcpListener, book: &[SocketAddr]) -> Result<Vec<TcpRankComms>, FabricError> {
         let world = spec.grid.world();
-        if spec.nodes == 0 || world % spec.nodes != 0 || spec.node >= spec.nodes || book.len() != spec.nodes {
+        if spec.nodes == 0 || !world.is_multiple_of(spec.nodes) || spec.node >= spec.nodes || book.len() != spec.nodes {
             return Err(FabricError::Spec(format!(
                 "{} ranks over {} nodes (this is node {}, {} addresses): the nodes must split the ranks evenly",
                 world,
