@@ -20,7 +20,9 @@ const HIDDEN: usize = 256;
 const INTER: usize = 128;
 
 fn values(n: usize, seed: usize) -> Vec<f32> {
-    (0..n).map(|i| (((i * 7919 + seed * 104729) % 2003) as f32 / 1001.5 - 1.0) * 0.1).collect()
+    (0..n)
+        .map(|i| (((i * 7919 + seed * 104729) % 2003) as f32 / 1001.5 - 1.0) * 0.1)
+        .collect()
 }
 
 /// Runs `iters` dispatches on every rank at once; returns the slowest rank's time and the
@@ -33,13 +35,27 @@ fn run(iters: u64) -> (Duration, u64) {
         .run(|comms| -> Result<(Duration, u64), String> {
             let rank = comms.coords.ep_rank;
             let slots = placement.rank_experts(rank).len();
-            let gate_up = Tensor::from_f32([slots, 2 * INTER, HIDDEN], values(slots * 2 * INTER * HIDDEN, rank));
-            let down = Tensor::from_f32([slots, HIDDEN, INTER], values(slots * HIDDEN * INTER, rank + 99));
-            let bank = ExpertBank::from_stacked(gate_up.map_err(|e| e.to_string())?, down.map_err(|e| e.to_string())?);
-            let x = Tensor::from_f32([per_rank, HIDDEN], values(per_rank * HIDDEN, rank + 7)).map_err(|e| e.to_string())?;
+            let gate_up = Tensor::from_f32(
+                [slots, 2 * INTER, HIDDEN],
+                values(slots * 2 * INTER * HIDDEN, rank),
+            );
+            let down = Tensor::from_f32(
+                [slots, HIDDEN, INTER],
+                values(slots * HIDDEN * INTER, rank + 99),
+            );
+            let bank = ExpertBank::from_stacked(
+                gate_up.map_err(|e| e.to_string())?,
+                down.map_err(|e| e.to_string())?,
+            );
+            let x = Tensor::from_f32([per_rank, HIDDEN], values(per_rank * HIDDEN, rank + 7))
+                .map_err(|e| e.to_string())?;
             let logits = values(per_rank * EXPERTS, rank + 13);
             let cfg = RouterConfig::qwen_moe(EXPERTS, TOP_K, true);
-            let ep = EpRank { placement: &placement, rank, ranks_per_node: RANKS };
+            let ep = EpRank {
+                placement: &placement,
+                rank,
+                ranks_per_node: RANKS,
+            };
             let start = Instant::now();
             for _ in 0..iters {
                 let routing = route(&logits, per_rank, &cfg, None).map_err(|e| e.to_string())?;
@@ -62,7 +78,9 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("dispatch");
     g.throughput(Throughput::Elements(TOKENS as u64));
     g.sample_size(10);
-    g.bench_function("route_plan_alltoall_experts_combine", |b| b.iter_custom(|iters| run(iters).0));
+    g.bench_function("route_plan_alltoall_experts_combine", |b| {
+        b.iter_custom(|iters| run(iters).0)
+    });
     g.finish();
 }
 

@@ -103,8 +103,13 @@ fn workload(a: &Args) -> (Vec<Request>, Vec<f64>) {
     let reqs = (0..a.num_prompts)
         .map(|_| {
             let n = draw_len(&mut rng, a.input_len, a.range_ratio);
-            let prompt = (0..n).map(|_| rng.random_range(a.min_token_id..a.max_token_id)).collect();
-            Request { prompt, max_tokens: draw_len(&mut rng, a.output_len, a.range_ratio) }
+            let prompt = (0..n)
+                .map(|_| rng.random_range(a.min_token_id..a.max_token_id))
+                .collect();
+            Request {
+                prompt,
+                max_tokens: draw_len(&mut rng, a.output_len, a.range_ratio),
+            }
         })
         .collect();
     // Arrival offsets: exponential gaps of mean 1/rate (a Poisson process).
@@ -121,8 +126,17 @@ fn workload(a: &Args) -> (Vec<Request>, Vec<f64>) {
     (reqs, arrivals)
 }
 
-async fn one(client: reqwest::Client, url: String, key: Option<String>, body: Value, prompt_tokens: usize) -> Outcome {
-    let mut out = Outcome { prompt_tokens, ..Default::default() };
+async fn one(
+    client: reqwest::Client,
+    url: String,
+    key: Option<String>,
+    body: Value,
+    prompt_tokens: usize,
+) -> Outcome {
+    let mut out = Outcome {
+        prompt_tokens,
+        ..Default::default()
+    };
     let start = Instant::now();
     let mut req = client.post(&url).json(&body);
     if let Some(k) = key {
@@ -157,7 +171,9 @@ async fn one(client: reqwest::Client, url: String, key: Option<String>, body: Va
             let event: Vec<u8> = buf.drain(..pos + 2).collect();
             let text = String::from_utf8_lossy(&event);
             for line in text.lines() {
-                let Some(data) = line.strip_prefix("data:").map(str::trim) else { continue };
+                let Some(data) = line.strip_prefix("data:").map(str::trim) else {
+                    continue;
+                };
                 if data == "[DONE]" {
                     done = true;
                     continue;
@@ -216,25 +232,55 @@ struct Stat {
 fn stat(mut v: Vec<f64>) -> Stat {
     v.retain(|x| x.is_finite());
     v.sort_by(f64::total_cmp);
-    let mean = if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
-    Stat { mean, p50: percentile(&v, 50.0), p90: percentile(&v, 90.0), p99: percentile(&v, 99.0) }
+    let mean = if v.is_empty() {
+        f64::NAN
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    Stat {
+        mean,
+        p50: percentile(&v, 50.0),
+        p90: percentile(&v, 90.0),
+        p99: percentile(&v, 99.0),
+    }
 }
 
-async fn model_name(client: &reqwest::Client, base: &str, key: Option<&str>) -> Result<String, String> {
+async fn model_name(
+    client: &reqwest::Client,
+    base: &str,
+    key: Option<&str>,
+) -> Result<String, String> {
     let mut req = client.get(format!("{base}/v1/models"));
     if let Some(k) = key {
         req = req.bearer_auth(k);
     }
-    let v: Value = req.send().await.map_err(|e| e.to_string())?.json().await.map_err(|e| e.to_string())?;
-    v["data"][0]["id"].as_str().map(str::to_string).ok_or_else(|| format!("no model in /v1/models: {v}"))
+    let v: Value = req
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    v["data"][0]["id"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("no model in /v1/models: {v}"))
 }
 
 #[tokio::main]
 async fn main() {
     let a = Args::parse();
     let explicit = a.url.is_some();
-    let base = a.url.clone().unwrap_or_else(|| "http://127.0.0.1:8000".into()).trim_end_matches('/').to_string();
-    let client = reqwest::Client::builder().pool_max_idle_per_host(1024).build().expect("http client");
+    let base = a
+        .url
+        .clone()
+        .unwrap_or_else(|| "http://127.0.0.1:8000".into())
+        .trim_end_matches('/')
+        .to_string();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()
+        .expect("http client");
     let model = match &a.model {
         Some(m) => m.clone(),
         None => match model_name(&client, &base, a.api_key.as_deref()).await {
@@ -246,7 +292,9 @@ async fn main() {
         },
     };
     let (reqs, arrivals) = workload(&a);
-    let limit = Arc::new(Semaphore::new(a.max_concurrency.unwrap_or(Semaphore::MAX_PERMITS).max(1)));
+    let limit = Arc::new(Semaphore::new(
+        a.max_concurrency.unwrap_or(Semaphore::MAX_PERMITS).max(1),
+    ));
     let url = format!("{base}/v1/completions");
     println!(
         "loadgen: {} requests to {url} (model {model}), rate {}, concurrency {}, input {}±{:.0}%, output {}±{:.0}%",
@@ -270,7 +318,12 @@ async fn main() {
             "model": model, "prompt": r.prompt, "max_tokens": r.max_tokens, "temperature": a.temperature,
             "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true},
         });
-        let (client, url, key, n) = (client.clone(), url.clone(), a.api_key.clone(), r.prompt.len());
+        let (client, url, key, n) = (
+            client.clone(),
+            url.clone(),
+            a.api_key.clone(),
+            r.prompt.len(),
+        );
         tasks.push(tokio::spawn(async move {
             let o = one(client, url, key, body, n).await;
             drop(permit);
@@ -291,8 +344,17 @@ fn report(a: &Args, model: &str, outs: &[Outcome], duration: f64) {
     let input: usize = ok.iter().map(|o| o.prompt_tokens).sum();
     let output: usize = ok.iter().map(|o| o.output_tokens).sum();
     let ttft = stat(ok.iter().map(|o| o.ttft * 1e3).collect());
-    let tpot = stat(ok.iter().filter(|o| o.output_tokens > 1).map(|o| (o.latency - o.ttft) / (o.output_tokens - 1) as f64 * 1e3).collect());
-    let itl = stat(ok.iter().flat_map(|o| o.itl.iter().map(|x| x * 1e3)).collect());
+    let tpot = stat(
+        ok.iter()
+            .filter(|o| o.output_tokens > 1)
+            .map(|o| (o.latency - o.ttft) / (o.output_tokens - 1) as f64 * 1e3)
+            .collect(),
+    );
+    let itl = stat(
+        ok.iter()
+            .flat_map(|o| o.itl.iter().map(|x| x * 1e3))
+            .collect(),
+    );
     let e2e = stat(ok.iter().map(|o| o.latency * 1e3).collect());
     println!("============ Serving Benchmark Result ============");
     println!("{:<40}{:>10}", "Successful requests:", ok.len());
@@ -300,10 +362,27 @@ fn report(a: &Args, model: &str, outs: &[Outcome], duration: f64) {
     println!("{:<40}{:>10.2}", "Benchmark duration (s):", duration);
     println!("{:<40}{:>10}", "Total input tokens:", input);
     println!("{:<40}{:>10}", "Total generated tokens:", output);
-    println!("{:<40}{:>10.2}", "Request throughput (req/s):", ok.len() as f64 / duration);
-    println!("{:<40}{:>10.2}", "Output token throughput (tok/s):", output as f64 / duration);
-    println!("{:<40}{:>10.2}", "Total token throughput (tok/s):", (input + output) as f64 / duration);
-    for (name, s) in [("Time to First Token", &ttft), ("Time per Output Token (excl. 1st token)", &tpot), ("Inter-token Latency", &itl), ("End-to-end Latency", &e2e)] {
+    println!(
+        "{:<40}{:>10.2}",
+        "Request throughput (req/s):",
+        ok.len() as f64 / duration
+    );
+    println!(
+        "{:<40}{:>10.2}",
+        "Output token throughput (tok/s):",
+        output as f64 / duration
+    );
+    println!(
+        "{:<40}{:>10.2}",
+        "Total token throughput (tok/s):",
+        (input + output) as f64 / duration
+    );
+    for (name, s) in [
+        ("Time to First Token", &ttft),
+        ("Time per Output Token (excl. 1st token)", &tpot),
+        ("Inter-token Latency", &itl),
+        ("End-to-end Latency", &e2e),
+    ] {
         let short = match name.chars().next() {
             Some('T') if name.starts_with("Time to") => "TTFT",
             Some('T') => "TPOT",
@@ -330,7 +409,8 @@ fn report(a: &Args, model: &str, outs: &[Outcome], duration: f64) {
             "total_token_throughput": (input + output) as f64 / duration,
             "ttft": s(&ttft), "tpot": s(&tpot), "itl": s(&itl), "e2el": s(&e2e),
         });
-        std::fs::write(path, serde_json::to_string_pretty(&v).expect("json")).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        std::fs::write(path, serde_json::to_string_pretty(&v).expect("json"))
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     }
     if failed > 0 {
         std::process::exit(1);

@@ -14,7 +14,9 @@ use std::io::Write;
 use cudarc::driver::{sys::CUevent_flags, LaunchConfig, PushKernelArg};
 use half::bf16;
 use switchyard::backend::cuda::device::unavailable_reason;
-use switchyard::backend::cuda::{blas, CudaDevice, DeviceBuffer, Kernel, MoeLayer, MoeShape, MoeWorkspace, RouterParams};
+use switchyard::backend::cuda::{
+    blas, CudaDevice, DeviceBuffer, Kernel, MoeLayer, MoeShape, MoeWorkspace, RouterParams,
+};
 use switchyard::Result;
 use switchyard_experts::RouterConfig;
 
@@ -26,26 +28,46 @@ fn fill(dev: &CudaDevice, buf: &mut DeviceBuffer<bf16>, seed: u64, scale: f32) -
     let mut b = dev.stream().launch_builder(&f);
     b.arg(buf).arg(&n).arg(&seed).arg(&scale);
     // SAFETY: grid-stride loop over exactly n elements of buf.
-    unsafe { b.launch(LaunchConfig { grid_dim: (1024, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }) }
-        .map_err(|e| switchyard::Error::Device(format!("fill: {e:?}")))?;
+    unsafe {
+        b.launch(LaunchConfig {
+            grid_dim: (1024, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        })
+    }
+    .map_err(|e| switchyard::Error::Device(format!("fill: {e:?}")))?;
     Ok(())
 }
 
 /// Median milliseconds of `reps` runs of `f`, each between its own pair of CUDA events.
-fn time_ms(dev: &CudaDevice, warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+fn time_ms(
+    dev: &CudaDevice,
+    warmup: usize,
+    reps: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<f64> {
     for _ in 0..warmup {
         f()?;
     }
     let ctx = dev.context();
-    let ev = |_| ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(|e| switchyard::Error::Device(format!("{e:?}")));
+    let ev = |_| {
+        ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| switchyard::Error::Device(format!("{e:?}")))
+    };
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {
         let (a, b) = (ev(0)?, ev(1)?);
-        a.record(dev.stream()).map_err(|e| switchyard::Error::Device(format!("{e:?}")))?;
+        a.record(dev.stream())
+            .map_err(|e| switchyard::Error::Device(format!("{e:?}")))?;
         f()?;
-        b.record(dev.stream()).map_err(|e| switchyard::Error::Device(format!("{e:?}")))?;
-        b.synchronize().map_err(|e| switchyard::Error::Device(format!("{e:?}")))?;
-        times.push(a.elapsed_ms(&b).map_err(|e| switchyard::Error::Device(format!("{e:?}")))? as f64);
+        b.record(dev.stream())
+            .map_err(|e| switchyard::Error::Device(format!("{e:?}")))?;
+        b.synchronize()
+            .map_err(|e| switchyard::Error::Device(format!("{e:?}")))?;
+        times.push(
+            a.elapsed_ms(&b)
+                .map_err(|e| switchyard::Error::Device(format!("{e:?}")))? as f64,
+        );
     }
     times.sort_by(|x, y| x.partial_cmp(y).unwrap());
     Ok(times[times.len() / 2])
@@ -63,7 +85,11 @@ fn ceilings(dev: &CudaDevice) -> Result<Ceilings> {
     let mut src: DeviceBuffer<bf16> = dev.zeros(n)?;
     fill(dev, &mut src, 7, 1.0)?;
     let mut dst: DeviceBuffer<bf16> = dev.zeros(n)?;
-    let ms = time_ms(dev, 2, 10, || dev.stream().memcpy_dtod(&src, &mut dst).map_err(|e| switchyard::Error::Device(format!("{e:?}"))))?;
+    let ms = time_ms(dev, 2, 10, || {
+        dev.stream()
+            .memcpy_dtod(&src, &mut dst)
+            .map_err(|e| switchyard::Error::Device(format!("{e:?}")))
+    })?;
     let copy_bps = 2.0 * (n * 2) as f64 / (ms * 1e-3);
     drop((src, dst));
     let s = 8192;
@@ -73,7 +99,10 @@ fn ceilings(dev: &CudaDevice) -> Result<Ceilings> {
     fill(dev, &mut b, 9, 1.0)?;
     let mut c: DeviceBuffer<bf16> = dev.zeros(s * s)?;
     let ms = time_ms(dev, 3, 10, || blas::linear(dev, &a, &b, &mut c, s, s, s))?;
-    Ok(Ceilings { copy_bps, gemm_fps: 2.0 * (s as f64).powi(3) / (ms * 1e-3) })
+    Ok(Ceilings {
+        copy_bps,
+        gemm_fps: 2.0 * (s as f64).powi(3) / (ms * 1e-3),
+    })
 }
 
 struct Case {
@@ -85,19 +114,46 @@ struct Case {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let json_path = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1)).cloned();
+    let json_path = args
+        .iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     if let Some(why) = unavailable_reason() {
         println!("moe_gpu: skipped: {why}");
         return Ok(());
     }
     let dev = CudaDevice::new(0)?;
     let c = ceilings(&dev)?;
-    println!("GPU: {} ({}, {} SMs)", dev.name(), dev.arch(), dev.sm_count()?);
+    println!(
+        "GPU: {} ({}, {} SMs)",
+        dev.name(),
+        dev.arch(),
+        dev.sm_count()?
+    );
     println!("ceilings measured in this run: copy {:.2} TB/s (read+write), cuBLAS bf16 GEMM 8192^3 {:.0} TFLOP/s", c.copy_bps / 1e12, c.gemm_fps / 1e12);
     let cases = [
-        Case { name: "Mixtral-8x7B", shape: MoeShape { hidden: 4096, inter: 14336, n_experts: 8, top_k: 2 }, router: RouterConfig::mixtral(8, 2) },
+        Case {
+            name: "Mixtral-8x7B",
+            shape: MoeShape {
+                hidden: 4096,
+                inter: 14336,
+                n_experts: 8,
+                top_k: 2,
+            },
+            router: RouterConfig::mixtral(8, 2),
+        },
         // The peer routes with softmax/top-k for both shapes, so this bench does the same.
-        Case { name: "DeepSeek-V3", shape: MoeShape { hidden: 7168, inter: 2048, n_experts: 256, top_k: 8 }, router: RouterConfig::qwen_moe(256, 8, true) },
+        Case {
+            name: "DeepSeek-V3",
+            shape: MoeShape {
+                hidden: 7168,
+                inter: 2048,
+                n_experts: 256,
+                top_k: 8,
+            },
+            router: RouterConfig::qwen_moe(256, 8, true),
+        },
     ];
     let mut json = Vec::new();
     println!("| shape | T | ms | TFLOP/s | touched experts | floor ms | % of floor |");
@@ -113,7 +169,13 @@ fn main() -> Result<()> {
         fill(&dev, &mut down, 2, 1.0 / (s.inter as f32).sqrt())?;
         fill(&dev, &mut router_w, 3, 1.0 / (s.hidden as f32).sqrt())?;
         fill(&dev, &mut x, 4, 1.0)?;
-        let layer = MoeLayer { shape: s, gate_up, down, router: RouterParams::new(&case.router)?, bias: None };
+        let layer = MoeLayer {
+            shape: s,
+            gate_up,
+            down,
+            router: RouterParams::new(&case.router)?,
+            bias: None,
+        };
         let mut ws = MoeWorkspace::new(&dev, s, t_max)?;
         let mut logits: DeviceBuffer<f32> = dev.zeros(t_max * s.n_experts)?;
         let mut out: DeviceBuffer<bf16> = dev.zeros(t_max * s.hidden)?;
@@ -129,10 +191,15 @@ fn main() -> Result<()> {
             }
             let n_touched = touched.iter().filter(|&&b| b).count();
             let bytes = (n_touched * s.expert_bytes() + s.n_experts * s.hidden * 2) as f64;
-            let flops = 2.0 * (t * s.top_k * 3 * s.hidden * s.inter + t * s.hidden * s.n_experts) as f64;
+            let flops =
+                2.0 * (t * s.top_k * 3 * s.hidden * s.inter + t * s.hidden * s.n_experts) as f64;
             let floor_ms = (bytes / c.copy_bps).max(flops / c.gemm_fps) * 1e3;
             let tflops = flops / (ms * 1e-3) / 1e12;
-            println!("| {} | {t} | {ms:.3} | {tflops:.1} | {n_touched} | {floor_ms:.3} | {:.0} |", case.name, 100.0 * floor_ms / ms);
+            println!(
+                "| {} | {t} | {ms:.3} | {tflops:.1} | {n_touched} | {floor_ms:.3} | {:.0} |",
+                case.name,
+                100.0 * floor_ms / ms
+            );
             std::io::stdout().flush().ok();
             json.push(format!(
                 "{{\"shape\":\"{}\",\"tokens\":{t},\"ms\":{ms:.5},\"tflops\":{tflops:.3},\"touched\":{n_touched},\"floor_ms\":{floor_ms:.5},\"copy_tbps\":{:.4},\"gemm_tflops\":{:.1}}}",
@@ -143,7 +210,8 @@ fn main() -> Result<()> {
         }
     }
     if let Some(p) = json_path {
-        std::fs::write(&p, json.join("\n") + "\n").map_err(|e| switchyard::Error::Device(format!("writing {p}: {e}")))?;
+        std::fs::write(&p, json.join("\n") + "\n")
+            .map_err(|e| switchyard::Error::Device(format!("writing {p}: {e}")))?;
     }
     Ok(())
 }

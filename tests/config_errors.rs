@@ -12,8 +12,13 @@ const LLAMA: &str = r#"{"model_type": "llama", "vocab_size": 100, "hidden_size":
 
 #[test]
 fn unknown_model_type_lists_the_supported_ones() {
-    let e = parse(r#"{"model_type": "gpt2", "hidden_size": 8}"#).unwrap_err().to_string();
-    assert!(e.contains("/models/x/config.json") && e.contains("\"gpt2\"") && e.contains("mixtral"), "{e}");
+    let e = parse(r#"{"model_type": "gpt2", "hidden_size": 8}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("/models/x/config.json") && e.contains("\"gpt2\"") && e.contains("mixtral"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -21,13 +26,21 @@ fn missing_field_is_named() {
     let e = parse(r#"{"model_type": "mixtral", "vocab_size": 10, "num_hidden_layers": 2, "num_attention_heads": 4}"#)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("missing field `hidden_size`") && e.contains("mixtral"), "{e}");
+    assert!(
+        e.contains("missing field `hidden_size`") && e.contains("mixtral"),
+        "{e}"
+    );
 }
 
 #[test]
 fn wrong_type_and_bad_json_name_the_file() {
-    let e = parse(r#"{"model_type": "llama", "hidden_size": "big"}"#).unwrap_err().to_string();
-    assert!(e.contains("/models/x/config.json") && e.contains("invalid type"), "{e}");
+    let e = parse(r#"{"model_type": "llama", "hidden_size": "big"}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("/models/x/config.json") && e.contains("invalid type"),
+        "{e}"
+    );
     let e = parse("{not json").unwrap_err().to_string();
     assert!(e.contains("/models/x/config.json"), "{e}");
 }
@@ -36,14 +49,23 @@ fn wrong_type_and_bad_json_name_the_file() {
 fn kv_heads_must_divide_heads() {
     let json = LLAMA.replace("\"num_key_value_heads\": 2", "\"num_key_value_heads\": 3");
     let e = parse(&format!("{json}}}")).unwrap_err().to_string();
-    assert!(e.contains("num_key_value_heads") && e.contains("= 3") && e.contains("(4)"), "{e}");
+    assert!(
+        e.contains("num_key_value_heads") && e.contains("= 3") && e.contains("(4)"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unsupported_rope_and_activation_are_refused() {
-    let e = parse(&format!("{LLAMA}, \"rope_scaling\": {{\"rope_type\": \"longrope\", \"factor\": 2}}}}")).unwrap_err().to_string();
+    let e = parse(&format!(
+        "{LLAMA}, \"rope_scaling\": {{\"rope_type\": \"longrope\", \"factor\": 2}}}}"
+    ))
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("longrope"), "{e}");
-    let e = parse(&format!("{LLAMA}, \"hidden_act\": \"gelu\"}}")).unwrap_err().to_string();
+    let e = parse(&format!("{LLAMA}, \"hidden_act\": \"gelu\"}}"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("hidden_act") && e.contains("gelu"), "{e}");
 }
 
@@ -64,8 +86,10 @@ fn hub_and_transformers5_rope_forms_agree() {
 
 #[test]
 fn missing_optional_fields_take_hugging_face_defaults() {
-    let c = parse(r#"{"model_type": "mixtral", "vocab_size": 100, "hidden_size": 64, "intermediate_size": 128,
-        "num_hidden_layers": 2, "num_attention_heads": 4}"#)
+    let c = parse(
+        r#"{"model_type": "mixtral", "vocab_size": 100, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4}"#,
+    )
     .unwrap();
     let moe = c.moe.unwrap();
     assert_eq!((moe.n_experts, moe.router.top_k), (8, 2));
@@ -81,5 +105,8 @@ fn qwen_sparse_layers_follow_step_and_mlp_only_layers() {
         "num_hidden_layers": 6, "num_attention_heads": 4, "num_experts": 4, "num_experts_per_tok": 2,
         "decoder_sparse_step": 2, "mlp_only_layers": [3]}"#)
     .unwrap();
-    assert_eq!(c.moe.unwrap().sparse_layers, vec![false, true, false, false, false, true]);
+    assert_eq!(
+        c.moe.unwrap().sparse_layers,
+        vec![false, true, false, false, false, true]
+    );
 }

@@ -16,7 +16,9 @@ const LAYERS: usize = 2;
 
 /// Device-to-device copy rate of a 4 GiB buffer, bytes read + written per second.
 fn copy_bandwidth(device: &Device) -> f64 {
-    let Device::Cuda(d) = device else { unreachable!() };
+    let Device::Cuda(d) = device else {
+        unreachable!()
+    };
     let n = 1usize << 30;
     let src = d.zeros::<f32>(n).unwrap();
     let mut dst = d.zeros::<f32>(n).unwrap();
@@ -41,20 +43,36 @@ fn mixtral_shaped_decode_at_batch_1() {
             return;
         }
     };
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/models/Mixtral-8x7B-v0.1/config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src).unwrap()).unwrap();
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("configs/models/Mixtral-8x7B-v0.1/config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src).unwrap()).unwrap();
     cfg["num_hidden_layers"] = LAYERS.into();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
     let t = Instant::now();
-    let mut model = ModelSource { dir: dir.path().into(), random_weights: Some(0) }.load().unwrap().model;
+    let mut model = ModelSource {
+        dir: dir.path().into(),
+        random_weights: Some(0),
+    }
+    .load()
+    .unwrap()
+    .model;
     let c = model.config().clone();
     model.to_device(&device).unwrap();
-    eprintln!("built and uploaded {LAYERS} layers in {:.1} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "built and uploaded {LAYERS} layers in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     let mut engine = Engine::new(model, 256, 16);
     let prompt = [1u32, 415, 2936, 9060];
     let run = |e: &mut Engine, n: usize| {
-        let opts = GenerateOptions { max_tokens: n, sampling: SamplingParams::default(), seed: 0, ignore_eos: true };
+        let opts = GenerateOptions {
+            max_tokens: n,
+            sampling: SamplingParams::default(),
+            seed: 0,
+            ignore_eos: true,
+        };
         let t = Instant::now();
         let g = e.generate(&prompt, &opts).unwrap();
         assert_eq!(g.tokens.len(), n);
@@ -68,7 +86,8 @@ fn mixtral_shaped_decode_at_batch_1() {
     let (h, moe) = (c.hidden_size, c.moe.as_ref().unwrap());
     let attn = h * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim + c.num_heads * c.head_dim * h;
     let experts = moe.router.top_k * 3 * h * moe.intermediate_size;
-    let bytes = (LAYERS * (2 * (attn + experts) + 4 * moe.n_experts * h) + 2 * c.vocab_size * h) as f64;
+    let bytes =
+        (LAYERS * (2 * (attn + experts) + 4 * moe.n_experts * h) + 2 * c.vocab_size * h) as f64;
     let bw = copy_bandwidth(&device);
     let floor = bytes / bw;
     eprintln!(

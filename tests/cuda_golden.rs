@@ -12,11 +12,29 @@ use switchyard::backend::Device;
 use switchyard::engine::{Engine, GenerateOptions};
 use switchyard::model::ModelSource;
 
-const ALL: &[&str] = &["llama_tied", "llama_bias_sharded", "mistral_window", "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "deepseek_v3_yarn"];
+const ALL: &[&str] = &[
+    "llama_tied",
+    "llama_bias_sharded",
+    "mistral_window",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "deepseek_v2",
+    "deepseek_v3",
+    "deepseek_v3_yarn",
+];
 
 fn engine(name: &str, device: &Device) -> Engine {
-    let mut model = ModelSource { dir: fixture_dir(name), random_weights: None }.load().unwrap_or_else(|e| panic!("{name}: {e}")).model;
-    model.to_device(device).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let mut model = ModelSource {
+        dir: fixture_dir(name),
+        random_weights: None,
+    }
+    .load()
+    .unwrap_or_else(|e| panic!("{name}: {e}"))
+    .model;
+    model
+        .to_device(device)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     Engine::new(model, 64, 4)
 }
 
@@ -29,7 +47,12 @@ fn every_fixture_on_the_gpu() {
             return;
         }
     };
-    let opts = GenerateOptions { max_tokens: 12, sampling: SamplingParams::default(), seed: 0, ignore_eos: true };
+    let opts = GenerateOptions {
+        max_tokens: 12,
+        sampling: SamplingParams::default(),
+        seed: 0,
+        ignore_eos: true,
+    };
     let mut failures = Vec::new();
     for &name in ALL {
         let g = golden(name);
@@ -48,14 +71,27 @@ fn every_fixture_on_the_gpu() {
             let n = decisive_prefix(want);
             if got.tokens[..n] != want.tokens[..n] || got.tokens[..n] != on_cpu.tokens[..n] {
                 tokens_ok = false;
-                eprintln!("{name}: prompt of {}: gpu {:?} cpu {:?} golden {:?} (first {n} must match)", prompt.len(), got.tokens, on_cpu.tokens, want.tokens);
+                eprintln!(
+                    "{name}: prompt of {}: gpu {:?} cpu {:?} golden {:?} (first {n} must match)",
+                    prompt.len(),
+                    got.tokens,
+                    on_cpu.tokens,
+                    want.tokens
+                );
             }
         }
         let ok = worst <= 2e-2 && tokens_ok && gpu.used_blocks() == 0;
-        eprintln!("{name}: worst logits relative L2 {worst:.2e}; greedy tokens {}; {}", if tokens_ok { "match" } else { "DIFFER" }, if ok { "ok" } else { "FAIL" });
+        eprintln!(
+            "{name}: worst logits relative L2 {worst:.2e}; greedy tokens {}; {}",
+            if tokens_ok { "match" } else { "DIFFER" },
+            if ok { "ok" } else { "FAIL" }
+        );
         if !ok {
             failures.push(name);
         }
     }
-    assert!(failures.is_empty(), "fixtures failing on the GPU: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "fixtures failing on the GPU: {failures:?}"
+    );
 }

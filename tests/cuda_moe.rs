@@ -5,10 +5,14 @@
 #![cfg(feature = "cuda")]
 
 use half::bf16;
-use switchyard::backend::cpu::moe::{combine, gather_rows, grouped_swiglu, permute_by_expert, ExpertWeights};
+use switchyard::backend::cpu::moe::{
+    combine, gather_rows, grouped_swiglu, permute_by_expert, ExpertWeights,
+};
 use switchyard::backend::cpu::norm::add_rms_norm as cpu_add_rms_norm;
 use switchyard::backend::cuda::device::unavailable_reason;
-use switchyard::backend::cuda::{norm, CudaDevice, DeviceBuffer, GemmPath, MoeLayer, MoeShape, MoeWorkspace, RouterParams};
+use switchyard::backend::cuda::{
+    norm, CudaDevice, DeviceBuffer, GemmPath, MoeLayer, MoeShape, MoeWorkspace, RouterParams,
+};
 use switchyard_experts::{route, GroupMask, RoutedScaling, RouterConfig, TopkMethod};
 
 fn device() -> Option<CudaDevice> {
@@ -42,7 +46,9 @@ impl Rng {
                 let j = ((self.next() + 1.0) * 0.5 * (i + 1) as f32) as usize;
                 idx.swap(i, j.min(i));
             }
-            out.extend(idx.iter().map(|&r| (r as f32 - n as f32 / 2.0) * (8.0 / n as f32) + self.next() * 0.3 / n as f32));
+            out.extend(idx.iter().map(|&r| {
+                (r as f32 - n as f32 / 2.0) * (8.0 / n as f32) + self.next() * 0.3 / n as f32
+            }));
         }
         out
     }
@@ -76,32 +82,98 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     if let Some(i) = got.iter().position(|x| !x.is_finite()) {
         panic!("{what}: element {i} is {} (unwritten or overflow)", got[i]);
     }
-    let num: f64 = got.iter().zip(want).map(|(g, w)| ((g - w) as f64).powi(2)).sum();
-    let den: f64 = want.iter().map(|w| (*w as f64).powi(2)).sum::<f64>().max(1e-30);
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| ((g - w) as f64).powi(2))
+        .sum();
+    let den: f64 = want
+        .iter()
+        .map(|w| (*w as f64).powi(2))
+        .sum::<f64>()
+        .max(1e-30);
     let rel = (num / den).sqrt();
-    assert!(rel <= tol as f64, "{what}: relative error {rel:.3e} > {tol:.1e}");
+    assert!(
+        rel <= tol as f64,
+        "{what}: relative error {rel:.3e} > {tol:.1e}"
+    );
     println!("{what}: relative error {rel:.2e}");
 }
 
 fn router_variants() -> Vec<(&'static str, RouterConfig, bool)> {
     let mut v3_exclude = RouterConfig::deepseek_v3(256, 8, 8, 4, true, 2.5);
     v3_exclude.group_mask = GroupMask::Exclude;
-    let mut v2_remote = RouterConfig::deepseek_v2(64, 6, TopkMethod::GroupLimitedGreedy { n_group: 8, topk_group: 3 }, 16.0);
+    let mut v2_remote = RouterConfig::deepseek_v2(
+        64,
+        6,
+        TopkMethod::GroupLimitedGreedy {
+            n_group: 8,
+            topk_group: 3,
+        },
+        16.0,
+    );
     v2_remote.normalize = true;
     v2_remote.scaling = RoutedScaling::UnlessNormalized(16.0);
-    let mut v2_glg_excl = RouterConfig::deepseek_v2(64, 6, TopkMethod::GroupLimitedGreedy { n_group: 8, topk_group: 3 }, 16.0);
+    let mut v2_glg_excl = RouterConfig::deepseek_v2(
+        64,
+        6,
+        TopkMethod::GroupLimitedGreedy {
+            n_group: 8,
+            topk_group: 3,
+        },
+        16.0,
+    );
     v2_glg_excl.group_mask = GroupMask::Exclude;
     vec![
-        ("mixtral softmax top-2 renormalised", RouterConfig::mixtral(8, 2), false),
-        ("qwen softmax top-4 not renormalised", RouterConfig::qwen_moe(60, 4, false), false),
-        ("deepseek-v2 greedy scaled", RouterConfig::deepseek_v2(64, 6, TopkMethod::Greedy, 16.0), false),
-        ("deepseek-v2 group-limited zero-fill", RouterConfig::deepseek_v2(64, 6, TopkMethod::GroupLimitedGreedy { n_group: 8, topk_group: 3 }, 16.0), false),
+        (
+            "mixtral softmax top-2 renormalised",
+            RouterConfig::mixtral(8, 2),
+            false,
+        ),
+        (
+            "qwen softmax top-4 not renormalised",
+            RouterConfig::qwen_moe(60, 4, false),
+            false,
+        ),
+        (
+            "deepseek-v2 greedy scaled",
+            RouterConfig::deepseek_v2(64, 6, TopkMethod::Greedy, 16.0),
+            false,
+        ),
+        (
+            "deepseek-v2 group-limited zero-fill",
+            RouterConfig::deepseek_v2(
+                64,
+                6,
+                TopkMethod::GroupLimitedGreedy {
+                    n_group: 8,
+                    topk_group: 3,
+                },
+                16.0,
+            ),
+            false,
+        ),
         ("deepseek-v2 group-limited excluded", v2_glg_excl, false),
         ("deepseek-v2 remote code renormalised", v2_remote, false),
-        ("deepseek-v3 noaux_tc with bias", RouterConfig::deepseek_v3(256, 8, 8, 4, true, 2.5), true),
-        ("deepseek-v3 noaux_tc no bias, not renormalised", RouterConfig::deepseek_v3(256, 8, 8, 4, false, 2.5), false),
+        (
+            "deepseek-v3 noaux_tc with bias",
+            RouterConfig::deepseek_v3(256, 8, 8, 4, true, 2.5),
+            true,
+        ),
+        (
+            "deepseek-v3 noaux_tc no bias, not renormalised",
+            RouterConfig::deepseek_v3(256, 8, 8, 4, false, 2.5),
+            false,
+        ),
         ("deepseek-v3 noaux_tc excluded groups", v3_exclude, true),
-        ("sigmoid greedy", RouterConfig { score: switchyard_experts::ScoreFunction::Sigmoid, ..RouterConfig::mixtral(16, 3) }, false),
+        (
+            "sigmoid greedy",
+            RouterConfig {
+                score: switchyard_experts::ScoreFunction::Sigmoid,
+                ..RouterConfig::mixtral(16, 3)
+            },
+            false,
+        ),
     ]
 }
 
@@ -114,19 +186,36 @@ fn fused_routing_matches_the_reference_for_every_variant() {
         let logits = rng.logits(t, cfg.n_experts);
         let bias = with_bias.then(|| rng.vec(cfg.n_experts, 0.05));
         let want = route(&logits, t, &cfg, bias.as_deref()).unwrap();
-        let shape = MoeShape { hidden: 128, inter: 64, n_experts: cfg.n_experts, top_k: cfg.top_k };
+        let shape = MoeShape {
+            hidden: 128,
+            inter: 64,
+            n_experts: cfg.n_experts,
+            top_k: cfg.top_k,
+        };
         let mut ws = MoeWorkspace::new(&dev, shape, t).unwrap();
         poison_i32(&dev, &mut ws.experts);
-        dev.stream().memcpy_htod(&vec![f32::NAN; ws.weights.len()], &mut ws.weights).unwrap();
+        dev.stream()
+            .memcpy_htod(&vec![f32::NAN; ws.weights.len()], &mut ws.weights)
+            .unwrap();
         let d_logits = dev.upload(&logits).unwrap();
         let d_bias = bias.as_ref().map(|b| dev.upload(b).unwrap());
-        ws.route(&dev, &d_logits, d_bias.as_ref(), &RouterParams::new(&cfg).unwrap(), t).unwrap();
+        ws.route(
+            &dev,
+            &d_logits,
+            d_bias.as_ref(),
+            &RouterParams::new(&cfg).unwrap(),
+            t,
+        )
+        .unwrap();
         let experts = dev.download(&ws.experts).unwrap();
         let weights = dev.download(&ws.weights).unwrap();
         let want_e: Vec<i32> = want.experts.iter().map(|&e| e as i32).collect();
         assert_eq!(experts, want_e, "{name}: experts");
         for (i, (g, w)) in weights.iter().zip(&want.weights).enumerate() {
-            assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "{name}: weight {i}: {g} vs {w}");
+            assert!(
+                (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                "{name}: weight {i}: {g} vs {w}"
+            );
         }
         println!("{name}: {t} tokens equal");
     }
@@ -136,7 +225,13 @@ fn fused_routing_matches_the_reference_for_every_variant() {
 fn permutation_matches_the_counting_sort() {
     let Some(dev) = device() else { return };
     let mut rng = Rng(2);
-    for (n_experts, top_k, t) in [(8, 2, 1), (8, 2, 1000), (256, 8, 3), (256, 8, 700), (64, 6, 129)] {
+    for (n_experts, top_k, t) in [
+        (8, 2, 1),
+        (8, 2, 1000),
+        (256, 8, 3),
+        (256, 8, 700),
+        (64, 6, 129),
+    ] {
         // Skewed picks (distinct per token), so some experts get many rows and some none.
         let mut experts = Vec::new();
         for _ in 0..t {
@@ -151,7 +246,12 @@ fn permutation_matches_the_counting_sort() {
             experts.extend(chosen);
         }
         let want = permute_by_expert(&experts, n_experts);
-        let shape = MoeShape { hidden: 128, inter: 64, n_experts, top_k };
+        let shape = MoeShape {
+            hidden: 128,
+            inter: 64,
+            n_experts,
+            top_k,
+        };
         let mut ws = MoeWorkspace::new(&dev, shape, t).unwrap();
         let e_i32: Vec<i32> = experts.iter().map(|&e| e as i32).collect();
         dev.stream().memcpy_htod(&e_i32, &mut ws.experts).unwrap();
@@ -166,7 +266,11 @@ fn permutation_matches_the_counting_sort() {
             let tiles = dev.download(&ws.tile_offsets).unwrap();
             let rows = dev.download(&ws.row_of_pair).unwrap();
             let want_order: Vec<i32> = want.order.iter().map(|&p| p as i32).collect();
-            assert_eq!(&order[..t * top_k], &want_order[..], "order ({n_experts} experts, {t} tokens)");
+            assert_eq!(
+                &order[..t * top_k],
+                &want_order[..],
+                "order ({n_experts} experts, {t} tokens)"
+            );
             let want_off: Vec<i32> = want.offsets.iter().map(|&o| o as i32).collect();
             assert_eq!(offsets, want_off, "offsets");
             let mut acc = 0;
@@ -192,10 +296,25 @@ struct LayerCase {
 
 fn layer_cases() -> Vec<LayerCase> {
     vec![
-        LayerCase { name: "mixtral-like", shape: MoeShape { hidden: 256, inter: 448, n_experts: 8, top_k: 2 }, router: RouterConfig::mixtral(8, 2), bias: false },
+        LayerCase {
+            name: "mixtral-like",
+            shape: MoeShape {
+                hidden: 256,
+                inter: 448,
+                n_experts: 8,
+                top_k: 2,
+            },
+            router: RouterConfig::mixtral(8, 2),
+            bias: false,
+        },
         LayerCase {
             name: "deepseek-like",
-            shape: MoeShape { hidden: 384, inter: 128, n_experts: 64, top_k: 6 },
+            shape: MoeShape {
+                hidden: 384,
+                inter: 128,
+                n_experts: 64,
+                top_k: 6,
+            },
             router: RouterConfig::deepseek_v3(64, 6, 8, 4, true, 2.5),
             bias: true,
         },
@@ -228,7 +347,14 @@ fn moe_layer_matches_the_cpu_path() {
             let r = route(&logits, t, &case.router, bias.as_deref()).unwrap();
             let perm = permute_by_expert(&r.experts, e);
             let xs = gather_rows(&x, h, &perm.order, k);
-            let w = ExpertWeights { gate_up: &gate_up, down: &down, hidden: h, inter: i, gate_up_bias: None, down_bias: None };
+            let w = ExpertWeights {
+                gate_up: &gate_up,
+                down: &down,
+                hidden: h,
+                inter: i,
+                gate_up_bias: None,
+                down_bias: None,
+            };
             let y = grouped_swiglu(&xs, &perm.offsets, w);
             let mut want = combine(&y, &perm.order, &r.weights, k, h);
             for (o, a) in want.iter_mut().zip(&addend) {
@@ -242,8 +368,12 @@ fn moe_layer_matches_the_cpu_path() {
                     for row in rows {
                         let xr = &xs[row * h..][..h];
                         for c in 0..i {
-                            let g: f32 = (0..h).map(|q| gate_up[(ex * 2 * i + c) * h + q] * xr[q]).sum();
-                            let u: f32 = (0..h).map(|q| gate_up[(ex * 2 * i + i + c) * h + q] * xr[q]).sum();
+                            let g: f32 = (0..h)
+                                .map(|q| gate_up[(ex * 2 * i + c) * h + q] * xr[q])
+                                .sum();
+                            let u: f32 = (0..h)
+                                .map(|q| gate_up[(ex * 2 * i + i + c) * h + q] * xr[q])
+                                .sum();
                             act[row * i + c] = g / (1.0 + (-g).exp()) * u;
                         }
                     }
@@ -258,22 +388,40 @@ fn moe_layer_matches_the_cpu_path() {
                 poison(&dev, &mut ws.act);
                 poison(&dev, &mut ws.y);
                 let mut out = poison_bf16(&dev, t * h);
-                ws.route(&dev, &d_logits, layer.bias.as_ref(), &layer.router, t).unwrap();
+                ws.route(&dev, &d_logits, layer.bias.as_ref(), &layer.router, t)
+                    .unwrap();
                 ws.permute(&dev, t, path).unwrap();
                 ws.gate_up(&dev, &d_x, &layer.gate_up, t, path).unwrap();
                 let act = from_bf16(&dev.download(&ws.act).unwrap());
-                assert_close(&format!("{} T={t} {path:?} gate/up SiLU", case.name), &act[..t * k * i], &want_act, 1e-2);
+                assert_close(
+                    &format!("{} T={t} {path:?} gate/up SiLU", case.name),
+                    &act[..t * k * i],
+                    &want_act,
+                    1e-2,
+                );
                 ws.down(&dev, &layer.down, t, path).unwrap();
                 ws.combine(&dev, t, Some(&d_add), &mut out).unwrap();
                 let got = from_bf16(&dev.download(&out).unwrap());
-                assert_close(&format!("{} T={t} {path:?} layer", case.name), &got, &want, 1.5e-2);
+                assert_close(
+                    &format!("{} T={t} {path:?} layer", case.name),
+                    &got,
+                    &want,
+                    1.5e-2,
+                );
             }
             // The one-call path (picks its own tile shape), without an addend.
             let mut out = poison_bf16(&dev, t * h);
-            layer.forward(&dev, &mut ws, &d_x, &d_logits, t, None, &mut out).unwrap();
+            layer
+                .forward(&dev, &mut ws, &d_x, &d_logits, t, None, &mut out)
+                .unwrap();
             let got = from_bf16(&dev.download(&out).unwrap());
             let want_plain: Vec<f32> = want.iter().zip(&addend).map(|(w, a)| w - a).collect();
-            assert_close(&format!("{} T={t} forward", case.name), &got, &want_plain, 1.5e-2);
+            assert_close(
+                &format!("{} T={t} forward", case.name),
+                &got,
+                &want_plain,
+                1.5e-2,
+            );
         }
     }
 }
@@ -292,8 +440,28 @@ fn rms_norm_with_residual_matches_the_reference() {
         let d_delta = dev.upload(&to_bf16(&delta)).unwrap();
         let d_w = dev.upload(&to_bf16(&w)).unwrap();
         let mut out = poison_bf16(&dev, rows * hidden);
-        norm::add_rms_norm(&dev, &mut d_res, Some(&d_delta), &d_w, &mut out, rows, hidden, 1e-6).unwrap();
-        assert_close(&format!("add_rms_norm {rows}x{hidden} out"), &from_bf16(&dev.download(&out).unwrap()), &want, 1e-2);
-        assert_close(&format!("add_rms_norm {rows}x{hidden} residual"), &from_bf16(&dev.download(&d_res).unwrap()), &want_res, 1e-2);
+        norm::add_rms_norm(
+            &dev,
+            &mut d_res,
+            Some(&d_delta),
+            &d_w,
+            &mut out,
+            rows,
+            hidden,
+            1e-6,
+        )
+        .unwrap();
+        assert_close(
+            &format!("add_rms_norm {rows}x{hidden} out"),
+            &from_bf16(&dev.download(&out).unwrap()),
+            &want,
+            1e-2,
+        );
+        assert_close(
+            &format!("add_rms_norm {rows}x{hidden} residual"),
+            &from_bf16(&dev.download(&d_res).unwrap()),
+            &want_res,
+            1e-2,
+        );
     }
 }

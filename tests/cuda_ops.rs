@@ -27,7 +27,9 @@ fn gpu() -> Option<Device> {
 /// Random values already representable in bf16, so uploading a weight as bf16 is exact.
 fn rand_t(rng: &mut ChaCha8Rng, dims: &[usize], scale: f32) -> Tensor {
     let n: usize = dims.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| half::bf16::from_f32(rng.random_range(-scale..scale)).to_f32()).collect();
+    let v: Vec<f32> = (0..n)
+        .map(|_| half::bf16::from_f32(rng.random_range(-scale..scale)).to_f32())
+        .collect();
     Tensor::from_f32(dims.to_vec(), v).unwrap()
 }
 
@@ -37,8 +39,15 @@ fn host(t: &Tensor) -> Vec<f32> {
 
 fn rel(got: &[f32], want: &[f32]) -> f64 {
     assert_eq!(got.len(), want.len());
-    assert!(got.iter().all(|v| v.is_finite()), "non-finite output (an element was not written?)");
-    let d: f64 = got.iter().zip(want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+    assert!(
+        got.iter().all(|v| v.is_finite()),
+        "non-finite output (an element was not written?)"
+    );
+    let d: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum();
     let n: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
     (d / n.max(1e-30)).sqrt()
 }
@@ -55,12 +64,35 @@ fn linear_with_and_without_bias() {
     let Some(d) = gpu() else { return };
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     for (m, k, n) in [(1, 64, 48), (7, 96, 200), (33, 256, 130)] {
-        let (x, w, b) = (rand_t(&mut rng, &[m, k], 1.0), rand_t(&mut rng, &[n, k], 0.1), rand_t(&mut rng, &[n], 0.5));
-        let (xd, wd, bd) = (x.to_device(&d).unwrap(), w.to_device_bf16(&d).unwrap(), b.to_device(&d).unwrap());
-        close("linear", &ops::linear(&xd, &wd, None).unwrap(), &ops::linear(&x, &w, None).unwrap(), 1e-2);
-        close("linear+bias", &ops::linear(&xd, &wd, Some(&bd)).unwrap(), &ops::linear(&x, &w, Some(&b)).unwrap(), 1e-2);
+        let (x, w, b) = (
+            rand_t(&mut rng, &[m, k], 1.0),
+            rand_t(&mut rng, &[n, k], 0.1),
+            rand_t(&mut rng, &[n], 0.5),
+        );
+        let (xd, wd, bd) = (
+            x.to_device(&d).unwrap(),
+            w.to_device_bf16(&d).unwrap(),
+            b.to_device(&d).unwrap(),
+        );
+        close(
+            "linear",
+            &ops::linear(&xd, &wd, None).unwrap(),
+            &ops::linear(&x, &w, None).unwrap(),
+            1e-2,
+        );
+        close(
+            "linear+bias",
+            &ops::linear(&xd, &wd, Some(&bd)).unwrap(),
+            &ops::linear(&x, &w, Some(&b)).unwrap(),
+            1e-2,
+        );
         let wf = w.to_device(&d).unwrap();
-        close("linear f32 weight", &ops::linear(&xd, &wf, Some(&bd)).unwrap(), &ops::linear(&x, &w, Some(&b)).unwrap(), 1e-5);
+        close(
+            "linear f32 weight",
+            &ops::linear(&xd, &wf, Some(&bd)).unwrap(),
+            &ops::linear(&x, &w, Some(&b)).unwrap(),
+            1e-5,
+        );
     }
 }
 
@@ -70,11 +102,29 @@ fn embedding_norms_add_and_gates() {
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let table = rand_t(&mut rng, &[50, 40], 1.0);
     let ids = [3u32, 49, 0, 3, 17];
-    close("embedding", &ops::embedding(&table.to_device_bf16(&d).unwrap(), &ids).unwrap(), &ops::embedding(&table, &ids).unwrap(), 0.0);
+    close(
+        "embedding",
+        &ops::embedding(&table.to_device_bf16(&d).unwrap(), &ids).unwrap(),
+        &ops::embedding(&table, &ids).unwrap(),
+        0.0,
+    );
     assert!(ops::embedding(&table.to_device_bf16(&d).unwrap(), &[50]).is_err());
-    let (x, w, delta) = (rand_t(&mut rng, &[6, 40], 2.0), rand_t(&mut rng, &[40], 1.0), rand_t(&mut rng, &[6, 40], 1.0));
-    let (xd, wd, dd) = (x.to_device(&d).unwrap(), w.to_device(&d).unwrap(), delta.to_device(&d).unwrap());
-    close("rms_norm", &ops::rms_norm(&xd, &wd, 1e-6).unwrap(), &ops::rms_norm(&x, &w, 1e-6).unwrap(), 1e-5);
+    let (x, w, delta) = (
+        rand_t(&mut rng, &[6, 40], 2.0),
+        rand_t(&mut rng, &[40], 1.0),
+        rand_t(&mut rng, &[6, 40], 1.0),
+    );
+    let (xd, wd, dd) = (
+        x.to_device(&d).unwrap(),
+        w.to_device(&d).unwrap(),
+        delta.to_device(&d).unwrap(),
+    );
+    close(
+        "rms_norm",
+        &ops::rms_norm(&xd, &wd, 1e-6).unwrap(),
+        &ops::rms_norm(&x, &w, 1e-6).unwrap(),
+        1e-5,
+    );
     let (mut rc, mut rg) = (x.clone(), xd.clone());
     let yc = ops::add_rms_norm(&mut rc, &delta, &w, 1e-6).unwrap();
     let yg = ops::add_rms_norm(&mut rg, &dd, &wd, 1e-6).unwrap();
@@ -98,7 +148,10 @@ fn embedding_norms_add_and_gates() {
     let am = ops::argmax_rows(&xd).unwrap();
     assert_eq!(am, ops::argmax_rows(&x).unwrap());
     let big = rand_t(&mut rng, &[3, 5000], 1.0);
-    assert_eq!(ops::argmax_rows(&big.to_device(&d).unwrap()).unwrap(), ops::argmax_rows(&big).unwrap());
+    assert_eq!(
+        ops::argmax_rows(&big.to_device(&d).unwrap()).unwrap(),
+        ops::argmax_rows(&big).unwrap()
+    );
 }
 
 #[test]
@@ -115,8 +168,20 @@ fn rope_half_interleaved_and_yarn() {
         attention_factor: None,
         truncate: true,
     };
-    for (scaling, interleaved) in [(RopeScaling::None, false), (RopeScaling::None, true), (yarn.clone(), true), (yarn, false)] {
-        let r = Rotary::new(&RopeConfig { theta: 10000.0, scaling, interleaved }, 16);
+    for (scaling, interleaved) in [
+        (RopeScaling::None, false),
+        (RopeScaling::None, true),
+        (yarn.clone(), true),
+        (yarn, false),
+    ] {
+        let r = Rotary::new(
+            &RopeConfig {
+                theta: 10000.0,
+                scaling,
+                interleaved,
+            },
+            16,
+        );
         let x = rand_t(&mut rng, &[5, 64], 1.0);
         let pos = [0usize, 1, 7, 300, 4095];
         let (mut c, mut g) = (x.clone(), x.to_device(&d).unwrap());
@@ -133,10 +198,25 @@ fn copies_gathers_and_scatters() {
     let x = rand_t(&mut rng, &[5, 24], 1.0);
     let y = rand_t(&mut rng, &[5, 8], 1.0);
     let (xd, yd) = (x.to_device(&d).unwrap(), y.to_device(&d).unwrap());
-    close("narrow_cols", &ops::narrow_cols(&xd, 7, 9).unwrap(), &ops::narrow_cols(&x, 7, 9).unwrap(), 0.0);
-    close("concat_cols", &ops::concat_cols(&[&xd, &yd, &xd]).unwrap(), &ops::concat_cols(&[&x, &y, &x]).unwrap(), 0.0);
+    close(
+        "narrow_cols",
+        &ops::narrow_cols(&xd, 7, 9).unwrap(),
+        &ops::narrow_cols(&x, 7, 9).unwrap(),
+        0.0,
+    );
+    close(
+        "concat_cols",
+        &ops::concat_cols(&[&xd, &yd, &xd]).unwrap(),
+        &ops::concat_cols(&[&x, &y, &x]).unwrap(),
+        0.0,
+    );
     let order = [9u32, 0, 4, 4, 1, 8];
-    close("gather_rows", &ops::gather_rows(&xd, &order, 2).unwrap(), &ops::gather_rows(&x, &order, 2).unwrap(), 0.0);
+    close(
+        "gather_rows",
+        &ops::gather_rows(&xd, &order, 2).unwrap(),
+        &ops::gather_rows(&x, &order, 2).unwrap(),
+        0.0,
+    );
     let slots = [11usize, 2, 7, 0, 5];
     let mut c = rand_t(&mut rng, &[12 * 30], 1.0);
     let mut g = c.to_device(&d).unwrap();
@@ -154,12 +234,21 @@ fn grouped_swiglu_and_combine() {
     let experts: Vec<u32> = (0..t * k).map(|p| [0u32, 2, 3][p % 3]).collect(); // expert 1 gets nothing
     let weights: Vec<f32> = (0..t * k).map(|_| rng.random_range(0.0..1.0)).collect();
     let perm = ops::permute_by_expert(&experts, e);
-    let (gu, dn) = (rand_t(&mut rng, &[e, 2 * i, h], 0.2), rand_t(&mut rng, &[e, h, i], 0.2));
-    let (gb, db) = (rand_t(&mut rng, &[e, 2 * i], 0.5), rand_t(&mut rng, &[e, h], 0.5));
+    let (gu, dn) = (
+        rand_t(&mut rng, &[e, 2 * i, h], 0.2),
+        rand_t(&mut rng, &[e, h, i], 0.2),
+    );
+    let (gb, db) = (
+        rand_t(&mut rng, &[e, 2 * i], 0.5),
+        rand_t(&mut rng, &[e, h], 0.5),
+    );
     let xd = x.to_device(&d).unwrap();
     let xs = ops::gather_rows(&x, &perm.order, k).unwrap();
     let xsd = ops::gather_rows(&xd, &perm.order, k).unwrap();
-    let (gud, dnd) = (gu.to_device_bf16(&d).unwrap(), dn.to_device_bf16(&d).unwrap());
+    let (gud, dnd) = (
+        gu.to_device_bf16(&d).unwrap(),
+        dn.to_device_bf16(&d).unwrap(),
+    );
     let (gbd, dbd) = (gb.to_device(&d).unwrap(), db.to_device(&d).unwrap());
     for bias in [false, true] {
         let bc = bias.then_some((&gb, &db));
@@ -167,29 +256,90 @@ fn grouped_swiglu_and_combine() {
         let yc = ops::grouped_swiglu(&xs, &perm.offsets, &gu, &dn, bc).unwrap();
         let yg = ops::grouped_swiglu(&xsd, &perm.offsets, &gud, &dnd, bg).unwrap();
         close("grouped_swiglu", &yg, &yc, 1e-5);
-        close("combine", &ops::combine(&yg, &perm.order, &weights, k).unwrap(), &ops::combine(&yc, &perm.order, &weights, k).unwrap(), 1e-5);
+        close(
+            "combine",
+            &ops::combine(&yg, &perm.order, &weights, k).unwrap(),
+            &ops::combine(&yc, &perm.order, &weights, k).unwrap(),
+            1e-5,
+        );
     }
 }
 
-fn attention_case(d: &Device, rng: &mut ChaCha8Rng, heads: Heads, k_width: usize, shared_kv: bool, block_size: usize, lens: &[usize], new: &[usize]) {
+fn attention_case(
+    d: &Device,
+    rng: &mut ChaCha8Rng,
+    heads: Heads,
+    k_width: usize,
+    shared_kv: bool,
+    block_size: usize,
+    lens: &[usize],
+    new: &[usize],
+) {
     let n_blocks = lens.iter().map(|l| l.div_ceil(block_size)).sum::<usize>() + 8;
     let slots = n_blocks * block_size;
     let keys = rand_t(rng, &[slots * k_width], 1.0);
-    let v_width = if shared_kv { k_width } else { heads.n_kv_heads * heads.v_dim };
-    let values = if shared_kv { keys.clone() } else { rand_t(rng, &[slots * v_width], 1.0) };
+    let v_width = if shared_kv {
+        k_width
+    } else {
+        heads.n_kv_heads * heads.v_dim
+    };
+    let values = if shared_kv {
+        keys.clone()
+    } else {
+        rand_t(rng, &[slots * v_width], 1.0)
+    };
     // Each sequence gets scattered blocks.
     let mut free: Vec<u32> = (0..n_blocks as u32).collect();
     free.sort_by_key(|b| (b * 37) % n_blocks as u32);
-    let tables: Vec<Vec<u32>> = lens.iter().map(|&l| (0..l.div_ceil(block_size)).map(|_| free.pop().unwrap()).collect()).collect();
+    let tables: Vec<Vec<u32>> = lens
+        .iter()
+        .map(|&l| {
+            (0..l.div_ceil(block_size))
+                .map(|_| free.pop().unwrap())
+                .collect()
+        })
+        .collect();
     let mut queries = Vec::new();
     for (seq, (&l, &n)) in lens.iter().zip(new).enumerate() {
         queries.extend((l - n..l).map(|pos| QueryPos { seq, pos }));
     }
     let q = rand_t(rng, &[queries.len(), heads.n_heads * heads.qk_dim], 1.0);
     let refs: Vec<&[u32]> = tables.iter().map(Vec::as_slice).collect();
-    let want = ops::paged_attention(&q, &queries, &refs, PagedCache { data: &keys, width: k_width, block_size }, PagedCache { data: &values, width: v_width, block_size }, heads).unwrap();
+    let want = ops::paged_attention(
+        &q,
+        &queries,
+        &refs,
+        PagedCache {
+            data: &keys,
+            width: k_width,
+            block_size,
+        },
+        PagedCache {
+            data: &values,
+            width: v_width,
+            block_size,
+        },
+        heads,
+    )
+    .unwrap();
     let (kd, vd) = (keys.to_device(d).unwrap(), values.to_device(d).unwrap());
-    let got = ops::paged_attention(&q.to_device(d).unwrap(), &queries, &refs, PagedCache { data: &kd, width: k_width, block_size }, PagedCache { data: &vd, width: v_width, block_size }, heads).unwrap();
+    let got = ops::paged_attention(
+        &q.to_device(d).unwrap(),
+        &queries,
+        &refs,
+        PagedCache {
+            data: &kd,
+            width: k_width,
+            block_size,
+        },
+        PagedCache {
+            data: &vd,
+            width: v_width,
+            block_size,
+        },
+        heads,
+    )
+    .unwrap();
     close(&format!("paged attention {heads:?}"), &got, &want, 1e-5);
 }
 
@@ -198,10 +348,36 @@ fn paged_attention_gqa_window_and_mla() {
     let Some(d) = gpu() else { return };
     let mut rng = ChaCha8Rng::seed_from_u64(6);
     // GQA decode + prefill mixed, several sequences, long enough for several 256-key chunks.
-    let gqa = Heads { n_heads: 8, n_kv_heads: 2, qk_dim: 32, v_dim: 32, scale: 0.17, window: None };
+    let gqa = Heads {
+        n_heads: 8,
+        n_kv_heads: 2,
+        qk_dim: 32,
+        v_dim: 32,
+        scale: 0.17,
+        window: None,
+    };
     attention_case(&d, &mut rng, gqa, 64, false, 16, &[700, 5, 37], &[1, 5, 3]);
-    attention_case(&d, &mut rng, Heads { window: Some(40), ..gqa }, 64, false, 4, &[300, 41], &[1, 41]);
+    attention_case(
+        &d,
+        &mut rng,
+        Heads {
+            window: Some(40),
+            ..gqa
+        },
+        64,
+        false,
+        4,
+        &[300, 41],
+        &[1, 41],
+    );
     // MLA absorbed: MQA over (latent, rope key) rows, values = the latent part of the same rows.
-    let mla = Heads { n_heads: 4, n_kv_heads: 1, qk_dim: 40, v_dim: 32, scale: 0.2, window: None };
+    let mla = Heads {
+        n_heads: 4,
+        n_kv_heads: 1,
+        qk_dim: 40,
+        v_dim: 32,
+        scale: 0.2,
+        window: None,
+    };
     attention_case(&d, &mut rng, mla, 40, true, 4, &[19, 300], &[19, 1]);
 }

@@ -9,7 +9,12 @@ use switchyard::engine::{Engine, GenerateOptions};
 use switchyard::model::ModelSource;
 
 fn engine(name: &str) -> Engine {
-    let loaded = ModelSource { dir: fixture_dir(name), random_weights: None }.load().unwrap_or_else(|e| panic!("{name}: {e}"));
+    let loaded = ModelSource {
+        dir: fixture_dir(name),
+        random_weights: None,
+    }
+    .load()
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
     Engine::new(loaded.model, 64, 4)
 }
 
@@ -20,8 +25,15 @@ fn check_logits(name: &str) {
         let got = e.score(prompt).unwrap();
         let want: Vec<f32> = want.iter().flatten().copied().collect();
         let err = rel_l2(got.as_slice(), &want);
-        eprintln!("{name}: {} tokens: relative L2 error {err:.2e}", prompt.len());
-        assert!(err <= 1e-3, "{name}: prompt of {} tokens: relative error {err:.2e} > 1e-3", prompt.len());
+        eprintln!(
+            "{name}: {} tokens: relative L2 error {err:.2e}",
+            prompt.len()
+        );
+        assert!(
+            err <= 1e-3,
+            "{name}: prompt of {} tokens: relative error {err:.2e} > 1e-3",
+            prompt.len()
+        );
     }
     assert_eq!(e.used_blocks(), 0, "{name}: cache blocks leaked");
 }
@@ -29,11 +41,21 @@ fn check_logits(name: &str) {
 fn check_greedy(name: &str) {
     let g = golden(name);
     let mut e = engine(name);
-    let opts = GenerateOptions { max_tokens: 12, sampling: SamplingParams::default(), seed: 0, ignore_eos: true };
+    let opts = GenerateOptions {
+        max_tokens: 12,
+        sampling: SamplingParams::default(),
+        seed: 0,
+        ignore_eos: true,
+    };
     for (prompt, want) in g.prompts.iter().zip(&g.greedy) {
         let got = e.generate(prompt, &opts).unwrap();
         let n = decisive_prefix(want);
-        assert_eq!(got.tokens[..n], want.tokens[..n], "{name}: greedy after a prompt of {} tokens", prompt.len());
+        assert_eq!(
+            got.tokens[..n],
+            want.tokens[..n],
+            "{name}: greedy after a prompt of {} tokens",
+            prompt.len()
+        );
     }
 }
 
@@ -52,12 +74,24 @@ macro_rules! golden_tests {
     )*};
 }
 
-golden_tests!(llama_tied, llama_bias_sharded, mistral_window, mixtral, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3, deepseek_v3_yarn);
+golden_tests!(
+    llama_tied,
+    llama_bias_sharded,
+    mistral_window,
+    mixtral,
+    qwen2_moe,
+    qwen3_moe,
+    deepseek_v2,
+    deepseek_v3,
+    deepseek_v3_yarn
+);
 
 #[test]
 fn tokenizer_matches_transformers() {
     let g = golden("mixtral");
     let text = g.text.expect("mixtral golden has a text prompt");
-    let tok = switchyard::tokenizer::Tokenizer::from_dir(&fixture_dir("mixtral")).unwrap().expect("tokenizer.json");
+    let tok = switchyard::tokenizer::Tokenizer::from_dir(&fixture_dir("mixtral"))
+        .unwrap()
+        .expect("tokenizer.json");
     assert_eq!(tok.encode(&text.prompt).unwrap(), text.ids);
 }

@@ -16,8 +16,20 @@ use switchyard::parallel::{ParallelExecutor, ParallelPlan};
 const BLOCK: usize = 4;
 const CACHE_TOKENS: usize = 64;
 
-fn plan(tp: usize, ep: usize, pp: usize, redundant: usize, placement: PlacementSpec) -> ParallelPlan {
-    let flags = LayoutOverrides { tp: Some(tp), ep: Some(ep), pp: Some(pp), redundant: Some(redundant), ..Default::default() };
+fn plan(
+    tp: usize,
+    ep: usize,
+    pp: usize,
+    redundant: usize,
+    placement: PlacementSpec,
+) -> ParallelPlan {
+    let flags = LayoutOverrides {
+        tp: Some(tp),
+        ep: Some(ep),
+        pp: Some(pp),
+        redundant: Some(redundant),
+        ..Default::default()
+    };
     let mut layout = flags.resolve().unwrap();
     layout.experts.placement = placement;
     layout.parallel.gpus_per_node = Some(2.min(ep));
@@ -44,18 +56,25 @@ fn layouts(cfg: &ModelConfig) -> Vec<(&'static str, ParallelPlan)> {
         ("tp2-ep4-pp2", plan(2, 4, 2, 0, PlacementSpec::Contiguous)),
     ];
     if cfg.moe.is_some() {
-        v.push(("ep4-redundant4-scrambled", plan(1, 4, 1, 4, scrambled(n, 4))));
+        v.push((
+            "ep4-redundant4-scrambled",
+            plan(1, 4, 1, 4, scrambled(n, 4)),
+        ));
     }
     v
 }
 
 fn engine(name: &str, p: Option<&ParallelPlan>) -> Engine {
-    let source = ModelSource { dir: fixture_dir(name), random_weights: None };
+    let source = ModelSource {
+        dir: fixture_dir(name),
+        random_weights: None,
+    };
     match p {
         None => Engine::new(source.load().unwrap().model, CACHE_TOKENS, BLOCK),
         Some(p) => {
             let (cfg, src) = source.weights().unwrap();
-            let exec = ParallelExecutor::new(&cfg, src, p, CACHE_TOKENS / BLOCK, BLOCK).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let exec = ParallelExecutor::new(&cfg, src, p, CACHE_TOKENS / BLOCK, BLOCK)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
             Engine::with_executor(Box::new(exec))
         }
     }
@@ -65,17 +84,37 @@ fn check_fixture(name: &str) {
     let g = golden(name);
     let mut single = engine(name, None);
     let cfg = single.config().clone();
-    let opts = GenerateOptions { max_tokens: 12, sampling: SamplingParams::default(), seed: 0, ignore_eos: true };
-    let want_logits: Vec<Vec<f32>> = g.prompts.iter().map(|p| single.score(p).unwrap().into_vec()).collect();
-    let want_tokens: Vec<Vec<u32>> = g.prompts.iter().map(|p| single.generate(p, &opts).unwrap().tokens).collect();
+    let opts = GenerateOptions {
+        max_tokens: 12,
+        sampling: SamplingParams::default(),
+        seed: 0,
+        ignore_eos: true,
+    };
+    let want_logits: Vec<Vec<f32>> = g
+        .prompts
+        .iter()
+        .map(|p| single.score(p).unwrap().into_vec())
+        .collect();
+    let want_tokens: Vec<Vec<u32>> = g
+        .prompts
+        .iter()
+        .map(|p| single.generate(p, &opts).unwrap().tokens)
+        .collect();
     for (label, p) in layouts(&cfg) {
         let mut e = engine(name, Some(&p));
         for (i, prompt) in g.prompts.iter().enumerate() {
             let got = e.score(prompt).unwrap().into_vec();
             let err = rel_l2(&got, &want_logits[i]);
-            assert!(err <= 1e-5, "{name} under {label}: {} tokens: relative error {err:.2e}", prompt.len());
+            assert!(
+                err <= 1e-5,
+                "{name} under {label}: {} tokens: relative error {err:.2e}",
+                prompt.len()
+            );
             let tokens = e.generate(prompt, &opts).unwrap().tokens;
-            assert_eq!(tokens, want_tokens[i], "{name} under {label}: greedy tokens");
+            assert_eq!(
+                tokens, want_tokens[i],
+                "{name} under {label}: greedy tokens"
+            );
         }
         assert_eq!(e.used_blocks(), 0, "{name} under {label}: blocks leaked");
     }
@@ -90,7 +129,17 @@ macro_rules! layout_tests {
     )*};
 }
 
-layout_tests!(llama_tied, llama_bias_sharded, mistral_window, mixtral, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3, deepseek_v3_yarn);
+layout_tests!(
+    llama_tied,
+    llama_bias_sharded,
+    mistral_window,
+    mixtral,
+    qwen2_moe,
+    qwen3_moe,
+    deepseek_v2,
+    deepseek_v3,
+    deepseek_v3_yarn
+);
 
 fn batch_of(prompts: &[Vec<u32>], first_block: u32) -> StepBatch {
     let mut b = StepBatch::default();
@@ -106,8 +155,16 @@ fn batch_of(prompts: &[Vec<u32>], first_block: u32) -> StepBatch {
 #[test]
 fn all_to_all_moves_the_bytes_the_plans_predict() {
     let g = golden("mixtral");
-    let (cfg, src) = ModelSource { dir: fixture_dir("mixtral"), random_weights: None }.weights().unwrap();
-    for p in [plan(1, 4, 1, 0, PlacementSpec::Contiguous), plan(1, 4, 1, 4, scrambled(8, 4))] {
+    let (cfg, src) = ModelSource {
+        dir: fixture_dir("mixtral"),
+        random_weights: None,
+    }
+    .weights()
+    .unwrap();
+    for p in [
+        plan(1, 4, 1, 0, PlacementSpec::Contiguous),
+        plan(1, 4, 1, 4, scrambled(8, 4)),
+    ] {
         let mut exec = ParallelExecutor::new(&cfg, src.clone(), &p, 32, BLOCK).unwrap();
         exec.submit(batch_of(&g.prompts, 0)).unwrap();
         let out = exec.collect().unwrap();
@@ -117,36 +174,76 @@ fn all_to_all_moves_the_bytes_the_plans_predict() {
         assert_eq!(out.comm_bytes, out.a2a_measured_bytes);
         let pairs: u64 = out.rank_tokens.iter().flatten().sum();
         let tokens: usize = g.prompts.iter().map(Vec::len).sum();
-        let sparse_layers = cfg.moe.as_ref().unwrap().sparse_layers.iter().filter(|s| **s).count();
-        assert_eq!(pairs as usize, tokens * 2 * sparse_layers, "every (token, expert) pair computed once");
+        let sparse_layers = cfg
+            .moe
+            .as_ref()
+            .unwrap()
+            .sparse_layers
+            .iter()
+            .filter(|s| **s)
+            .count();
+        assert_eq!(
+            pairs as usize,
+            tokens * 2 * sparse_layers,
+            "every (token, expert) pair computed once"
+        );
     }
 }
 
 #[test]
 fn pipeline_stages_work_on_different_micro_batches_at_once() {
     let g = golden("qwen3_moe");
-    let (cfg, src) = ModelSource { dir: fixture_dir("qwen3_moe"), random_weights: None }.weights().unwrap();
-    let mut exec = ParallelExecutor::new(&cfg, src, &plan(1, 1, 2, 0, PlacementSpec::Contiguous), 64, BLOCK).unwrap();
-    let micro: Vec<StepBatch> = (0..4).map(|i| batch_of(&g.prompts[3..4], i as u32 * 8)).collect();
+    let (cfg, src) = ModelSource {
+        dir: fixture_dir("qwen3_moe"),
+        random_weights: None,
+    }
+    .weights()
+    .unwrap();
+    let mut exec = ParallelExecutor::new(
+        &cfg,
+        src,
+        &plan(1, 1, 2, 0, PlacementSpec::Contiguous),
+        64,
+        BLOCK,
+    )
+    .unwrap();
+    let micro: Vec<StepBatch> = (0..4)
+        .map(|i| batch_of(&g.prompts[3..4], i as u32 * 8))
+        .collect();
     let ids: Vec<u64> = micro.into_iter().map(|b| exec.submit(b).unwrap()).collect();
     for _ in &ids {
         exec.collect().unwrap();
     }
     let ev = exec.stage_events();
-    let find = |step: u64, stage: usize| ev.iter().find(|e| e.step == step && e.stage == stage).copied().unwrap();
+    let find = |step: u64, stage: usize| {
+        ev.iter()
+            .find(|e| e.step == step && e.stage == stage)
+            .copied()
+            .unwrap()
+    };
     // Stage 0 starts micro-batch i+1 before stage 1 has finished micro-batch i.
-    let overlaps = ids.windows(2).filter(|w| find(w[1], 0).start < find(w[0], 1).end).count();
+    let overlaps = ids
+        .windows(2)
+        .filter(|w| find(w[1], 0).start < find(w[0], 1).end)
+        .count();
     assert!(overlaps >= 1, "no overlapping stage work: {ev:?}");
 }
 
 #[test]
 fn the_ranks_refuse_a_layout_that_cannot_work() {
-    let (cfg, src) = ModelSource { dir: fixture_dir("mixtral"), random_weights: None }.weights().unwrap();
+    let (cfg, src) = ModelSource {
+        dir: fixture_dir("mixtral"),
+        random_weights: None,
+    }
+    .weights()
+    .unwrap();
     let mut p = plan(1, 1, 1, 0, PlacementSpec::Contiguous);
     p.layout.parallel.ep = 3;
     p.layout.parallel.nodes = None;
     p.layout.parallel.gpus_per_node = None;
     let p = ParallelPlan::from_layout(p.layout).unwrap();
-    let err = ParallelExecutor::new(&cfg, src, &p, 8, BLOCK).unwrap_err().to_string();
+    let err = ParallelExecutor::new(&cfg, src, &p, 8, BLOCK)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("experts (8)") && err.contains("ep 3"), "{err}");
 }

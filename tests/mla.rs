@@ -9,9 +9,17 @@ use switchyard::engine::Engine;
 use switchyard::model::ModelSource;
 
 fn logits(name: &str, form: MlaForm, prompt: &[u32]) -> Vec<f32> {
-    let mut loaded = ModelSource { dir: fixture_dir(name), random_weights: None }.load().unwrap();
+    let mut loaded = ModelSource {
+        dir: fixture_dir(name),
+        random_weights: None,
+    }
+    .load()
+    .unwrap();
     loaded.model.set_mla_form(form);
-    Engine::new(loaded.model, 64, 4).score(prompt).unwrap().into_vec()
+    Engine::new(loaded.model, 64, 4)
+        .score(prompt)
+        .unwrap()
+        .into_vec()
 }
 
 #[test]
@@ -22,19 +30,34 @@ fn absorbed_and_naive_forms_agree() {
             let absorbed = logits(name, MlaForm::Absorbed, prompt);
             let naive = logits(name, MlaForm::Naive, prompt);
             let err = rel_l2(&absorbed, &naive);
-            assert!(err < 1e-5, "{name}, {} tokens: absorbed vs naive {err:.2e}", prompt.len());
+            assert!(
+                err < 1e-5,
+                "{name}, {} tokens: absorbed vs naive {err:.2e}",
+                prompt.len()
+            );
         }
     }
 }
 
 #[test]
 fn the_cache_stores_the_latent_and_rope_key_only() {
-    let loaded = ModelSource { dir: fixture_dir("deepseek_v3"), random_weights: None }.load().unwrap();
+    let loaded = ModelSource {
+        dir: fixture_dir("deepseek_v3"),
+        random_weights: None,
+    }
+    .load()
+    .unwrap();
     let cfg = loaded.model.config().clone();
-    let switchyard::config::AttentionKind::Mla(mla) = &cfg.attention else { panic!("MLA config") };
+    let switchyard::config::AttentionKind::Mla(mla) = &cfg.attention else {
+        panic!("MLA config")
+    };
     let cache = loaded.model.new_cache(1, 16);
     let per_layer = mla.kv_lora_rank + mla.qk_rope_head_dim;
-    assert_eq!(cache.bytes_per_token(), per_layer * cfg.num_layers * 4, "f32 rows of kv_lora + rope per layer");
+    assert_eq!(
+        cache.bytes_per_token(),
+        per_layer * cfg.num_layers * 4,
+        "f32 rows of kv_lora + rope per layer"
+    );
     let full_kv = cfg.num_heads * (mla.qk_nope_head_dim + mla.qk_rope_head_dim + mla.v_head_dim);
     assert!(per_layer < full_kv, "{per_layer} vs full K/V {full_kv}");
 }

@@ -16,13 +16,33 @@ use switchyard::scheduler::{Event, GenerationRequest, SamplingConfig};
 use tower::ServiceExt;
 
 fn prompts() -> Vec<Vec<u32>> {
-    (0..12).map(|i| (0..(3 + 7 * i)).map(|t| ((t * 31 + i * 17) % 500 + 3) as u32).collect()).collect()
+    (0..12)
+        .map(|i| {
+            (0..(3 + 7 * i))
+                .map(|t| ((t * 31 + i * 17) % 500 + 3) as u32)
+                .collect()
+        })
+        .collect()
 }
 
 /// Greedy tokens through the engine thread (the scheduler batches them with everything else).
-async fn greedy_tokens(s: &Arc<switchyard::server::AppState>, prompt: &[u32], max_tokens: usize) -> Vec<u32> {
-    let sampling = SamplingConfig { max_tokens, ignore_eos: true, ..Default::default() };
-    let mut rx = s.engine.submit(GenerationRequest { prompt: prompt.to_vec(), sampling }).unwrap();
+async fn greedy_tokens(
+    s: &Arc<switchyard::server::AppState>,
+    prompt: &[u32],
+    max_tokens: usize,
+) -> Vec<u32> {
+    let sampling = SamplingConfig {
+        max_tokens,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let mut rx = s
+        .engine
+        .submit(GenerationRequest {
+            prompt: prompt.to_vec(),
+            sampling,
+        })
+        .unwrap();
     let mut tokens = Vec::new();
     while let Some(ev) = rx.recv().await {
         match ev {
@@ -35,8 +55,13 @@ async fn greedy_tokens(s: &Arc<switchyard::server::AppState>, prompt: &[u32], ma
 }
 
 /// Greedy text through the HTTP app.
-async fn greedy_text(s: &Arc<switchyard::server::AppState>, prompt: &[u32], max_tokens: usize) -> String {
-    let body = json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true});
+async fn greedy_text(
+    s: &Arc<switchyard::server::AppState>,
+    prompt: &[u32],
+    max_tokens: usize,
+) -> String {
+    let body =
+        json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true});
     let (status, v) = post(s, "/v1/completions", &body).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     v["choices"][0]["text"].as_str().unwrap().to_string()
@@ -45,7 +70,10 @@ async fn greedy_text(s: &Arc<switchyard::server::AppState>, prompt: &[u32], max_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greedy_answers_do_not_depend_on_the_batch() {
     let loaded = load();
-    let solo: Vec<Vec<u32>> = prompts().iter().map(|p| solo_greedy(&loaded, p, 10)).collect();
+    let solo: Vec<Vec<u32>> = prompts()
+        .iter()
+        .map(|p| solo_greedy(&loaded, p, 10))
+        .collect();
     // A small token budget forces chunked prefill mixed with decodes; a small cache forces
     // preemption by recompute.
     for (seqs, budget, blocks) in [(16, 16, None), (8, 8, Some(14)), (64, 512, None)] {
@@ -57,7 +85,10 @@ async fn greedy_answers_do_not_depend_on_the_batch() {
         }))
         .await;
         for (i, (g, w)) in got.iter().zip(&solo).enumerate() {
-            assert_eq!(g, w, "prompt {i} with max_num_seqs={seqs} budget={budget} blocks={blocks:?}");
+            assert_eq!(
+                g, w,
+                "prompt {i} with max_num_seqs={seqs} budget={budget} blocks={blocks:?}"
+            );
         }
         let texts = join_all(prompts().iter().map(|p| {
             let s = s.clone();
@@ -81,9 +112,19 @@ async fn streaming_sends_the_same_text_then_done() {
     let mut sbody = body.clone();
     sbody["stream"] = json!(true);
     sbody["stream_options"] = json!({"include_usage": true});
-    let (status, text) = call_raw(&s, "POST", "/v1/completions", sbody.to_string().into_bytes(), &[]).await;
+    let (status, text) = call_raw(
+        &s,
+        "POST",
+        "/v1/completions",
+        sbody.to_string().into_bytes(),
+        &[],
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
-    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.trim().is_empty()).collect();
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .collect();
     assert_eq!(events.last().unwrap().trim(), "data: [DONE]");
     let mut streamed = String::new();
     let mut usage = Value::Null;
@@ -100,9 +141,23 @@ async fn streaming_sends_the_same_text_then_done() {
     assert_eq!(usage["completion_tokens"], 12);
 
     let chat = json!({"messages": [{"role": "user", "content": "Hello there!"}], "max_tokens": 5, "temperature": 0, "stream": true, "ignore_eos": true});
-    let (status, text) = call_raw(&s, "POST", "/v1/chat/completions", chat.to_string().into_bytes(), &[]).await;
+    let (status, text) = call_raw(
+        &s,
+        "POST",
+        "/v1/chat/completions",
+        chat.to_string().into_bytes(),
+        &[],
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
-    let first: Value = serde_json::from_str(text.split("\n\n").next().unwrap().strip_prefix("data: ").unwrap()).unwrap();
+    let first: Value = serde_json::from_str(
+        text.split("\n\n")
+            .next()
+            .unwrap()
+            .strip_prefix("data: ")
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(first["object"], "chat.completion.chunk");
     assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
     assert!(text.trim_end().ends_with("data: [DONE]"));
@@ -112,17 +167,30 @@ async fn streaming_sends_the_same_text_then_done() {
 async fn a_disconnected_stream_is_cancelled_and_frees_its_blocks() {
     let s = state();
     let body = json!({"prompt": [1, 2, 3, 4], "max_tokens": 200, "temperature": 0, "ignore_eos": true, "stream": true});
-    let req = Request::post("/v1/completions").header("content-type", "application/json").body(Body::from(body.to_string())).unwrap();
+    let req = Request::post("/v1/completions")
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
     let resp = router(&s).oneshot(req).await.unwrap();
     let mut body = resp.into_body();
     let frame = body.frame().await.unwrap().unwrap();
     assert!(frame.data_ref().is_some());
-    assert!(s.engine.kv_blocks_used() > 0, "the running sequence holds blocks");
+    assert!(
+        s.engine.kv_blocks_used() > 0,
+        "the running sequence holds blocks"
+    );
     drop(body);
     wait_for_idle_cache(&s).await;
     let m = s.metrics().render();
-    assert_eq!(metric(&m, "switchyard_requests_total{outcome=\"cancelled\"}"), 1.0, "{m}");
-    assert!(metric(&m, "switchyard_generation_tokens_total") < 200.0, "generation stopped early");
+    assert_eq!(
+        metric(&m, "switchyard_requests_total{outcome=\"cancelled\"}"),
+        1.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "switchyard_generation_tokens_total") < 200.0,
+        "generation stopped early"
+    );
 }
 
 #[tokio::test]
@@ -134,19 +202,40 @@ async fn expert_counters_grow_by_prompt_plus_generated_minus_one_times_top_k() {
     assert_eq!(status, StatusCode::OK, "{v}");
     let m = s.metrics().render();
     for layer in 0..layers {
-        let total: f64 = (0..8).map(|e| metric(&m, &format!("switchyard_expert_tokens_total{{layer=\"{layer}\",expert=\"{e}\"}}"))).sum();
-        assert_eq!(total, (prompt + gen - 1) as f64 * top_k, "layer {layer}:\n{m}");
+        let total: f64 = (0..8)
+            .map(|e| {
+                metric(
+                    &m,
+                    &format!("switchyard_expert_tokens_total{{layer=\"{layer}\",expert=\"{e}\"}}"),
+                )
+            })
+            .sum();
+        assert_eq!(
+            total,
+            (prompt + gen - 1) as f64 * top_k,
+            "layer {layer}:\n{m}"
+        );
     }
-    assert_eq!(metric(&m, "switchyard_rank_tokens_total{rank=\"0\"}"), ((prompt + gen - 1) * 2 * layers) as f64);
+    assert_eq!(
+        metric(&m, "switchyard_rank_tokens_total{rank=\"0\"}"),
+        ((prompt + gen - 1) * 2 * layers) as f64
+    );
     wait_for_idle_cache(&s).await;
-    assert!(m.contains("switchyard_time_to_first_token_seconds_bucket"), "{m}");
+    assert!(
+        m.contains("switchyard_time_to_first_token_seconds_bucket"),
+        "{m}"
+    );
 }
 
 #[tokio::test]
 async fn the_chat_template_renders_as_transformers_did() {
-    let golden: Value = serde_json::from_str(&std::fs::read_to_string(fixture().join("golden.json")).unwrap()).unwrap();
+    let golden: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("golden.json")).unwrap())
+            .unwrap();
     let chat = &golden["chat"];
-    let tmpl = switchyard::server::chat_template::ChatTemplate::from_dir(&fixture()).unwrap().unwrap();
+    let tmpl = switchyard::server::chat_template::ChatTemplate::from_dir(&fixture())
+        .unwrap()
+        .unwrap();
     let messages: Vec<_> = serde_json::from_value(chat["messages"].clone()).unwrap();
     let text = tmpl.render(&messages).unwrap();
     assert_eq!(text, chat["rendered"].as_str().unwrap());
@@ -154,7 +243,12 @@ async fn the_chat_template_renders_as_transformers_did() {
     let want: Vec<u32> = serde_json::from_value(chat["ids"].clone()).unwrap();
     assert_eq!(ids, want);
     let s = state();
-    let (status, v) = post(&s, "/v1/chat/completions", &json!({"messages": chat["messages"], "max_tokens": 3, "temperature": 0})).await;
+    let (status, v) = post(
+        &s,
+        "/v1/chat/completions",
+        &json!({"messages": chat["messages"], "max_tokens": 3, "temperature": 0}),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["usage"]["prompt_tokens"], want.len());
     assert_eq!(v["choices"][0]["message"]["role"], "assistant");
@@ -168,7 +262,10 @@ async fn n_and_batched_prompts_give_every_choice() {
     assert_eq!(status, StatusCode::OK, "{v}");
     let choices = v["choices"].as_array().unwrap();
     assert_eq!(choices.len(), 4);
-    assert_eq!(choices[0]["text"], choices[1]["text"], "greedy choices of one prompt agree");
+    assert_eq!(
+        choices[0]["text"], choices[1]["text"],
+        "greedy choices of one prompt agree"
+    );
     assert_eq!(v["usage"]["completion_tokens"], 12);
     let (_, models) = call_raw(&s, "GET", "/v1/models", Vec::new(), &[]).await;
     assert!(models.contains("\"mixtral\""), "{models}");

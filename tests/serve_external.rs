@@ -34,7 +34,10 @@ fn in_ci() -> bool {
 
 /// Whether `program --version`-style probing succeeds.
 fn runs(program: &str, args: &[&str]) -> bool {
-    Command::new(program).args(args).output().is_ok_and(|o| o.status.success())
+    Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// None when every tool is there, else what is missing.
@@ -82,9 +85,20 @@ fn run_script(script: &str, python_modules: &[&str], programs: &[&str], extra: &
         .unwrap_or_else(|e| panic!("running python3 {}: {e}", path.display()));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let summary = stdout.lines().rev().find(|l| l.contains(" passed, ")).unwrap_or("no summary line");
-    say(&format!("{script}: {summary} in {:.1}s", start.elapsed().as_secs_f64()));
-    assert!(out.status.success() && summary.ends_with(" 0 failed"), "{script} failed ({}):\n{stdout}\n{stderr}", out.status);
+    let summary = stdout
+        .lines()
+        .rev()
+        .find(|l| l.contains(" passed, "))
+        .unwrap_or("no summary line");
+    say(&format!(
+        "{script}: {summary} in {:.1}s",
+        start.elapsed().as_secs_f64()
+    ));
+    assert!(
+        out.status.success() && summary.ends_with(" 0 failed"),
+        "{script} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
 }
 
 fn shipped_model_exists() -> bool {
@@ -111,11 +125,25 @@ fn two_hundred_streaming_clients() {
 /// for blocks and get preempted, and still answer as if alone.
 #[test]
 fn two_hundred_streaming_clients_on_a_tight_cache_and_two_ranks() {
-    run_script("test_load.py", &["openai"], &[], &["--expect-preemption", "--serve-flags", "--kv-blocks 40 --max-batched-tokens 256 --ep 2"]);
+    run_script(
+        "test_load.py",
+        &["openai"],
+        &[],
+        &[
+            "--expect-preemption",
+            "--serve-flags",
+            "--kv-blocks 40 --max-batched-tokens 256 --ep 2",
+        ],
+    );
 }
 
 #[test]
 fn dashboard_in_headless_chromium() {
     let artifacts = repo().join("target/artifacts");
-    run_script("test_dashboard.py", &[], &["chromium"], &["--artifacts", artifacts.to_str().expect("utf-8 path")]);
+    run_script(
+        "test_dashboard.py",
+        &[],
+        &["chromium"],
+        &["--artifacts", artifacts.to_str().expect("utf-8 path")],
+    );
 }

@@ -6,8 +6,8 @@ use crate::config::{AttentionKind, ModelConfig};
 use crate::error::Result;
 use crate::kv_cache::LayerCache;
 use crate::model::{Linear, StepBatch};
-use crate::parallel::Shard;
 use crate::ops::{self, Heads, PagedCache, Rotary};
+use crate::parallel::Shard;
 use crate::tensor::Tensor;
 
 /// One layer's attention.
@@ -29,19 +29,43 @@ impl GqaAttention {
     /// Loads this rank's heads of `{prefix}.{q,k,v,o}_proj` (and q_norm/k_norm): q heads split
     /// over the TP group, KV heads split too or replicated when the group is larger than their
     /// count, the output projection's matching columns (row-parallel).
-    pub fn load(cfg: &ModelConfig, src: &dyn WeightSource, prefix: &str, shard: &Shard) -> Result<Self> {
-        let AttentionKind::Gqa { qkv_bias, o_bias, qk_norm } = cfg.attention else {
+    pub fn load(
+        cfg: &ModelConfig,
+        src: &dyn WeightSource,
+        prefix: &str,
+        shard: &Shard,
+    ) -> Result<Self> {
+        let AttentionKind::Gqa {
+            qkv_bias,
+            o_bias,
+            qk_norm,
+        } = cfg.attention
+        else {
             unreachable!("GqaAttention::load called for MLA")
         };
-        let (h, hd, nh, nkv) = (cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
+        let (h, hd, nh, nkv) = (
+            cfg.hidden_size,
+            cfg.head_dim,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+        );
         let q_heads = shard.tp_range(nh);
-        let kv_heads = if nkv >= shard.tp { shard.tp_range(nkv) } else { let k = shard.tp_rank * nkv / shard.tp; k..k + 1 };
+        let kv_heads = if nkv >= shard.tp {
+            shard.tp_range(nkv)
+        } else {
+            let k = shard.tp_rank * nkv / shard.tp;
+            k..k + 1
+        };
         let rows = |r: &std::ops::Range<usize>| (r.start * hd, r.len() * hd);
-        let q = Linear::load(src, &format!("{prefix}.q_proj"), nh * hd, h, qkv_bias)?.rows(rows(&q_heads))?;
-        let k = Linear::load(src, &format!("{prefix}.k_proj"), nkv * hd, h, qkv_bias)?.rows(rows(&kv_heads))?;
-        let v = Linear::load(src, &format!("{prefix}.v_proj"), nkv * hd, h, qkv_bias)?.rows(rows(&kv_heads))?;
+        let q = Linear::load(src, &format!("{prefix}.q_proj"), nh * hd, h, qkv_bias)?
+            .rows(rows(&q_heads))?;
+        let k = Linear::load(src, &format!("{prefix}.k_proj"), nkv * hd, h, qkv_bias)?
+            .rows(rows(&kv_heads))?;
+        let v = Linear::load(src, &format!("{prefix}.v_proj"), nkv * hd, h, qkv_bias)?
+            .rows(rows(&kv_heads))?;
         // Row-parallel output: this rank's input columns; the bias is added once, on TP rank 0.
-        let o = Linear::load(src, &format!("{prefix}.o_proj"), h, nh * hd, o_bias)?.cols(rows(&q_heads), shard.tp_rank == 0)?;
+        let o = Linear::load(src, &format!("{prefix}.o_proj"), h, nh * hd, o_bias)?
+            .cols(rows(&q_heads), shard.tp_rank == 0)?;
         let norm = |n: &str| src.load(&format!("{prefix}.{n}.weight"), &[hd]);
         let (nh, nkv) = (q_heads.len(), kv_heads.len());
         Ok(Self {
@@ -70,13 +94,25 @@ impl GqaAttention {
 
     /// Cache row widths (keys, values) of this layer.
     pub fn cache_widths(&self) -> (usize, usize) {
-        (self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim)
+        (
+            self.n_kv_heads * self.head_dim,
+            self.n_kv_heads * self.head_dim,
+        )
     }
 
     /// Attention of the batch's new tokens `x` [T, hidden]; writes their K/V into `cache`.
     /// Under TP the result is this rank's partial sum (the group reduces it).
-    pub fn forward(&self, x: &Tensor, batch: &StepBatch, cache: &mut LayerCache, block_size: usize) -> Result<Tensor> {
-        let (q_w, kv_w) = (self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim);
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        batch: &StepBatch,
+        cache: &mut LayerCache,
+        block_size: usize,
+    ) -> Result<Tensor> {
+        let (q_w, kv_w) = (
+            self.n_heads * self.head_dim,
+            self.n_kv_heads * self.head_dim,
+        );
         let qkv = self.qkv.forward(x)?;
         let mut q = ops::narrow_cols(&qkv, 0, q_w)?;
         let mut k = ops::narrow_cols(&qkv, q_w, kv_w)?;
@@ -88,7 +124,11 @@ impl GqaAttention {
         let positions = batch.positions();
         ops::rope(&mut q, &self.rotary, &positions)?;
         ops::rope(&mut k, &self.rotary, &positions)?;
-        let slots: Vec<usize> = batch.queries.iter().map(|qp| ops::cache_slot(&batch.tables[qp.seq], block_size, qp.pos)).collect();
+        let slots: Vec<usize> = batch
+            .queries
+            .iter()
+            .map(|qp| ops::cache_slot(&batch.tables[qp.seq], block_size, qp.pos))
+            .collect();
         ops::scatter_rows(&mut cache.keys, kv_w, 0, &slots, &k)?;
         ops::scatter_rows(&mut cache.values, kv_w, 0, &slots, &v)?;
         let heads = Heads {
@@ -99,9 +139,18 @@ impl GqaAttention {
             scale: 1.0 / (self.head_dim as f32).sqrt(),
             window: self.window,
         };
-        let keys = PagedCache { data: &cache.keys, width: kv_w, block_size };
-        let values = PagedCache { data: &cache.values, width: kv_w, block_size };
-        let attn = ops::paged_attention(&q, &batch.queries, &batch.table_refs(), keys, values, heads)?;
+        let keys = PagedCache {
+            data: &cache.keys,
+            width: kv_w,
+            block_size,
+        };
+        let values = PagedCache {
+            data: &cache.values,
+            width: kv_w,
+            block_size,
+        };
+        let attn =
+            ops::paged_attention(&q, &batch.queries, &batch.table_refs(), keys, values, heads)?;
         self.o.forward(&attn)
     }
 }

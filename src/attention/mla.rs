@@ -11,8 +11,8 @@ use crate::config::{AttentionKind, MlaConfig, ModelConfig};
 use crate::error::Result;
 use crate::kv_cache::LayerCache;
 use crate::model::{Linear, StepBatch};
-use crate::parallel::Shard;
 use crate::ops::{self, Heads, PagedCache, Rotary};
+use crate::parallel::Shard;
 use crate::tensor::Tensor;
 
 /// Which algebraic form computes the attention.
@@ -28,7 +28,11 @@ pub enum MlaForm {
 #[derive(Debug, Clone)]
 enum QueryProj {
     Full(Linear),
-    LowRank { down: Linear, norm: Tensor, up: Linear },
+    LowRank {
+        down: Linear,
+        norm: Tensor,
+        up: Linear,
+    },
 }
 
 /// One layer's MLA.
@@ -53,8 +57,15 @@ pub struct MlaAttention {
 impl MlaAttention {
     /// Loads this rank's heads of the projections of `prefix` (e.g. `model.layers.0.self_attn`):
     /// the latent projections are replicated, the per-head ones split over the TP group.
-    pub fn load(cfg: &ModelConfig, src: &dyn WeightSource, prefix: &str, shard: &Shard) -> Result<Self> {
-        let AttentionKind::Mla(d) = &cfg.attention else { unreachable!("MlaAttention::load for GQA") };
+    pub fn load(
+        cfg: &ModelConfig,
+        src: &dyn WeightSource,
+        prefix: &str,
+        shard: &Shard,
+    ) -> Result<Self> {
+        let AttentionKind::Mla(d) = &cfg.attention else {
+            unreachable!("MlaAttention::load for GQA")
+        };
         let (h, all_heads) = (cfg.hidden_size, cfg.num_heads);
         let heads = shard.tp_range(all_heads);
         let nh = heads.len();
@@ -62,23 +73,30 @@ impl MlaAttention {
         let per_head = d.qk_nope_head_dim + d.v_head_dim;
         let lin = |n: &str, out, inp| Linear::load(src, &format!("{prefix}.{n}"), out, inp, false);
         let q = match d.q_lora_rank {
-            None => QueryProj::Full(lin("q_proj", all_heads * qk, h)?.rows((heads.start * qk, nh * qk))?),
+            None => QueryProj::Full(
+                lin("q_proj", all_heads * qk, h)?.rows((heads.start * qk, nh * qk))?,
+            ),
             Some(r) => QueryProj::LowRank {
                 down: lin("q_a_proj", r, h)?,
                 norm: src.load(&format!("{prefix}.q_a_layernorm.weight"), &[r])?,
                 up: lin("q_b_proj", all_heads * qk, r)?.rows((heads.start * qk, nh * qk))?,
             },
         };
-        let kv_b = lin("kv_b_proj", all_heads * per_head, d.kv_lora_rank)?.rows((heads.start * per_head, nh * per_head))?;
+        let kv_b = lin("kv_b_proj", all_heads * per_head, d.kv_lora_rank)?
+            .rows((heads.start * per_head, nh * per_head))?;
         let (w_uk_t, w_uv) = split_kv_b(&kv_b.weight, nh, d)?;
         let scale = (1.0 / (qk as f64).sqrt() * cfg.rope.softmax_mscale()) as f32;
         Ok(Self {
             q,
             kv_down: lin("kv_a_proj_with_mqa", d.kv_lora_rank + d.qk_rope_head_dim, h)?,
-            kv_norm: src.load(&format!("{prefix}.kv_a_layernorm.weight"), &[d.kv_lora_rank])?,
+            kv_norm: src.load(
+                &format!("{prefix}.kv_a_layernorm.weight"),
+                &[d.kv_lora_rank],
+            )?,
             w_uk_t,
             w_uv,
-            o: lin("o_proj", h, all_heads * d.v_head_dim)?.cols((heads.start * d.v_head_dim, nh * d.v_head_dim), true)?,
+            o: lin("o_proj", h, all_heads * d.v_head_dim)?
+                .cols((heads.start * d.v_head_dim, nh * d.v_head_dim), true)?,
             dims: d.clone(),
             n_heads: nh,
             rotary: Rotary::new(&cfg.rope, d.qk_rope_head_dim),
@@ -117,14 +135,26 @@ impl MlaAttention {
     }
 
     /// Attention of the batch's new tokens; writes their (c, k_r) rows into `cache`.
-    pub fn forward(&self, x: &Tensor, batch: &StepBatch, cache: &mut LayerCache, block_size: usize) -> Result<Tensor> {
-        let (nope, rope, lora) = (self.dims.qk_nope_head_dim, self.dims.qk_rope_head_dim, self.dims.kv_lora_rank);
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        batch: &StepBatch,
+        cache: &mut LayerCache,
+        block_size: usize,
+    ) -> Result<Tensor> {
+        let (nope, rope, lora) = (
+            self.dims.qk_nope_head_dim,
+            self.dims.qk_rope_head_dim,
+            self.dims.kv_lora_rank,
+        );
         let t = batch.tokens.len();
         let positions = batch.positions();
         // Queries, split into the no-position and the rotary parts per head.
         let q = match &self.q {
             QueryProj::Full(p) => p.forward(x)?,
-            QueryProj::LowRank { down, norm, up } => up.forward(&ops::rms_norm(&down.forward(x)?, norm, self.eps)?)?,
+            QueryProj::LowRank { down, norm, up } => {
+                up.forward(&ops::rms_norm(&down.forward(x)?, norm, self.eps)?)?
+            }
         };
         let (q_nope, mut q_rot) = split_heads(&q, self.n_heads, nope, rope)?;
         ops::rope(&mut q_rot, &self.rotary, &positions)?;
@@ -133,7 +163,11 @@ impl MlaAttention {
         let (latent, mut k_rot) = split_heads(&kv, 1, lora, rope)?;
         let latent = ops::rms_norm(&latent, &self.kv_norm, self.eps)?;
         ops::rope(&mut k_rot, &self.rotary, &positions)?;
-        let slots: Vec<usize> = batch.queries.iter().map(|qp| ops::cache_slot(&batch.tables[qp.seq], block_size, qp.pos)).collect();
+        let slots: Vec<usize> = batch
+            .queries
+            .iter()
+            .map(|qp| ops::cache_slot(&batch.tables[qp.seq], block_size, qp.pos))
+            .collect();
         ops::scatter_rows(&mut cache.keys, lora + rope, 0, &slots, &latent)?;
         ops::scatter_rows(&mut cache.keys, lora + rope, lora, &slots, &k_rot)?;
         let heads_out = match self.form {
@@ -145,8 +179,19 @@ impl MlaAttention {
     }
 
     /// Scores against the latent directly: q̃_h = W_UK,hᵀ q_nope,h, MQA over (c, k_r), then W_UV,h.
-    fn attend_absorbed(&self, q_nope: &Tensor, q_rot: &Tensor, batch: &StepBatch, cache: &LayerCache, block_size: usize) -> Result<Tensor> {
-        let (nope, rope, lora) = (self.dims.qk_nope_head_dim, self.dims.qk_rope_head_dim, self.dims.kv_lora_rank);
+    fn attend_absorbed(
+        &self,
+        q_nope: &Tensor,
+        q_rot: &Tensor,
+        batch: &StepBatch,
+        cache: &LayerCache,
+        block_size: usize,
+    ) -> Result<Tensor> {
+        let (nope, rope, lora) = (
+            self.dims.qk_nope_head_dim,
+            self.dims.qk_rope_head_dim,
+            self.dims.kv_lora_rank,
+        );
         let nh = self.n_heads;
         // Per head [q̃_h ; q_rope,h], heads side by side.
         let mut parts = Vec::with_capacity(2 * nh);
@@ -156,27 +201,55 @@ impl MlaAttention {
             parts.push(head_columns(q_rot, nh, rope, h)?);
         }
         let q = ops::concat_cols(&parts.iter().collect::<Vec<_>>())?;
-        let rows = PagedCache { data: &cache.keys, width: lora + rope, block_size };
-        let heads = Heads { n_heads: nh, n_kv_heads: 1, qk_dim: lora + rope, v_dim: lora, scale: self.scale, window: None };
-        let o_lat = ops::paged_attention(&q, &batch.queries, &batch.table_refs(), rows, rows, heads)?;
+        let rows = PagedCache {
+            data: &cache.keys,
+            width: lora + rope,
+            block_size,
+        };
+        let heads = Heads {
+            n_heads: nh,
+            n_kv_heads: 1,
+            qk_dim: lora + rope,
+            v_dim: lora,
+            scale: self.scale,
+            window: None,
+        };
+        let o_lat =
+            ops::paged_attention(&q, &batch.queries, &batch.table_refs(), rows, rows, heads)?;
         self.project_values(&o_lat, lora)
     }
 
     /// The paper's form: per-head keys and values expanded from every cached latent.
-    fn attend_naive(&self, q_nope: &Tensor, q_rot: &Tensor, batch: &StepBatch, cache: &LayerCache, block_size: usize) -> Result<Tensor> {
-        let (nope, rope, lora, vd) = (self.dims.qk_nope_head_dim, self.dims.qk_rope_head_dim, self.dims.kv_lora_rank, self.dims.v_head_dim);
+    fn attend_naive(
+        &self,
+        q_nope: &Tensor,
+        q_rot: &Tensor,
+        batch: &StepBatch,
+        cache: &LayerCache,
+        block_size: usize,
+    ) -> Result<Tensor> {
+        let (nope, rope, lora, vd) = (
+            self.dims.qk_nope_head_dim,
+            self.dims.qk_rope_head_dim,
+            self.dims.kv_lora_rank,
+            self.dims.v_head_dim,
+        );
         let nh = self.n_heads;
         let t = batch.tokens.len();
         let qk = nope + rope;
         if q_nope.is_cuda() {
-            return Err(crate::Error::Device("the naive MLA form runs on the CPU only; the GPU uses the absorbed form".into()));
+            return Err(crate::Error::Device(
+                "the naive MLA form runs on the CPU only; the GPU uses the absorbed form".into(),
+            ));
         }
         let keys = cache.keys.as_slice();
         let mut out = vec![0.0f32; t * nh * vd];
         for (i, qp) in batch.queries.iter().enumerate() {
             let table = &batch.tables[qp.seq];
             let rows: Vec<&[f32]> = (0..=qp.pos)
-                .map(|p| &keys[ops::cache_slot(table, block_size, p) * (lora + rope)..][..lora + rope])
+                .map(|p| {
+                    &keys[ops::cache_slot(table, block_size, p) * (lora + rope)..][..lora + rope]
+                })
                 .collect();
             let latents: Vec<f32> = rows.iter().flat_map(|r| r[..lora].to_vec()).collect();
             let latents = Tensor::from_f32([rows.len(), lora], latents)?;
@@ -185,7 +258,11 @@ impl MlaAttention {
                 let w_uk = transpose(&self.w_uk_t[h])?;
                 let k_nope = ops::linear(&latents, &w_uk, None)?;
                 let v = ops::linear(&latents, &self.w_uv[h], None)?;
-                let q_h: Vec<f32> = q_nope.row(i)[h * nope..][..nope].iter().chain(&q_rot.row(i)[h * rope..][..rope]).copied().collect();
+                let q_h: Vec<f32> = q_nope.row(i)[h * nope..][..nope]
+                    .iter()
+                    .chain(&q_rot.row(i)[h * rope..][..rope])
+                    .copied()
+                    .collect();
                 let scores: Vec<f32> = rows
                     .iter()
                     .enumerate()
@@ -210,7 +287,9 @@ impl MlaAttention {
     /// o_h = W_UV,h · (attention-weighted latent of head h), for every head.
     fn project_values(&self, o_lat: &Tensor, lora: usize) -> Result<Tensor> {
         let nh = self.n_heads;
-        let heads = (0..nh).map(|h| ops::linear(&head_columns(o_lat, nh, lora, h)?, &self.w_uv[h], None)).collect::<Result<Vec<_>>>()?;
+        let heads = (0..nh)
+            .map(|h| ops::linear(&head_columns(o_lat, nh, lora, h)?, &self.w_uv[h], None))
+            .collect::<Result<Vec<_>>>()?;
         ops::concat_cols(&heads.iter().collect::<Vec<_>>())
     }
 }
@@ -218,7 +297,9 @@ impl MlaAttention {
 /// Splits rows of `n` heads × (a + b) into [T, n·a] and [T, n·b].
 fn split_heads(x: &Tensor, n: usize, a: usize, b: usize) -> Result<(Tensor, Tensor)> {
     let part = |off: usize, w: usize| -> Result<Tensor> {
-        let cols = (0..n).map(|h| ops::narrow_cols(x, h * (a + b) + off, w)).collect::<Result<Vec<_>>>()?;
+        let cols = (0..n)
+            .map(|h| ops::narrow_cols(x, h * (a + b) + off, w))
+            .collect::<Result<Vec<_>>>()?;
         if cols.len() == 1 {
             return Ok(cols.into_iter().next().expect("one head"));
         }

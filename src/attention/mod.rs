@@ -28,9 +28,16 @@ pub enum Attention {
 impl Attention {
     /// Loads this rank's share of the attention the config describes from `prefix`
     /// (`model.layers.{i}.self_attn`).
-    pub fn load(cfg: &ModelConfig, src: &dyn WeightSource, prefix: &str, shard: &Shard) -> Result<Self> {
+    pub fn load(
+        cfg: &ModelConfig,
+        src: &dyn WeightSource,
+        prefix: &str,
+        shard: &Shard,
+    ) -> Result<Self> {
         Ok(match cfg.attention {
-            AttentionKind::Gqa { .. } => Attention::Gqa(GqaAttention::load(cfg, src, prefix, shard)?),
+            AttentionKind::Gqa { .. } => {
+                Attention::Gqa(GqaAttention::load(cfg, src, prefix, shard)?)
+            }
             AttentionKind::Mla(_) => Attention::Mla(MlaAttention::load(cfg, src, prefix, shard)?),
         })
     }
@@ -52,7 +59,13 @@ impl Attention {
     }
 
     /// Attention of the batch's new tokens `x`, writing their cache rows.
-    pub fn forward(&self, x: &Tensor, batch: &StepBatch, cache: &mut LayerCache, block_size: usize) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        batch: &StepBatch,
+        cache: &mut LayerCache,
+        block_size: usize,
+    ) -> Result<Tensor> {
         match self {
             Attention::Gqa(a) => a.forward(x, batch, cache, block_size),
             Attention::Mla(a) => a.forward(x, batch, cache, block_size),

@@ -66,7 +66,9 @@ impl Device {
     /// GPU `ordinal`: not available in a build without the `cuda` feature.
     #[cfg(not(feature = "cuda"))]
     pub fn cuda(_ordinal: usize) -> Result<Self> {
-        Err(crate::error::Error::Device("this build of switchyard has no CUDA support (rebuild with `--features cuda`)".into()))
+        Err(crate::error::Error::Device(
+            "this build of switchyard has no CUDA support (rebuild with `--features cuda`)".into(),
+        ))
     }
 
     /// Whether this is a GPU.

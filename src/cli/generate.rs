@@ -50,7 +50,10 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         (Some(t), _) => parse_tokens(t)?,
         (None, Some(text)) => {
             let tok = tokenizer.as_ref().with_context(|| {
-                format!("--prompt needs {}/tokenizer.json; pass --tokens instead", a.model.model.display())
+                format!(
+                    "--prompt needs {}/tokenizer.json; pass --tokens instead",
+                    a.model.model.display()
+                )
             })?;
             tok.encode(text)?
         }
@@ -58,15 +61,25 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     };
     let opts = GenerateOptions {
         max_tokens: a.max_tokens,
-        sampling: SamplingParams { temperature: a.temperature, top_p: a.top_p, top_k: a.top_k },
+        sampling: SamplingParams {
+            temperature: a.temperature,
+            top_p: a.top_p,
+            top_k: a.top_k,
+        },
         seed: a.seed,
         ignore_eos: a.ignore_eos,
     };
     let (mut engine, _) = a.model.engine(prompt.len() + a.max_tokens)?;
     let out = engine.generate(&prompt, &opts)?;
-    let text = tokenizer.as_ref().map(|t| t.decode(&out.tokens)).transpose()?;
+    let text = tokenizer
+        .as_ref()
+        .map(|t| t.decode(&out.tokens))
+        .transpose()?;
     if a.json {
-        println!("{}", serde_json::json!({ "tokens": out.tokens, "text": text }));
+        println!(
+            "{}",
+            serde_json::json!({ "tokens": out.tokens, "text": text })
+        );
     } else {
         match text {
             Some(t) => println!("{t}"),

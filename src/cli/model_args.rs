@@ -3,11 +3,11 @@
 use anyhow::{bail, Context};
 use clap::Args;
 use std::path::PathBuf;
+use switchyard::backend::{Device, DeviceKind};
 use switchyard::cluster::{self, ClusterArgs, ClusterExecutor};
 use switchyard::engine::{Engine, Executor};
 use switchyard::layout::LayoutOverrides;
 use switchyard::model::ModelSource;
-use switchyard::backend::{Device, DeviceKind};
 use switchyard::parallel::{build_executor_on, ParallelPlan};
 use switchyard::tokenizer::Tokenizer;
 
@@ -40,7 +40,10 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Where the weights come from.
     pub fn source(&self) -> ModelSource {
-        ModelSource { dir: self.model.clone(), random_weights: self.random_weights.then_some(self.weights_seed) }
+        ModelSource {
+            dir: self.model.clone(),
+            random_weights: self.random_weights.then_some(self.weights_seed),
+        }
     }
 
     /// The model on the layout's ranks, with a cache of `cache_tokens` tokens, and its tokenizer.
@@ -61,8 +64,16 @@ impl ModelArgs {
                 build_executor_on(&self.source(), &plan, blocks, block_size, &device)
                     .with_context(|| format!("loading model {}", self.model.display()))?
             }
-            Some(_) if self.device != DeviceKind::Cpu => bail!("multi-node jobs run CPU ranks for now (--device cpu)"),
-            Some(spec) if spec.is_driver() => Box::new(ClusterExecutor::start(&self.source(), &plan, blocks, block_size, spec)?),
+            Some(_) if self.device != DeviceKind::Cpu => {
+                bail!("multi-node jobs run CPU ranks for now (--device cpu)")
+            }
+            Some(spec) if spec.is_driver() => Box::new(ClusterExecutor::start(
+                &self.source(),
+                &plan,
+                blocks,
+                block_size,
+                spec,
+            )?),
             Some(spec) => {
                 cluster::follow(&self.source(), &plan, spec)?;
                 std::process::exit(0);
@@ -78,6 +89,9 @@ pub fn parse_tokens(s: &str) -> anyhow::Result<Vec<u32>> {
     s.split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .map(|t| t.parse::<u32>().with_context(|| format!("--tokens: {t:?} is not a token id")))
+        .map(|t| {
+            t.parse::<u32>()
+                .with_context(|| format!("--tokens: {t:?} is not a token id"))
+        })
         .collect()
 }

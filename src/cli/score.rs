@@ -28,7 +28,10 @@ pub fn run(a: ScoreArgs) -> anyhow::Result<()> {
     } else {
         for (i, row) in rows.iter().enumerate() {
             let best = switchyard::backend::cpu::sample::argmax(row);
-            println!("position {i}: token {} -> argmax {best} (logit {:.4})", tokens[i], row[best as usize]);
+            println!(
+                "position {i}: token {} -> argmax {best} (logit {:.4})",
+                tokens[i], row[best as usize]
+            );
         }
     }
     Ok(())

@@ -9,10 +9,10 @@ use switchyard::config::ModelConfig;
 use switchyard::layout::{Layout, LayoutOverrides};
 use switchyard::model::ModelSource;
 use switchyard::parallel::{build_executor, ParallelPlan};
-use switchyard::tokenizer::Tokenizer;
 use switchyard::replication::RoutingRecorder;
 use switchyard::scheduler::{Limits, StepObserver};
 use switchyard::server::{self, ServeOptions};
+use switchyard::tokenizer::Tokenizer;
 
 /// The checkpoint `serve` runs when no `--model` is given (ships with the repo).
 pub const DEFAULT_MODEL_DIR: &str = "models/shakespeare-moe";
@@ -108,33 +108,54 @@ fn start(a: &ServeArgs) -> anyhow::Result<Option<std::sync::Arc<server::AppState
         anyhow::bail!("--kv-block-size must be positive");
     }
     let config = ModelConfig::from_dir(&dir)?;
-    let blocks = opts.kv_blocks.unwrap_or_else(|| server::default_kv_blocks(&config, &opts.limits, opts.kv_block_size));
-    let source = ModelSource { dir: dir.clone(), random_weights: a.random_weights.then_some(a.weights_seed) };
+    let blocks = opts
+        .kv_blocks
+        .unwrap_or_else(|| server::default_kv_blocks(&config, &opts.limits, opts.kv_block_size));
+    let source = ModelSource {
+        dir: dir.clone(),
+        random_weights: a.random_weights.then_some(a.weights_seed),
+    };
     let plan = ParallelPlan::from_layout(layout)?;
     let (executor, fault): (Box<dyn switchyard::engine::Executor>, _) = match &cluster {
-        None => (build_executor(&source, &plan, blocks, opts.kv_block_size).with_context(|| format!("loading model {}", dir.display()))?, None),
+        None => (
+            build_executor(&source, &plan, blocks, opts.kv_block_size)
+                .with_context(|| format!("loading model {}", dir.display()))?,
+            None,
+        ),
         Some(spec) if spec.is_driver() => {
             let ex = ClusterExecutor::start(&source, &plan, blocks, opts.kv_block_size, spec)?;
             let fault = ex.fault();
             (Box::new(ex), Some(fault))
         }
         Some(spec) => {
-            println!("switchyard node {} of {}: following node 0 at {}", spec.node_rank, spec.nodes, spec.rendezvous);
+            println!(
+                "switchyard node {} of {}: following node 0 at {}",
+                spec.node_rank, spec.nodes, spec.rendezvous
+            );
             cluster::follow(&source, &plan, spec)?;
             return Ok(None);
         }
     };
     let tokenizer = Tokenizer::from_dir(&dir)?;
-    let observer = a.record_routing.as_deref().map(routing_recorder).transpose()?;
+    let observer = a
+        .record_routing
+        .as_deref()
+        .map(routing_recorder)
+        .transpose()?;
     let mut state = server::state_observed(executor, tokenizer, &dir, &opts, observer)?;
-    std::sync::Arc::get_mut(&mut state).expect("the state was just created").fault = fault;
+    std::sync::Arc::get_mut(&mut state)
+        .expect("the state was just created")
+        .fault = fault;
     Ok(Some(state))
 }
 
 /// A step observer that appends each step's routing to `path`; a write error is reported
 /// once and stops the recording, not the server.
 fn routing_recorder(path: &std::path::Path) -> anyhow::Result<StepObserver> {
-    let mut recorder = Some(RoutingRecorder::create(path).with_context(|| format!("--record-routing {}", path.display()))?);
+    let mut recorder = Some(
+        RoutingRecorder::create(path)
+            .with_context(|| format!("--record-routing {}", path.display()))?,
+    );
     Ok(Box::new(move |out| {
         if let Some(r) = recorder.as_mut() {
             if let Err(e) = r.record(&out.expert_counts) {
@@ -151,7 +172,10 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         return Ok(());
     };
     let grace = Duration::from_secs(a.shutdown_grace_secs);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
             .await

@@ -58,7 +58,10 @@ impl ClusterArgs {
             return Err(ClusterError::Spec("--nodes must be at least 1".into()));
         }
         if self.node_rank >= nodes {
-            return Err(ClusterError::Spec(format!("--node-rank {} is not below --nodes {nodes}", self.node_rank)));
+            return Err(ClusterError::Spec(format!(
+                "--node-rank {} is not below --nodes {nodes}",
+                self.node_rank
+            )));
         }
         if nodes == 1 {
             return Ok(None);
@@ -81,7 +84,9 @@ impl ClusterArgs {
             )));
         }
         let Some(rendezvous) = self.rendezvous.clone() else {
-            return Err(ClusterError::Spec(format!("{nodes} nodes need --rendezvous HOST:PORT (node 0's address)")));
+            return Err(ClusterError::Spec(format!(
+                "{nodes} nodes need --rendezvous HOST:PORT (node 0's address)"
+            )));
         };
         layout.parallel.nodes = Some(nodes);
         layout.parallel.gpus_per_node = Some(per_node);

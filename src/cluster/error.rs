@@ -18,7 +18,9 @@ pub enum ClusterError {
         why: String,
     },
     /// A follower could not reach node 0.
-    #[error("node {node}: could not reach the rendezvous at {addr} (node 0) within {after:?}: {why}")]
+    #[error(
+        "node {node}: could not reach the rendezvous at {addr} (node 0) within {after:?}: {why}"
+    )]
     Unreachable {
         /// This node.
         node: usize,

@@ -45,8 +45,13 @@ pub struct ClusterExecutor {
 }
 
 /// The hello of this node: its model, layout and version.
-pub(crate) fn hello(source: &ModelSource, plan: &ParallelPlan, spec: &ClusterSpec) -> std::result::Result<Hello, ClusterError> {
-    let model = ModelIdentity::of(source).map_err(|e| ClusterError::Spec(format!("reading {}: {e}", source.dir.display())))?;
+pub(crate) fn hello(
+    source: &ModelSource,
+    plan: &ParallelPlan,
+    spec: &ClusterSpec,
+) -> std::result::Result<Hello, ClusterError> {
+    let model = ModelIdentity::of(source)
+        .map_err(|e| ClusterError::Spec(format!("reading {}: {e}", source.dir.display())))?;
     Ok(Hello {
         node_rank: spec.node_rank,
         nodes: spec.nodes,
@@ -59,31 +64,69 @@ pub(crate) fn hello(source: &ModelSource, plan: &ParallelPlan, spec: &ClusterSpe
 
 /// The fabric of this node after the rendezvous.
 pub(crate) fn fabric_spec(plan: &ParallelPlan, spec: &ClusterSpec, session: u64) -> FabricSpec {
-    FabricSpec { grid: plan.grid, nodes: spec.nodes, node: spec.node_rank, session, timeout: spec.comm_timeout, connect_timeout: spec.join_timeout }
+    FabricSpec {
+        grid: plan.grid,
+        nodes: spec.nodes,
+        node: spec.node_rank,
+        session,
+        timeout: spec.comm_timeout,
+        connect_timeout: spec.join_timeout,
+    }
 }
 
 impl ClusterExecutor {
     /// Runs the rendezvous as node 0, connects every node, loads this node's ranks and waits
     /// until every other node's ranks have loaded.
-    pub fn start(source: &ModelSource, plan: &ParallelPlan, num_blocks: usize, block_size: usize, spec: &ClusterSpec) -> std::result::Result<Self, ClusterError> {
+    pub fn start(
+        source: &ModelSource,
+        plan: &ParallelPlan,
+        num_blocks: usize,
+        block_size: usize,
+        spec: &ClusterSpec,
+    ) -> std::result::Result<Self, ClusterError> {
         if !spec.is_driver() {
-            return Err(ClusterError::Spec(format!("node {} follows; only node 0 drives", spec.node_rank)));
+            return Err(ClusterError::Spec(format!(
+                "node {} follows; only node 0 drives",
+                spec.node_rank
+            )));
         }
         let (config, weights) = source.weights()?;
         plan.validate(&config)?;
-        let run = RunParams { num_blocks, block_size };
+        let run = RunParams {
+            num_blocks,
+            block_size,
+        };
         let joined = rendezvous::host(spec, hello(source, plan, spec)?, run)?;
         let fspec = fabric_spec(plan, spec, joined.welcome.session);
         let per_node = fspec.ranks_per_node();
-        let followers: Vec<Follower> = joined.control.into_iter().enumerate().map(|(i, control)| Follower { node: i + 1, ranks: (i + 1) * per_node..(i + 2) * per_node, control }).collect();
+        let followers: Vec<Follower> = joined
+            .control
+            .into_iter()
+            .enumerate()
+            .map(|(i, control)| Follower {
+                node: i + 1,
+                ranks: (i + 1) * per_node..(i + 2) * per_node,
+                control,
+            })
+            .collect();
         let refuse = |why: &str| {
             for f in &followers {
                 let _ = wire::send(&mut &f.control, Kind::Reject, why.as_bytes());
             }
         };
-        let comms = Fabric::connect(&fspec, joined.data, &joined.welcome.book).inspect_err(|e| refuse(&e.to_string()))?;
+        let comms = Fabric::connect(&fspec, joined.data, &joined.welcome.book)
+            .inspect_err(|e| refuse(&e.to_string()))?;
         let (events_tx, events) = channel();
-        let local = LocalRanks::start(&config, weights, plan, comms, num_blocks, block_size, events_tx.clone()).map_err(|e| {
+        let local = LocalRanks::start(
+            &config,
+            weights,
+            plan,
+            comms,
+            num_blocks,
+            block_size,
+            events_tx.clone(),
+        )
+        .map_err(|e| {
             refuse(&format!("node 0 could not load its ranks: {e}"));
             ClusterError::Peer { node: 0, why: e }
         })?;
@@ -91,7 +134,11 @@ impl ClusterExecutor {
             let answer = wire::recv(&mut &f.control);
             let why = match answer {
                 Ok(Some((Kind::Ready, _))) => continue,
-                Ok(Some((Kind::Failed, why))) => format!("node {} could not load its ranks: {}", f.node, String::from_utf8_lossy(&why)),
+                Ok(Some((Kind::Failed, why))) => format!(
+                    "node {} could not load its ranks: {}",
+                    f.node,
+                    String::from_utf8_lossy(&why)
+                ),
                 Ok(Some((k, _))) => format!("node {} sent {k:?} instead of ready", f.node),
                 Ok(None) => format!("node {} hung up while loading", f.node),
                 Err(e) => format!("node {} broke its connection while loading: {e}", f.node),
@@ -103,12 +150,24 @@ impl ClusterExecutor {
         let fault = FaultFlag::default();
         let stopping = Arc::new(AtomicBool::new(false));
         for f in &followers {
-            let reader = f.control.try_clone().map_err(|e| ClusterError::Peer { node: 0, why: format!("node {}: {e}", f.node) })?;
-            let (node, ranks, tx, fault, stopping) = (f.node, f.ranks.clone(), events_tx.clone(), fault.clone(), stopping.clone());
+            let reader = f.control.try_clone().map_err(|e| ClusterError::Peer {
+                node: 0,
+                why: format!("node {}: {e}", f.node),
+            })?;
+            let (node, ranks, tx, fault, stopping) = (
+                f.node,
+                f.ranks.clone(),
+                events_tx.clone(),
+                fault.clone(),
+                stopping.clone(),
+            );
             std::thread::Builder::new()
                 .name(format!("control-from-{node}"))
                 .spawn(move || listen(node, ranks, reader, tx, &fault, &stopping))
-                .map_err(|e| ClusterError::Peer { node: 0, why: format!("cannot start a control thread: {e}") })?;
+                .map_err(|e| ClusterError::Peer {
+                    node: 0,
+                    why: format!("cannot start a control thread: {e}"),
+                })?;
         }
         Ok(Self {
             config,
@@ -152,13 +211,25 @@ impl ClusterExecutor {
 }
 
 /// Reads one follower's control connection: its ranks' reports, until it closes.
-fn listen(node: usize, ranks: Range<usize>, stream: TcpStream, events: Sender<Event>, fault: &FaultFlag, stopping: &AtomicBool) {
+fn listen(
+    node: usize,
+    ranks: Range<usize>,
+    stream: TcpStream,
+    events: Sender<Event>,
+    fault: &FaultFlag,
+    stopping: &AtomicBool,
+) {
     let mut r = BufReader::new(stream);
     let why = loop {
         match wire::recv(&mut r) {
             Ok(Some((Kind::Report, body))) => match wire::decode_report(&body) {
                 Ok(rep) => {
-                    let _ = events.send(Event::Report(RankReport { rank: rep.rank, step: rep.step, bytes: rep.bytes, output: rep.output }));
+                    let _ = events.send(Event::Report(RankReport {
+                        rank: rep.rank,
+                        step: rep.step,
+                        bytes: rep.bytes,
+                        output: rep.output,
+                    }));
                 }
                 Err(e) => break format!("sent a report that does not decode: {e}"),
             },
@@ -194,8 +265,15 @@ impl Executor for ClusterExecutor {
         if let Some(why) = self.fault.get() {
             return self.fail(why);
         }
-        if let Some(&bad) = batch.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
-            return Err(Error::Input(format!("token id {bad} is outside the vocabulary (size {})", self.config.vocab_size)));
+        if let Some(&bad) = batch
+            .tokens
+            .iter()
+            .find(|&&t| t as usize >= self.config.vocab_size)
+        {
+            return Err(Error::Input(format!(
+                "token id {bad} is outside the vocabulary (size {})",
+                self.config.vocab_size
+            )));
         }
         let step = self.next_step;
         self.next_step += 1;
@@ -203,7 +281,11 @@ impl Executor for ClusterExecutor {
         for i in 0..self.followers.len() {
             if let Err(e) = wire::send(&mut &self.followers[i].control, Kind::Step, &body) {
                 let f = &self.followers[i];
-                let why = format!("node {} (ranks {:?}) cannot be sent step {step}: {e}", f.node, f.ranks.clone().collect::<Vec<_>>());
+                let why = format!(
+                    "node {} (ranks {:?}) cannot be sent step {step}: {e}",
+                    f.node,
+                    f.ranks.clone().collect::<Vec<_>>()
+                );
                 return self.fail(why);
             }
         }
@@ -216,13 +298,19 @@ impl Executor for ClusterExecutor {
         let mut bytes = 0;
         while outputs.len() < self.world {
             match self.events.recv_timeout(self.patience) {
-                Ok(Event::Report(r)) if r.step == step && r.rank < self.world && waiting[r.rank] => {
+                Ok(Event::Report(r))
+                    if r.step == step && r.rank < self.world && waiting[r.rank] =>
+                {
                     waiting[r.rank] = false;
                     bytes += r.bytes;
                     match r.output {
                         Ok(o) => outputs.push(o),
                         Err(e) => {
-                            let why = format!("rank {} (node {}) failed in step {step}: {e}", r.rank, self.node_of(r.rank));
+                            let why = format!(
+                                "rank {} (node {}) failed in step {step}: {e}",
+                                r.rank,
+                                self.node_of(r.rank)
+                            );
                             return self.fail(why);
                         }
                     }
@@ -231,12 +319,24 @@ impl Executor for ClusterExecutor {
                 Ok(Event::NodeGone { why }) => return self.fail(why),
                 Err(RecvTimeoutError::Timeout) => {
                     let missing: Vec<usize> = (0..self.world).filter(|&r| waiting[r]).collect();
-                    return self.fail(format!("ranks {missing:?} sent no output of step {step} within {:?}", self.patience));
+                    return self.fail(format!(
+                        "ranks {missing:?} sent no output of step {step} within {:?}",
+                        self.patience
+                    ));
                 }
-                Err(RecvTimeoutError::Disconnected) => return self.fail("every rank and node connection is gone".into()),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return self.fail("every rank and node connection is gone".into())
+                }
             }
         }
-        StepOutput::assemble(outputs, batch.logit_rows.len(), self.config.vocab_size, self.config.num_layers, self.ep, bytes)
+        StepOutput::assemble(
+            outputs,
+            batch.logit_rows.len(),
+            self.config.vocab_size,
+            self.config.num_layers,
+            self.ep,
+            bytes,
+        )
     }
 }
 
@@ -257,6 +357,12 @@ impl Drop for ClusterExecutor {
 
 impl std::fmt::Debug for ClusterExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ClusterExecutor({} ranks over {} nodes, {} local)", self.world, self.followers.len() + 1, self.local.as_ref().map_or(0, LocalRanks::len))
+        write!(
+            f,
+            "ClusterExecutor({} ranks over {} nodes, {} local)",
+            self.world,
+            self.followers.len() + 1,
+            self.local.as_ref().map_or(0, LocalRanks::len)
+        )
     }
 }

@@ -24,20 +24,33 @@ impl ModelIdentity {
             Some(_) => Vec::new(),
             None => weight_files(&source.dir)?,
         };
-        Ok(Self { config_hash: format!("{:016x}", fnv1a(&config)), weights, random_weights: source.random_weights })
+        Ok(Self {
+            config_hash: format!("{:016x}", fnv1a(&config)),
+            weights,
+            random_weights: source.random_weights,
+        })
     }
 
     /// What differs from `other`, in words (empty when they match).
     pub fn differences(&self, other: &Self) -> Vec<String> {
         let mut out = Vec::new();
         if self.config_hash != other.config_hash {
-            out.push(format!("config.json hash {} vs {}", self.config_hash, other.config_hash));
+            out.push(format!(
+                "config.json hash {} vs {}",
+                self.config_hash, other.config_hash
+            ));
         }
         if self.weights != other.weights {
-            out.push(format!("weight files {:?} vs {:?}", self.weights, other.weights));
+            out.push(format!(
+                "weight files {:?} vs {:?}",
+                self.weights, other.weights
+            ));
         }
         if self.random_weights != other.random_weights {
-            out.push(format!("random-weights seed {:?} vs {:?}", self.random_weights, other.random_weights));
+            out.push(format!(
+                "random-weights seed {:?} vs {:?}",
+                self.random_weights, other.random_weights
+            ));
         }
         out
     }
@@ -58,7 +71,9 @@ fn weight_files(dir: &Path) -> std::io::Result<Vec<(String, u64)>> {
 
 /// FNV-1a, 64 bits: stable across builds and machines (unlike `DefaultHasher`).
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]

@@ -54,14 +54,26 @@ impl LocalRanks {
         let mut handles = Vec::new();
         for c in comms {
             let rank = c.coords.global;
-            let shard = plan.shard(config, rank).map_err(|e| format!("rank {rank}: {e}"))?;
+            let shard = plan
+                .shard(config, rank)
+                .map_err(|e| format!("rank {rank}: {e}"))?;
             let (tx, rx) = channel();
             to_ranks.push(tx);
-            let (cfg, src, events, ready_tx) = (config.clone(), src.clone(), events.clone(), ready_tx.clone());
+            let (cfg, src, events, ready_tx) = (
+                config.clone(),
+                src.clone(),
+                events.clone(),
+                ready_tx.clone(),
+            );
             let handle = std::thread::Builder::new()
                 .name(format!("rank-{rank}"))
                 .spawn(move || {
-                    let ctx = RankContext { tp: Box::new(c.tp), ep: Box::new(c.ep), pp: Box::new(c.pp), clock: None };
+                    let ctx = RankContext {
+                        tp: Box::new(c.tp),
+                        ep: Box::new(c.ep),
+                        pp: Box::new(c.pp),
+                        clock: None,
+                    };
                     let model = match Model::load_shard(&cfg, src.as_ref(), shard) {
                         Ok(m) => m,
                         Err(e) => return drop(ready_tx.send(Err(format!("rank {rank}: {e}")))),
@@ -87,7 +99,9 @@ impl LocalRanks {
 
     /// Hands a step to every local rank; false if one is gone.
     pub fn submit(&self, step: u64, batch: &Arc<StepBatch>) -> bool {
-        self.to_ranks.iter().all(|tx| tx.send((step, batch.clone())).is_ok())
+        self.to_ranks
+            .iter()
+            .all(|tx| tx.send((step, batch.clone())).is_ok())
     }
 
     /// Number of local ranks.
@@ -106,13 +120,27 @@ impl LocalRanks {
     }
 }
 
-fn rank_loop(rank: usize, model: &Model, cache: &mut crate::kv_cache::KvCache, ctx: &RankContext, jobs: Receiver<(u64, Arc<StepBatch>)>, events: Sender<Event>) {
+fn rank_loop(
+    rank: usize,
+    model: &Model,
+    cache: &mut crate::kv_cache::KvCache,
+    ctx: &RankContext,
+    jobs: Receiver<(u64, Arc<StepBatch>)>,
+    events: Sender<Event>,
+) {
     let mut sent_before = 0;
     while let Ok((step, batch)) = jobs.recv() {
-        let output = model.forward_rank(&batch, cache, ctx).map_err(|e| e.to_string());
+        let output = model
+            .forward_rank(&batch, cache, ctx)
+            .map_err(|e| e.to_string());
         let failed = output.is_err();
         let sent = ctx.bytes_moved();
-        let _ = events.send(Event::Report(RankReport { rank, step, bytes: sent - sent_before, output }));
+        let _ = events.send(Event::Report(RankReport {
+            rank,
+            step,
+            bytes: sent - sent_before,
+            output,
+        }));
         sent_before = sent;
         if failed {
             // Dropping the communicators makes every peer fail at once instead of waiting.

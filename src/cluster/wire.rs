@@ -35,7 +35,9 @@ pub(crate) enum Kind {
 impl Kind {
     fn from_u8(k: u8) -> Option<Self> {
         use Kind::*;
-        [Hello, Welcome, Reject, Ready, Failed, Step, Report, Stop].into_iter().find(|x| *x as u8 == k)
+        [Hello, Welcome, Reject, Ready, Failed, Step, Report, Stop]
+            .into_iter()
+            .find(|x| *x as u8 == k)
     }
 }
 
@@ -54,13 +56,23 @@ pub(crate) fn recv(r: &mut impl Read) -> io::Result<Option<(Kind, Vec<u8>)>> {
     let mut k = [0u8; 1];
     match r.read_exact(&mut k) {
         Ok(()) => {}
-        Err(e) if matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted) => return Ok(None),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+            ) =>
+        {
+            return Ok(None)
+        }
         Err(e) => return Err(e),
     }
     let mut len = [0u8; 8];
     r.read_exact(&mut len)?;
     let len = u64::from_le_bytes(len);
-    let kind = Kind::from_u8(k[0]).ok_or_else(|| invalid(format!("unknown control frame kind {}", k[0])))?;
+    let kind = Kind::from_u8(k[0])
+        .ok_or_else(|| invalid(format!("unknown control frame kind {}", k[0])))?;
     let len = usize::try_from(len).map_err(|_| invalid(format!("control frame of {len} bytes")))?;
     let mut body = vec![0u8; len];
     r.read_exact(&mut body)?;
@@ -103,12 +115,14 @@ impl Enc {
     }
     pub fn u32s(&mut self, xs: &[u32]) -> &mut Self {
         self.usize(xs.len());
-        xs.iter().for_each(|&x| self.0.extend_from_slice(&x.to_le_bytes()));
+        xs.iter()
+            .for_each(|&x| self.0.extend_from_slice(&x.to_le_bytes()));
         self
     }
     pub fn f32s(&mut self, xs: &[f32]) -> &mut Self {
         self.usize(xs.len());
-        xs.iter().for_each(|&x| self.0.extend_from_slice(&x.to_le_bytes()));
+        xs.iter()
+            .for_each(|&x| self.0.extend_from_slice(&x.to_le_bytes()));
         self
     }
     pub fn str(&mut self, s: &str) -> &mut Self {
@@ -124,7 +138,10 @@ pub(crate) struct Dec<'a>(pub &'a [u8]);
 impl<'a> Dec<'a> {
     fn take(&mut self, n: usize) -> io::Result<&'a [u8]> {
         if self.0.len() < n {
-            return Err(invalid(format!("frame ends {} bytes early", n - self.0.len())));
+            return Err(invalid(format!(
+                "frame ends {} bytes early",
+                n - self.0.len()
+            )));
         }
         let (head, rest) = self.0.split_at(n);
         self.0 = rest;
@@ -134,7 +151,9 @@ impl<'a> Dec<'a> {
         Ok(self.take(1)?[0])
     }
     pub fn u64(&mut self) -> io::Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     pub fn usize(&mut self) -> io::Result<usize> {
         let x = self.u64()?;
@@ -143,7 +162,10 @@ impl<'a> Dec<'a> {
     fn len(&mut self, elem: usize) -> io::Result<usize> {
         let n = self.usize()?;
         if n.saturating_mul(elem) > self.0.len() {
-            return Err(invalid(format!("{n} elements of {elem} bytes but {} bytes left", self.0.len())));
+            return Err(invalid(format!(
+                "{n} elements of {elem} bytes but {} bytes left",
+                self.0.len()
+            )));
         }
         Ok(n)
     }
@@ -157,11 +179,19 @@ impl<'a> Dec<'a> {
     }
     pub fn u32s(&mut self) -> io::Result<Vec<u32>> {
         let n = self.len(4)?;
-        Ok(self.take(4 * n)?.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
+        Ok(self
+            .take(4 * n)?
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect())
     }
     pub fn f32s(&mut self) -> io::Result<Vec<f32>> {
         let n = self.len(4)?;
-        Ok(self.take(4 * n)?.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
+        Ok(self
+            .take(4 * n)?
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect())
     }
     pub fn str(&mut self) -> io::Result<String> {
         let n = self.len(1)?;
@@ -187,16 +217,36 @@ pub(crate) fn decode_batch(bytes: &[u8]) -> io::Result<(u64, StepBatch)> {
     let mut d = Dec(bytes);
     let step = d.u64()?;
     let tokens = d.u32s()?;
-    let queries = d.usizes()?.chunks_exact(2).map(|c| QueryPos { seq: c[0], pos: c[1] }).collect();
+    let queries = d
+        .usizes()?
+        .chunks_exact(2)
+        .map(|c| QueryPos {
+            seq: c[0],
+            pos: c[1],
+        })
+        .collect();
     let n = d.usize()?;
     let tables = (0..n).map(|_| d.u32s()).collect::<io::Result<_>>()?;
     let logit_rows = d.usizes()?;
-    Ok((step, StepBatch { tokens, queries, tables, logit_rows }))
+    Ok((
+        step,
+        StepBatch {
+            tokens,
+            queries,
+            tables,
+            logit_rows,
+        },
+    ))
 }
 
 /// One rank's report of a step: its global rank, the step, the bytes its communicators sent,
 /// and its output or error.
-pub(crate) fn encode_report(rank: usize, step: u64, bytes: u64, output: &Result<RankOutput, String>) -> Vec<u8> {
+pub(crate) fn encode_report(
+    rank: usize,
+    step: u64,
+    bytes: u64,
+    output: &Result<RankOutput, String>,
+) -> Vec<u8> {
     let mut e = Enc::default();
     e.usize(rank).u64(step).u64(bytes);
     match output {
@@ -218,7 +268,10 @@ pub(crate) fn encode_report(rank: usize, step: u64, bytes: u64, output: &Result<
                 e.usize(*layer).u64s(counts);
             }
             let (layers, rows): (Vec<usize>, Vec<u64>) = o.rows_computed.iter().copied().unzip();
-            e.usizes(&layers).u64s(&rows).u64(o.a2a_predicted_bytes).u64(o.a2a_measured_bytes);
+            e.usizes(&layers)
+                .u64s(&rows)
+                .u64(o.a2a_predicted_bytes)
+                .u64(o.a2a_measured_bytes);
             match o.work_ticks {
                 None => e.u8(0),
                 Some((a, b)) => e.u8(1).u64(a).u64(b),
@@ -241,7 +294,12 @@ pub(crate) fn decode_report(bytes: &[u8]) -> io::Result<Report> {
     let mut d = Dec(bytes);
     let (rank, step, bytes) = (d.usize()?, d.u64()?, d.u64()?);
     if d.u8()? == 0 {
-        return Ok(Report { rank, step, bytes, output: Err(d.str()?) });
+        return Ok(Report {
+            rank,
+            step,
+            bytes,
+            output: Err(d.str()?),
+        });
     }
     let ep_rank = d.usize()?;
     let logits = match d.u8()? {
@@ -255,7 +313,9 @@ pub(crate) fn decode_report(bytes: &[u8]) -> io::Result<Report> {
         }
     };
     let n = d.usize()?;
-    let expert_counts = (0..n).map(|_| Ok((d.usize()?, d.u64s()?))).collect::<io::Result<_>>()?;
+    let expert_counts = (0..n)
+        .map(|_| Ok((d.usize()?, d.u64s()?)))
+        .collect::<io::Result<_>>()?;
     let layers = d.usizes()?;
     let rows = d.u64s()?;
     let (a2a_predicted_bytes, a2a_measured_bytes) = (d.u64()?, d.u64()?);
@@ -275,7 +335,12 @@ pub(crate) fn decode_report(bytes: &[u8]) -> io::Result<Report> {
         work_ticks,
         ..RankOutput::default()
     };
-    Ok(Report { rank, step, bytes, output: Ok(output) })
+    Ok(Report {
+        rank,
+        step,
+        bytes,
+        output: Ok(output),
+    })
 }
 
 #[cfg(test)]
@@ -289,12 +354,19 @@ mod tests {
         b.push_sequence(&[9], 4, vec![1, 2], false);
         let (step, back) = decode_batch(&encode_batch(7, &b)).unwrap();
         assert_eq!(step, 7);
-        assert_eq!((back.tokens, back.queries, back.tables, back.logit_rows), (b.tokens, b.queries, b.tables, b.logit_rows));
+        assert_eq!(
+            (back.tokens, back.queries, back.tables, back.logit_rows),
+            (b.tokens, b.queries, b.tables, b.logit_rows)
+        );
 
         #[allow(clippy::needless_update)]
         let out = RankOutput {
             ep_rank: 1,
-            logits: Some((vec![0, 2], Tensor::from_f32([2, 3], vec![1.0, -2.5, 3.0, f32::MIN_POSITIVE, 0.0, 7.0]).unwrap())),
+            logits: Some((
+                vec![0, 2],
+                Tensor::from_f32([2, 3], vec![1.0, -2.5, 3.0, f32::MIN_POSITIVE, 0.0, 7.0])
+                    .unwrap(),
+            )),
             expert_counts: vec![(1, vec![3, 0, 4])],
             rows_computed: vec![(1, 7)],
             a2a_predicted_bytes: 10,

@@ -7,5 +7,7 @@ mod raw;
 mod rope;
 
 pub use error::ConfigError;
-pub use model::{Architecture, AttentionKind, MlaConfig, ModelConfig, MoeConfig, SharedExpertConfig};
+pub use model::{
+    Architecture, AttentionKind, MlaConfig, ModelConfig, MoeConfig, SharedExpertConfig,
+};
 pub use rope::{RopeConfig, RopeScaling};

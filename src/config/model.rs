@@ -39,7 +39,11 @@ impl Architecture {
 
     /// The config.json `model_type`.
     pub fn model_type(self) -> &'static str {
-        Self::ALL.iter().find(|(_, a)| *a == self).map(|(n, _)| *n).unwrap_or("?")
+        Self::ALL
+            .iter()
+            .find(|(_, a)| *a == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("?")
     }
 
     fn parse(s: &str) -> Option<Self> {
@@ -47,7 +51,11 @@ impl Architecture {
     }
 
     fn supported_list() -> String {
-        Self::ALL.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+        Self::ALL
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -164,7 +172,12 @@ impl Ctx<'_> {
         })
     }
 
-    pub(super) fn invalid(&self, field: &'static str, value: impl ToString, why: impl ToString) -> ConfigError {
+    pub(super) fn invalid(
+        &self,
+        field: &'static str,
+        value: impl ToString,
+        why: impl ToString,
+    ) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.to_path_buf(),
             field,
@@ -182,26 +195,38 @@ impl ModelConfig {
 
     /// Reads a config.json file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_json(&text, path)
     }
 
     /// Parses config.json text; `path` names it in errors.
     pub fn from_json(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let parse_err = |e: serde_json::Error| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() };
+        let parse_err = |e: serde_json::Error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
         let raw: RawConfig = serde_json::from_str(text).map_err(parse_err)?;
-        let model_type = raw.model_type.clone().ok_or_else(|| ConfigError::MissingField {
-            path: path.to_path_buf(),
-            field: "model_type",
-            model_type: "?".into(),
-        })?;
-        let architecture = Architecture::parse(&model_type).ok_or_else(|| ConfigError::UnknownModelType {
-            path: path.to_path_buf(),
-            found: model_type.clone(),
-            supported: Architecture::supported_list(),
-        })?;
-        let ctx = Ctx { path, model_type: &model_type };
+        let model_type = raw
+            .model_type
+            .clone()
+            .ok_or_else(|| ConfigError::MissingField {
+                path: path.to_path_buf(),
+                field: "model_type",
+                model_type: "?".into(),
+            })?;
+        let architecture =
+            Architecture::parse(&model_type).ok_or_else(|| ConfigError::UnknownModelType {
+                path: path.to_path_buf(),
+                found: model_type.clone(),
+                supported: Architecture::supported_list(),
+            })?;
+        let ctx = Ctx {
+            path,
+            model_type: &model_type,
+        };
         let cfg = build(&ctx, architecture, raw)?;
         cfg.validate(&ctx)?;
         Ok(cfg)
@@ -213,14 +238,19 @@ impl ModelConfig {
     }
 
     fn validate(&self, ctx: &Ctx) -> Result<(), ConfigError> {
-        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0
+        {
             return Err(ctx.invalid(
                 "num_key_value_heads",
                 self.num_kv_heads,
                 format!("must divide num_attention_heads ({})", self.num_heads),
             ));
         }
-        for (field, v) in [("hidden_size", self.hidden_size), ("vocab_size", self.vocab_size), ("num_hidden_layers", self.num_layers)] {
+        for (field, v) in [
+            ("hidden_size", self.hidden_size),
+            ("vocab_size", self.vocab_size),
+            ("num_hidden_layers", self.num_layers),
+        ] {
             if v == 0 {
                 return Err(ctx.invalid(field, v, "must be positive"));
             }
@@ -243,16 +273,44 @@ struct Defaults {
 fn defaults(a: Architecture) -> Defaults {
     use Architecture::*;
     match a {
-        Llama => Defaults { rms_norm_eps: 1e-6, rope_theta: 10000.0, max_positions: 2048 },
-        Mistral => Defaults { rms_norm_eps: 1e-6, rope_theta: 10000.0, max_positions: 4096 * 32 },
-        Mixtral => Defaults { rms_norm_eps: 1e-5, rope_theta: 1e6, max_positions: 4096 * 32 },
-        Qwen2Moe | Qwen3Moe => Defaults { rms_norm_eps: 1e-6, rope_theta: 10000.0, max_positions: 32768 },
-        DeepseekV2 => Defaults { rms_norm_eps: 1e-6, rope_theta: 10000.0, max_positions: 2048 },
-        DeepseekV3 => Defaults { rms_norm_eps: 1e-6, rope_theta: 10000.0, max_positions: 4096 },
+        Llama => Defaults {
+            rms_norm_eps: 1e-6,
+            rope_theta: 10000.0,
+            max_positions: 2048,
+        },
+        Mistral => Defaults {
+            rms_norm_eps: 1e-6,
+            rope_theta: 10000.0,
+            max_positions: 4096 * 32,
+        },
+        Mixtral => Defaults {
+            rms_norm_eps: 1e-5,
+            rope_theta: 1e6,
+            max_positions: 4096 * 32,
+        },
+        Qwen2Moe | Qwen3Moe => Defaults {
+            rms_norm_eps: 1e-6,
+            rope_theta: 10000.0,
+            max_positions: 32768,
+        },
+        DeepseekV2 => Defaults {
+            rms_norm_eps: 1e-6,
+            rope_theta: 10000.0,
+            max_positions: 2048,
+        },
+        DeepseekV3 => Defaults {
+            rms_norm_eps: 1e-6,
+            rope_theta: 10000.0,
+            max_positions: 4096,
+        },
     }
 }
 
-fn build(ctx: &Ctx, architecture: Architecture, raw: RawConfig) -> Result<ModelConfig, ConfigError> {
+fn build(
+    ctx: &Ctx,
+    architecture: Architecture,
+    raw: RawConfig,
+) -> Result<ModelConfig, ConfigError> {
     use Architecture::*;
     let d = defaults(architecture);
     let hidden_size = ctx.required(raw.hidden_size, "hidden_size")?;
@@ -265,7 +323,11 @@ fn build(ctx: &Ctx, architecture: Architecture, raw: RawConfig) -> Result<ModelC
         }
     }
     let is_mla = matches!(architecture, DeepseekV2 | DeepseekV3);
-    let num_kv_heads = if is_mla { num_heads } else { raw.num_key_value_heads.unwrap_or(num_heads) };
+    let num_kv_heads = if is_mla {
+        num_heads
+    } else {
+        raw.num_key_value_heads.unwrap_or(num_heads)
+    };
     if num_heads == 0 {
         return Err(ctx.invalid("num_attention_heads", 0, "must be positive"));
     }
@@ -288,7 +350,11 @@ fn build(ctx: &Ctx, architecture: Architecture, raw: RawConfig) -> Result<ModelC
     // `rope_interleave`, hub configs have no key (and always meant interleaved).
     rope.interleaved = is_mla && raw.rope_interleave.unwrap_or(true);
     if is_mla && raw.attention_bias == Some(true) {
-        return Err(ctx.invalid("attention_bias", true, "biased MLA projections are not supported"));
+        return Err(ctx.invalid(
+            "attention_bias",
+            true,
+            "biased MLA projections are not supported",
+        ));
     }
     let attention = if is_mla {
         AttentionKind::Mla(MlaConfig {
@@ -301,9 +367,21 @@ fn build(ctx: &Ctx, architecture: Architecture, raw: RawConfig) -> Result<ModelC
     } else {
         let bias = raw.attention_bias.unwrap_or(false);
         match architecture {
-            Qwen2Moe => AttentionKind::Gqa { qkv_bias: raw.qkv_bias.unwrap_or(true), o_bias: false, qk_norm: false },
-            Qwen3Moe => AttentionKind::Gqa { qkv_bias: bias, o_bias: bias, qk_norm: true },
-            _ => AttentionKind::Gqa { qkv_bias: bias, o_bias: bias, qk_norm: false },
+            Qwen2Moe => AttentionKind::Gqa {
+                qkv_bias: raw.qkv_bias.unwrap_or(true),
+                o_bias: false,
+                qk_norm: false,
+            },
+            Qwen3Moe => AttentionKind::Gqa {
+                qkv_bias: bias,
+                o_bias: bias,
+                qk_norm: true,
+            },
+            _ => AttentionKind::Gqa {
+                qkv_bias: bias,
+                o_bias: bias,
+                qk_norm: false,
+            },
         }
     };
     let sliding_window = match architecture {
@@ -312,8 +390,15 @@ fn build(ctx: &Ctx, architecture: Architecture, raw: RawConfig) -> Result<ModelC
         _ => None,
     };
     let intermediate_size = ctx.required(raw.intermediate_size, "intermediate_size")?;
-    let eos_token_ids = raw.eos_token_id.clone().map(|e| e.into_vec()).unwrap_or_default();
-    let bos_token_id = raw.bos_token_id.clone().and_then(|b| b.into_vec().first().copied());
+    let eos_token_ids = raw
+        .eos_token_id
+        .clone()
+        .map(|e| e.into_vec())
+        .unwrap_or_default();
+    let bos_token_id = raw
+        .bos_token_id
+        .clone()
+        .and_then(|b| b.into_vec().first().copied());
     let moe = super::moe_config::build(ctx, architecture, &raw, num_layers)?;
     Ok(ModelConfig {
         architecture,

@@ -104,12 +104,18 @@ impl RopeConfig {
             .unwrap_or("default");
         let scaling = match (kind, params) {
             ("default", _) | (_, None) => RopeScaling::None,
-            ("linear", Some(p)) => RopeScaling::Linear { factor: need(p, "factor", section)? },
+            ("linear", Some(p)) => RopeScaling::Linear {
+                factor: need(p, "factor", section)?,
+            },
             ("llama3", Some(p)) => RopeScaling::Llama3 {
                 factor: need(p, "factor", section)?,
                 low_freq_factor: need(p, "low_freq_factor", section)?,
                 high_freq_factor: need(p, "high_freq_factor", section)?,
-                original_max_position_embeddings: need(p, "original_max_position_embeddings", section)?,
+                original_max_position_embeddings: need(
+                    p,
+                    "original_max_position_embeddings",
+                    section,
+                )?,
             },
             ("yarn", Some(p)) => RopeScaling::Yarn {
                 factor: need(p, "factor", section)?,
@@ -125,11 +131,17 @@ impl RopeConfig {
             (other, _) => {
                 return Err(RopeParseError {
                     field: format!("{section}.rope_type"),
-                    message: format!("{other:?} is not supported (default, linear, llama3, yarn are)"),
+                    message: format!(
+                        "{other:?} is not supported (default, linear, llama3, yarn are)"
+                    ),
                 })
             }
         };
-        Ok(Self { theta, scaling, interleaved: false })
+        Ok(Self {
+            theta,
+            scaling,
+            interleaved: false,
+        })
     }
 
     /// The inverse frequencies for a rotary dimension `dim` (dim/2 values) and the factor that
@@ -141,7 +153,12 @@ impl RopeConfig {
         match &self.scaling {
             RopeScaling::None => (base, 1.0),
             RopeScaling::Linear { factor } => (base.iter().map(|f| f / factor).collect(), 1.0),
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: old } => {
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: old,
+            } => {
                 let low_wavelen = old / low_freq_factor;
                 let high_wavelen = old / high_freq_factor;
                 let scaled = base
@@ -153,7 +170,8 @@ impl RopeConfig {
                         } else if wavelen < high_wavelen {
                             f
                         } else {
-                            let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            let smooth = (old / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
                             (1.0 - smooth) * f / factor + smooth * f
                         }
                     })
@@ -165,8 +183,16 @@ impl RopeConfig {
     }
 
     fn yarn_inv_freq(&self, dim: usize, base: Vec<f64>) -> (Vec<f64>, f64) {
-        let RopeScaling::Yarn { factor, original_max_position_embeddings: old, beta_fast, beta_slow, mscale, mscale_all_dim, attention_factor, truncate } =
-            &self.scaling
+        let RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings: old,
+            beta_fast,
+            beta_slow,
+            mscale,
+            mscale_all_dim,
+            attention_factor,
+            truncate,
+        } = &self.scaling
         else {
             return (base, 1.0);
         };
@@ -192,7 +218,9 @@ impl RopeConfig {
             })
             .collect();
         let factor_attn = attention_factor.unwrap_or_else(|| match (mscale, mscale_all_dim) {
-            (Some(m), Some(a)) if *m != 0.0 && *a != 0.0 => yarn_mscale(*factor, *m) / yarn_mscale(*factor, *a),
+            (Some(m), Some(a)) if *m != 0.0 && *a != 0.0 => {
+                yarn_mscale(*factor, *m) / yarn_mscale(*factor, *a)
+            }
             _ => yarn_mscale(*factor, 1.0),
         });
         (inv_freq, factor_attn)
@@ -201,7 +229,11 @@ impl RopeConfig {
     /// DeepSeek's extra softmax scale: mscale(factor, mscale_all_dim)^2 under YaRN, else 1.
     pub fn softmax_mscale(&self) -> f64 {
         match &self.scaling {
-            RopeScaling::Yarn { factor, mscale_all_dim: Some(a), .. } if *a != 0.0 => {
+            RopeScaling::Yarn {
+                factor,
+                mscale_all_dim: Some(a),
+                ..
+            } if *a != 0.0 => {
                 let m = yarn_mscale(*factor, *a);
                 m * m
             }
@@ -247,8 +279,15 @@ mod tests {
 
     #[test]
     fn linear_divides_every_frequency() {
-        let plain = RopeConfig { theta: 10000.0, scaling: RopeScaling::None, interleaved: false };
-        let lin = RopeConfig { scaling: RopeScaling::Linear { factor: 4.0 }, ..plain.clone() };
+        let plain = RopeConfig {
+            theta: 10000.0,
+            scaling: RopeScaling::None,
+            interleaved: false,
+        };
+        let lin = RopeConfig {
+            scaling: RopeScaling::Linear { factor: 4.0 },
+            ..plain.clone()
+        };
         let (a, _) = plain.inv_freq(8);
         let (b, _) = lin.inv_freq(8);
         assert_eq!(a[0], 1.0);
@@ -260,7 +299,14 @@ mod tests {
 
     #[test]
     fn unknown_rope_type_names_the_field() {
-        let err = RopeConfig::parse(None, Some(&json!({"type": "dynamic2", "factor": 2.0})), None, 1e4, 10).unwrap_err();
+        let err = RopeConfig::parse(
+            None,
+            Some(&json!({"type": "dynamic2", "factor": 2.0})),
+            None,
+            1e4,
+            10,
+        )
+        .unwrap_err();
         assert_eq!(err.field, "rope_scaling.rope_type");
         assert!(err.message.contains("dynamic2"));
     }

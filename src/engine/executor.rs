@@ -37,7 +37,11 @@ impl LocalExecutor {
     /// [`Self::new`], failing instead of panicking when the cache does not fit the model's device.
     pub fn try_new(model: Model, num_blocks: usize, block_size: usize) -> Result<Self> {
         let cache = model.try_new_cache(num_blocks, block_size)?;
-        Ok(Self { model, cache, ctx: RankContext::single() })
+        Ok(Self {
+            model,
+            cache,
+            ctx: RankContext::single(),
+        })
     }
 }
 
@@ -57,6 +61,13 @@ impl Executor for LocalExecutor {
     fn step(&mut self, batch: &StepBatch) -> Result<StepOutput> {
         let cfg = self.model.config();
         let out = self.model.forward_rank(batch, &mut self.cache, &self.ctx)?;
-        StepOutput::assemble(vec![out], batch.logit_rows.len(), cfg.vocab_size, cfg.num_layers, 1, 0)
+        StepOutput::assemble(
+            vec![out],
+            batch.logit_rows.len(),
+            cfg.vocab_size,
+            cfg.num_layers,
+            1,
+            0,
+        )
     }
 }

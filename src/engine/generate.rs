@@ -1,11 +1,11 @@
 //! Single-sequence scoring and generation over the paged cache: prefill once, then decode one
 //! token per step from the cache.
 
+use super::executor::{Executor, LocalExecutor};
 use super::Sequence;
 use crate::backend::cpu::sample::{sample, top2_margin, SamplingParams};
-use crate::error::{Error, Result};
-use super::executor::{Executor, LocalExecutor};
 use crate::config::ModelConfig;
+use crate::error::{Error, Result};
 use crate::kv_cache::BlockAllocator;
 use crate::model::{Model, StepBatch};
 use crate::tensor::Tensor;
@@ -52,7 +52,10 @@ impl Engine {
     /// An engine over any executor.
     pub fn with_executor(executor: Box<dyn Executor>) -> Self {
         let allocator = BlockAllocator::new(executor.num_blocks(), executor.block_size());
-        Self { executor, allocator }
+        Self {
+            executor,
+            allocator,
+        }
     }
 
     /// The model's config.
@@ -71,7 +74,10 @@ impl Engine {
             return Err(Error::Input("the prompt is empty".into()));
         }
         if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-            return Err(Error::Input(format!("token id {bad} is outside the vocabulary (size {})", cfg.vocab_size)));
+            return Err(Error::Input(format!(
+                "token id {bad} is outside the vocabulary (size {})",
+                cfg.vocab_size
+            )));
         }
         let total = prompt.len() + extra;
         if total > cfg.max_position_embeddings {
@@ -89,7 +95,12 @@ impl Engine {
     fn step(&mut self, seq: &mut Sequence, all_logits: bool) -> Result<Tensor> {
         seq.table.reserve(seq.tokens.len())?;
         let mut batch = StepBatch::default();
-        batch.push_sequence(seq.uncached(), seq.cached, seq.table.blocks().to_vec(), all_logits);
+        batch.push_sequence(
+            seq.uncached(),
+            seq.cached,
+            seq.table.blocks().to_vec(),
+            all_logits,
+        );
         let out = self.executor.step(&batch)?;
         seq.cached = seq.tokens.len();
         Ok(out.logits)
@@ -107,7 +118,11 @@ impl Engine {
         self.check_prompt(prompt, opts.max_tokens)?;
         let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
         let mut seq = Sequence::new(prompt.to_vec(), &self.allocator);
-        let mut out = Generation { tokens: Vec::new(), margins: Vec::new(), stopped_at_eos: false };
+        let mut out = Generation {
+            tokens: Vec::new(),
+            margins: Vec::new(),
+            stopped_at_eos: false,
+        };
         while out.tokens.len() < opts.max_tokens {
             let logits = self.step(&mut seq, false)?;
             let row = logits.as_slice();

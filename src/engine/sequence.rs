@@ -14,7 +14,11 @@ pub struct Sequence {
 impl Sequence {
     /// A new sequence with no cached tokens.
     pub fn new(tokens: Vec<u32>, allocator: &BlockAllocator) -> Self {
-        Self { tokens, cached: 0, table: allocator.new_table() }
+        Self {
+            tokens,
+            cached: 0,
+            table: allocator.new_table(),
+        }
     }
 
     /// Tokens not yet in the cache.

@@ -19,7 +19,13 @@ impl BlockAllocator {
     /// `num_blocks` blocks of `block_size` token slots.
     pub fn new(num_blocks: usize, block_size: usize) -> Self {
         let free = (0..num_blocks as u32).rev().collect();
-        Self { inner: Arc::new(Mutex::new(Pool { free, total: num_blocks })), block_size }
+        Self {
+            inner: Arc::new(Mutex::new(Pool {
+                free,
+                total: num_blocks,
+            })),
+            block_size,
+        }
     }
 
     /// Token slots per block.
@@ -45,7 +51,10 @@ impl BlockAllocator {
 
     /// An empty table that allocates from this pool.
     pub fn new_table(&self) -> BlockTable {
-        BlockTable { blocks: Vec::new(), allocator: self.clone() }
+        BlockTable {
+            blocks: Vec::new(),
+            allocator: self.clone(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pool> {
@@ -95,7 +104,9 @@ impl BlockTable {
 
     /// Blocks needed beyond the current ones to hold `tokens` positions.
     pub fn blocks_needed(&self, tokens: usize) -> usize {
-        tokens.div_ceil(self.allocator.block_size).saturating_sub(self.blocks.len())
+        tokens
+            .div_ceil(self.allocator.block_size)
+            .saturating_sub(self.blocks.len())
     }
 }
 
@@ -131,7 +142,10 @@ mod tests {
         a.reserve(5).unwrap();
         let mut b = alloc.new_table();
         let err = b.reserve(5).unwrap_err().to_string();
-        assert!(err.contains("need 2 more blocks of 4, 0 of 2 are free"), "{err}");
+        assert!(
+            err.contains("need 2 more blocks of 4, 0 of 2 are free"),
+            "{err}"
+        );
         assert_eq!(b.blocks().len(), 0);
     }
 }

@@ -41,11 +41,17 @@ pub struct KvCache {
 impl KvCache {
     /// A cache of `num_blocks` blocks with per-layer row widths `(k_width, v_width)`.
     pub fn new(num_blocks: usize, block_size: usize, widths: &[(usize, usize)]) -> Self {
-        Self::new_on(num_blocks, block_size, widths, &Device::Cpu).expect("a CPU cache always allocates")
+        Self::new_on(num_blocks, block_size, widths, &Device::Cpu)
+            .expect("a CPU cache always allocates")
     }
 
     /// [`Self::new`] with the storage on `device`.
-    pub fn new_on(num_blocks: usize, block_size: usize, widths: &[(usize, usize)], device: &Device) -> Result<Self> {
+    pub fn new_on(
+        num_blocks: usize,
+        block_size: usize,
+        widths: &[(usize, usize)],
+        device: &Device,
+    ) -> Result<Self> {
         let slots = num_blocks * block_size;
         let layers = widths
             .iter()
@@ -58,7 +64,11 @@ impl KvCache {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { layers, num_blocks, block_size })
+        Ok(Self {
+            layers,
+            num_blocks,
+            block_size,
+        })
     }
 
     /// Blocks of storage.
@@ -73,6 +83,9 @@ impl KvCache {
 
     /// Bytes one token takes across layers (f32 on the CPU).
     pub fn bytes_per_token(&self) -> usize {
-        self.layers.iter().map(|l| (l.k_width + l.v_width) * 4).sum()
+        self.layers
+            .iter()
+            .map(|l| (l.k_width + l.v_width) * 4)
+            .sum()
     }
 }

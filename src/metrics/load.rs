@@ -67,9 +67,14 @@ impl LoadBoard {
     /// Adds one step's routing: `expert_counts[l]` and `rank_tokens[l]` per layer (empty for
     /// dense layers, which are skipped). Returns the recent imbalance per MoE layer.
     pub fn record(&self, expert_counts: &[Vec<u64>], rank_tokens: &[Vec<u64>]) -> Vec<f64> {
-        let moe: Vec<usize> = (0..expert_counts.len()).filter(|&l| !expert_counts[l].is_empty()).collect();
+        let moe: Vec<usize> = (0..expert_counts.len())
+            .filter(|&l| !expert_counts[l].is_empty())
+            .collect();
         let experts: Vec<Vec<u64>> = moe.iter().map(|&l| expert_counts[l].clone()).collect();
-        let ranks: Vec<Vec<u64>> = moe.iter().map(|&l| rank_tokens.get(l).cloned().unwrap_or_default()).collect();
+        let ranks: Vec<Vec<u64>> = moe
+            .iter()
+            .map(|&l| rank_tokens.get(l).cloned().unwrap_or_default())
+            .collect();
         let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let s = &mut w.snapshot;
         s.layers = moe;
@@ -94,12 +99,25 @@ impl LoadBoard {
     pub fn set_replicas(&self, layers: &[usize], replicas: &[Vec<u32>]) {
         let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let order = w.snapshot.layers.clone();
-        w.snapshot.replicas = order.iter().map(|l| layers.iter().position(|x| x == l).map(|i| replicas[i].clone()).unwrap_or_default()).collect();
+        w.snapshot.replicas = order
+            .iter()
+            .map(|l| {
+                layers
+                    .iter()
+                    .position(|x| x == l)
+                    .map(|i| replicas[i].clone())
+                    .unwrap_or_default()
+            })
+            .collect();
     }
 
     /// A copy of the current loads.
     pub fn snapshot(&self) -> ExpertLoad {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).snapshot.clone()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .snapshot
+            .clone()
     }
 }
 

@@ -3,8 +3,12 @@
 use crate::engine::Executor;
 use crate::model::StepOutput;
 use crate::replication::ReplicationStatus;
-use ::metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, SharedString, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use ::metrics::{
+    Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, SharedString, Unit,
+};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -12,8 +16,9 @@ const TTFT: &str = "switchyard_time_to_first_token_seconds";
 const TPOT: &str = "switchyard_time_per_output_token_seconds";
 
 /// Latency buckets (seconds) of the TTFT and time-per-output-token histograms.
-const LATENCY_BUCKETS: [f64; 16] =
-    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0];
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 /// How a request ended, as the `outcome` label of `switchyard_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +34,12 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    const ALL: [Outcome; 4] = [Outcome::Finished, Outcome::Cancelled, Outcome::Rejected, Outcome::Failed];
+    const ALL: [Outcome; 4] = [
+        Outcome::Finished,
+        Outcome::Cancelled,
+        Outcome::Rejected,
+        Outcome::Failed,
+    ];
 
     /// The label value.
     pub fn label(self) -> &'static str {
@@ -81,11 +91,20 @@ fn meta() -> Metadata<'static> {
 }
 
 fn rank_counter(r: &PrometheusRecorder, rank: usize) -> Counter {
-    r.register_counter(&Key::from_parts("switchyard_rank_tokens_total", labels(&[("rank", rank.to_string())])), &meta())
+    r.register_counter(
+        &Key::from_parts(
+            "switchyard_rank_tokens_total",
+            labels(&[("rank", rank.to_string())]),
+        ),
+        &meta(),
+    )
 }
 
 fn labels(pairs: &[(&'static str, String)]) -> Vec<Label> {
-    pairs.iter().map(|(k, v)| Label::new(*k, v.clone())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| Label::new(*k, v.clone()))
+        .collect()
 }
 
 impl ServingMetrics {
@@ -108,30 +127,115 @@ impl ServingMetrics {
         let gauge = |name: &'static str, l: &[(&'static str, String)]| {
             r.register_gauge(&Key::from_parts(name, labels(l)), &meta())
         };
-        describe("switchyard_expert_tokens_total", None, "Tokens the router sent to each logical expert.");
-        describe("switchyard_expert_replicas", None, "Physical replicas of each logical expert.");
-        describe("switchyard_rank_tokens_total", None, "(token, expert) pairs each EP rank computed, summed over layers.");
-        describe("switchyard_expert_load_imbalance", None, "Max over mean EP-rank load per MoE layer over the recent steps.");
-        describe("switchyard_alltoall_bytes_total", Some(Unit::Bytes), "Bytes moved between ranks by the All-to-All and other collectives.");
-        describe("switchyard_rebalances_total", None, "Expert placement rebalances done.");
-        describe("switchyard_expert_bytes_migrated_total", Some(Unit::Bytes), "Expert weight bytes copied into slots by rebalances.");
-        r.describe_gauge("switchyard_rebalance_imbalance".into(), None, "Max over mean EP-rank load per MoE layer before and after the last rebalance.".into());
-        describe("switchyard_requests_total", None, "Requests by outcome (finished, cancelled, rejected, failed).");
-        describe("switchyard_prompt_tokens_total", None, "Prompt tokens of admitted requests.");
-        describe("switchyard_generation_tokens_total", None, "Tokens generated.");
-        r.describe_histogram(TTFT.into(), Some(Unit::Seconds), "Time from arrival to the first generated token.".into());
-        r.describe_histogram(TPOT.into(), Some(Unit::Seconds), "Mean time between generated tokens of a request.".into());
-        describe("switchyard_requests_running", None, "Requests in the running batch.");
-        describe("switchyard_requests_waiting", None, "Requests waiting for admission (or preempted).");
-        describe("switchyard_kv_blocks_used", None, "KV-cache blocks held by sequences.");
-        describe("switchyard_kv_blocks_capacity", None, "KV-cache blocks in the pool.");
-        describe("switchyard_engine_steps_total", None, "Forward steps the engine ran.");
-        describe("switchyard_preemptions_total", None, "Running requests preempted (to be recomputed) because KV blocks ran out.");
+        describe(
+            "switchyard_expert_tokens_total",
+            None,
+            "Tokens the router sent to each logical expert.",
+        );
+        describe(
+            "switchyard_expert_replicas",
+            None,
+            "Physical replicas of each logical expert.",
+        );
+        describe(
+            "switchyard_rank_tokens_total",
+            None,
+            "(token, expert) pairs each EP rank computed, summed over layers.",
+        );
+        describe(
+            "switchyard_expert_load_imbalance",
+            None,
+            "Max over mean EP-rank load per MoE layer over the recent steps.",
+        );
+        describe(
+            "switchyard_alltoall_bytes_total",
+            Some(Unit::Bytes),
+            "Bytes moved between ranks by the All-to-All and other collectives.",
+        );
+        describe(
+            "switchyard_rebalances_total",
+            None,
+            "Expert placement rebalances done.",
+        );
+        describe(
+            "switchyard_expert_bytes_migrated_total",
+            Some(Unit::Bytes),
+            "Expert weight bytes copied into slots by rebalances.",
+        );
+        r.describe_gauge(
+            "switchyard_rebalance_imbalance".into(),
+            None,
+            "Max over mean EP-rank load per MoE layer before and after the last rebalance.".into(),
+        );
+        describe(
+            "switchyard_requests_total",
+            None,
+            "Requests by outcome (finished, cancelled, rejected, failed).",
+        );
+        describe(
+            "switchyard_prompt_tokens_total",
+            None,
+            "Prompt tokens of admitted requests.",
+        );
+        describe(
+            "switchyard_generation_tokens_total",
+            None,
+            "Tokens generated.",
+        );
+        r.describe_histogram(
+            TTFT.into(),
+            Some(Unit::Seconds),
+            "Time from arrival to the first generated token.".into(),
+        );
+        r.describe_histogram(
+            TPOT.into(),
+            Some(Unit::Seconds),
+            "Mean time between generated tokens of a request.".into(),
+        );
+        describe(
+            "switchyard_requests_running",
+            None,
+            "Requests in the running batch.",
+        );
+        describe(
+            "switchyard_requests_waiting",
+            None,
+            "Requests waiting for admission (or preempted).",
+        );
+        describe(
+            "switchyard_kv_blocks_used",
+            None,
+            "KV-cache blocks held by sequences.",
+        );
+        describe(
+            "switchyard_kv_blocks_capacity",
+            None,
+            "KV-cache blocks in the pool.",
+        );
+        describe(
+            "switchyard_engine_steps_total",
+            None,
+            "Forward steps the engine ran.",
+        );
+        describe(
+            "switchyard_preemptions_total",
+            None,
+            "Running requests preempted (to be recomputed) because KV blocks ran out.",
+        );
         let per_expert = |name: &'static str| -> Vec<Vec<_>> {
             experts
                 .iter()
                 .enumerate()
-                .map(|(l, &n)| (0..n).map(|e| (name, vec![("layer", l.to_string()), ("expert", e.to_string())])).collect())
+                .map(|(l, &n)| {
+                    (0..n)
+                        .map(|e| {
+                            (
+                                name,
+                                vec![("layer", l.to_string()), ("expert", e.to_string())],
+                            )
+                        })
+                        .collect()
+                })
                 .collect()
         };
         let expert_tokens = per_expert("switchyard_expert_tokens_total")
@@ -147,7 +251,12 @@ impl ServingMetrics {
             .iter()
             .enumerate()
             .filter(|(_, &n)| n > 0)
-            .map(|(l, _)| gauge("switchyard_expert_load_imbalance", &[("layer", l.to_string())]))
+            .map(|(l, _)| {
+                gauge(
+                    "switchyard_expert_load_imbalance",
+                    &[("layer", l.to_string())],
+                )
+            })
             .collect();
         let kv_capacity = gauge("switchyard_kv_blocks_capacity", &[]);
         kv_capacity.set(kv_blocks as f64);
@@ -163,7 +272,12 @@ impl ServingMetrics {
             replication_seen: Mutex::new((0, 0)),
             requests: Outcome::ALL
                 .iter()
-                .map(|o| counter("switchyard_requests_total", &[("outcome", o.label().to_string())]))
+                .map(|o| {
+                    counter(
+                        "switchyard_requests_total",
+                        &[("outcome", o.label().to_string())],
+                    )
+                })
                 .collect(),
             prompt_tokens: counter("switchyard_prompt_tokens_total", &[]),
             generation_tokens: counter("switchyard_generation_tokens_total", &[]),
@@ -265,20 +379,37 @@ impl ServingMetrics {
     /// Follows the replication manager: replica counts per expert, rebalances done, expert
     /// bytes migrated, and each MoE layer's imbalance before and after the last rebalance.
     pub fn record_replication(&self, status: &ReplicationStatus) {
-        let mut seen = self.replication_seen.lock().unwrap_or_else(|e| e.into_inner());
-        self.rebalances.increment(status.rebalances_total.saturating_sub(seen.0));
-        self.migrated_bytes.increment(status.bytes_migrated_total.saturating_sub(seen.1));
+        let mut seen = self
+            .replication_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.rebalances
+            .increment(status.rebalances_total.saturating_sub(seen.0));
+        self.migrated_bytes
+            .increment(status.bytes_migrated_total.saturating_sub(seen.1));
         *seen = (status.rebalances_total, status.bytes_migrated_total);
         for (&layer, counts) in status.layers.iter().zip(&status.replicas) {
-            for (g, &n) in self.expert_replicas.get(layer).into_iter().flatten().zip(counts) {
+            for (g, &n) in self
+                .expert_replicas
+                .get(layer)
+                .into_iter()
+                .flatten()
+                .zip(counts)
+            {
                 g.set(f64::from(n));
             }
         }
         if let Some(last) = &status.last {
             let r = &self.recorder;
-            for (when, values) in [("before", &last.imbalance_before), ("after", &last.imbalance_after)] {
+            for (when, values) in [
+                ("before", &last.imbalance_before),
+                ("after", &last.imbalance_after),
+            ] {
                 for (&layer, &v) in status.layers.iter().zip(values.iter()) {
-                    let key = Key::from_parts("switchyard_rebalance_imbalance", labels(&[("layer", layer.to_string()), ("when", when.to_string())]));
+                    let key = Key::from_parts(
+                        "switchyard_rebalance_imbalance",
+                        labels(&[("layer", layer.to_string()), ("when", when.to_string())]),
+                    );
                     r.register_gauge(&key, &meta()).set(v);
                 }
             }

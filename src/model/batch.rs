@@ -19,12 +19,21 @@ pub struct StepBatch {
 impl StepBatch {
     /// Adds `tokens` of a sequence whose first new token is at `start`; `logits`: which of the
     /// new tokens' rows need logits (all or the last).
-    pub fn push_sequence(&mut self, tokens: &[u32], start: usize, table: Vec<u32>, all_logits: bool) {
+    pub fn push_sequence(
+        &mut self,
+        tokens: &[u32],
+        start: usize,
+        table: Vec<u32>,
+        all_logits: bool,
+    ) {
         let seq = self.tables.len();
         self.tables.push(table);
         let first_row = self.tokens.len();
         self.tokens.extend_from_slice(tokens);
-        self.queries.extend((0..tokens.len()).map(|i| QueryPos { seq, pos: start + i }));
+        self.queries.extend((0..tokens.len()).map(|i| QueryPos {
+            seq,
+            pos: start + i,
+        }));
         if all_logits {
             self.logit_rows.extend(first_row..self.tokens.len());
         } else if !tokens.is_empty() {

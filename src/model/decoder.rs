@@ -46,7 +46,12 @@ pub struct Model {
 }
 
 impl DecoderLayer {
-    fn load(cfg: &ModelConfig, src: &dyn WeightSource, layer: usize, shard: &Shard) -> Result<Self> {
+    fn load(
+        cfg: &ModelConfig,
+        src: &dyn WeightSource,
+        layer: usize,
+        shard: &Shard,
+    ) -> Result<Self> {
         let p = format!("model.layers.{layer}");
         let norm = |n: &str| src.load(&format!("{p}.{n}.weight"), &[cfg.hidden_size]);
         Ok(Self {
@@ -68,9 +73,18 @@ impl Model {
     /// Loads what `shard` holds.
     pub fn load_shard(config: &ModelConfig, src: &dyn WeightSource, shard: Shard) -> Result<Self> {
         let (v, h) = (config.vocab_size, config.hidden_size);
-        let embed_needed = shard.is_first_stage() || (shard.is_last_stage() && config.tie_word_embeddings);
-        let embed = if embed_needed { Some(src.load("model.embed_tokens.weight", &[v, h])?) } else { None };
-        let layers = shard.layers.clone().map(|i| DecoderLayer::load(config, src, i, &shard)).collect::<Result<Vec<_>>>()?;
+        let embed_needed =
+            shard.is_first_stage() || (shard.is_last_stage() && config.tie_word_embeddings);
+        let embed = if embed_needed {
+            Some(src.load("model.embed_tokens.weight", &[v, h])?)
+        } else {
+            None
+        };
+        let layers = shard
+            .layers
+            .clone()
+            .map(|i| DecoderLayer::load(config, src, i, &shard))
+            .collect::<Result<Vec<_>>>()?;
         let head = if shard.is_last_stage() {
             let norm = src.load("model.norm.weight", &[h])?;
             let lm_head = match (&embed, config.tie_word_embeddings) {
@@ -82,7 +96,14 @@ impl Model {
             None
         };
         let embed = if shard.is_first_stage() { embed } else { None };
-        Ok(Self { config: config.clone(), shard, embed, layers, head, device: Device::Cpu })
+        Ok(Self {
+            config: config.clone(),
+            shard,
+            embed,
+            layers,
+            head,
+            device: Device::Cpu,
+        })
     }
 
     /// Chooses the algebraic form of multi-head latent attention (no effect on GQA models).
@@ -107,7 +128,10 @@ impl Model {
     /// The feed-forward block of model layer `layer`, if this rank holds that layer.
     pub fn ffn(&self, layer: usize) -> Option<&MoeBlock> {
         let i = layer.checked_sub(self.shard.layers.start)?;
-        self.layers.get(i).filter(|_| self.shard.layers.contains(&layer)).map(|l| &l.ffn)
+        self.layers
+            .get(i)
+            .filter(|_| self.shard.layers.contains(&layer))
+            .map(|l| &l.ffn)
     }
 
     /// [`Model::ffn`], mutable: a rebalance switches the block's placement between steps.
@@ -146,19 +170,29 @@ impl Model {
 
     /// A paged cache for this rank's layers.
     pub fn new_cache(&self, num_blocks: usize, block_size: usize) -> KvCache {
-        self.try_new_cache(num_blocks, block_size).expect("allocating the KV cache")
+        self.try_new_cache(num_blocks, block_size)
+            .expect("allocating the KV cache")
     }
 
     /// A paged cache for this rank's layers on the model's device.
     pub fn try_new_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache> {
-        let widths: Vec<(usize, usize)> = self.layers.iter().map(|l| l.attention.cache_widths()).collect();
+        let widths: Vec<(usize, usize)> = self
+            .layers
+            .iter()
+            .map(|l| l.attention.cache_widths())
+            .collect();
         KvCache::new_on(num_blocks, block_size, &widths, &self.device)
     }
 
     /// This rank's part of one step. Every rank of the world calls it with the same batch; the
     /// rank computes its attention group's sequences, takes hidden states from the previous
     /// stage and passes them on, and (on the last stage, TP rank 0) returns its logits rows.
-    pub fn forward_rank(&self, batch: &StepBatch, cache: &mut KvCache, ctx: &RankContext) -> Result<RankOutput> {
+    pub fn forward_rank(
+        &self,
+        batch: &StepBatch,
+        cache: &mut KvCache,
+        ctx: &RankContext,
+    ) -> Result<RankOutput> {
         let s = &self.shard;
         let (sub, logit_index) = split::sub_batch(batch, s.dp_rank(), s.dp());
         let h = self.config.hidden_size;
@@ -167,11 +201,24 @@ impl Model {
             None => Tensor::from_f32([sub.tokens.len(), h], ctx.pp.recv(s.stage - 1)?)?,
         };
         let started = ctx.tick();
-        let mut out = RankOutput { ep_rank: s.ep_rank, ..RankOutput::default() };
+        let mut out = RankOutput {
+            ep_rank: s.ep_rank,
+            ..RankOutput::default()
+        };
         let block_size = cache.block_size();
-        for (i, (layer, layer_cache)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
+        for (i, (layer, layer_cache)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate()
+        {
             let layer_index = s.layers.start + i;
-            residual = self.layer_forward(layer, layer_index, residual, &sub, layer_cache, block_size, ctx, &mut out)?;
+            residual = self.layer_forward(
+                layer,
+                layer_index,
+                residual,
+                &sub,
+                layer_cache,
+                block_size,
+                ctx,
+                &mut out,
+            )?;
         }
         if !s.is_last_stage() {
             out.work_ticks = started.zip(ctx.tick());
@@ -181,7 +228,11 @@ impl Model {
         if s.tp_rank == 0 {
             let (norm, lm_head) = self.head.as_ref().expect("the last stage holds the head");
             let picked: Vec<u32> = sub.logit_rows.iter().map(|&r| r as u32).collect();
-            let rows = ops::rms_norm(&ops::gather_rows(&residual, &picked, 1)?, norm, self.config.rms_norm_eps)?;
+            let rows = ops::rms_norm(
+                &ops::gather_rows(&residual, &picked, 1)?,
+                norm,
+                self.config.rms_norm_eps,
+            )?;
             out.logits = Some((logit_index, ops::linear(&rows, lm_head, None)?.into_cpu()?));
         }
         out.work_ticks = started.zip(ctx.tick());
@@ -216,14 +267,22 @@ impl Model {
             let attn = ctx.tp.reduce_scatter_sum(partial.as_slice(), &elems)?;
             let start = counts[..ctx.tp.rank()].iter().sum::<usize>();
             let mine = counts[ctx.tp.rank()];
-            (residual.narrow_rows(start, mine)?, Tensor::from_f32([mine, h], attn)?)
+            (
+                residual.narrow_rows(start, mine)?,
+                Tensor::from_f32([mine, h], attn)?,
+            )
         };
         let x = ops::add_rms_norm(&mut res_slice, &attn, &layer.post_attention_norm, eps)?;
         let moe = layer.ffn.forward(&x, ctx.ep.as_ref())?;
         ops::add_in_place(&mut res_slice, &moe.hidden)?;
         out.a2a_predicted_bytes += moe.dispatch.predicted_bytes;
         out.a2a_measured_bytes += moe.dispatch.measured_bytes;
-        out.record_layer(layer_index, moe.expert_counts, moe.rows_computed, layer.ffn.is_sparse());
+        out.record_layer(
+            layer_index,
+            moe.expert_counts,
+            moe.rows_computed,
+            layer.ffn.is_sparse(),
+        );
         if tp == 1 {
             return Ok(res_slice);
         }

@@ -16,9 +16,19 @@ pub struct Linear {
 
 impl Linear {
     /// Loads `{prefix}.weight` (and `{prefix}.bias` when `bias`).
-    pub fn load(src: &dyn WeightSource, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Self> {
+    pub fn load(
+        src: &dyn WeightSource,
+        prefix: &str,
+        out: usize,
+        inp: usize,
+        bias: bool,
+    ) -> Result<Self> {
         let weight = src.load(&format!("{prefix}.weight"), &[out, inp])?;
-        let bias = if bias { Some(src.load(&format!("{prefix}.bias"), &[out])?) } else { None };
+        let bias = if bias {
+            Some(src.load(&format!("{prefix}.bias"), &[out])?)
+        } else {
+            None
+        };
         Ok(Self { weight, bias })
     }
 
@@ -31,7 +41,10 @@ impl Linear {
         let has_bias = parts.iter().any(|p| p.bias.is_some());
         for p in parts {
             if p.in_features() != inp {
-                return Err(Error::Shape(format!("cannot fuse linears with inputs {inp} and {}", p.in_features())));
+                return Err(Error::Shape(format!(
+                    "cannot fuse linears with inputs {inp} and {}",
+                    p.in_features()
+                )));
             }
             out += p.out_features();
             w.extend_from_slice(p.weight.as_slice());
@@ -44,7 +57,11 @@ impl Linear {
         let dtype = parts[0].weight.dtype();
         Ok(Self {
             weight: Tensor::from_f32_stored_as([out, inp], w, dtype)?,
-            bias: if has_bias { Some(Tensor::from_f32_stored_as([out], b, dtype)?) } else { None },
+            bias: if has_bias {
+                Some(Tensor::from_f32_stored_as([out], b, dtype)?)
+            } else {
+                None
+            },
         })
     }
 
@@ -59,7 +76,10 @@ impl Linear {
     /// Input columns `start..start + len` (a row-parallel shard); the bias stays only where
     /// `keep_bias` (one rank adds it to the reduced sum).
     pub fn cols(self, (start, len): (usize, usize), keep_bias: bool) -> Result<Self> {
-        Ok(Self { weight: self.weight.narrow_cols(start, len)?, bias: self.bias.filter(|_| keep_bias) })
+        Ok(Self {
+            weight: self.weight.narrow_cols(start, len)?,
+            bias: self.bias.filter(|_| keep_bias),
+        })
     }
 
     /// Output features.

@@ -52,6 +52,10 @@ impl ModelSource {
             }
         };
         let tokenizer = Tokenizer::from_dir(&self.dir)?;
-        Ok(LoadedModel { model, tokenizer, dir: self.dir.clone() })
+        Ok(LoadedModel {
+            model,
+            tokenizer,
+            dir: self.dir.clone(),
+        })
     }
 }

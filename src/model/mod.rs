@@ -9,6 +9,6 @@ mod rank_output;
 
 pub use batch::StepBatch;
 pub use decoder::{DecoderLayer, Model};
-pub use rank_output::{RankOutput, StepOutput};
 pub use linear::Linear;
 pub use load::{LoadedModel, ModelSource};
+pub use rank_output::{RankOutput, StepOutput};

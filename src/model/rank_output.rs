@@ -55,7 +55,14 @@ pub struct StepOutput {
 
 impl StepOutput {
     /// Sums every rank's statistics and places every logits row.
-    pub fn assemble(outputs: Vec<RankOutput>, n_rows: usize, vocab: usize, num_layers: usize, ep: usize, comm_bytes: u64) -> Result<Self> {
+    pub fn assemble(
+        outputs: Vec<RankOutput>,
+        n_rows: usize,
+        vocab: usize,
+        num_layers: usize,
+        ep: usize,
+        comm_bytes: u64,
+    ) -> Result<Self> {
         let mut logits = vec![f32::NAN; n_rows * vocab];
         let mut filled = 0;
         let mut expert_counts: Vec<Vec<u64>> = vec![Vec::new(); num_layers];
@@ -81,8 +88,18 @@ impl StepOutput {
             }
         }
         if filled != n_rows {
-            return Err(Error::Ranks(format!("ranks returned {filled} logit rows, the step needs {n_rows}")));
+            return Err(Error::Ranks(format!(
+                "ranks returned {filled} logit rows, the step needs {n_rows}"
+            )));
         }
-        Ok(Self { logits: Tensor::from_f32([n_rows, vocab], logits)?, expert_counts, rank_tokens, comm_bytes, a2a_predicted_bytes, a2a_measured_bytes, replication: None })
+        Ok(Self {
+            logits: Tensor::from_f32([n_rows, vocab], logits)?,
+            expert_counts,
+            rank_tokens,
+            comm_bytes,
+            a2a_predicted_bytes,
+            a2a_measured_bytes,
+            replication: None,
+        })
     }
 }

@@ -4,12 +4,12 @@
 
 use super::dispatch::{dispatch_combine, DispatchStats, EpRank};
 use super::{ExpertBank, ExpertNames, Router};
-use crate::comm::Communicator;
-use crate::parallel::Shard;
 use crate::checkpoint::WeightSource;
+use crate::comm::Communicator;
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::ops;
+use crate::parallel::Shard;
 use crate::tensor::Tensor;
 use switchyard_experts::{expert_counts, Placement};
 
@@ -51,14 +51,27 @@ impl MoeBlock {
     /// Loads this rank's part of the feed-forward block of layer `layer`: sparse where the
     /// config says so (the experts of this rank's slots in the shard's placement), else a dense
     /// MLP as the experts of its intermediate-dim parts (one part: the whole MLP, replicated).
-    pub fn load(cfg: &ModelConfig, src: &dyn WeightSource, layer: usize, shard: &Shard) -> Result<Self> {
+    pub fn load(
+        cfg: &ModelConfig,
+        src: &dyn WeightSource,
+        layer: usize,
+        shard: &Shard,
+    ) -> Result<Self> {
         let prefix = format!("model.layers.{layer}");
         let h = cfg.hidden_size;
         let (Some(moe), Some(placement)) = (&cfg.moe, shard.placements[layer].as_ref()) else {
             let placement = &shard.dense_placement;
             let parts = placement.n_logical();
             let slots = placement.rank_experts(shard.ep_rank);
-            let mlp = ExpertBank::load_dense_parts(src, &format!("{prefix}.mlp"), h, cfg.intermediate_size, cfg.mlp_bias, parts, slots)?;
+            let mlp = ExpertBank::load_dense_parts(
+                src,
+                &format!("{prefix}.mlp"),
+                h,
+                cfg.intermediate_size,
+                cfg.mlp_bias,
+                parts,
+                slots,
+            )?;
             return Ok(Self {
                 router: Router::Dense { parts },
                 experts: mlp,
@@ -72,15 +85,40 @@ impl MoeBlock {
         let p = format!("{prefix}.{}", names.sparse);
         let router = Router::load(src, &p, moe.router, h, moe.correction_bias)?;
         let slots = placement.rank_experts(shard.ep_rank);
-        let experts = ExpertBank::load_experts(src, &p, names.proj, slots, moe.n_experts, h, moe.intermediate_size)?;
+        let experts = ExpertBank::load_experts(
+            src,
+            &p,
+            names.proj,
+            slots,
+            moe.n_experts,
+            h,
+            moe.intermediate_size,
+        )?;
         let shared = match (&moe.shared, names.shared) {
             (Some(s), Some(name)) => Some(SharedExperts {
-                mlp: ExpertBank::load_dense(src, &format!("{p}.{name}"), h, s.intermediate_size, false)?,
-                gate: if s.gated { Some(src.load(&format!("{p}.shared_expert_gate.weight"), &[1, h])?) } else { None },
+                mlp: ExpertBank::load_dense(
+                    src,
+                    &format!("{p}.{name}"),
+                    h,
+                    s.intermediate_size,
+                    false,
+                )?,
+                gate: if s.gated {
+                    Some(src.load(&format!("{p}.shared_expert_gate.weight"), &[1, h])?)
+                } else {
+                    None
+                },
             }),
             _ => None,
         };
-        Ok(Self { router, experts, shared, placement: Some(placement.clone()), ep_rank: shard.ep_rank, ranks_per_node: shard.ranks_per_node })
+        Ok(Self {
+            router,
+            experts,
+            shared,
+            placement: Some(placement.clone()),
+            ep_rank: shard.ep_rank,
+            ranks_per_node: shard.ranks_per_node,
+        })
     }
 
     /// Whether a router picks among several experts.
@@ -108,9 +146,15 @@ impl MoeBlock {
     /// [`ExpertBank::slot_weights`]) into the bank and routes by `placement` from now on. Every
     /// rank of the EP group must switch before the same step. Checks everything before changing
     /// anything.
-    pub fn switch_placement(&mut self, placement: Placement, slots: Vec<(usize, Vec<f32>)>) -> Result<()> {
+    pub fn switch_placement(
+        &mut self,
+        placement: Placement,
+        slots: Vec<(usize, Vec<f32>)>,
+    ) -> Result<()> {
         let Some(old) = &self.placement else {
-            return Err(crate::Error::Ranks("a dense block has no expert placement to switch".into()));
+            return Err(crate::Error::Ranks(
+                "a dense block has no expert placement to switch".into(),
+            ));
         };
         let same_shape = old.n_logical() == placement.n_logical()
             && old.n_ranks() == placement.n_ranks()
@@ -125,7 +169,10 @@ impl MoeBlock {
         }
         let (n, len) = (self.experts.len(), self.experts.slot_len());
         if let Some((slot, w)) = slots.iter().find(|(slot, w)| *slot >= n || w.len() != len) {
-            return Err(crate::Error::Shape(format!("{} weights for local slot {slot}; the bank has {n} slots of {len}", w.len())));
+            return Err(crate::Error::Shape(format!(
+                "{} weights for local slot {slot}; the bank has {n} slots of {len}",
+                w.len()
+            )));
         }
         for (slot, w) in &slots {
             self.experts.set_slot_weights(*slot, w)?;
@@ -160,24 +207,45 @@ impl MoeBlock {
         let (mut out, dispatch) = match &self.placement {
             // A GPU block runs its experts in place: one EP rank, slot i holding expert i.
             Some(placement) if x.is_cuda() => {
-                if placement.n_ranks() != 1 || placement.rank_experts(0).iter().enumerate().any(|(i, &e)| e as usize != i) {
-                    return Err(crate::Error::Device("expert parallelism over several GPUs is not supported yet".into()));
+                if placement.n_ranks() != 1
+                    || placement
+                        .rank_experts(0)
+                        .iter()
+                        .enumerate()
+                        .any(|(i, &e)| e as usize != i)
+                {
+                    return Err(crate::Error::Device(
+                        "expert parallelism over several GPUs is not supported yet".into(),
+                    ));
                 }
                 let perm = ops::permute_by_expert(&routing.experts, n);
                 let xs = ops::gather_rows(x, &perm.order, routing.top_k)?;
                 let ys = self.experts.forward_grouped(&xs, &perm.offsets)?;
                 let rows_computed = perm.order.len() as u64;
-                (ops::combine(&ys, &perm.order, &routing.weights, routing.top_k)?, DispatchStats { rows_computed, ..DispatchStats::default() })
+                (
+                    ops::combine(&ys, &perm.order, &routing.weights, routing.top_k)?,
+                    DispatchStats {
+                        rows_computed,
+                        ..DispatchStats::default()
+                    },
+                )
             }
             Some(placement) => {
-                let rank = EpRank { placement, rank: self.ep_rank, ranks_per_node: self.ranks_per_node };
+                let rank = EpRank {
+                    placement,
+                    rank: self.ep_rank,
+                    ranks_per_node: self.ranks_per_node,
+                };
                 dispatch_combine(x, &routing, rank, &self.experts, ep)?
             }
             None => {
                 let perm = ops::permute_by_expert(&routing.experts, n);
                 let xs = ops::gather_rows(x, &perm.order, routing.top_k)?;
                 let ys = self.experts.forward_grouped(&xs, &perm.offsets)?;
-                (ops::combine(&ys, &perm.order, &routing.weights, routing.top_k)?, DispatchStats::default())
+                (
+                    ops::combine(&ys, &perm.order, &routing.weights, routing.top_k)?,
+                    DispatchStats::default(),
+                )
             }
         };
         if let Some(shared) = &self.shared {
@@ -188,7 +256,16 @@ impl MoeBlock {
             }
             ops::add_in_place(&mut out, &s)?;
         }
-        let expert_counts = if self.is_sparse() { expert_counts(&routing, n) } else { Vec::new() };
-        Ok(MoeOutput { hidden: out, expert_counts, rows_computed: dispatch.rows_computed, dispatch })
+        let expert_counts = if self.is_sparse() {
+            expert_counts(&routing, n)
+        } else {
+            Vec::new()
+        };
+        Ok(MoeOutput {
+            hidden: out,
+            expert_counts,
+            rows_computed: dispatch.rows_computed,
+            dispatch,
+        })
     }
 }

@@ -46,13 +46,19 @@ pub fn dispatch_combine(
     let hidden = x.dims()[1];
     let k = routing.top_k;
     let bytes_before = comm.bytes_moved();
-    let plan = DispatchPlan::new(routing, ep.placement, ep.rank, ep.ranks_per_node).map_err(dispatch_err)?;
+    let plan = DispatchPlan::new(routing, ep.placement, ep.rank, ep.ranks_per_node)
+        .map_err(dispatch_err)?;
     let n_ranks = ep.placement.n_ranks();
     let per_rank = ep.placement.slots_per_rank();
     // 1. How many rows each local slot of every destination gets from us.
-    let slot_counts: Vec<u32> = (0..n_ranks).flat_map(|d| plan.slot_counts(d).iter().map(|&c| c as u32)).collect();
+    let slot_counts: Vec<u32> = (0..n_ranks)
+        .flat_map(|d| plan.slot_counts(d).iter().map(|&c| c as u32))
+        .collect();
     let (recv_counts, _) = comm.all_to_all_v_u32(&slot_counts, &vec![per_rank; n_ranks])?;
-    let recv_matrix: Vec<Vec<usize>> = recv_counts.chunks(per_rank).map(|c| c.iter().map(|&v| v as usize).collect()).collect();
+    let recv_matrix: Vec<Vec<usize>> = recv_counts
+        .chunks(per_rank)
+        .map(|c| c.iter().map(|&v| v as usize).collect())
+        .collect();
     // 2. The rows themselves, in send order (by destination, then slot, then token).
     let send = ops::gather_rows(x, plan.send_order(), k)?;
     let send_elems: Vec<usize> = plan.rank_counts().iter().map(|c| c * hidden).collect();
@@ -68,11 +74,18 @@ pub fn dispatch_combine(
     let returned = Tensor::from_f32([returned.len() / hidden.max(1), hidden], returned)?;
     let out = ops::combine(&returned, plan.send_order(), &routing.weights, k)?;
     let f32_bytes = std::mem::size_of::<f32>();
-    let rows_back: usize = recv_elems.iter().enumerate().filter(|(src, _)| *src != ep.rank).map(|(_, e)| e * f32_bytes).sum();
+    let rows_back: usize = recv_elems
+        .iter()
+        .enumerate()
+        .filter(|(src, _)| *src != ep.rank)
+        .map(|(_, e)| e * f32_bytes)
+        .sum();
     let counts_bytes = (n_ranks - 1) * per_rank * std::mem::size_of::<u32>();
     let stats = DispatchStats {
         rows_computed: grouped.dims()[0] as u64,
-        predicted_bytes: plan.alltoall_bytes(hidden, f32_bytes) + rows_back as u64 + counts_bytes as u64,
+        predicted_bytes: plan.alltoall_bytes(hidden, f32_bytes)
+            + rows_back as u64
+            + counts_bytes as u64,
         measured_bytes: comm.bytes_moved() - bytes_before,
     };
     Ok((out, stats))

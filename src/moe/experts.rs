@@ -42,7 +42,9 @@ impl ExpertBank {
             }
             let name = |p: &str| format!("{prefix}.experts.{e}.{p}.weight");
             let gate = match src.load(&name(proj[0]), &[inter, hidden]) {
-                Err(CheckpointError::MissingTensor { .. }) if slots[..i].iter().all(|&s| s == EMPTY_SLOT) => {
+                Err(CheckpointError::MissingTensor { .. })
+                    if slots[..i].iter().all(|&s| s == EMPTY_SLOT) =>
+                {
                     return Self::load_fused(src, prefix, slots, hidden, inter, n_experts);
                 }
                 other => other?,
@@ -61,9 +63,19 @@ impl ExpertBank {
         })
     }
 
-    fn load_fused(src: &dyn WeightSource, prefix: &str, slots: &[u32], hidden: usize, inter: usize, n_experts: usize) -> Result<Self> {
+    fn load_fused(
+        src: &dyn WeightSource,
+        prefix: &str,
+        slots: &[u32],
+        hidden: usize,
+        inter: usize,
+        n_experts: usize,
+    ) -> Result<Self> {
         let n = n_experts;
-        let gate_up = src.load(&format!("{prefix}.experts.gate_up_proj"), &[n, 2 * inter, hidden])?;
+        let gate_up = src.load(
+            &format!("{prefix}.experts.gate_up_proj"),
+            &[n, 2 * inter, hidden],
+        )?;
         let down = src.load(&format!("{prefix}.experts.down_proj"), &[n, hidden, inter])?;
         let pick = |t: &Tensor, rows: usize| -> Result<Tensor> {
             let mut v = Vec::with_capacity(slots.len() * rows);
@@ -87,28 +99,56 @@ impl ExpertBank {
 
     /// A bank from stacked `gate_up` [n, 2I, H] and `down` [n, H, I] weights.
     pub fn from_stacked(gate_up: Tensor, down: Tensor) -> Self {
-        Self { gate_up, down, gate_up_bias: None, down_bias: None }
+        Self {
+            gate_up,
+            down,
+            gate_up_bias: None,
+            down_bias: None,
+        }
     }
 
     /// A dense SwiGLU MLP `{prefix}.{gate,up,down}_proj` as a bank of one expert.
-    pub fn load_dense(src: &dyn WeightSource, prefix: &str, hidden: usize, inter: usize, bias: bool) -> Result<Self> {
+    pub fn load_dense(
+        src: &dyn WeightSource,
+        prefix: &str,
+        hidden: usize,
+        inter: usize,
+        bias: bool,
+    ) -> Result<Self> {
         Self::load_dense_parts(src, prefix, hidden, inter, bias, 1, &[0])
     }
 
     /// A dense SwiGLU MLP split along its intermediate dim into `parts` experts, of which this
     /// bank holds `slots` (part ids): part p has rows p·I/parts.. of gate and up and the same
     /// columns of down, so the parts' outputs sum to the MLP's. The down bias goes to part 0.
-    pub fn load_dense_parts(src: &dyn WeightSource, prefix: &str, hidden: usize, inter: usize, bias: bool, parts: usize, slots: &[u32]) -> Result<Self> {
+    pub fn load_dense_parts(
+        src: &dyn WeightSource,
+        prefix: &str,
+        hidden: usize,
+        inter: usize,
+        bias: bool,
+        parts: usize,
+        slots: &[u32],
+    ) -> Result<Self> {
         let [g, u, d] = super::ExpertNames::DENSE;
         let w = |p: &str, shape: &[usize]| src.load(&format!("{prefix}.{p}.weight"), shape);
         let b = |p: &str, n: usize| -> Result<Option<Tensor>> {
-            Ok(if bias { Some(src.load(&format!("{prefix}.{p}.bias"), &[n])?) } else { None })
+            Ok(if bias {
+                Some(src.load(&format!("{prefix}.{p}.bias"), &[n])?)
+            } else {
+                None
+            })
         };
-        let (gate, up, down) = (w(g, &[inter, hidden])?, w(u, &[inter, hidden])?, w(d, &[hidden, inter])?);
+        let (gate, up, down) = (
+            w(g, &[inter, hidden])?,
+            w(u, &[inter, hidden])?,
+            w(d, &[hidden, inter])?,
+        );
         let (gate_b, up_b, down_b) = (b(g, inter)?, b(u, inter)?, b(d, hidden)?);
         let c = inter / parts;
         let dtype = gate.dtype();
-        let (mut gu, mut dn, mut gu_bias, mut dn_bias) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut gu, mut dn, mut gu_bias, mut dn_bias) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for &p in slots {
             let p = p as usize;
             gu.extend_from_slice(gate.narrow_rows(p * c, c)?.as_slice());
@@ -127,8 +167,16 @@ impl ExpertBank {
         Ok(Self {
             gate_up: Tensor::from_f32_stored_as([n, 2 * c, hidden], gu, dtype)?,
             down: Tensor::from_f32_stored_as([n, hidden, c], dn, dtype)?,
-            gate_up_bias: if bias { Some(Tensor::from_f32([n, 2 * c], gu_bias)?) } else { None },
-            down_bias: if bias { Some(Tensor::from_f32([n, hidden], dn_bias)?) } else { None },
+            gate_up_bias: if bias {
+                Some(Tensor::from_f32([n, 2 * c], gu_bias)?)
+            } else {
+                None
+            },
+            down_bias: if bias {
+                Some(Tensor::from_f32([n, hidden], dn_bias)?)
+            } else {
+                None
+            },
         })
     }
 
@@ -136,7 +184,10 @@ impl ExpertBank {
     pub fn to_device(&mut self, device: &crate::backend::Device) -> Result<()> {
         self.gate_up = self.gate_up.to_device_bf16(device)?;
         self.down = self.down.to_device_bf16(device)?;
-        for b in [&mut self.gate_up_bias, &mut self.down_bias].into_iter().flatten() {
+        for b in [&mut self.gate_up_bias, &mut self.down_bias]
+            .into_iter()
+            .flatten()
+        {
             *b = b.to_device(device)?;
         }
         Ok(())
@@ -182,7 +233,11 @@ impl ExpertBank {
     pub fn set_slot_weights(&mut self, slot: usize, weights: &[f32]) -> Result<()> {
         let (gu, dn) = self.slot_sizes(slot)?;
         if weights.len() != gu + dn {
-            return Err(crate::Error::Shape(format!("{} weights for an expert slot of {}", weights.len(), gu + dn)));
+            return Err(crate::Error::Shape(format!(
+                "{} weights for an expert slot of {}",
+                weights.len(),
+                gu + dn
+            )));
         }
         self.gate_up.as_mut_slice()[slot * gu..][..gu].copy_from_slice(&weights[..gu]);
         self.down.as_mut_slice()[slot * dn..][..dn].copy_from_slice(&weights[gu..]);
@@ -192,7 +247,9 @@ impl ExpertBank {
     fn slot_sizes(&self, slot: usize) -> Result<(usize, usize)> {
         let n = self.len();
         if slot >= n {
-            return Err(crate::Error::Shape(format!("expert slot {slot} of a bank of {n}")));
+            return Err(crate::Error::Shape(format!(
+                "expert slot {slot} of a bank of {n}"
+            )));
         }
         Ok((self.gate_up.numel() / n, self.down.numel() / n))
     }

@@ -19,10 +19,26 @@ impl ExpertNames {
         use Architecture::*;
         let gud = ["gate_proj", "up_proj", "down_proj"];
         match arch {
-            Mixtral => Self { sparse: "block_sparse_moe", proj: ["w1", "w3", "w2"], shared: None },
-            Qwen2Moe => Self { sparse: "mlp", proj: gud, shared: Some("shared_expert") },
-            DeepseekV2 | DeepseekV3 => Self { sparse: "mlp", proj: gud, shared: Some("shared_experts") },
-            Llama | Mistral | Qwen3Moe => Self { sparse: "mlp", proj: gud, shared: None },
+            Mixtral => Self {
+                sparse: "block_sparse_moe",
+                proj: ["w1", "w3", "w2"],
+                shared: None,
+            },
+            Qwen2Moe => Self {
+                sparse: "mlp",
+                proj: gud,
+                shared: Some("shared_expert"),
+            },
+            DeepseekV2 | DeepseekV3 => Self {
+                sparse: "mlp",
+                proj: gud,
+                shared: Some("shared_experts"),
+            },
+            Llama | Mistral | Qwen3Moe => Self {
+                sparse: "mlp",
+                proj: gud,
+                shared: None,
+            },
         }
     }
 

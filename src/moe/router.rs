@@ -28,15 +28,28 @@ pub enum Router {
 
 impl Router {
     /// Loads `{prefix}.gate.weight` (and the correction bias when `with_bias`).
-    pub fn load(src: &dyn WeightSource, prefix: &str, config: RouterConfig, hidden: usize, with_bias: bool) -> Result<Self> {
+    pub fn load(
+        src: &dyn WeightSource,
+        prefix: &str,
+        config: RouterConfig,
+        hidden: usize,
+        with_bias: bool,
+    ) -> Result<Self> {
         let n = config.n_experts;
         let gate = src.load(&format!("{prefix}.gate.weight"), &[n, hidden])?;
         let correction_bias = if with_bias {
-            Some(src.load(&format!("{prefix}.gate.e_score_correction_bias"), &[n])?.into_vec())
+            Some(
+                src.load(&format!("{prefix}.gate.e_score_correction_bias"), &[n])?
+                    .into_vec(),
+            )
         } else {
             None
         };
-        Ok(Router::Learned { gate, correction_bias, config })
+        Ok(Router::Learned {
+            gate,
+            correction_bias,
+            config,
+        })
     }
 
     /// Moves the gate to `device`, in f32: routing decisions flip on small logit differences,
@@ -73,10 +86,19 @@ impl Router {
                 experts: (0..n_tokens).flat_map(|_| 0..*parts as u32).collect(),
                 weights: vec![1.0; n_tokens * parts],
             }),
-            Router::Learned { gate, correction_bias, config } => {
+            Router::Learned {
+                gate,
+                correction_bias,
+                config,
+            } => {
                 // The top-k runs on the host for now (one copy of [T, n_experts] logits per layer).
                 let logits = ops::linear(x, gate, None)?.into_cpu()?;
-                Ok(route(logits.as_slice(), n_tokens, config, correction_bias.as_deref())?)
+                Ok(route(
+                    logits.as_slice(),
+                    n_tokens,
+                    config,
+                    correction_bias.as_deref(),
+                )?)
             }
         }
     }

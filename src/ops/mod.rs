@@ -24,7 +24,11 @@ pub struct PagedCache<'a> {
 
 impl<'a> PagedCache<'a> {
     fn cpu(&self) -> cpu::attention::PagedCache<'a> {
-        cpu::attention::PagedCache { data: self.data.as_slice(), width: self.width, block_size: self.block_size }
+        cpu::attention::PagedCache {
+            data: self.data.as_slice(),
+            width: self.width,
+            block_size: self.block_size,
+        }
     }
 }
 
@@ -56,7 +60,11 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let (m, k) = rows_of(x);
     let (n, wk) = (w.dims()[0], w.dims()[1]);
     if k != wk {
-        return Err(Error::Shape(format!("linear: input {} against weight {}", x.shape(), w.shape())));
+        return Err(Error::Shape(format!(
+            "linear: input {} against weight {}",
+            x.shape(),
+            w.shape()
+        )));
     }
     let out = cpu::matmul::linear(cpu_of(x), m, k, cpu_of(w), n, b.map(cpu_of));
     Tensor::from_f32([m, n], out)
@@ -69,7 +77,9 @@ pub fn embedding(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
     let mut out = Vec::with_capacity(ids.len() * hidden);
     for &id in ids {
         if id as usize >= vocab {
-            return Err(Error::Input(format!("token id {id} is outside the vocabulary (size {vocab})")));
+            return Err(Error::Input(format!(
+                "token id {id} is outside the vocabulary (size {vocab})"
+            )));
         }
         out.extend_from_slice(table.row(id as usize));
     }
@@ -79,7 +89,10 @@ pub fn embedding(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
 /// RMSNorm of each row.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
     on_gpu!(x => crate::backend::cuda::ops::rms_norm(x, w, eps));
-    Tensor::from_f32(x.dims().to_vec(), cpu::norm::rms_norm(cpu_of(x), cpu_of(w), eps))
+    Tensor::from_f32(
+        x.dims().to_vec(),
+        cpu::norm::rms_norm(cpu_of(x), cpu_of(w), eps),
+    )
 }
 
 /// `residual += delta`, then RMSNorm(residual).
@@ -121,7 +134,11 @@ pub fn narrow_cols(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
     on_gpu!(x => crate::backend::cuda::ops::narrow_cols(x, start, len));
     let (rows, cols) = rows_of(x);
     if start + len > cols {
-        return Err(Error::Shape(format!("columns {start}..{} of {}", start + len, x.shape())));
+        return Err(Error::Shape(format!(
+            "columns {start}..{} of {}",
+            start + len,
+            x.shape()
+        )));
     }
     let mut out = Vec::with_capacity(rows * len);
     for r in 0..rows {
@@ -147,7 +164,13 @@ pub fn concat_cols(parts: &[&Tensor]) -> Result<Tensor> {
 
 /// Writes row i of `src` into row `slots[i]` of `dst` (a cache of `dst_width`-wide rows), from
 /// column `col` on.
-pub fn scatter_rows(dst: &mut Tensor, dst_width: usize, col: usize, slots: &[usize], src: &Tensor) -> Result<()> {
+pub fn scatter_rows(
+    dst: &mut Tensor,
+    dst_width: usize,
+    col: usize,
+    slots: &[usize],
+    src: &Tensor,
+) -> Result<()> {
     on_gpu!(dst => crate::backend::cuda::ops::scatter_rows(dst, dst_width, col, slots, src));
     let w = rows_of(src).1;
     let d = dst.as_mut_slice();
@@ -171,7 +194,10 @@ pub fn sigmoid_scale_rows(s: &mut Tensor, gate: &Tensor) -> Result<()> {
 /// silu(gate) · up over rows of `[gate | up]`.
 pub fn silu_mul(gate_up: &Tensor) -> Result<Tensor> {
     let (m, cols) = rows_of(gate_up);
-    Tensor::from_f32([m, cols / 2], cpu::activation::silu_mul(cpu_of(gate_up), cols / 2))
+    Tensor::from_f32(
+        [m, cols / 2],
+        cpu::activation::silu_mul(cpu_of(gate_up), cols / 2),
+    )
 }
 
 /// Causal paged attention; see [`cpu::attention::paged_attention`].
@@ -186,7 +212,14 @@ pub fn paged_attention(
     on_gpu!(q => crate::backend::cuda::ops::paged_attention(
         q, queries, tables, keys.data, keys.width, values.data, values.width, keys.block_size, heads
     ));
-    let out = cpu::attention::paged_attention(cpu_of(q), queries, tables, keys.cpu(), values.cpu(), heads);
+    let out = cpu::attention::paged_attention(
+        cpu_of(q),
+        queries,
+        tables,
+        keys.cpu(),
+        values.cpu(),
+        heads,
+    );
     Tensor::from_f32([queries.len(), heads.n_heads * heads.v_dim], out)
 }
 
@@ -199,7 +232,10 @@ pub fn permute_by_expert(experts: &[u32], n_experts: usize) -> Permutation {
 pub fn gather_rows(x: &Tensor, order: &[u32], top_k: usize) -> Result<Tensor> {
     on_gpu!(x => crate::backend::cuda::ops::gather_rows(x, order, top_k));
     let (_, h) = rows_of(x);
-    Tensor::from_f32([order.len(), h], cpu::moe::gather_rows(cpu_of(x), h, order, top_k))
+    Tensor::from_f32(
+        [order.len(), h],
+        cpu::moe::gather_rows(cpu_of(x), h, order, top_k),
+    )
 }
 
 /// Grouped SwiGLU over expert groups; `gate_up` is [E, 2I, H], `down` is [E, H, I], the
@@ -239,6 +275,17 @@ pub fn argmax_rows(x: &Tensor) -> Result<Vec<u32>> {
     let (_, cols) = rows_of(x);
     Ok(cpu_of(x)
         .chunks_exact(cols.max(1))
-        .map(|r| r.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32)
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .fold((0usize, f32::NEG_INFINITY), |b, (i, &v)| {
+                    if v > b.1 {
+                        (i, v)
+                    } else {
+                        b
+                    }
+                })
+                .0 as u32
+        })
         .collect())
 }

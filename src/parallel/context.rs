@@ -23,7 +23,12 @@ impl RankContext {
         let one = |name: &str| -> Box<dyn Communicator> {
             Box::new(LocalComm::group(name, 1, Duration::from_secs(1)).remove(0))
         };
-        Self { tp: one("tp"), ep: one("ep"), pp: one("pp"), clock: None }
+        Self {
+            tp: one("tp"),
+            ep: one("ep"),
+            pp: one("pp"),
+            clock: None,
+        }
     }
 
     /// The next tick of the shared clock, if there is one.
@@ -39,12 +44,26 @@ impl RankContext {
 
 impl From<RankComms> for RankContext {
     fn from(c: RankComms) -> Self {
-        Self { tp: Box::new(c.tp), ep: Box::new(c.ep), pp: Box::new(c.pp), clock: None }
+        Self {
+            tp: Box::new(c.tp),
+            ep: Box::new(c.ep),
+            pp: Box::new(c.pp),
+            clock: None,
+        }
     }
 }
 
 impl std::fmt::Debug for RankContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RankContext(tp {}/{}, ep {}/{}, pp {}/{})", self.tp.rank(), self.tp.size(), self.ep.rank(), self.ep.size(), self.pp.rank(), self.pp.size())
+        write!(
+            f,
+            "RankContext(tp {}/{}, ep {}/{}, pp {}/{})",
+            self.tp.rank(),
+            self.tp.size(),
+            self.ep.rank(),
+            self.ep.size(),
+            self.pp.rank(),
+            self.pp.size()
+        )
     }
 }

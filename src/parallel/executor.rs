@@ -10,7 +10,9 @@ use crate::config::ModelConfig;
 use crate::engine::Executor;
 use crate::error::{Error, Result};
 use crate::model::{Model, RankOutput, StepBatch, StepOutput};
-use crate::replication::{Directive, RankReplica, ReplicationConfig, ReplicationManager, ReplicationStatus};
+use crate::replication::{
+    Directive, RankReplica, ReplicationConfig, ReplicationManager, ReplicationStatus,
+};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -64,11 +66,21 @@ pub struct ParallelExecutor {
 impl ParallelExecutor {
     /// Starts one thread per rank of `plan`, each loading its shard from `src`; returns once
     /// every rank has loaded (or the first loading error).
-    pub fn new(config: &ModelConfig, src: Arc<dyn WeightSource>, plan: &ParallelPlan, num_blocks: usize, block_size: usize) -> Result<Self> {
+    pub fn new(
+        config: &ModelConfig,
+        src: Arc<dyn WeightSource>,
+        plan: &ParallelPlan,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<Self> {
         plan.validate(config)?;
         // Routing statistics for every MoE model; rebalancing as the layout's [experts] says.
-        let replication = ReplicationManager::for_plan(config, plan, ReplicationConfig::from_layout(&plan.layout.experts))
-            .map_err(|e| Error::Ranks(e.to_string()))?;
+        let replication = ReplicationManager::for_plan(
+            config,
+            plan,
+            ReplicationConfig::from_layout(&plan.layout.experts),
+        )
+        .map_err(|e| Error::Ranks(e.to_string()))?;
         let world = World::new(plan.grid);
         let clock = Arc::new(AtomicU64::new(0));
         let events = Arc::new(Mutex::new(Vec::new()));
@@ -80,7 +92,12 @@ impl ParallelExecutor {
             let shard = plan.shard(config, rank)?;
             let (tx, rx) = channel();
             to_ranks.push(tx);
-            let (cfg, src, report_tx, ready_tx) = (config.clone(), src.clone(), report_tx.clone(), ready_tx.clone());
+            let (cfg, src, report_tx, ready_tx) = (
+                config.clone(),
+                src.clone(),
+                report_tx.clone(),
+                ready_tx.clone(),
+            );
             let (clock, events) = (clock.clone(), events.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("rank-{rank}"))
@@ -130,7 +147,8 @@ impl ParallelExecutor {
     /// step: the statistics start over.
     pub fn with_replication(mut self, replication: ReplicationConfig) -> Result<Self> {
         if let Some(m) = &mut self.replication {
-            m.set_config(replication).map_err(|e| Error::Ranks(e.to_string()))?;
+            m.set_config(replication)
+                .map_err(|e| Error::Ranks(e.to_string()))?;
         }
         Ok(self)
     }
@@ -144,14 +162,24 @@ impl ParallelExecutor {
     /// hold different sequences.
     pub fn submit(&mut self, batch: StepBatch) -> Result<u64> {
         self.check_alive()?;
-        if let Some(&bad) = batch.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
-            return Err(Error::Input(format!("token id {bad} is outside the vocabulary (size {})", self.config.vocab_size)));
+        if let Some(&bad) = batch
+            .tokens
+            .iter()
+            .find(|&&t| t as usize >= self.config.vocab_size)
+        {
+            return Err(Error::Input(format!(
+                "token id {bad} is outside the vocabulary (size {})",
+                self.config.vocab_size
+            )));
         }
         let step = self.next_step;
         self.next_step += 1;
         let rows = batch.logit_rows.len();
         let batch = Arc::new(batch);
-        let directive = self.replication.as_mut().map_or_else(Directive::default, |m| m.next_directive(step));
+        let directive = self
+            .replication
+            .as_mut()
+            .map_or_else(Directive::default, |m| m.next_directive(step));
         for tx in &self.to_ranks {
             if tx.send((step, batch.clone(), directive.clone())).is_err() {
                 return self.fail("a rank thread is gone".into());
@@ -168,7 +196,8 @@ impl ParallelExecutor {
             return Err(Error::Input("collect() with no step in flight".into()));
         };
         let mut mine: Vec<Report> = Vec::new();
-        let (early, rest): (Vec<Report>, Vec<Report>) = self.early.drain(..).partition(|r| r.step == step);
+        let (early, rest): (Vec<Report>, Vec<Report>) =
+            self.early.drain(..).partition(|r| r.step == step);
         self.early = rest;
         mine.extend(early);
         while mine.len() < self.to_ranks.len() {
@@ -188,21 +217,36 @@ impl ParallelExecutor {
                 Err(e) => return self.fail(format!("rank {} failed: {e}", r.rank)),
             }
         }
-        let mut out = StepOutput::assemble(outputs, rows, self.config.vocab_size, self.config.num_layers, self.ep, bytes)?;
+        let mut out = StepOutput::assemble(
+            outputs,
+            rows,
+            self.config.vocab_size,
+            self.config.num_layers,
+            self.ep,
+            bytes,
+        )?;
         if let Some(m) = &mut self.replication {
-            out.replication = Some(m.observe(&out.expert_counts, migrated).map_err(|e| Error::Ranks(e.to_string()))?);
+            out.replication = Some(
+                m.observe(&out.expert_counts, migrated)
+                    .map_err(|e| Error::Ranks(e.to_string()))?,
+            );
         }
         Ok(out)
     }
 
     /// Every rank's stage work so far (for tests of pipeline overlap).
     pub fn stage_events(&self) -> Vec<StageEvent> {
-        self.events.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn check_alive(&self) -> Result<()> {
         match &self.failure {
-            Some(f) => Err(Error::Ranks(format!("the ranks stopped after a failure: {f}"))),
+            Some(f) => Err(Error::Ranks(format!(
+                "the ranks stopped after a failure: {f}"
+            ))),
             None => Ok(()),
         }
     }
@@ -228,18 +272,35 @@ fn rank_loop(
     while let Ok((step, batch, directive)) = jobs.recv() {
         // Expert copies and the placement switch happen between steps, in step order.
         let (output, migrated) = match replica.apply(&directive, model, ctx.ep.as_ref()) {
-            Ok(migrated) => (model.forward_rank(&batch, cache, ctx).map_err(|e| e.to_string()), migrated),
+            Ok(migrated) => (
+                model
+                    .forward_rank(&batch, cache, ctx)
+                    .map_err(|e| e.to_string()),
+                migrated,
+            ),
             Err(e) => (Err(e.to_string()), 0),
         };
         if let Ok(o) = &output {
             if let Some((start, end)) = o.work_ticks {
-                let event = StageEvent { step, stage: model.shard().stage, rank, start, end };
+                let event = StageEvent {
+                    step,
+                    stage: model.shard().stage,
+                    rank,
+                    start,
+                    end,
+                };
                 events.lock().unwrap_or_else(|e| e.into_inner()).push(event);
             }
         }
         let failed = output.is_err();
         let sent = ctx.bytes_moved();
-        let _ = reports.send(Report { rank, step, output, bytes: sent - sent_before, migrated });
+        let _ = reports.send(Report {
+            rank,
+            step,
+            output,
+            bytes: sent - sent_before,
+            migrated,
+        });
         sent_before = sent;
         if failed {
             // Dropping the communicators makes every peer fail at once instead of waiting.
@@ -278,7 +339,12 @@ impl Executor for ParallelExecutor {
 
 impl std::fmt::Debug for ParallelExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ParallelExecutor({} ranks, {} in flight)", self.to_ranks.len(), self.in_flight.len())
+        write!(
+            f,
+            "ParallelExecutor({} ranks, {} in flight)",
+            self.to_ranks.len(),
+            self.in_flight.len()
+        )
     }
 }
 

@@ -36,7 +36,10 @@ impl ParallelPlan {
         self.layout.validate(cfg, None)?;
         let ep = self.grid.ep;
         if ep % self.stage_ranks_per_node() != 0 {
-            return Err(Error::Ranks(format!("ep {ep} is not a whole number of nodes of {} ranks", self.stage_ranks_per_node())));
+            return Err(Error::Ranks(format!(
+                "ep {ep} is not a whole number of nodes of {} ranks",
+                self.stage_ranks_per_node()
+            )));
         }
         if cfg.moe.is_some() && self.layout.moe_tp(cfg) > 1 {
             return Err(Error::Ranks(format!(
@@ -56,7 +59,11 @@ impl ParallelPlan {
 
     /// Ranks of one stage per node (`gpus_per_node`; a stage smaller than a node lives in one).
     fn stage_ranks_per_node(&self) -> usize {
-        self.layout.parallel.gpus_per_node.unwrap_or(self.grid.ep).clamp(1, self.grid.ep)
+        self.layout
+            .parallel
+            .gpus_per_node
+            .unwrap_or(self.grid.ep)
+            .clamp(1, self.grid.ep)
     }
 
     /// How many parts a dense MLP is split into (Megatron-style, over the intermediate dim):
@@ -83,7 +90,8 @@ impl ParallelPlan {
         // A dense MLP's parts are experts every token visits; spare slots hold replicas so every
         // rank holds one part (parts = ep: one each; parts = 1: a full copy everywhere).
         let spare = (ep - parts % ep) % ep;
-        let dense_placement = Placement::contiguous(parts, ep, spare).map_err(|e| Error::Ranks(e.to_string()))?;
+        let dense_placement =
+            Placement::contiguous(parts, ep, spare).map_err(|e| Error::Ranks(e.to_string()))?;
         Ok(Shard {
             tp_rank: c.tp_rank,
             tp: self.grid.tp,

@@ -34,7 +34,18 @@ impl Shard {
     /// The whole model on one rank.
     pub fn single(num_layers: usize, placements: Vec<Option<Placement>>) -> Self {
         let dense_placement = Placement::contiguous(1, 1, 0).expect("one part on one rank");
-        Self { tp_rank: 0, tp: 1, ep_rank: 0, ep: 1, stage: 0, pp: 1, layers: 0..num_layers, placements, dense_placement, ranks_per_node: 1 }
+        Self {
+            tp_rank: 0,
+            tp: 1,
+            ep_rank: 0,
+            ep: 1,
+            stage: 0,
+            pp: 1,
+            layers: 0..num_layers,
+            placements,
+            dense_placement,
+            ranks_per_node: 1,
+        }
     }
 
     /// Whether this rank embeds tokens.

@@ -74,7 +74,13 @@ pub struct Batcher {
 impl Batcher {
     /// Empty queues over `allocator`.
     pub fn new(allocator: BlockAllocator, limits: Limits) -> Self {
-        Self { allocator, limits, waiting: VecDeque::new(), running: Vec::new(), preempted: 0 }
+        Self {
+            allocator,
+            limits,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            preempted: 0,
+        }
     }
 
     /// The block pool.
@@ -133,7 +139,11 @@ impl Batcher {
             loop {
                 let s = &mut self.running[i];
                 if s.table.reserve(s.cached + len).is_ok() {
-                    chunks.push(Chunk { seq: i, len, logit_row: None });
+                    chunks.push(Chunk {
+                        seq: i,
+                        len,
+                        logit_row: None,
+                    });
                     budget -= len;
                     i += 1;
                     break;
@@ -154,7 +164,9 @@ impl Batcher {
         }
         // After a preemption the cache is tight: admit nobody new this step.
         while budget > 0 && self.running.len() < self.limits.max_num_seqs && self.preempted == 0 {
-            let Some(s) = self.waiting.front_mut() else { break };
+            let Some(s) = self.waiting.front_mut() else {
+                break;
+            };
             let len = s.uncached().min(budget);
             if s.table.reserve(s.cached + len).is_err() {
                 if self.running.is_empty() {
@@ -165,7 +177,11 @@ impl Batcher {
                 break;
             }
             let s = self.waiting.pop_front().expect("front exists");
-            chunks.push(Chunk { seq: self.running.len(), len, logit_row: None });
+            chunks.push(Chunk {
+                seq: self.running.len(),
+                len,
+                logit_row: None,
+            });
             budget -= len;
             self.running.push(s);
         }
@@ -188,9 +204,18 @@ impl Batcher {
 
     /// Applies a step's logits ([rows, vocab] flattened): advances every chunk's cache, samples
     /// the next token of each sequence that reached its end, drops finished ones.
-    pub fn complete(&mut self, plan: Plan, logits: &[f32], vocab: usize, eos: &[u32]) -> StepReport {
+    pub fn complete(
+        &mut self,
+        plan: Plan,
+        logits: &[f32],
+        vocab: usize,
+        eos: &[u32],
+    ) -> StepReport {
         let now = Instant::now();
-        let mut report = StepReport { preempted: std::mem::take(&mut self.preempted), ..Default::default() };
+        let mut report = StepReport {
+            preempted: std::mem::take(&mut self.preempted),
+            ..Default::default()
+        };
         let mut done = Vec::new();
         for c in &plan.chunks {
             let s = &mut self.running[c.seq];

@@ -16,7 +16,11 @@ use tokio::sync::mpsc::UnboundedSender;
 #[derive(Debug)]
 pub(super) enum Command {
     /// A new sequence and where its events go.
-    Submit { req: GenerationRequest, events: UnboundedSender<super::Event>, arrived: Instant },
+    Submit {
+        req: GenerationRequest,
+        events: UnboundedSender<super::Event>,
+        arrived: Instant,
+    },
     /// Fail every queued and running sequence (shutdown past its grace period).
     AbortAll(String),
 }
@@ -57,7 +61,11 @@ pub(super) struct EngineLoop {
 impl EngineLoop {
     fn accept(&mut self, cmd: Command) {
         match cmd {
-            Command::Submit { req, events, arrived } => {
+            Command::Submit {
+                req,
+                events,
+                arrived,
+            } => {
                 self.metrics.record_prompt(req.prompt.len());
                 let seq = ServeSequence::new(req, self.batcher.allocator(), events, arrived);
                 self.batcher.add(seq);
@@ -104,12 +112,15 @@ impl EngineLoop {
                     self.metrics.record_step(&out, &imbalance);
                     if let Some(rep) = &out.replication {
                         self.metrics.record_replication(&rep.status);
-                        self.board.set_replicas(&rep.status.layers, &rep.status.replicas);
+                        self.board
+                            .set_replicas(&rep.status.layers, &rep.status.replicas);
                     }
                     if let Some(observe) = self.observer.as_mut() {
                         observe(&out);
                     }
-                    let report = self.batcher.complete(plan, out.logits.as_slice(), vocab, &eos);
+                    let report = self
+                        .batcher
+                        .complete(plan, out.logits.as_slice(), vocab, &eos);
                     self.metrics.record_generated(report.advances.len());
                     self.metrics.record_preemptions(report.preempted);
                     for a in &report.advances {
@@ -123,7 +134,8 @@ impl EngineLoop {
                 }
                 Err(e) => {
                     tracing::error!("forward step failed: {e}");
-                    self.batcher.fail_plan(plan, &format!("forward step failed: {e}"));
+                    self.batcher
+                        .fail_plan(plan, &format!("forward step failed: {e}"));
                 }
             }
             self.status.steps.fetch_add(1, Ordering::Relaxed);
@@ -135,6 +147,7 @@ impl EngineLoop {
         let (running, waiting) = self.batcher.counts();
         self.status.running.store(running, Ordering::Relaxed);
         self.status.waiting.store(waiting, Ordering::Relaxed);
-        self.metrics.record_queue(running, waiting, self.batcher.allocator().used_blocks());
+        self.metrics
+            .record_queue(running, waiting, self.batcher.allocator().used_blocks());
     }
 }

@@ -1,8 +1,8 @@
 //! The handle the HTTP side holds: submits requests to the engine thread and reads its state.
 
 use super::batcher::{Batcher, Limits};
-use super::engine_loop::{Command, EngineLoop};
 pub use super::engine_loop::EngineStatus;
+use super::engine_loop::{Command, EngineLoop};
 use super::request::{Event, GenerationRequest};
 use crate::engine::Executor;
 use crate::kv_cache::BlockAllocator;
@@ -53,7 +53,11 @@ impl EngineHandle {
     }
 
     /// Starts the engine thread over `executor`; `observer` sees every step's output.
-    pub fn spawn_observed(executor: Box<dyn Executor>, limits: Limits, observer: Option<StepObserver>) -> Result<Self, String> {
+    pub fn spawn_observed(
+        executor: Box<dyn Executor>,
+        limits: Limits,
+        observer: Option<StepObserver>,
+    ) -> Result<Self, String> {
         limits.validate()?;
         let allocator = BlockAllocator::new(executor.num_blocks(), executor.block_size());
         let metrics = Arc::new(ServingMetrics::for_executor(executor.as_ref(), 1));
@@ -73,7 +77,13 @@ impl EngineHandle {
             .name("switchyard-engine".into())
             .spawn(move || engine.run())
             .map_err(|e| format!("cannot start the engine thread: {e}"))?;
-        Ok(Self { commands: tx, allocator, status, metrics, board })
+        Ok(Self {
+            commands: tx,
+            allocator,
+            status,
+            metrics,
+            board,
+        })
     }
 
     /// Queues a sequence; its tokens arrive on the returned receiver. Dropping the receiver
@@ -81,10 +91,18 @@ impl EngineHandle {
     pub fn submit(&self, req: GenerationRequest) -> Result<UnboundedReceiver<Event>, SubmitError> {
         let capacity = self.allocator.total_blocks() * self.allocator.block_size();
         if req.prompt.len() + req.sampling.max_tokens > capacity {
-            return Err(SubmitError::TooLong { prompt: req.prompt.len(), max_tokens: req.sampling.max_tokens, capacity });
+            return Err(SubmitError::TooLong {
+                prompt: req.prompt.len(),
+                max_tokens: req.sampling.max_tokens,
+                capacity,
+            });
         }
         let (events, rx) = unbounded_channel();
-        let cmd = Command::Submit { req, events, arrived: Instant::now() };
+        let cmd = Command::Submit {
+            req,
+            events,
+            arrived: Instant::now(),
+        };
         self.commands.send(cmd).map_err(|_| SubmitError::Stopped)?;
         Ok(rx)
     }

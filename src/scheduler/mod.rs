@@ -18,6 +18,8 @@ mod sequence;
 
 pub use batcher::{Batcher, Limits};
 pub use handle::{EngineHandle, EngineStatus, StepObserver, SubmitError};
-pub use request::{Event, FinishReason, GeneratedToken, GenerationRequest, SamplingConfig, TokenLogprob};
+pub use request::{
+    Event, FinishReason, GeneratedToken, GenerationRequest, SamplingConfig, TokenLogprob,
+};
 pub use sampler::Sampler;
 pub use sequence::ServeSequence;

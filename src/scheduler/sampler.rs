@@ -23,11 +23,20 @@ impl Sampler {
     /// A sampler seeded like [`Engine::generate`](crate::engine::Engine::generate), so a seeded
     /// request draws the same tokens as `switchyard generate --seed`.
     pub fn new(seed: u64) -> Self {
-        Self { rng: ChaCha8Rng::seed_from_u64(seed), counts: HashMap::new() }
+        Self {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            counts: HashMap::new(),
+        }
     }
 
     /// Picks the next token; `generated` is how many tokens the sequence has generated so far.
-    pub fn pick(&mut self, logits: &[f32], cfg: &SamplingConfig, eos: &[u32], generated: usize) -> (u32, Option<TokenLogprob>) {
+    pub fn pick(
+        &mut self,
+        logits: &[f32],
+        cfg: &SamplingConfig,
+        eos: &[u32],
+        generated: usize,
+    ) -> (u32, Option<TokenLogprob>) {
         let penalize = cfg.presence_penalty != 0.0 || cfg.frequency_penalty != 0.0;
         let suppress_eos = !cfg.ignore_eos && generated < cfg.min_tokens && !eos.is_empty();
         let mut adjusted;
@@ -63,13 +72,23 @@ fn logprobs(logits: &[f32], token: u32, k: usize) -> TokenLogprob {
     if k > 0 {
         let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
         let k = k.min(idx.len());
-        let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+        let by_logit = |a: &u32, b: &u32| {
+            logits[*b as usize]
+                .total_cmp(&logits[*a as usize])
+                .then(a.cmp(b))
+        };
         idx.select_nth_unstable_by(k - 1, by_logit);
         idx.truncate(k);
         idx.sort_by(by_logit);
-        top = idx.into_iter().map(|t| (t, log_prob(logits[t as usize], max, lse))).collect();
+        top = idx
+            .into_iter()
+            .map(|t| (t, log_prob(logits[t as usize], max, lse)))
+            .collect();
     }
-    TokenLogprob { logprob: log_prob(logits[token as usize], max, lse), top }
+    TokenLogprob {
+        logprob: log_prob(logits[token as usize], max, lse),
+        top,
+    }
 }
 
 #[cfg(test)]
@@ -80,18 +99,36 @@ mod tests {
     #[test]
     fn penalties_and_min_tokens_change_the_greedy_pick() {
         let logits = [1.0, 3.0, 2.5, 0.0];
-        let mut cfg = SamplingConfig { presence_penalty: 1.0, ..Default::default() };
+        let mut cfg = SamplingConfig {
+            presence_penalty: 1.0,
+            ..Default::default()
+        };
         let mut s = Sampler::new(0);
         assert_eq!(s.pick(&logits, &cfg, &[], 0).0, 1);
-        assert_eq!(s.pick(&logits, &cfg, &[], 1).0, 2, "token 1 was penalised below token 2");
-        cfg = SamplingConfig { min_tokens: 2, ..Default::default() };
-        assert_eq!(Sampler::new(0).pick(&logits, &cfg, &[1], 0).0, 2, "eos suppressed before min_tokens");
+        assert_eq!(
+            s.pick(&logits, &cfg, &[], 1).0,
+            2,
+            "token 1 was penalised below token 2"
+        );
+        cfg = SamplingConfig {
+            min_tokens: 2,
+            ..Default::default()
+        };
+        assert_eq!(
+            Sampler::new(0).pick(&logits, &cfg, &[1], 0).0,
+            2,
+            "eos suppressed before min_tokens"
+        );
         assert_eq!(Sampler::new(0).pick(&logits, &cfg, &[1], 2).0, 1);
     }
 
     #[test]
     fn logprobs_are_normalised_and_sorted() {
-        let cfg = SamplingConfig { logprobs: Some(2), params: SamplingParams::default(), ..Default::default() };
+        let cfg = SamplingConfig {
+            logprobs: Some(2),
+            params: SamplingParams::default(),
+            ..Default::default()
+        };
         let (t, lp) = Sampler::new(0).pick(&[0.0, 2.0, 1.0], &cfg, &[], 0);
         let lp = lp.unwrap();
         assert_eq!(t, 1);

@@ -40,7 +40,12 @@ pub struct Advance {
 
 impl ServeSequence {
     /// A new sequence that allocates from `allocator` and answers on `events`.
-    pub fn new(req: GenerationRequest, allocator: &BlockAllocator, events: UnboundedSender<Event>, arrived: Instant) -> Self {
+    pub fn new(
+        req: GenerationRequest,
+        allocator: &BlockAllocator,
+        events: UnboundedSender<Event>,
+        arrived: Instant,
+    ) -> Self {
         let sampler = Sampler::new(req.sampling.seed);
         Self {
             prompt_len: req.prompt.len(),
@@ -85,7 +90,9 @@ impl ServeSequence {
     /// Samples the next token from the logits of the last cached token, sends it, and says
     /// whether the sequence is done.
     pub fn advance(&mut self, logits: &[f32], eos: &[u32], now: Instant) -> Advance {
-        let (id, logprob) = self.sampler.pick(logits, &self.sampling, eos, self.generated());
+        let (id, logprob) = self
+            .sampler
+            .pick(logits, &self.sampling, eos, self.generated());
         self.tokens.push(id);
         let ttft = match self.first_token {
             None => {
@@ -94,7 +101,10 @@ impl ServeSequence {
             }
             Some(_) => None,
         };
-        let mut cancelled = self.events.send(Event::Token(GeneratedToken { id, logprob })).is_err();
+        let mut cancelled = self
+            .events
+            .send(Event::Token(GeneratedToken { id, logprob }))
+            .is_err();
         let reason = if !self.sampling.ignore_eos && eos.contains(&id) {
             Some(FinishReason::EndOfSequence)
         } else if self.generated() >= self.sampling.max_tokens {
@@ -105,9 +115,16 @@ impl ServeSequence {
         let finished = reason.map(|r| {
             cancelled |= self.events.send(Event::Finished(r)).is_err();
             let n = self.generated() as u32;
-            let tpot = self.first_token.filter(|_| n > 1).map(|first| (now - first) / (n - 1));
+            let tpot = self
+                .first_token
+                .filter(|_| n > 1)
+                .map(|first| (now - first) / (n - 1));
             (r, tpot)
         });
-        Advance { ttft, finished, cancelled }
+        Advance {
+            ttft,
+            finished,
+            cancelled,
+        }
     }
 }

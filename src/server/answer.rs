@@ -49,7 +49,9 @@ pub struct Job {
 fn submit_error(e: SubmitError) -> ApiError {
     match e {
         SubmitError::TooLong { .. } => ApiError::invalid(e.to_string(), Some("max_tokens")),
-        SubmitError::Stopped => ApiError::unavailable("The engine has stopped; the server is shutting down."),
+        SubmitError::Stopped => {
+            ApiError::unavailable("The engine has stopped; the server is shutting down.")
+        }
     }
 }
 
@@ -59,16 +61,44 @@ pub async fn answer(state: Arc<AppState>, job: Job) -> Result<Response, ApiError
     let mut echoes = Vec::with_capacity(job.choices.len());
     for c in job.choices {
         let min_tokens = c.sampling.min_tokens;
-        let rx = state.engine.submit(GenerationRequest { prompt: c.prompt, sampling: c.sampling }).map_err(submit_error)?;
-        streams.push(ChoiceStream::new(c.index, rx, state.tokenizer.as_ref(), job.stop.clone(), min_tokens));
+        let rx = state
+            .engine
+            .submit(GenerationRequest {
+                prompt: c.prompt,
+                sampling: c.sampling,
+            })
+            .map_err(submit_error)?;
+        streams.push(ChoiceStream::new(
+            c.index,
+            rx,
+            state.tokenizer.as_ref(),
+            job.stop.clone(),
+            min_tokens,
+        ));
         echoes.push(c.echo);
     }
     let guard = OutcomeGuard::new(state.metrics().clone());
     if job.stream {
         let tok = state.tokenizer.clone();
-        Ok(stream_response(job.header, streams, echoes, job.prompt_tokens, job.include_usage, tok, guard))
+        Ok(stream_response(
+            job.header,
+            streams,
+            echoes,
+            job.prompt_tokens,
+            job.include_usage,
+            tok,
+            guard,
+        ))
     } else {
-        collect_response(&state, job.header, streams, echoes, job.prompt_tokens, guard).await
+        collect_response(
+            &state,
+            job.header,
+            streams,
+            echoes,
+            job.prompt_tokens,
+            guard,
+        )
+        .await
     }
 }
 
@@ -80,14 +110,21 @@ async fn collect_response(
     prompt_tokens: usize,
     mut guard: OutcomeGuard,
 ) -> Result<Response, ApiError> {
-    let results = futures_util::future::join_all(streams.into_iter().map(ChoiceStream::collect)).await;
+    let results =
+        futures_util::future::join_all(streams.into_iter().map(ChoiceStream::collect)).await;
     let mut choices = Vec::with_capacity(results.len());
     let mut completion = 0;
     for (index, (r, echo)) in results.into_iter().zip(echoes).enumerate() {
         let (text, tokens, finish) = r.inspect_err(|_| guard.disarm())?;
         completion += tokens.len();
         let lp = responses::logprobs(header.kind, &tokens, state.tokenizer.as_ref(), echo.len());
-        choices.push(responses::choice(header.kind, index, &(echo + &text), lp, finish));
+        choices.push(responses::choice(
+            header.kind,
+            index,
+            &(echo + &text),
+            lp,
+            finish,
+        ));
     }
     guard.set(Outcome::Finished);
     Ok(Json(header.response(choices, responses::usage(prompt_tokens, completion))).into_response())
@@ -113,10 +150,21 @@ impl Streaming {
         self.completion += d.tokens.len();
         let first = !self.opened[d.index];
         self.opened[d.index] = true;
-        let mut text = if first { std::mem::take(&mut self.echoes[d.index]) } else { String::new() };
+        let mut text = if first {
+            std::mem::take(&mut self.echoes[d.index])
+        } else {
+            String::new()
+        };
         text.push_str(&d.text);
         let lp = responses::logprobs(self.header.kind, &d.tokens, self.tokenizer.as_ref(), 0);
-        let choice = responses::chunk_choice(self.header.kind, d.index, &text, lp, d.finish, first && self.header.kind == Kind::Chat);
+        let choice = responses::chunk_choice(
+            self.header.kind,
+            d.index,
+            &text,
+            lp,
+            d.finish,
+            first && self.header.kind == Kind::Chat,
+        );
         self.header.chunk(vec![choice], None).to_string()
     }
 
@@ -140,7 +188,8 @@ impl Streaming {
                 self.guard.set(Outcome::Finished);
                 if self.include_usage {
                     let usage = responses::usage(self.prompt_tokens, self.completion);
-                    self.tail.push_back(self.header.chunk(Vec::new(), Some(usage)).to_string());
+                    self.tail
+                        .push_back(self.header.chunk(Vec::new(), Some(usage)).to_string());
                 }
                 self.tail.push_back("[DONE]".into());
                 self.tail.pop_front()
@@ -159,9 +208,10 @@ fn stream_response(
     guard: OutcomeGuard,
 ) -> Response {
     let n = streams.len();
-    let deltas = select_all(streams.into_iter().map(|s| {
-        stream::unfold(s, |mut s| async move { s.next().await.map(|d| (d, s)) }).boxed()
-    }));
+    let deltas =
+        select_all(streams.into_iter().map(|s| {
+            stream::unfold(s, |mut s| async move { s.next().await.map(|d| (d, s)) }).boxed()
+        }));
     let state = Streaming {
         deltas,
         header,
@@ -175,6 +225,12 @@ fn stream_response(
         ended: false,
         guard,
     };
-    let events = stream::unfold(state, |mut s| async move { s.next_event().await.map(|e| (Ok::<_, Infallible>(Event::default().data(e)), s)) });
-    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+    let events = stream::unfold(state, |mut s| async move {
+        s.next_event()
+            .await
+            .map(|e| (Ok::<_, Infallible>(Event::default().data(e)), s))
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }

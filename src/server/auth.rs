@@ -11,7 +11,9 @@ use subtle::ConstantTimeEq;
 
 /// Whether `header` is `Bearer <key>` (the comparison does not stop at the first wrong byte).
 pub fn bearer_matches(header: Option<&[u8]>, key: &str) -> bool {
-    let Some(token) = header.and_then(|h| h.strip_prefix(b"Bearer ")) else { return false };
+    let Some(token) = header.and_then(|h| h.strip_prefix(b"Bearer ")) else {
+        return false;
+    };
     token.ct_eq(key.as_bytes()).into()
 }
 

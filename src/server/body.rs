@@ -11,12 +11,23 @@ pub const MAX_BODY_BYTES: usize = 2 << 20;
 
 /// Parses a JSON request body.
 pub fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let bytes = body.map_err(|r| ApiError::with_status(r.status(), format!("Could not read the request body: {}", r.body_text())))?;
+    let bytes = body.map_err(|r| {
+        ApiError::with_status(
+            r.status(),
+            format!("Could not read the request body: {}", r.body_text()),
+        )
+    })?;
     if bytes.is_empty() {
-        return Err(ApiError::invalid("The request body is empty; send a JSON object.", None));
+        return Err(ApiError::invalid(
+            "The request body is empty; send a JSON object.",
+            None,
+        ));
     }
     if let Err(e) = std::str::from_utf8(&bytes) {
-        return Err(ApiError::invalid(format!("The request body is not valid UTF-8: {e}."), None));
+        return Err(ApiError::invalid(
+            format!("The request body is not valid UTF-8: {e}."),
+            None,
+        ));
     }
     serde_json::from_slice(&bytes).map_err(|e| {
         let what = match e.classify() {

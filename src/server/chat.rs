@@ -19,7 +19,10 @@ use std::sync::Arc;
 pub const MAX_TOP_LOGPROBS: i64 = 20;
 
 /// The handler.
-pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let result = match validate(&state, body) {
         Ok(job) => answer(state.clone(), job).await,
         Err(e) => Err(e),
@@ -35,33 +38,87 @@ fn validate(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Job
     state.check_model(req.common.model.as_deref())?;
     let messages = req.messages.as_deref().unwrap_or_default();
     if messages.is_empty() {
-        return Err(ApiError::invalid("`messages` must be a non-empty list.", Some("messages")));
+        return Err(ApiError::invalid(
+            "`messages` must be a non-empty list.",
+            Some("messages"),
+        ));
     }
     if let Some(m) = messages.iter().find(|m| !ROLES.contains(&m.role.as_str())) {
-        return Err(ApiError::invalid(format!("Unknown message role `{}`; use one of {}.", m.role, ROLES.join(", ")), Some("messages")));
+        return Err(ApiError::invalid(
+            format!(
+                "Unknown message role `{}`; use one of {}.",
+                m.role,
+                ROLES.join(", ")
+            ),
+            Some("messages"),
+        ));
     }
     let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
         (_, Some(k)) if !(0..=MAX_TOP_LOGPROBS).contains(&k) => {
-            return Err(ApiError::invalid(format!("`top_logprobs` must be in [0, {MAX_TOP_LOGPROBS}], got {k}."), Some("top_logprobs")))
+            return Err(ApiError::invalid(
+                format!("`top_logprobs` must be in [0, {MAX_TOP_LOGPROBS}], got {k}."),
+                Some("top_logprobs"),
+            ))
         }
-        (false, Some(k)) if k > 0 => return Err(ApiError::invalid("`top_logprobs` needs `logprobs: true`.", Some("top_logprobs"))),
+        (false, Some(k)) if k > 0 => {
+            return Err(ApiError::invalid(
+                "`top_logprobs` needs `logprobs: true`.",
+                Some("top_logprobs"),
+            ))
+        }
         (true, k) => Some(k.unwrap_or(0) as usize),
         (false, _) => None,
     };
     let max_tokens = req.max_completion_tokens.or(req.common.max_tokens);
-    let sampling = Sampling::parse(&req.common, max_tokens, logprobs, DefaultMaxTokens::RestOfContext)?;
-    let template = state
-        .chat_template
-        .as_ref()
-        .ok_or_else(|| ApiError::invalid("This model has no chat template (tokenizer_config.json); use /v1/completions.", Some("messages")))?;
-    let tokenizer = state.tokenizer.as_ref().ok_or_else(|| ApiError::invalid("This model has no tokenizer.json; use /v1/completions with token ids.", None))?;
+    let sampling = Sampling::parse(
+        &req.common,
+        max_tokens,
+        logprobs,
+        DefaultMaxTokens::RestOfContext,
+    )?;
+    let template = state.chat_template.as_ref().ok_or_else(|| {
+        ApiError::invalid(
+            "This model has no chat template (tokenizer_config.json); use /v1/completions.",
+            Some("messages"),
+        )
+    })?;
+    let tokenizer = state.tokenizer.as_ref().ok_or_else(|| {
+        ApiError::invalid(
+            "This model has no tokenizer.json; use /v1/completions with token ids.",
+            None,
+        )
+    })?;
     let text = template.render(messages)?;
-    let ids = tokenizer.encode_with(&text, false).map_err(|e| ApiError::invalid(format!("Could not tokenize the conversation: {e}."), Some("messages")))?;
+    let ids = tokenizer.encode_with(&text, false).map_err(|e| {
+        ApiError::invalid(
+            format!("Could not tokenize the conversation: {e}."),
+            Some("messages"),
+        )
+    })?;
     check_ids(&ids, state.vocab)?;
     let kv = state.engine.kv_capacity_tokens();
     let choices = (0..sampling.n)
-        .map(|i| Ok(ChoiceJob { index: i, prompt: ids.clone(), sampling: sampling.for_prompt(ids.len(), i, state.context, kv)?, echo: String::new() }))
+        .map(|i| {
+            Ok(ChoiceJob {
+                index: i,
+                prompt: ids.clone(),
+                sampling: sampling.for_prompt(ids.len(), i, state.context, kv)?,
+                echo: String::new(),
+            })
+        })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    let header = Header { id: request_id(Kind::Chat), created: state.created, model: state.model_name.clone(), kind: Kind::Chat };
-    Ok(Job { header, choices, prompt_tokens: ids.len(), stop: sampling.stop, stream: sampling.stream, include_usage: sampling.include_usage })
+    let header = Header {
+        id: request_id(Kind::Chat),
+        created: state.created,
+        model: state.model_name.clone(),
+        kind: Kind::Chat,
+    };
+    Ok(Job {
+        header,
+        choices,
+        prompt_tokens: ids.len(),
+        stop: sampling.stop,
+        stream: sampling.stream,
+        include_usage: sampling.include_usage,
+    })
 }

@@ -19,7 +19,11 @@ pub struct ChatTemplate {
 fn token_text(v: Option<&Value>) -> String {
     match v {
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Object(o)) => o.get("content").and_then(Value::as_str).unwrap_or_default().to_string(),
+        Some(Value::Object(o)) => o
+            .get("content")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
         _ => String::new(),
     }
 }
@@ -32,13 +36,23 @@ impl ChatTemplate {
     /// Reads `DIR/tokenizer_config.json`; None when there is no template.
     pub fn from_dir(dir: &Path) -> Result<Option<Self>, String> {
         let path = dir.join("tokenizer_config.json");
-        let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
-        let cfg: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(None);
+        };
+        let cfg: Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let source = match cfg.get("chat_template") {
             Some(Value::String(s)) => s.clone(),
             // A list of named templates: take "default".
-            Some(Value::Array(list)) => match list.iter().find(|t| t.get("name").and_then(Value::as_str) == Some("default")) {
-                Some(t) => t.get("template").and_then(Value::as_str).unwrap_or_default().to_string(),
+            Some(Value::Array(list)) => match list
+                .iter()
+                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+            {
+                Some(t) => t
+                    .get("template")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
                 None => return Ok(None),
             },
             _ => match std::fs::read_to_string(dir.join("chat_template.jinja")) {
@@ -46,9 +60,13 @@ impl ChatTemplate {
                 Err(_) => return Ok(None),
             },
         };
-        Self::new(&source, token_text(cfg.get("bos_token")), token_text(cfg.get("eos_token")))
-            .map(Some)
-            .map_err(|e| format!("{}: chat_template: {e}", path.display()))
+        Self::new(
+            &source,
+            token_text(cfg.get("bos_token")),
+            token_text(cfg.get("eos_token")),
+        )
+        .map(Some)
+        .map_err(|e| format!("{}: chat_template: {e}", path.display()))
     }
 
     /// A template from its source.
@@ -58,9 +76,18 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         // Templates are written for Python's Jinja, which keeps a trailing newline when asked;
         // transformers sets trim_blocks and lstrip_blocks.
-        env.set_syntax(minijinja::syntax::SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build()?);
+        env.set_syntax(
+            minijinja::syntax::SyntaxConfig::builder()
+                .trim_blocks(true)
+                .lstrip_blocks(true)
+                .build()?,
+        );
         env.add_template_owned("chat".to_string(), source.to_string())?;
-        Ok(Self { env, bos_token, eos_token })
+        Ok(Self {
+            env,
+            bos_token,
+            eos_token,
+        })
     }
 
     /// The prompt text of a conversation, with the assistant's turn opened.
@@ -75,28 +102,46 @@ impl ChatTemplate {
                 Ok(v)
             })
             .collect::<Result<_, ApiError>>()?;
-        let tmpl = self.env.get_template("chat").map_err(|e| ApiError::internal(format!("chat template: {e}")))?;
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| ApiError::internal(format!("chat template: {e}")))?;
         let ctx = json!({
             "messages": msgs,
             "add_generation_prompt": true,
             "bos_token": self.bos_token,
             "eos_token": self.eos_token,
         });
-        tmpl.render(minijinja::value::Serde(ctx)).map_err(|e| ApiError::invalid(format!("The chat template could not render these messages: {e}."), Some("messages")))
+        tmpl.render(minijinja::value::Serde(ctx)).map_err(|e| {
+            ApiError::invalid(
+                format!("The chat template could not render these messages: {e}."),
+                Some("messages"),
+            )
+        })
     }
 }
 
 /// A message's content as text: a string, or the text parts of a list joined.
 fn content_text(c: &Option<Value>) -> Result<String, ApiError> {
-    let bad = || ApiError::invalid("A message's `content` must be a string or a list of text parts.", Some("messages"));
+    let bad = || {
+        ApiError::invalid(
+            "A message's `content` must be a string or a list of text parts.",
+            Some("messages"),
+        )
+    };
     match c {
         None | Some(Value::Null) => Ok(String::new()),
         Some(Value::String(s)) => Ok(s.clone()),
         Some(Value::Array(parts)) => parts
             .iter()
-            .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
-                (Some("text") | None, Some(t)) => Ok(t.to_string()),
-                _ => Err(bad()),
+            .map(|p| {
+                match (
+                    p.get("type").and_then(Value::as_str),
+                    p.get("text").and_then(Value::as_str),
+                ) {
+                    (Some("text") | None, Some(t)) => Ok(t.to_string()),
+                    _ => Err(bad()),
+                }
             })
             .collect::<Result<Vec<_>, _>>()
             .map(|v| v.concat()),

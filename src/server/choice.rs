@@ -35,7 +35,13 @@ pub struct ChoiceStream {
 
 impl ChoiceStream {
     /// Reads the engine's events for choice `index`.
-    pub fn new(index: usize, events: UnboundedReceiver<Event>, tokenizer: Option<&Tokenizer>, stop: Vec<String>, min_tokens: usize) -> Self {
+    pub fn new(
+        index: usize,
+        events: UnboundedReceiver<Event>,
+        tokenizer: Option<&Tokenizer>,
+        stop: Vec<String>,
+        min_tokens: usize,
+    ) -> Self {
         Self {
             index,
             events,
@@ -53,13 +59,20 @@ impl ChoiceStream {
         if self.done {
             return None;
         }
-        let mut delta = ChoiceDelta { index: self.index, ..Default::default() };
+        let mut delta = ChoiceDelta {
+            index: self.index,
+            ..Default::default()
+        };
         loop {
             let event = self.events.recv().await;
             match event {
                 Some(Event::Token(t)) => {
                     self.generated += 1;
-                    let text = self.detok.as_mut().map(|d| d.push(t.id)).unwrap_or_default();
+                    let text = self
+                        .detok
+                        .as_mut()
+                        .map(|d| d.push(t.id))
+                        .unwrap_or_default();
                     delta.tokens.push(t);
                     let (out, hit) = self.stop.push(&text, self.generated > self.min_tokens);
                     delta.text.push_str(&out);
@@ -69,13 +82,18 @@ impl ChoiceStream {
                         return Some(Ok(delta));
                     }
                     // Coalesce tokens that are already queued; hold back tokens with no text yet.
-                    let has_news = !delta.text.is_empty() || delta.tokens.iter().any(|t| t.logprob.is_some());
+                    let has_news =
+                        !delta.text.is_empty() || delta.tokens.iter().any(|t| t.logprob.is_some());
                     if has_news && self.events.is_empty() {
                         return Some(Ok(delta));
                     }
                 }
                 Some(Event::Finished(reason)) => {
-                    let rest = self.detok.as_mut().map(Detokenizer::finish).unwrap_or_default();
+                    let rest = self
+                        .detok
+                        .as_mut()
+                        .map(Detokenizer::finish)
+                        .unwrap_or_default();
                     let (out, hit) = self.stop.push(&rest, self.generated > self.min_tokens);
                     delta.text.push_str(&out);
                     if !hit {
@@ -94,7 +112,9 @@ impl ChoiceStream {
                 }
                 None => {
                     self.done = true;
-                    return Some(Err(ApiError::internal("the engine stopped before the answer was complete")));
+                    return Some(Err(ApiError::internal(
+                        "the engine stopped before the answer was complete",
+                    )));
                 }
             }
         }
@@ -106,7 +126,9 @@ impl ChoiceStream {
     }
 
     /// Runs the choice to its end: (text, tokens, finish reason).
-    pub async fn collect(mut self) -> Result<(String, Vec<GeneratedToken>, &'static str), ApiError> {
+    pub async fn collect(
+        mut self,
+    ) -> Result<(String, Vec<GeneratedToken>, &'static str), ApiError> {
         let (mut text, mut tokens, mut finish) = (String::new(), Vec::new(), "length");
         while let Some(d) = self.next().await {
             let d = d?;

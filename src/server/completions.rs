@@ -18,7 +18,10 @@ use std::sync::Arc;
 pub const MAX_LOGPROBS: i64 = 5;
 
 /// The handler.
-pub async fn completions(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let result = match validate(&state, body) {
         Ok(job) => answer(state.clone(), job).await,
         Err(e) => Err(e),
@@ -35,13 +38,27 @@ fn validate(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Job
     let logprobs = match req.logprobs {
         None => None,
         Some(k) if (0..=MAX_LOGPROBS).contains(&k) => Some(k as usize),
-        Some(k) => return Err(ApiError::invalid(format!("`logprobs` must be in [0, {MAX_LOGPROBS}], got {k}."), Some("logprobs"))),
+        Some(k) => {
+            return Err(ApiError::invalid(
+                format!("`logprobs` must be in [0, {MAX_LOGPROBS}], got {k}."),
+                Some("logprobs"),
+            ))
+        }
     };
-    let sampling = Sampling::parse(&req.common, req.common.max_tokens, logprobs, DefaultMaxTokens::AtMost(16))?;
+    let sampling = Sampling::parse(
+        &req.common,
+        req.common.max_tokens,
+        logprobs,
+        DefaultMaxTokens::AtMost(16),
+    )?;
     let prompts = parse_prompts(req.prompt.as_ref())?;
     if prompts.len() * sampling.n > MAX_CHOICES {
         return Err(ApiError::invalid(
-            format!("{} prompts × n = {} choices; at most {MAX_CHOICES} are allowed.", prompts.len(), prompts.len() * sampling.n),
+            format!(
+                "{} prompts × n = {} choices; at most {MAX_CHOICES} are allowed.",
+                prompts.len(),
+                prompts.len() * sampling.n
+            ),
             Some("n"),
         ));
     }
@@ -53,13 +70,34 @@ fn validate(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Job
         let echo = match (req.echo.unwrap_or(false), p) {
             (false, _) => String::new(),
             (true, Prompt::Text(t)) => t.clone(),
-            (true, Prompt::Ids(ids)) => state.tokenizer.as_ref().and_then(|t| t.decode(ids).ok()).unwrap_or_default(),
+            (true, Prompt::Ids(ids)) => state
+                .tokenizer
+                .as_ref()
+                .and_then(|t| t.decode(ids).ok())
+                .unwrap_or_default(),
         };
         for i in 0..sampling.n {
             let cfg = sampling.for_prompt(ids.len(), i, state.context, kv)?;
-            choices.push(ChoiceJob { index: choices.len(), prompt: ids.clone(), sampling: cfg, echo: echo.clone() });
+            choices.push(ChoiceJob {
+                index: choices.len(),
+                prompt: ids.clone(),
+                sampling: cfg,
+                echo: echo.clone(),
+            });
         }
     }
-    let header = Header { id: request_id(Kind::Completion), created: state.created, model: state.model_name.clone(), kind: Kind::Completion };
-    Ok(Job { header, choices, prompt_tokens, stop: sampling.stop, stream: sampling.stream, include_usage: sampling.include_usage })
+    let header = Header {
+        id: request_id(Kind::Completion),
+        created: state.created,
+        model: state.model_name.clone(),
+        kind: Kind::Completion,
+    };
+    Ok(Job {
+        header,
+        choices,
+        prompt_tokens,
+        stop: sampling.stop,
+        stream: sampling.stream,
+        include_usage: sampling.include_usage,
+    })
 }

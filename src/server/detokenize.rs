@@ -21,7 +21,12 @@ pub struct Detokenizer {
 impl Detokenizer {
     /// Starts with no tokens.
     pub fn new(tokenizer: Tokenizer) -> Self {
-        Self { tokenizer, ids: Vec::new(), prefix: 0, read: 0 }
+        Self {
+            tokenizer,
+            ids: Vec::new(),
+            prefix: 0,
+            read: 0,
+        }
     }
 
     fn decode(&self, ids: &[u32]) -> String {
@@ -38,7 +43,11 @@ impl Detokenizer {
                 Some(d) if after.starts_with(&before) => d.to_string(),
                 // The context changed the older text; emit what differs after the common prefix.
                 _ => {
-                    let common = before.char_indices().zip(after.chars()).take_while(|((_, a), b)| a == b).count();
+                    let common = before
+                        .char_indices()
+                        .zip(after.chars())
+                        .take_while(|((_, a), b)| a == b)
+                        .count();
                     after.chars().skip(common).collect()
                 }
             };
@@ -58,6 +67,9 @@ impl Detokenizer {
         let before = self.decode(&self.ids[self.prefix..self.read]);
         let after = self.decode(&self.ids[self.prefix..]);
         self.read = self.ids.len();
-        after.get(before.len()..).map(str::to_string).unwrap_or(after)
+        after
+            .get(before.len()..)
+            .map(str::to_string)
+            .unwrap_or(after)
     }
 }

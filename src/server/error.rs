@@ -24,7 +24,13 @@ pub struct ApiError {
 impl ApiError {
     /// 400: the request does not fit the API or the model.
     pub fn invalid(message: impl Into<String>, param: Option<&'static str>) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, kind: "invalid_request_error", message: message.into(), param, code: None }
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            message: message.into(),
+            param,
+            code: None,
+        }
     }
 
     /// 404: no model of that name is served here.
@@ -51,18 +57,40 @@ impl ApiError {
 
     /// 404 for a path the server does not have.
     pub fn no_route(path: &str) -> Self {
-        Self { status: StatusCode::NOT_FOUND, kind: "invalid_request_error", message: format!("No route for {path}."), param: None, code: Some("not_found") }
+        Self {
+            status: StatusCode::NOT_FOUND,
+            kind: "invalid_request_error",
+            message: format!("No route for {path}."),
+            param: None,
+            code: Some("not_found"),
+        }
     }
 
     /// 405 for a method a path does not take.
     pub fn method_not_allowed() -> Self {
-        Self { status: StatusCode::METHOD_NOT_ALLOWED, kind: "invalid_request_error", message: "Method not allowed for this path.".into(), param: None, code: None }
+        Self {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            kind: "invalid_request_error",
+            message: "Method not allowed for this path.".into(),
+            param: None,
+            code: None,
+        }
     }
 
     /// Any other status with a message (e.g. 413 from the body limit).
     pub fn with_status(status: StatusCode, message: impl Into<String>) -> Self {
-        let kind = if status.is_server_error() { "server_error" } else { "invalid_request_error" };
-        Self { status, kind, message: message.into(), param: None, code: None }
+        let kind = if status.is_server_error() {
+            "server_error"
+        } else {
+            "invalid_request_error"
+        };
+        Self {
+            status,
+            kind,
+            message: message.into(),
+            param: None,
+            code: None,
+        }
     }
 
     /// 500: the server failed.

@@ -50,7 +50,10 @@ pub struct ServeOptions {
 impl Default for ServeOptions {
     fn default() -> Self {
         Self {
-            limits: Limits { max_num_seqs: 256, max_batched_tokens: 2048 },
+            limits: Limits {
+                max_num_seqs: 256,
+                max_batched_tokens: 2048,
+            },
             kv_blocks: None,
             kv_block_size: 16,
             api_key: None,
@@ -70,25 +73,37 @@ fn kv_bytes_per_token(cfg: &ModelConfig) -> usize {
 pub fn default_kv_blocks(cfg: &ModelConfig, limits: &Limits, block_size: usize) -> usize {
     let wanted = limits.max_num_seqs * cfg.max_position_embeddings;
     let affordable = DEFAULT_KV_BUDGET_BYTES / kv_bytes_per_token(cfg);
-    wanted.min(affordable).max(cfg.max_position_embeddings).div_ceil(block_size)
+    wanted
+        .min(affordable)
+        .max(cfg.max_position_embeddings)
+        .div_ceil(block_size)
 }
 
 /// The name a checkpoint directory is served under.
 pub fn model_name_of(dir: &Path) -> String {
     let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    canonical.file_name().map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned())
+    canonical
+        .file_name()
+        .map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 /// Starts the engine over one local rank and builds the handlers' state.
 pub fn local_state(loaded: LoadedModel, opts: &ServeOptions) -> Result<Arc<AppState>, ServeError> {
     let cfg = loaded.model.config().clone();
-    let blocks = opts.kv_blocks.unwrap_or_else(|| default_kv_blocks(&cfg, &opts.limits, opts.kv_block_size));
+    let blocks = opts
+        .kv_blocks
+        .unwrap_or_else(|| default_kv_blocks(&cfg, &opts.limits, opts.kv_block_size));
     let executor = LocalExecutor::new(loaded.model, blocks, opts.kv_block_size);
     state_over(Box::new(executor), loaded.tokenizer, &loaded.dir, opts)
 }
 
 /// Starts the engine over any executor (e.g. a multi-rank one) and builds the state.
-pub fn state_over(executor: Box<dyn Executor>, tokenizer: Option<crate::tokenizer::Tokenizer>, dir: &Path, opts: &ServeOptions) -> Result<Arc<AppState>, ServeError> {
+pub fn state_over(
+    executor: Box<dyn Executor>,
+    tokenizer: Option<crate::tokenizer::Tokenizer>,
+    dir: &Path,
+    opts: &ServeOptions,
+) -> Result<Arc<AppState>, ServeError> {
     state_observed(executor, tokenizer, dir, opts, None)
 }
 
@@ -102,21 +117,36 @@ pub fn state_observed(
 ) -> Result<Arc<AppState>, ServeError> {
     let cfg = executor.config().clone();
     let chat_template = ChatTemplate::from_dir(dir).map_err(ServeError::ChatTemplate)?;
-    let engine = EngineHandle::spawn_observed(executor, opts.limits, observer).map_err(ServeError::Limits)?;
-    let name = opts.served_model_name.clone().unwrap_or_else(|| model_name_of(dir));
+    let engine = EngineHandle::spawn_observed(executor, opts.limits, observer)
+        .map_err(ServeError::Limits)?;
+    let name = opts
+        .served_model_name
+        .clone()
+        .unwrap_or_else(|| model_name_of(dir));
     let mut state = AppState::new(engine, &cfg, tokenizer, chat_template, name.clone());
     let s = Arc::get_mut(&mut state).expect("the state was just created");
     s.api_key = opts.api_key.clone();
-    s.model_aliases = [dir.display().to_string(), dir.canonicalize().map(|p| p.display().to_string()).unwrap_or_default(), model_name_of(dir)]
-        .into_iter()
-        .filter(|a| !a.is_empty() && *a != name)
-        .collect();
+    s.model_aliases = [
+        dir.display().to_string(),
+        dir.canonicalize()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        model_name_of(dir),
+    ]
+    .into_iter()
+    .filter(|a| !a.is_empty() && *a != name)
+    .collect();
     Ok(state)
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves; then stops accepting, lets running
 /// requests finish for `grace`, and fails what is left.
-pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()> + Send + 'static, grace: Duration) -> Result<(), ServeError> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> Result<(), ServeError> {
     let engine = state.engine.clone();
     let signal = async move {
         shutdown.await;
@@ -126,7 +156,9 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>, shut
             engine.abort_all("the server is shutting down");
         });
     };
-    axum::serve(listener, super::app(state)).with_graceful_shutdown(signal).await?;
+    axum::serve(listener, super::app(state))
+        .with_graceful_shutdown(signal)
+        .await?;
     Ok(())
 }
 

@@ -22,7 +22,10 @@ mod state;
 pub mod stop;
 
 pub use error::ApiError;
-pub use launch::{default_kv_blocks, local_state, model_name_of, serve, shutdown_signal, state_observed, state_over, ServeError, ServeOptions};
+pub use launch::{
+    default_kv_blocks, local_state, model_name_of, serve, shutdown_signal, state_observed,
+    state_over, ServeError, ServeOptions,
+};
 pub use state::AppState;
 
 use axum::extract::DefaultBodyLimit;
@@ -47,7 +50,10 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(info::models))
         .route("/v1/models/{*id}", get(info::model))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_key))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ))
         .route("/health", get(info::health))
         .route("/metrics", get(info::metrics))
         .route("/", get(dashboard::page))

@@ -43,24 +43,47 @@ pub struct Sampling {
 
 fn in_range(v: Option<f64>, lo: f64, hi: f64, name: &'static str) -> Result<Option<f32>, ApiError> {
     match v {
-        Some(x) if !(lo..=hi).contains(&x) => Err(ApiError::invalid(format!("`{name}` must be in [{lo}, {hi}], got {x}."), Some(name))),
+        Some(x) if !(lo..=hi).contains(&x) => Err(ApiError::invalid(
+            format!("`{name}` must be in [{lo}, {hi}], got {x}."),
+            Some(name),
+        )),
         other => Ok(other.map(|x| x as f32)),
     }
 }
 
 fn stop_strings(v: &Option<Value>) -> Result<Vec<String>, ApiError> {
-    let bad = || ApiError::invalid("`stop` must be a string or a list of strings.", Some("stop"));
+    let bad = || {
+        ApiError::invalid(
+            "`stop` must be a string or a list of strings.",
+            Some("stop"),
+        )
+    };
     let list: Vec<String> = match v {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) => items.iter().map(|i| i.as_str().map(str::to_string).ok_or_else(bad)).collect::<Result<_, _>>()?,
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().map(str::to_string).ok_or_else(bad))
+            .collect::<Result<_, _>>()?,
         Some(_) => return Err(bad()),
     };
     if list.len() > MAX_STOP {
-        return Err(ApiError::invalid(format!("`stop` has {} strings; at most {MAX_STOP} are allowed.", list.len()), Some("stop")));
+        return Err(ApiError::invalid(
+            format!(
+                "`stop` has {} strings; at most {MAX_STOP} are allowed.",
+                list.len()
+            ),
+            Some("stop"),
+        ));
     }
     if let Some(s) = list.iter().find(|s| s.len() > MAX_STOP_LEN) {
-        return Err(ApiError::invalid(format!("A stop string is {} bytes long; at most {MAX_STOP_LEN} are allowed.", s.len()), Some("stop")));
+        return Err(ApiError::invalid(
+            format!(
+                "A stop string is {} bytes long; at most {MAX_STOP_LEN} are allowed.",
+                s.len()
+            ),
+            Some("stop"),
+        ));
     }
     Ok(list.into_iter().filter(|s| !s.is_empty()).collect())
 }
@@ -68,44 +91,83 @@ fn stop_strings(v: &Option<Value>) -> Result<Vec<String>, ApiError> {
 impl Sampling {
     /// Checks the fields; `max_tokens` is the request's (chat may send max_completion_tokens),
     /// `logprobs` the validated number of alternatives.
-    pub fn parse(c: &CommonFields, max_tokens: Option<i64>, logprobs: Option<usize>, default_max: DefaultMaxTokens) -> Result<Self, ApiError> {
+    pub fn parse(
+        c: &CommonFields,
+        max_tokens: Option<i64>,
+        logprobs: Option<usize>,
+        default_max: DefaultMaxTokens,
+    ) -> Result<Self, ApiError> {
         let temperature = in_range(c.temperature, 0.0, f64::MAX, "temperature")?.unwrap_or(1.0);
         let top_p = match c.top_p {
-            Some(p) if !(p > 0.0 && p <= 1.0) => return Err(ApiError::invalid(format!("`top_p` must be in (0, 1], got {p}."), Some("top_p"))),
+            Some(p) if !(p > 0.0 && p <= 1.0) => {
+                return Err(ApiError::invalid(
+                    format!("`top_p` must be in (0, 1], got {p}."),
+                    Some("top_p"),
+                ))
+            }
             p => p.unwrap_or(1.0) as f32,
         };
         let top_k = match c.top_k {
             None | Some(-1) | Some(0) => 0,
             Some(k) if k > 0 => k as usize,
-            Some(k) => return Err(ApiError::invalid(format!("`top_k` must be -1, 0 (all) or positive, got {k}."), Some("top_k"))),
+            Some(k) => {
+                return Err(ApiError::invalid(
+                    format!("`top_k` must be -1, 0 (all) or positive, got {k}."),
+                    Some("top_k"),
+                ))
+            }
         };
         let max_tokens = match max_tokens {
-            Some(m) if m <= 0 => return Err(ApiError::invalid(format!("`max_tokens` must be at least 1, got {m}."), Some("max_tokens"))),
+            Some(m) if m <= 0 => {
+                return Err(ApiError::invalid(
+                    format!("`max_tokens` must be at least 1, got {m}."),
+                    Some("max_tokens"),
+                ))
+            }
             m => m.map(|m| m as usize),
         };
         let n = match c.n {
             None => 1,
             Some(n) if (1..=MAX_N as i64).contains(&n) => n as usize,
-            Some(n) => return Err(ApiError::invalid(format!("`n` must be in [1, {MAX_N}], got {n}."), Some("n"))),
+            Some(n) => {
+                return Err(ApiError::invalid(
+                    format!("`n` must be in [1, {MAX_N}], got {n}."),
+                    Some("n"),
+                ))
+            }
         };
         let min_tokens = match c.min_tokens {
             None => 0,
             Some(m) if m >= 0 => m as usize,
-            Some(m) => return Err(ApiError::invalid(format!("`min_tokens` must be >= 0, got {m}."), Some("min_tokens"))),
+            Some(m) => {
+                return Err(ApiError::invalid(
+                    format!("`min_tokens` must be >= 0, got {m}."),
+                    Some("min_tokens"),
+                ))
+            }
         };
         if let (Some(max), true) = (max_tokens, min_tokens > 0) {
             if min_tokens > max {
-                return Err(ApiError::invalid(format!("`min_tokens` ({min_tokens}) exceeds `max_tokens` ({max})."), Some("min_tokens")));
+                return Err(ApiError::invalid(
+                    format!("`min_tokens` ({min_tokens}) exceeds `max_tokens` ({max})."),
+                    Some("min_tokens"),
+                ));
             }
         }
         let base = SamplingConfig {
-            params: SamplingParams { temperature, top_p, top_k },
+            params: SamplingParams {
+                temperature,
+                top_p,
+                top_k,
+            },
             seed: 0,
             max_tokens: 0,
             min_tokens,
             ignore_eos: c.ignore_eos.unwrap_or(false),
-            presence_penalty: in_range(c.presence_penalty, -2.0, 2.0, "presence_penalty")?.unwrap_or(0.0),
-            frequency_penalty: in_range(c.frequency_penalty, -2.0, 2.0, "frequency_penalty")?.unwrap_or(0.0),
+            presence_penalty: in_range(c.presence_penalty, -2.0, 2.0, "presence_penalty")?
+                .unwrap_or(0.0),
+            frequency_penalty: in_range(c.frequency_penalty, -2.0, 2.0, "frequency_penalty")?
+                .unwrap_or(0.0),
             logprobs,
         };
         Ok(Self {
@@ -122,7 +184,13 @@ impl Sampling {
 
     /// The engine settings of choice `choice` for a prompt of `prompt_len` tokens, checked
     /// against the model's context and the KV cache.
-    pub fn for_prompt(&self, prompt_len: usize, choice: usize, context: usize, kv_capacity: usize) -> Result<SamplingConfig, ApiError> {
+    pub fn for_prompt(
+        &self,
+        prompt_len: usize,
+        choice: usize,
+        context: usize,
+        kv_capacity: usize,
+    ) -> Result<SamplingConfig, ApiError> {
         if prompt_len >= context {
             return Err(ApiError::invalid(
                 format!("The prompt is {prompt_len} tokens; this model's context is {context} tokens, so at most {} fit with one new token.", context - 1),
@@ -141,7 +209,13 @@ impl Sampling {
             (None, DefaultMaxTokens::AtMost(d)) => d.min(room),
             (None, DefaultMaxTokens::RestOfContext) => room,
         };
-        let max_tokens = if self.max_tokens.is_none() { max_tokens.min(kv_capacity.saturating_sub(prompt_len)).max(1) } else { max_tokens };
+        let max_tokens = if self.max_tokens.is_none() {
+            max_tokens
+                .min(kv_capacity.saturating_sub(prompt_len))
+                .max(1)
+        } else {
+            max_tokens
+        };
         if prompt_len + max_tokens > kv_capacity {
             return Err(ApiError::invalid(
                 format!("The prompt ({prompt_len} tokens) + max_tokens ({max_tokens}) exceeds the KV cache of {kv_capacity} tokens."),
@@ -152,6 +226,10 @@ impl Sampling {
             Some(s) => s.wrapping_add(choice as u64),
             None => rand::random(),
         };
-        Ok(SamplingConfig { max_tokens, seed, ..self.base.clone() })
+        Ok(SamplingConfig {
+            max_tokens,
+            seed,
+            ..self.base.clone()
+        })
     }
 }

@@ -33,15 +33,23 @@ pub fn usage(prompt: usize, completion: usize) -> Value {
 }
 
 fn token_text(tok: Option<&Tokenizer>, id: u32) -> String {
-    tok.and_then(|t| t.decode_with(&[id], false).ok()).unwrap_or_else(|| format!("token_id:{id}"))
+    tok.and_then(|t| t.decode_with(&[id], false).ok())
+        .unwrap_or_else(|| format!("token_id:{id}"))
 }
 
 /// The `logprobs` of a choice, or null when none were asked for.
-pub fn logprobs(kind: Kind, tokens: &[GeneratedToken], tok: Option<&Tokenizer>, text_start: usize) -> Value {
+pub fn logprobs(
+    kind: Kind,
+    tokens: &[GeneratedToken],
+    tok: Option<&Tokenizer>,
+    text_start: usize,
+) -> Value {
     if tokens.iter().all(|t| t.logprob.is_none()) {
         return Value::Null;
     }
-    let lps = tokens.iter().filter_map(|t| t.logprob.as_ref().map(|l| (t.id, l)));
+    let lps = tokens
+        .iter()
+        .filter_map(|t| t.logprob.as_ref().map(|l| (t.id, l)));
     match kind {
         Kind::Completion => {
             let (mut texts, mut values, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
@@ -52,7 +60,11 @@ pub fn logprobs(kind: Kind, tokens: &[GeneratedToken], tok: Option<&Tokenizer>, 
                 offset += text.len();
                 texts.push(text);
                 values.push(lp.logprob);
-                let top: Map<String, Value> = lp.top.iter().map(|&(t, v)| (token_text(tok, t), json!(v))).collect();
+                let top: Map<String, Value> = lp
+                    .top
+                    .iter()
+                    .map(|&(t, v)| (token_text(tok, t), json!(v)))
+                    .collect();
                 tops.push(Value::Object(top));
             }
             json!({"tokens": texts, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets})
@@ -77,7 +89,9 @@ pub fn logprobs(kind: Kind, tokens: &[GeneratedToken], tok: Option<&Tokenizer>, 
 /// One finished choice of a non-streamed response.
 pub fn choice(kind: Kind, index: usize, text: &str, logprobs: Value, finish: &str) -> Value {
     match kind {
-        Kind::Completion => json!({"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}),
+        Kind::Completion => {
+            json!({"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish})
+        }
         Kind::Chat => json!({
             "index": index,
             "message": {"role": "assistant", "content": text},
@@ -88,11 +102,26 @@ pub fn choice(kind: Kind, index: usize, text: &str, logprobs: Value, finish: &st
 }
 
 /// A streamed choice delta; `first` opens a chat choice with the assistant role.
-pub fn chunk_choice(kind: Kind, index: usize, text: &str, logprobs: Value, finish: Option<&str>, first: bool) -> Value {
+pub fn chunk_choice(
+    kind: Kind,
+    index: usize,
+    text: &str,
+    logprobs: Value,
+    finish: Option<&str>,
+    first: bool,
+) -> Value {
     match kind {
-        Kind::Completion => json!({"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}),
+        Kind::Completion => {
+            json!({"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish})
+        }
         Kind::Chat => {
-            let delta = if first { json!({"role": "assistant", "content": text}) } else if text.is_empty() && finish.is_some() { json!({}) } else { json!({"content": text}) };
+            let delta = if first {
+                json!({"role": "assistant", "content": text})
+            } else if text.is_empty() && finish.is_some() {
+                json!({})
+            } else {
+                json!({"content": text})
+            };
             json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
         }
     }

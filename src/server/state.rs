@@ -36,7 +36,13 @@ pub struct AppState {
 
 impl AppState {
     /// State over a running engine; the context and vocabulary come from `config`.
-    pub fn new(engine: EngineHandle, config: &crate::config::ModelConfig, tokenizer: Option<Tokenizer>, chat_template: Option<ChatTemplate>, model_name: String) -> Arc<Self> {
+    pub fn new(
+        engine: EngineHandle,
+        config: &crate::config::ModelConfig,
+        tokenizer: Option<Tokenizer>,
+        chat_template: Option<ChatTemplate>,
+        model_name: String,
+    ) -> Arc<Self> {
         Arc::new(Self {
             engine,
             tokenizer,
@@ -46,7 +52,9 @@ impl AppState {
             api_key: None,
             context: config.max_position_embeddings,
             vocab: config.vocab_size,
-            created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             fault: None,
         })
     }
@@ -67,7 +75,11 @@ impl AppState {
 
     /// Counts a refused or failed request.
     pub fn record_error(&self, e: &ApiError) {
-        let outcome = if e.status.is_server_error() { Outcome::Failed } else { Outcome::Rejected };
+        let outcome = if e.status.is_server_error() {
+            Outcome::Failed
+        } else {
+            Outcome::Rejected
+        };
         self.metrics().record_outcome(outcome);
     }
 }
@@ -83,7 +95,10 @@ pub struct OutcomeGuard {
 impl OutcomeGuard {
     /// A guard that records `Cancelled` unless told otherwise.
     pub fn new(metrics: Arc<ServingMetrics>) -> Self {
-        Self { metrics, outcome: Some(Outcome::Cancelled) }
+        Self {
+            metrics,
+            outcome: Some(Outcome::Cancelled),
+        }
     }
 
     /// Sets the outcome to record.

@@ -19,7 +19,10 @@ fn floor_boundary(s: &str, mut i: usize) -> usize {
 impl StopMatcher {
     /// A matcher for `stops` (non-empty strings).
     pub fn new(stops: Vec<String>) -> Self {
-        Self { stops, held: String::new() }
+        Self {
+            stops,
+            held: String::new(),
+        }
     }
 
     /// Adds text; returns the text safe to release and whether a stop string was found (then
@@ -30,7 +33,11 @@ impl StopMatcher {
         if !check || self.stops.is_empty() {
             return (std::mem::take(&mut self.held), false);
         }
-        let hit = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min();
+        let hit = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min();
         if let Some(at) = hit {
             let out = self.held[..at].to_string();
             self.held.clear();

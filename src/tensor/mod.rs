@@ -41,7 +41,11 @@ impl Tensor {
     }
 
     /// A CPU tensor of f32 values that were stored as `dtype` (e.g. bf16 weights widened).
-    pub fn from_f32_stored_as(shape: impl Into<Shape>, data: Vec<f32>, dtype: DType) -> Result<Self> {
+    pub fn from_f32_stored_as(
+        shape: impl Into<Shape>,
+        data: Vec<f32>,
+        dtype: DType,
+    ) -> Result<Self> {
         let shape = shape.into();
         if shape.numel() != data.len() {
             return Err(Error::Shape(format!(
@@ -50,14 +54,22 @@ impl Tensor {
                 shape.numel()
             )));
         }
-        Ok(Self { shape, dtype, storage: Storage::Cpu(data) })
+        Ok(Self {
+            shape,
+            dtype,
+            storage: Storage::Cpu(data),
+        })
     }
 
     /// A CPU tensor of zeros.
     pub fn zeros(shape: impl Into<Shape>) -> Self {
         let shape = shape.into();
         let data = vec![0.0; shape.numel()];
-        Self { shape, dtype: DType::F32, storage: Storage::Cpu(data) }
+        Self {
+            shape,
+            dtype: DType::F32,
+            storage: Storage::Cpu(data),
+        }
     }
 
     /// The shape.
@@ -99,7 +111,11 @@ impl Tensor {
     /// A tensor over existing storage (a backend's op output).
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) fn from_storage(shape: impl Into<Shape>, dtype: DType, storage: Storage) -> Self {
-        Self { shape: shape.into(), dtype, storage }
+        Self {
+            shape: shape.into(),
+            dtype,
+            storage,
+        }
     }
 
     /// Whether the tensor lives on a GPU.
@@ -138,7 +154,11 @@ impl Tensor {
             #[cfg(feature = "cuda")]
             Storage::Cuda(ref s) => {
                 let v = s.to_host()?;
-                Ok(Self { shape: self.shape, dtype: self.dtype, storage: Storage::Cpu(v) })
+                Ok(Self {
+                    shape: self.shape,
+                    dtype: self.dtype,
+                    storage: Storage::Cpu(v),
+                })
             }
             #[cfg(not(feature = "cuda"))]
             Storage::Cuda(ref s) => match *s {},
@@ -189,7 +209,10 @@ impl Tensor {
     pub fn reshape(mut self, shape: impl Into<Shape>) -> Result<Self> {
         let shape = shape.into();
         if shape.numel() != self.numel() {
-            return Err(Error::Shape(format!("cannot reshape {} into {shape}", self.shape)));
+            return Err(Error::Shape(format!(
+                "cannot reshape {} into {shape}",
+                self.shape
+            )));
         }
         self.shape = shape;
         Ok(self)
@@ -205,7 +228,10 @@ impl Tensor {
     pub fn narrow_cols(&self, start: usize, len: usize) -> Result<Self> {
         let (rows, cols) = (self.dims()[0], self.dims()[1]);
         if start + len > cols {
-            return Err(Error::Shape(format!("columns {start}..{} out of {cols}", start + len)));
+            return Err(Error::Shape(format!(
+                "columns {start}..{} out of {cols}",
+                start + len
+            )));
         }
         let mut data = Vec::with_capacity(rows * len);
         for r in 0..rows {
@@ -220,7 +246,10 @@ impl Tensor {
         let dims = self.dims();
         let rows = dims[0];
         if start + len > rows {
-            return Err(Error::Shape(format!("rows {start}..{} out of {rows}", start + len)));
+            return Err(Error::Shape(format!(
+                "rows {start}..{} out of {rows}",
+                start + len
+            )));
         }
         let inner: usize = dims[1..].iter().product();
         let mut new_dims = dims.to_vec();

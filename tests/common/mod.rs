@@ -31,7 +31,9 @@ pub struct TextGolden {
 
 /// The directory of fixture `name`.
 pub fn fixture_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// Reads fixture `name`'s golden.json.
@@ -44,7 +46,11 @@ pub fn golden(name: &str) -> Golden {
 /// ‖got − want‖₂ / ‖want‖₂.
 pub fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
     assert_eq!(got.len(), want.len(), "length differs");
-    let diff: f64 = got.iter().zip(want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+    let diff: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum();
     let norm: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
     (diff / norm).sqrt()
 }
@@ -55,8 +61,18 @@ pub const SMALL_MARGIN: f32 = 0.05;
 /// The prefix of the golden's greedy tokens that must match exactly: up to (excluding) the
 /// first step whose top-2 margin is small, since float rounding can flip such a step.
 pub fn decisive_prefix(g: &Greedy) -> usize {
-    g.margins.iter().position(|&m| m < SMALL_MARGIN).unwrap_or(g.tokens.len())
+    g.margins
+        .iter()
+        .position(|&m| m < SMALL_MARGIN)
+        .unwrap_or(g.tokens.len())
 }
 
 /// The architectures the CPU engine runs today, by fixture.
-pub const FIXTURES: &[&str] = &["llama_tied", "llama_bias_sharded", "mistral_window", "mixtral", "qwen2_moe", "qwen3_moe"];
+pub const FIXTURES: &[&str] = &[
+    "llama_tied",
+    "llama_bias_sharded",
+    "mistral_window",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+];

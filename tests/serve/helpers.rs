@@ -25,13 +25,26 @@ pub fn fixture() -> PathBuf {
 
 /// Loads the fixture.
 pub fn load() -> LoadedModel {
-    ModelSource { dir: fixture(), random_weights: None }.load().expect("load the fixture")
+    ModelSource {
+        dir: fixture(),
+        random_weights: None,
+    }
+    .load()
+    .expect("load the fixture")
 }
 
 /// Server state over the fixture with these limits and KV blocks.
-pub fn state_with(max_num_seqs: usize, max_batched_tokens: usize, kv_blocks: Option<usize>, api_key: Option<&str>) -> Arc<AppState> {
+pub fn state_with(
+    max_num_seqs: usize,
+    max_batched_tokens: usize,
+    kv_blocks: Option<usize>,
+    api_key: Option<&str>,
+) -> Arc<AppState> {
     let opts = ServeOptions {
-        limits: Limits { max_num_seqs, max_batched_tokens },
+        limits: Limits {
+            max_num_seqs,
+            max_batched_tokens,
+        },
         kv_blocks,
         kv_block_size: 16,
         api_key: api_key.map(str::to_string),
@@ -46,12 +59,24 @@ pub fn state() -> Arc<AppState> {
 }
 
 /// Sends one request to the app; returns the status and the body text.
-pub async fn call_raw(state: &Arc<AppState>, method: &str, path: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> (StatusCode, String) {
-    let mut req = Request::builder().method(method).uri(path).header("content-type", "application/json");
+pub async fn call_raw(
+    state: &Arc<AppState>,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> (StatusCode, String) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json");
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = app(state.clone()).oneshot(req.body(Body::from(body)).unwrap()).await.unwrap();
+    let resp = app(state.clone())
+        .oneshot(req.body(Body::from(body)).unwrap())
+        .await
+        .unwrap();
     let status = resp.status();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&bytes).into_owned())
@@ -71,7 +96,12 @@ pub fn router(state: &Arc<AppState>) -> Router {
 /// Greedy tokens of `prompt` generated alone by the single-sequence engine.
 pub fn solo_greedy(loaded: &LoadedModel, prompt: &[u32], max_tokens: usize) -> Vec<u32> {
     let mut engine = Engine::new(loaded.model.clone(), prompt.len() + max_tokens, 16);
-    let opts = GenerateOptions { max_tokens, sampling: SamplingParams::default(), seed: 0, ignore_eos: true };
+    let opts = GenerateOptions {
+        max_tokens,
+        sampling: SamplingParams::default(),
+        seed: 0,
+        ignore_eos: true,
+    };
     engine.generate(prompt, &opts).expect("generate").tokens
 }
 
@@ -79,7 +109,11 @@ pub fn solo_greedy(loaded: &LoadedModel, prompt: &[u32], max_tokens: usize) -> V
 pub async fn wait_for_idle_cache(state: &Arc<AppState>) {
     let start = Instant::now();
     while state.engine.kv_blocks_used() != 0 {
-        assert!(start.elapsed() < Duration::from_secs(10), "KV blocks still used: {}", state.engine.kv_blocks_used());
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "KV blocks still used: {}",
+            state.engine.kv_blocks_used()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -87,6 +121,10 @@ pub async fn wait_for_idle_cache(state: &Arc<AppState>) {
 /// The value of a metric line `name{labels} value` in Prometheus text (0 when absent).
 pub fn metric(text: &str, name_and_labels: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .map(|v| v.trim().parse().unwrap())
+        })
         .unwrap_or(0.0)
 }

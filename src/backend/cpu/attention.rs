@@ -57,29 +57,31 @@ pub fn paged_attention(
 ) -> Vec<f32> {
     let group = h.n_heads / h.n_kv_heads;
     let mut out = vec![0.0f32; queries.len() * h.n_heads * h.v_dim];
-    out.par_chunks_mut(h.v_dim).enumerate().for_each(|(row, o)| {
-        let (t, head) = (row / h.n_heads, row % h.n_heads);
-        let QueryPos { seq, pos } = queries[t];
-        let kv = head / group;
-        let qv = &q[(t * h.n_heads + head) * h.qk_dim..][..h.qk_dim];
-        let first = h.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-        let blocks = tables[seq];
-        let scores: Vec<f32> = (first..=pos)
-            .map(|p| {
-                let slot = cache_slot(blocks, keys.block_size, p);
-                let k = &keys.data[slot * keys.width + kv * h.qk_dim..][..h.qk_dim];
-                qv.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * h.scale
-            })
-            .collect();
-        let probs = softmax(&scores);
-        for (p, w) in (first..=pos).zip(probs) {
-            let slot = cache_slot(blocks, values.block_size, p);
-            let v = &values.data[slot * values.width + kv * h.v_dim..][..h.v_dim];
-            for (oi, vi) in o.iter_mut().zip(v) {
-                *oi += w * vi;
+    out.par_chunks_mut(h.v_dim)
+        .enumerate()
+        .for_each(|(row, o)| {
+            let (t, head) = (row / h.n_heads, row % h.n_heads);
+            let QueryPos { seq, pos } = queries[t];
+            let kv = head / group;
+            let qv = &q[(t * h.n_heads + head) * h.qk_dim..][..h.qk_dim];
+            let first = h.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            let blocks = tables[seq];
+            let scores: Vec<f32> = (first..=pos)
+                .map(|p| {
+                    let slot = cache_slot(blocks, keys.block_size, p);
+                    let k = &keys.data[slot * keys.width + kv * h.qk_dim..][..h.qk_dim];
+                    qv.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * h.scale
+                })
+                .collect();
+            let probs = softmax(&scores);
+            for (p, w) in (first..=pos).zip(probs) {
+                let slot = cache_slot(blocks, values.block_size, p);
+                let v = &values.data[slot * values.width + kv * h.v_dim..][..h.v_dim];
+                for (oi, vi) in o.iter_mut().zip(v) {
+                    *oi += w * vi;
+                }
             }
-        }
-    });
+        });
     out
 }
 
@@ -102,7 +104,9 @@ mod tests {
             let js: Vec<usize> = (0..=i).filter(|j| i - j < window).collect();
             let s: Vec<f32> = js
                 .iter()
-                .map(|&j| (0..d).map(|c| q[i * d + c] * k[j * d + c]).sum::<f32>() / (d as f32).sqrt())
+                .map(|&j| {
+                    (0..d).map(|c| q[i * d + c] * k[j * d + c]).sum::<f32>() / (d as f32).sqrt()
+                })
                 .collect();
             let p = softmax(&s);
             for (&j, w) in js.iter().zip(p) {
@@ -130,13 +134,28 @@ mod tests {
         }
         for window in [None, Some(3)] {
             let queries: Vec<QueryPos> = (0..t).map(|pos| QueryPos { seq: 0, pos }).collect();
-            let heads = Heads { n_heads: 1, n_kv_heads: 1, qk_dim: d, v_dim: d, scale: 1.0 / 2.0, window };
+            let heads = Heads {
+                n_heads: 1,
+                n_kv_heads: 1,
+                qk_dim: d,
+                v_dim: d,
+                scale: 1.0 / 2.0,
+                window,
+            };
             let got = paged_attention(
                 &q,
                 &queries,
                 &[&blocks],
-                PagedCache { data: &kc, width: d, block_size: bs },
-                PagedCache { data: &vc, width: d, block_size: bs },
+                PagedCache {
+                    data: &kc,
+                    width: d,
+                    block_size: bs,
+                },
+                PagedCache {
+                    data: &vc,
+                    width: d,
+                    block_size: bs,
+                },
                 heads,
             );
             let want = naive(&q, &k, &v, t, d, window.unwrap_or(usize::MAX));

@@ -71,15 +71,33 @@ pub fn grouped_swiglu(x: &[f32], offsets: &[usize], w: ExpertWeights) -> Vec<f32
         let rows = dst.len() / h;
         let xs = &x[offsets[e] * h..][..rows * h];
         let gu_bias = w.gate_up_bias.map(|b| &b[e * 2 * i..][..2 * i]);
-        let gate_up = linear(xs, rows, h, &w.gate_up[e * 2 * i * h..][..2 * i * h], 2 * i, gu_bias);
+        let gate_up = linear(
+            xs,
+            rows,
+            h,
+            &w.gate_up[e * 2 * i * h..][..2 * i * h],
+            2 * i,
+            gu_bias,
+        );
         let act = silu_mul(&gate_up, i);
         let down_bias = w.down_bias.map(|b| &b[e * h..][..h]);
-        dst.copy_from_slice(&linear(&act, rows, i, &w.down[e * h * i..][..h * i], h, down_bias));
+        dst.copy_from_slice(&linear(
+            &act,
+            rows,
+            i,
+            &w.down[e * h * i..][..h * i],
+            h,
+            down_bias,
+        ));
     });
     out
 }
 
-fn split_groups<'a>(out: &'a mut [f32], offsets: &[usize], width: usize) -> Vec<(usize, &'a mut [f32])> {
+fn split_groups<'a>(
+    out: &'a mut [f32],
+    offsets: &[usize],
+    width: usize,
+) -> Vec<(usize, &'a mut [f32])> {
     let mut groups = Vec::new();
     let mut rest = out;
     for e in 0..offsets.len() - 1 {
@@ -128,13 +146,22 @@ mod tests {
     #[test]
     fn grouped_path_equals_a_loop_over_tokens() {
         let (h, i, e, k, t) = (4, 3, 3, 2, 5);
-        let f = |n: usize, s: f32| -> Vec<f32> { (0..n).map(|v| ((v as f32 + s) * 0.7).sin()).collect() };
+        let f = |n: usize, s: f32| -> Vec<f32> {
+            (0..n).map(|v| ((v as f32 + s) * 0.7).sin()).collect()
+        };
         let (x, gate_up, down) = (f(t * h, 0.0), f(e * 2 * i * h, 1.0), f(e * h * i, 2.0));
         let experts = vec![0u32, 2, 1, 2, 2, 0, 1, 0, 0, 1];
         let weights = f(t * k, 3.0);
         let perm = permute_by_expert(&experts, e);
         let xs = gather_rows(&x, h, &perm.order, k);
-        let w = ExpertWeights { gate_up: &gate_up, down: &down, hidden: h, inter: i, gate_up_bias: None, down_bias: None };
+        let w = ExpertWeights {
+            gate_up: &gate_up,
+            down: &down,
+            hidden: h,
+            inter: i,
+            gate_up_bias: None,
+            down_bias: None,
+        };
         let y = grouped_swiglu(&xs, &perm.offsets, w);
         let got = combine(&y, &perm.order, &weights, k, h);
         for tok in 0..t {

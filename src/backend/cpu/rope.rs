@@ -48,12 +48,19 @@ impl Rotary {
             .iter()
             .map(|f| {
                 let angle = pos as f32 * f;
-                (angle.cos() * self.attention_factor, angle.sin() * self.attention_factor)
+                (
+                    angle.cos() * self.attention_factor,
+                    angle.sin() * self.attention_factor,
+                )
             })
             .unzip();
         for chunk in x.chunks_exact_mut(2 * half) {
             for i in 0..half {
-                let (a, b) = if self.interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
+                let (a, b) = if self.interleaved {
+                    (2 * i, 2 * i + 1)
+                } else {
+                    (i, i + half)
+                };
                 let (x1, x2) = (chunk[a], chunk[b]);
                 chunk[a] = x1 * cos[i] - x2 * sin[i];
                 chunk[b] = x2 * cos[i] + x1 * sin[i];
@@ -68,7 +75,11 @@ mod tests {
     use crate::config::RopeScaling;
 
     fn cfg(interleaved: bool) -> RopeConfig {
-        RopeConfig { theta: 10000.0, scaling: RopeScaling::None, interleaved }
+        RopeConfig {
+            theta: 10000.0,
+            scaling: RopeScaling::None,
+            interleaved,
+        }
     }
 
     #[test]

@@ -38,7 +38,11 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_p: 1.0, top_k: 0 }
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+        }
     }
 }
 
@@ -53,7 +57,10 @@ pub fn sample(logits: &[f32], p: &SamplingParams, uniform: f32) -> u32 {
         idx.truncate(p.top_k);
     }
     let max = logits[idx[0]];
-    let mut probs: Vec<f32> = idx.iter().map(|&i| ((logits[i] - max) / p.temperature).exp()).collect();
+    let mut probs: Vec<f32> = idx
+        .iter()
+        .map(|&i| ((logits[i] - max) / p.temperature).exp())
+        .collect();
     let total: f32 = probs.iter().sum();
     probs.iter_mut().for_each(|q| *q /= total);
     let mut keep = probs.len();
@@ -89,12 +96,24 @@ mod tests {
     #[test]
     fn sampling_respects_top_k_and_the_uniform_draw() {
         let logits = [0.0, 2.0, 1.0, -5.0];
-        let p = SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 2 };
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 2,
+        };
         assert_eq!(sample(&logits, &p, 0.0), 1);
         assert_eq!(sample(&logits, &p, 0.999), 2);
         let greedy = SamplingParams::default();
         assert_eq!(sample(&logits, &greedy, 0.7), 1);
-        let nucleus = SamplingParams { temperature: 1.0, top_p: 0.5, top_k: 0 };
-        assert_eq!(sample(&logits, &nucleus, 0.999), 1, "top token alone has p > 0.5");
+        let nucleus = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.5,
+            top_k: 0,
+        };
+        assert_eq!(
+            sample(&logits, &nucleus, 0.999),
+            1,
+            "top token alone has p > 0.5"
+        );
     }
 }

@@ -5,8 +5,8 @@ use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 use half::bf16;
 
-use super::device::{CudaDevice, DeviceBuffer};
 use super::dev_err;
+use super::device::{CudaDevice, DeviceBuffer};
 use crate::error::{Error, Result};
 
 /// Element types cuBLAS writes for [`linear`].
@@ -22,9 +22,19 @@ impl GemmOut for bf16 {
 }
 
 /// `out[m, n] = x[m, k] · w[n, k]ᵀ` with bf16 inputs, f32 accumulation, output bf16 or f32.
-pub fn linear<O: GemmOut>(dev: &CudaDevice, x: &DeviceBuffer<bf16>, w: &DeviceBuffer<bf16>, out: &mut DeviceBuffer<O>, m: usize, k: usize, n: usize) -> Result<()> {
+pub fn linear<O: GemmOut>(
+    dev: &CudaDevice,
+    x: &DeviceBuffer<bf16>,
+    w: &DeviceBuffer<bf16>,
+    out: &mut DeviceBuffer<O>,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Result<()> {
     if x.len() < m * k || w.len() < n * k || out.len() < m * n {
-        return Err(Error::Shape(format!("linear {m}x{k} by {n}x{k}: a buffer is too short")));
+        return Err(Error::Shape(format!(
+            "linear {m}x{k} by {n}x{k}: a buffer is too short"
+        )));
     }
     let (alpha, beta) = (1.0f32, 0.0f32);
     let stream = dev.stream();
@@ -61,13 +71,30 @@ pub fn linear<O: GemmOut>(dev: &CudaDevice, x: &DeviceBuffer<bf16>, w: &DeviceBu
 }
 
 /// [`linear`] on raw device addresses: `x` [m, k] bf16, `w` [n, k] bf16, `out` [m, n] f32.
-pub fn linear_raw(dev: &CudaDevice, x: u64, w: u64, out: u64, m: usize, k: usize, n: usize) -> Result<()> {
+pub fn linear_raw(
+    dev: &CudaDevice,
+    x: u64,
+    w: u64,
+    out: u64,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Result<()> {
     linear_raw_typed(dev, x, w, out, m, k, n, cudaDataType::CUDA_R_16BF)
 }
 
 /// [`linear`] on raw device addresses, `x` and `w` of type `input` (bf16 or f32), `out` f32.
 #[allow(clippy::too_many_arguments)]
-pub fn linear_raw_typed(dev: &CudaDevice, x: u64, w: u64, out: u64, m: usize, k: usize, n: usize, input: cudaDataType) -> Result<()> {
+pub fn linear_raw_typed(
+    dev: &CudaDevice,
+    x: u64,
+    w: u64,
+    out: u64,
+    m: usize,
+    k: usize,
+    n: usize,
+    input: cudaDataType,
+) -> Result<()> {
     let (alpha, beta) = (1.0f32, 0.0f32);
     // SAFETY: the caller passes live buffers of at least m·k, n·k (bf16) and m·n (f32) elements
     // of this device; alpha and beta are f32 as CUBLAS_COMPUTE_32F requires.

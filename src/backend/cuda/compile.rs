@@ -67,7 +67,11 @@ fn options(arch: &str) -> Vec<String> {
 /// stored). `name` only names the cache file and NVRTC's diagnostics.
 pub fn cubin(name: &str, source: &str, arch: &str) -> Result<Vec<u8>> {
     let opts = options(arch);
-    let key = fnv1a(&[source.as_bytes(), arch.as_bytes(), opts.join(" ").as_bytes()]);
+    let key = fnv1a(&[
+        source.as_bytes(),
+        arch.as_bytes(),
+        opts.join(" ").as_bytes(),
+    ]);
     let path = cache_dir().join(format!("{name}-{arch}-{key:016x}.cubin"));
     if let Ok(bytes) = std::fs::read(&path) {
         return Ok(bytes);
@@ -98,29 +102,54 @@ pub fn compile(name: &str, source: &str, opts: &[String]) -> Result<Vec<u8>> {
             "the NVRTC library (libnvrtc.so) was not found: install the CUDA toolkit or add it to LD_LIBRARY_PATH".into(),
         ));
     }
-    let src = CString::new(source).map_err(|_| Error::Device(format!("kernel {name} contains a NUL byte")))?;
+    let src = CString::new(source)
+        .map_err(|_| Error::Device(format!("kernel {name} contains a NUL byte")))?;
     let cname = CString::new(format!("{name}.cu")).expect("kernel names have no NUL");
-    let copts: Vec<CString> = opts.iter().map(|o| CString::new(o.as_str()).expect("options have no NUL")).collect();
+    let copts: Vec<CString> = opts
+        .iter()
+        .map(|o| CString::new(o.as_str()).expect("options have no NUL"))
+        .collect();
     let ptrs: Vec<*const std::ffi::c_char> = copts.iter().map(|c| c.as_ptr()).collect();
     let mut prog: sys::nvrtcProgram = std::ptr::null_mut();
     // SAFETY: src and cname outlive the call; no headers are passed (null arrays with count 0).
     check(
-        unsafe { sys::nvrtcCreateProgram(&mut prog, src.as_ptr(), cname.as_ptr(), 0, std::ptr::null(), std::ptr::null()) },
+        unsafe {
+            sys::nvrtcCreateProgram(
+                &mut prog,
+                src.as_ptr(),
+                cname.as_ptr(),
+                0,
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        },
         "create program",
     )?;
     // SAFETY: prog is a live program; ptrs points at copts.len() NUL-terminated strings alive here.
     let compiled = unsafe { sys::nvrtcCompileProgram(prog, ptrs.len() as i32, ptrs.as_ptr()) };
     let result = if compiled != sys::nvrtcResult::NVRTC_SUCCESS {
-        Err(Error::Device(format!("NVRTC could not compile kernels/{name}.cu ({compiled:?}):\n{}", log(prog))))
+        Err(Error::Device(format!(
+            "NVRTC could not compile kernels/{name}.cu ({compiled:?}):\n{}",
+            log(prog)
+        )))
     } else {
         let mut size = 0usize;
         // SAFETY: prog compiled successfully; size receives the CUBIN's length.
-        check(unsafe { sys::nvrtcGetCUBINSize(prog, &mut size) }, "CUBIN size").and_then(|_| {
+        check(
+            unsafe { sys::nvrtcGetCUBINSize(prog, &mut size) },
+            "CUBIN size",
+        )
+        .and_then(|_| {
             let mut buf = vec![0u8; size];
             // SAFETY: buf holds exactly the `size` bytes NVRTC reported.
-            check(unsafe { sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut std::ffi::c_char) }, "get CUBIN")?;
+            check(
+                unsafe { sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut std::ffi::c_char) },
+                "get CUBIN",
+            )?;
             if size == 0 {
-                return Err(Error::Device(format!("NVRTC produced no CUBIN for {name} (is the arch a real sm_*?)")));
+                return Err(Error::Device(format!(
+                    "NVRTC produced no CUBIN for {name} (is the arch a real sm_*?)"
+                )));
             }
             Ok(buf)
         })
@@ -133,13 +162,17 @@ pub fn compile(name: &str, source: &str, opts: &[String]) -> Result<Vec<u8>> {
 fn log(prog: sys::nvrtcProgram) -> String {
     let mut size = 0usize;
     // SAFETY: prog is a live program.
-    if unsafe { sys::nvrtcGetProgramLogSize(prog, &mut size) } != sys::nvrtcResult::NVRTC_SUCCESS || size == 0 {
+    if unsafe { sys::nvrtcGetProgramLogSize(prog, &mut size) } != sys::nvrtcResult::NVRTC_SUCCESS
+        || size == 0
+    {
         return String::new();
     }
     let mut buf = vec![0u8; size];
     // SAFETY: buf holds the `size` bytes NVRTC reported, NUL included.
     unsafe { sys::nvrtcGetProgramLog(prog, buf.as_mut_ptr() as *mut std::ffi::c_char) };
-    CStr::from_bytes_until_nul(&buf).map(|c| c.to_string_lossy().into_owned()).unwrap_or_default()
+    CStr::from_bytes_until_nul(&buf)
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -162,8 +195,14 @@ mod tests {
             return;
         }
         for k in Kernel::ALL {
-            let bin = compile(k.name(), k.source(), &options("sm_90a")).unwrap_or_else(|e| panic!("{e}"));
-            assert!(bin.len() > 100, "{} compiled to {} bytes", k.name(), bin.len());
+            let bin =
+                compile(k.name(), k.source(), &options("sm_90a")).unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                bin.len() > 100,
+                "{} compiled to {} bytes",
+                k.name(),
+                bin.len()
+            );
         }
     }
 }

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits,
+};
 use cudarc::nvrtc::Ptx;
 
 use super::{compile, dev_err};
@@ -36,7 +38,15 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel module.
-    pub const ALL: [Kernel; 7] = [Kernel::Route, Kernel::Permute, Kernel::GroupedGemm, Kernel::Combine, Kernel::Norm, Kernel::Fill, Kernel::Ops];
+    pub const ALL: [Kernel; 7] = [
+        Kernel::Route,
+        Kernel::Permute,
+        Kernel::GroupedGemm,
+        Kernel::Combine,
+        Kernel::Norm,
+        Kernel::Fill,
+        Kernel::Ops,
+    ];
 
     /// The file stem under `kernels/`.
     pub fn name(self) -> &'static str {
@@ -77,7 +87,11 @@ pub struct CudaDevice {
 
 impl std::fmt::Debug for CudaDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CudaDevice").field("ordinal", &self.ctx.ordinal()).field("name", &self.name).field("arch", &self.arch).finish()
+        f.debug_struct("CudaDevice")
+            .field("ordinal", &self.ctx.ordinal())
+            .field("name", &self.name)
+            .field("arch", &self.arch)
+            .finish()
     }
 }
 
@@ -108,11 +122,24 @@ impl CudaDevice {
             return Err(Error::Device("cuBLAS (libcublas.so) was not found".into()));
         }
         let blas = CudaBlas::new(stream.clone()).map_err(dev_err("creating the cuBLAS handle"))?;
-        let (major, minor) = ctx.compute_capability().map_err(dev_err("reading the compute capability"))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(dev_err("reading the compute capability"))?;
         // Hopper gets the `a` target so that wgmma/setmaxnreg are available to the kernels.
-        let arch = if major == 9 { format!("sm_{major}{minor}a") } else { format!("sm_{major}{minor}") };
+        let arch = if major == 9 {
+            format!("sm_{major}{minor}a")
+        } else {
+            format!("sm_{major}{minor}")
+        };
         let name = ctx.name().map_err(dev_err("reading the GPU name"))?;
-        Ok(Self { ctx, stream, blas, arch, name, modules: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            ctx,
+            stream,
+            blas,
+            arch,
+            name,
+            modules: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The GPU's name (e.g. "NVIDIA H200").
@@ -143,7 +170,10 @@ impl CudaDevice {
     /// Number of streaming multiprocessors.
     pub fn sm_count(&self) -> Result<usize> {
         use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
-        self.ctx.attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map(|n| n as usize).map_err(dev_err("reading the SM count"))
+        self.ctx
+            .attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map(|n| n as usize)
+            .map_err(dev_err("reading the SM count"))
     }
 
     /// A kernel function, compiling and loading its module on first use.
@@ -154,42 +184,64 @@ impl CudaDevice {
                 Some(m) => m.clone(),
                 None => {
                     let bin = compile::cubin(kernel.name(), kernel.source(), &self.arch)?;
-                    let m = self.ctx.load_module(Ptx::from_binary(bin)).map_err(dev_err("loading a kernel module"))?;
+                    let m = self
+                        .ctx
+                        .load_module(Ptx::from_binary(bin))
+                        .map_err(dev_err("loading a kernel module"))?;
                     modules.insert(kernel, m.clone());
                     m
                 }
             }
         };
-        module.load_function(name).map_err(|e| Error::Device(format!("kernel {name} in {}.cu: {e:?}", kernel.name())))
+        module
+            .load_function(name)
+            .map_err(|e| Error::Device(format!("kernel {name} in {}.cu: {e:?}", kernel.name())))
     }
 
     /// A kernel function allowed `smem` bytes of dynamic shared memory (above the 48 KiB default).
-    pub fn function_with_smem(&self, kernel: Kernel, name: &str, smem: usize) -> Result<CudaFunction> {
+    pub fn function_with_smem(
+        &self,
+        kernel: Kernel,
+        name: &str,
+        smem: usize,
+    ) -> Result<CudaFunction> {
         use cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
         let f = self.function(kernel, name)?;
         if smem > 48 * 1024 {
-            f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32).map_err(dev_err("raising the shared-memory limit"))?;
+            f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
+                .map_err(dev_err("raising the shared-memory limit"))?;
         }
         Ok(f)
     }
 
     /// Copies host values to a new device buffer.
     pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<DeviceBuffer<T>> {
-        self.stream.clone_htod(host).map_err(dev_err("copying to the GPU"))
+        self.stream
+            .clone_htod(host)
+            .map_err(dev_err("copying to the GPU"))
     }
 
     /// Copies a device buffer (or view) back to the host (synchronises the stream).
-    pub fn download<T: DeviceRepr + Default + Clone>(&self, buf: &DeviceBuffer<T>) -> Result<Vec<T>> {
-        self.stream.clone_dtoh(buf).map_err(dev_err("copying from the GPU"))
+    pub fn download<T: DeviceRepr + Default + Clone>(
+        &self,
+        buf: &DeviceBuffer<T>,
+    ) -> Result<Vec<T>> {
+        self.stream
+            .clone_dtoh(buf)
+            .map_err(dev_err("copying from the GPU"))
     }
 
     /// A zeroed device buffer.
     pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<DeviceBuffer<T>> {
-        self.stream.alloc_zeros(len).map_err(dev_err("allocating GPU memory"))
+        self.stream
+            .alloc_zeros(len)
+            .map_err(dev_err("allocating GPU memory"))
     }
 
     /// Waits for everything queued on the stream.
     pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(dev_err("synchronising the stream"))
+        self.stream
+            .synchronize()
+            .map_err(dev_err("synchronising the stream"))
     }
 }

@@ -10,8 +10,8 @@ use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
 use half::bf16;
 use switchyard_experts::{GroupMask, RoutedScaling, RouterConfig, ScoreFunction, TopkMethod};
 
-use super::device::{CudaDevice, DeviceBuffer, Kernel};
 use super::dev_err;
+use super::device::{CudaDevice, DeviceBuffer, Kernel};
 use crate::error::{Error, Result};
 
 /// Pairs per chunk of the permutation kernels (`CHUNK` in kernels/permute.cu).
@@ -40,13 +40,22 @@ impl MoeShape {
             return bad(format!("hidden {} must be a multiple of 128", self.hidden));
         }
         if self.inter % 64 != 0 {
-            return bad(format!("intermediate {} must be a multiple of 64", self.inter));
+            return bad(format!(
+                "intermediate {} must be a multiple of 64",
+                self.inter
+            ));
         }
         if self.n_experts == 0 || self.n_experts > MAX_EXPERTS {
-            return bad(format!("{} experts, expected 1..={MAX_EXPERTS}", self.n_experts));
+            return bad(format!(
+                "{} experts, expected 1..={MAX_EXPERTS}",
+                self.n_experts
+            ));
         }
         if self.top_k == 0 || self.top_k > self.n_experts {
-            return bad(format!("top_k {} with {} experts", self.top_k, self.n_experts));
+            return bad(format!(
+                "top_k {} with {} experts",
+                self.top_k, self.n_experts
+            ));
         }
         Ok(())
     }
@@ -71,7 +80,11 @@ impl GemmPath {
     /// The path for `n_pairs` (token, expert) pairs over `n_experts` experts, chosen on the host
     /// from sizes alone (the per-expert counts stay on the device).
     pub fn for_load(n_pairs: usize, n_experts: usize) -> Self {
-        if n_pairs <= 48 * n_experts { GemmPath::Small } else { GemmPath::Large }
+        if n_pairs <= 48 * n_experts {
+            GemmPath::Small
+        } else {
+            GemmPath::Large
+        }
     }
 
     /// Rows per M tile.
@@ -129,21 +142,36 @@ impl RouterParams {
     pub fn new(cfg: &RouterConfig) -> Result<Self> {
         cfg.validate()?;
         if cfg.n_experts > MAX_EXPERTS {
-            return Err(Error::Shape(format!("{} experts; the routing kernel takes at most {MAX_EXPERTS}", cfg.n_experts)));
+            return Err(Error::Shape(format!(
+                "{} experts; the routing kernel takes at most {MAX_EXPERTS}",
+                cfg.n_experts
+            )));
         }
         let (method, n_group, topk_group) = match cfg.method {
             TopkMethod::Greedy => (0, 1, 1),
-            TopkMethod::GroupLimitedGreedy { n_group, topk_group } => (1, n_group, topk_group),
-            TopkMethod::NoAuxTc { n_group, topk_group } => (2, n_group, topk_group),
+            TopkMethod::GroupLimitedGreedy {
+                n_group,
+                topk_group,
+            } => (1, n_group, topk_group),
+            TopkMethod::NoAuxTc {
+                n_group,
+                topk_group,
+            } => (2, n_group, topk_group),
         };
         if n_group > 32 {
-            return Err(Error::Shape(format!("{n_group} expert groups; the routing kernel takes at most 32")));
+            return Err(Error::Shape(format!(
+                "{n_group} expert groups; the routing kernel takes at most 32"
+            )));
         }
         let scale = match cfg.scaling {
             RoutedScaling::None => 1.0,
             RoutedScaling::Always(f) => f,
             RoutedScaling::UnlessNormalized(f) => {
-                if cfg.normalize { 1.0 } else { f }
+                if cfg.normalize {
+                    1.0
+                } else {
+                    f
+                }
             }
         };
         Ok(Self {
@@ -228,17 +256,30 @@ impl MoeWorkspace {
 
     fn check_tokens(&self, n_tokens: usize) -> Result<()> {
         if n_tokens == 0 || n_tokens > self.max_tokens {
-            return Err(Error::Shape(format!("{n_tokens} tokens; the workspace holds 1..={}", self.max_tokens)));
+            return Err(Error::Shape(format!(
+                "{n_tokens} tokens; the workspace holds 1..={}",
+                self.max_tokens
+            )));
         }
         Ok(())
     }
 
     /// Fused routing of `n_tokens` rows of f32 `logits` into [`Self::experts`] and [`Self::weights`].
     /// `bias` is the noaux_tc correction bias (selection only).
-    pub fn route(&mut self, dev: &CudaDevice, logits: &DeviceBuffer<f32>, bias: Option<&DeviceBuffer<f32>>, p: &RouterParams, n_tokens: usize) -> Result<()> {
+    pub fn route(
+        &mut self,
+        dev: &CudaDevice,
+        logits: &DeviceBuffer<f32>,
+        bias: Option<&DeviceBuffer<f32>>,
+        p: &RouterParams,
+        n_tokens: usize,
+    ) -> Result<()> {
         self.check_tokens(n_tokens)?;
         if p.n_experts != self.shape.n_experts || p.top_k != self.shape.top_k {
-            return Err(Error::Shape(format!("router ({} experts, top {}) does not fit the layer {:?}", p.n_experts, p.top_k, self.shape)));
+            return Err(Error::Shape(format!(
+                "router ({} experts, top {}) does not fit the layer {:?}",
+                p.n_experts, p.top_k, self.shape
+            )));
         }
         if logits.len() < n_tokens * p.n_experts || bias.is_some_and(|b| b.len() < p.n_experts) {
             return Err(Error::Shape("router logits or bias too short".into()));
@@ -246,11 +287,27 @@ impl MoeWorkspace {
         let f = dev.function(Kernel::Route, "topk_route")?;
         let bias_ptr = if p.is_noaux() { addr(dev, bias) } else { 0 };
         let (nt, ne, k) = (n_tokens as i32, p.n_experts as i32, p.top_k as i32);
-        let cfg = LaunchConfig { grid_dim: (n_tokens.div_ceil(4) as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: (n_tokens.div_ceil(4) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
         let mut b = dev.stream().launch_builder(&f);
-        b.arg(logits).arg(&bias_ptr).arg(&mut self.experts).arg(&mut self.weights);
-        b.arg(&nt).arg(&ne).arg(&k).arg(&p.score_fn).arg(&p.method).arg(&p.n_group).arg(&p.topk_group);
-        b.arg(&p.group_mask).arg(&p.normalize).arg(&p.eps).arg(&p.scale);
+        b.arg(logits)
+            .arg(&bias_ptr)
+            .arg(&mut self.experts)
+            .arg(&mut self.weights);
+        b.arg(&nt)
+            .arg(&ne)
+            .arg(&k)
+            .arg(&p.score_fn)
+            .arg(&p.method)
+            .arg(&p.n_group)
+            .arg(&p.topk_group);
+        b.arg(&p.group_mask)
+            .arg(&p.normalize)
+            .arg(&p.eps)
+            .arg(&p.scale);
         // SAFETY: topk_route reads n_tokens*n_experts logits and n_experts bias values (checked
         // above, or a null bias) and writes n_tokens*top_k experts and weights (workspace capacity).
         unsafe { b.launch(cfg) }.map_err(dev_err("launching topk_route"))?;
@@ -263,52 +320,112 @@ impl MoeWorkspace {
         self.check_tokens(n_tokens)?;
         let n_pairs = n_tokens * self.shape.top_k;
         let n_chunks = n_pairs.div_ceil(CHUNK);
-        let (np, ne, nc, bm) = (n_pairs as i32, self.shape.n_experts as i32, n_chunks as i32, path.bm() as i32);
+        let (np, ne, nc, bm) = (
+            n_pairs as i32,
+            self.shape.n_experts as i32,
+            n_chunks as i32,
+            path.bm() as i32,
+        );
         let smem = (self.shape.n_experts * 4) as u32;
         let hist = dev.function(Kernel::Permute, "expert_histogram")?;
         let offs = dev.function(Kernel::Permute, "expert_offsets")?;
         let scatter = dev.function(Kernel::Permute, "expert_scatter")?;
         let mut b = dev.stream().launch_builder(&hist);
-        b.arg(&self.experts).arg(&np).arg(&ne).arg(&mut self.chunk_counts);
+        b.arg(&self.experts)
+            .arg(&np)
+            .arg(&ne)
+            .arg(&mut self.chunk_counts);
         // SAFETY: reads n_pairs experts (< n_experts, written by route), writes n_chunks*n_experts counts (capacity).
-        unsafe { b.launch(LaunchConfig { grid_dim: (n_chunks as u32, 1, 1), block_dim: (CHUNK as u32, 1, 1), shared_mem_bytes: smem }) }
-            .map_err(dev_err("launching expert_histogram"))?;
+        unsafe {
+            b.launch(LaunchConfig {
+                grid_dim: (n_chunks as u32, 1, 1),
+                block_dim: (CHUNK as u32, 1, 1),
+                shared_mem_bytes: smem,
+            })
+        }
+        .map_err(dev_err("launching expert_histogram"))?;
         let mut b = dev.stream().launch_builder(&offs);
-        b.arg(&mut self.chunk_counts).arg(&nc).arg(&ne).arg(&bm).arg(&mut self.offsets).arg(&mut self.tile_offsets);
+        b.arg(&mut self.chunk_counts)
+            .arg(&nc)
+            .arg(&ne)
+            .arg(&bm)
+            .arg(&mut self.offsets)
+            .arg(&mut self.tile_offsets);
         // SAFETY: one block of 1024 threads over n_experts <= 1024 columns of n_chunks counts;
         // writes n_experts + 1 offsets and tile offsets.
-        unsafe { b.launch(LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 }) }
-            .map_err(dev_err("launching expert_offsets"))?;
+        unsafe {
+            b.launch(LaunchConfig {
+                grid_dim: (1, 1, 1),
+                block_dim: (1024, 1, 1),
+                shared_mem_bytes: 0,
+            })
+        }
+        .map_err(dev_err("launching expert_offsets"))?;
         let mut b = dev.stream().launch_builder(&scatter);
-        b.arg(&self.experts).arg(&np).arg(&ne).arg(&self.chunk_counts).arg(&mut self.order).arg(&mut self.row_of_pair);
+        b.arg(&self.experts)
+            .arg(&np)
+            .arg(&ne)
+            .arg(&self.chunk_counts)
+            .arg(&mut self.order)
+            .arg(&mut self.row_of_pair);
         // SAFETY: each chunk writes its pairs to distinct rows < n_pairs of order and row_of_pair.
-        unsafe { b.launch(LaunchConfig { grid_dim: (n_chunks as u32, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: smem }) }
-            .map_err(dev_err("launching expert_scatter"))?;
+        unsafe {
+            b.launch(LaunchConfig {
+                grid_dim: (n_chunks as u32, 1, 1),
+                block_dim: (32, 1, 1),
+                shared_mem_bytes: smem,
+            })
+        }
+        .map_err(dev_err("launching expert_scatter"))?;
         Ok(())
     }
 
     /// Grouped gate/up GEMM with SiLU·up: [`Self::act`] row r = SiLU(x_t·gate_e)·(x_t·up_e) for
     /// the token t and expert e of sorted row r. `x` is [T, hidden] bf16; `gate_up` is
     /// [n_experts, 2·inter, hidden] (gate rows, then up rows).
-    pub fn gate_up(&mut self, dev: &CudaDevice, x: &DeviceBuffer<bf16>, gate_up: &DeviceBuffer<bf16>, n_tokens: usize, path: GemmPath) -> Result<()> {
+    pub fn gate_up(
+        &mut self,
+        dev: &CudaDevice,
+        x: &DeviceBuffer<bf16>,
+        gate_up: &DeviceBuffer<bf16>,
+        n_tokens: usize,
+        path: GemmPath,
+    ) -> Result<()> {
         self.check_tokens(n_tokens)?;
         let s = self.shape;
         if x.len() < n_tokens * s.hidden || gate_up.len() < s.n_experts * 2 * s.inter * s.hidden {
-            return Err(Error::Shape("gate_up: x or the weights are too short".into()));
+            return Err(Error::Shape(
+                "gate_up: x or the weights are too short".into(),
+            ));
         }
         let (name, bn, _, _) = path.kernels();
         let smem = path.smem(bn);
         let f = dev.function_with_smem(Kernel::GroupedGemm, name, smem)?;
         let n_pairs = n_tokens * s.top_k;
-        let (ne, nt, k, tk) = (s.n_experts as i32, (2 * s.inter) as i32, s.hidden as i32, s.top_k as i32);
+        let (ne, nt, k, tk) = (
+            s.n_experts as i32,
+            (2 * s.inter) as i32,
+            s.hidden as i32,
+            s.top_k as i32,
+        );
         let null = 0u64;
         let cfg = LaunchConfig {
-            grid_dim: (path.max_tiles(n_pairs, s.n_experts) as u32, (s.inter / (bn / 2)) as u32, 1),
+            grid_dim: (
+                path.max_tiles(n_pairs, s.n_experts) as u32,
+                (s.inter / (bn / 2)) as u32,
+                1,
+            ),
             block_dim: (256, 1, 1),
             shared_mem_bytes: smem as u32,
         };
         let mut b = dev.stream().launch_builder(&f);
-        b.arg(x).arg(gate_up).arg(&mut self.act).arg(&self.order).arg(&null).arg(&self.offsets).arg(&self.tile_offsets);
+        b.arg(x)
+            .arg(gate_up)
+            .arg(&mut self.act)
+            .arg(&self.order)
+            .arg(&null)
+            .arg(&self.offsets)
+            .arg(&self.tile_offsets);
         b.arg(&ne).arg(&nt).arg(&k).arg(&tk);
         // SAFETY: rows come from offsets/order written by permute (< n_pairs, tokens < n_tokens);
         // weights are n_experts x 2·inter x hidden (checked); act holds n_pairs x inter; hidden is a
@@ -318,7 +435,13 @@ impl MoeWorkspace {
     }
 
     /// Grouped down GEMM: [`Self::y`] row r = w_r · (act_r · down_e), `down` [n_experts, hidden, inter].
-    pub fn down(&mut self, dev: &CudaDevice, down: &DeviceBuffer<bf16>, n_tokens: usize, path: GemmPath) -> Result<()> {
+    pub fn down(
+        &mut self,
+        dev: &CudaDevice,
+        down: &DeviceBuffer<bf16>,
+        n_tokens: usize,
+        path: GemmPath,
+    ) -> Result<()> {
         self.check_tokens(n_tokens)?;
         let s = self.shape;
         if down.len() < s.n_experts * s.hidden * s.inter {
@@ -328,14 +451,29 @@ impl MoeWorkspace {
         let smem = path.smem(bn);
         let f = dev.function_with_smem(Kernel::GroupedGemm, name, smem)?;
         let n_pairs = n_tokens * s.top_k;
-        let (ne, nt, k, tk) = (s.n_experts as i32, s.hidden as i32, s.inter as i32, s.top_k as i32);
+        let (ne, nt, k, tk) = (
+            s.n_experts as i32,
+            s.hidden as i32,
+            s.inter as i32,
+            s.top_k as i32,
+        );
         let cfg = LaunchConfig {
-            grid_dim: (path.max_tiles(n_pairs, s.n_experts) as u32, (s.hidden / bn) as u32, 1),
+            grid_dim: (
+                path.max_tiles(n_pairs, s.n_experts) as u32,
+                (s.hidden / bn) as u32,
+                1,
+            ),
             block_dim: (256, 1, 1),
             shared_mem_bytes: smem as u32,
         };
         let mut b = dev.stream().launch_builder(&f);
-        b.arg(&self.act).arg(down).arg(&mut self.y).arg(&self.order).arg(&self.weights).arg(&self.offsets).arg(&self.tile_offsets);
+        b.arg(&self.act)
+            .arg(down)
+            .arg(&mut self.y)
+            .arg(&self.order)
+            .arg(&self.weights)
+            .arg(&self.offsets)
+            .arg(&self.tile_offsets);
         b.arg(&ne).arg(&nt).arg(&k).arg(&tk);
         // SAFETY: reads act rows < n_pairs and the checked weights; writes y rows < n_pairs of
         // hidden columns (hidden a multiple of the 64/128-wide N tile).
@@ -344,7 +482,13 @@ impl MoeWorkspace {
     }
 
     /// Unpermute and combine into `out` [T, hidden] bf16: out_t = Σ_j y[row(t, j)] (+ addend_t).
-    pub fn combine(&self, dev: &CudaDevice, n_tokens: usize, addend: Option<&DeviceBuffer<bf16>>, out: &mut DeviceBuffer<bf16>) -> Result<()> {
+    pub fn combine(
+        &self,
+        dev: &CudaDevice,
+        n_tokens: usize,
+        addend: Option<&DeviceBuffer<bf16>>,
+        out: &mut DeviceBuffer<bf16>,
+    ) -> Result<()> {
         self.check_tokens(n_tokens)?;
         let h = self.shape.hidden;
         if out.len() < n_tokens * h || addend.is_some_and(|a| a.len() < n_tokens * h) {
@@ -353,9 +497,18 @@ impl MoeWorkspace {
         let f = dev.function(Kernel::Combine, "moe_combine")?;
         let add = addr(dev, addend);
         let (hi, k) = (h as i32, self.shape.top_k as i32);
-        let cfg = LaunchConfig { grid_dim: ((h / 8).div_ceil(256) as u32, n_tokens as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: ((h / 8).div_ceil(256) as u32, n_tokens as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
         let mut b = dev.stream().launch_builder(&f);
-        b.arg(&self.y).arg(&self.row_of_pair).arg(&add).arg(out).arg(&hi).arg(&k);
+        b.arg(&self.y)
+            .arg(&self.row_of_pair)
+            .arg(&add)
+            .arg(out)
+            .arg(&hi)
+            .arg(&k);
         // SAFETY: reads top_k rows of y per token (rows < n_pairs from permute) and writes
         // n_tokens x hidden outputs (checked); hidden % 8 == 0 for the 16-byte accesses.
         unsafe { b.launch(cfg) }.map_err(dev_err("launching moe_combine"))?;
@@ -382,9 +535,21 @@ impl MoeLayer {
     /// The whole layer for `n_tokens` tokens: `x` [T, hidden] bf16 and router `logits` [T, n_experts]
     /// f32 in, `out` [T, hidden] bf16 out (plus `addend` when given). Queues the work on the
     /// device's stream and returns without waiting.
-    pub fn forward(&self, dev: &CudaDevice, ws: &mut MoeWorkspace, x: &DeviceBuffer<bf16>, logits: &DeviceBuffer<f32>, n_tokens: usize, addend: Option<&DeviceBuffer<bf16>>, out: &mut DeviceBuffer<bf16>) -> Result<()> {
+    pub fn forward(
+        &self,
+        dev: &CudaDevice,
+        ws: &mut MoeWorkspace,
+        x: &DeviceBuffer<bf16>,
+        logits: &DeviceBuffer<f32>,
+        n_tokens: usize,
+        addend: Option<&DeviceBuffer<bf16>>,
+        out: &mut DeviceBuffer<bf16>,
+    ) -> Result<()> {
         if ws.shape != self.shape {
-            return Err(Error::Shape(format!("workspace {:?} does not fit layer {:?}", ws.shape, self.shape)));
+            return Err(Error::Shape(format!(
+                "workspace {:?} does not fit layer {:?}",
+                ws.shape, self.shape
+            )));
         }
         let path = GemmPath::for_load(n_tokens * self.shape.top_k, self.shape.n_experts);
         ws.route(dev, logits, self.bias.as_ref(), &self.router, n_tokens)?;

@@ -33,7 +33,10 @@ macro_rules! launch {
 fn gpu(t: &Tensor) -> Result<&CudaStorage> {
     match t.storage() {
         Storage::Cuda(s) => Ok(s),
-        Storage::Cpu(_) => Err(Error::Device(format!("a CPU tensor {} met GPU tensors in one op", t.shape()))),
+        Storage::Cpu(_) => Err(Error::Device(format!(
+            "a CPU tensor {} met GPU tensors in one op",
+            t.shape()
+        ))),
     }
 }
 
@@ -43,14 +46,19 @@ fn gpu_mut(t: &mut Tensor) -> Result<&mut CudaStorage> {
             s.make_unique()?;
             Ok(s)
         }
-        Storage::Cpu(_) => Err(Error::Device("a CPU tensor met GPU tensors in one op".into())),
+        Storage::Cpu(_) => Err(Error::Device(
+            "a CPU tensor met GPU tensors in one op".into(),
+        )),
     }
 }
 
 fn f32_ptr(t: &Tensor) -> Result<u64> {
     let s = gpu(t)?;
     if s.is_bf16() {
-        return Err(Error::Device(format!("an f32 activation was expected, got a bf16 tensor {}", t.shape())));
+        return Err(Error::Device(format!(
+            "an f32 activation was expected, got a bf16 tensor {}",
+            t.shape()
+        )));
     }
     Ok(s.ptr())
 }
@@ -62,7 +70,14 @@ fn rows_of(x: &Tensor) -> (usize, usize) {
 }
 
 fn wrap(dev: &CudaHandle, shape: impl Into<Shape>, dtype: DType, buf: DevBuf) -> Tensor {
-    Tensor::from_storage(shape, dtype, Storage::Cuda(CudaStorage { dev: dev.clone(), buf: Arc::new(buf) }))
+    Tensor::from_storage(
+        shape,
+        dtype,
+        Storage::Cuda(CudaStorage {
+            dev: dev.clone(),
+            buf: Arc::new(buf),
+        }),
+    )
 }
 
 /// A new f32 tensor of `shape` on `dev`, uninitialised (NaN under poisoning).
@@ -94,9 +109,17 @@ pub fn upload(host: &Tensor, dev: &CudaHandle, as_bf16: bool) -> Result<Tensor> 
     let v = host.as_slice();
     let buf = if as_bf16 {
         let b: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
-        DevBuf::Bf16(if b.is_empty() { alloc(dev, 1)? } else { dev.upload(&b)? })
+        DevBuf::Bf16(if b.is_empty() {
+            alloc(dev, 1)?
+        } else {
+            dev.upload(&b)?
+        })
     } else {
-        DevBuf::F32(if v.is_empty() { alloc(dev, 1)? } else { dev.upload(v)? })
+        DevBuf::F32(if v.is_empty() {
+            alloc(dev, 1)?
+        } else {
+            dev.upload(v)?
+        })
     };
     Ok(wrap(dev, host.shape().clone(), host.dtype(), buf))
 }
@@ -114,7 +137,11 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let (m, k) = rows_of(x);
     let (n, wk) = (w.dims()[0], w.dims()[1]);
     if k != wk || b.is_some_and(|b| b.numel() != n) {
-        return Err(Error::Shape(format!("linear: input {} against weight {}", x.shape(), w.shape())));
+        return Err(Error::Shape(format!(
+            "linear: input {} against weight {}",
+            x.shape(),
+            w.shape()
+        )));
     }
     let mut out_dims = x.dims().to_vec();
     *out_dims.last_mut().expect("x has a last dim") = n;
@@ -124,7 +151,16 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     }
     if !gpu(w)?.is_bf16() {
         use cudarc::cublas::sys::cudaDataType;
-        super::blas::linear_raw_typed(&dev, f32_ptr(x)?, gpu(w)?.ptr(), gpu(&out)?.ptr(), m, k, n, cudaDataType::CUDA_R_32F)?;
+        super::blas::linear_raw_typed(
+            &dev,
+            f32_ptr(x)?,
+            gpu(w)?.ptr(),
+            gpu(&out)?.ptr(),
+            m,
+            k,
+            n,
+            cudaDataType::CUDA_R_32F,
+        )?;
         if let Some(b) = b {
             let (yp, bp, rows, cols) = (gpu(&out)?.ptr(), f32_ptr(b)?, m as i64, n as i32);
             launch!(dev, "add_bias", grid_for(m * n), THREADS, 0; a = yp, b2 = bp, c = rows, d = cols);
@@ -160,7 +196,9 @@ pub fn embedding(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
     let dev = ts.device().clone();
     let (vocab, hidden) = (table.dims()[0], table.dims()[1]);
     if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-        return Err(Error::Input(format!("token id {bad} is outside the vocabulary (size {vocab})")));
+        return Err(Error::Input(format!(
+            "token id {bad} is outside the vocabulary (size {vocab})"
+        )));
     }
     let out = empty(&dev, [ids.len(), hidden])?;
     if ids.is_empty() {
@@ -178,7 +216,15 @@ pub fn embedding(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
     Ok(out)
 }
 
-fn norm_launch(dev: &CudaHandle, res: u64, delta: u64, w: &Tensor, y: u64, rows: usize, eps: f32) -> Result<()> {
+fn norm_launch(
+    dev: &CudaHandle,
+    res: u64,
+    delta: u64,
+    w: &Tensor,
+    y: u64,
+    rows: usize,
+    eps: f32,
+) -> Result<()> {
     let (wp, cols) = (f32_ptr(w)?, w.numel() as i32);
     if rows == 0 {
         return Ok(());
@@ -199,7 +245,11 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
 /// `residual += delta`, then RMSNorm(residual).
 pub fn add_rms_norm(residual: &mut Tensor, delta: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
     if residual.numel() != delta.numel() {
-        return Err(Error::Shape(format!("add_rms_norm: residual {} and delta {}", residual.shape(), delta.shape())));
+        return Err(Error::Shape(format!(
+            "add_rms_norm: residual {} and delta {}",
+            residual.shape(),
+            delta.shape()
+        )));
     }
     let dp = f32_ptr(delta)?;
     let dev = gpu(residual)?.device().clone();
@@ -221,7 +271,11 @@ pub fn rms_norm_chunks(x: &mut Tensor, w: &Tensor, eps: f32) -> Result<()> {
 /// `x += y`.
 pub fn add_in_place(x: &mut Tensor, y: &Tensor) -> Result<()> {
     if x.numel() != y.numel() {
-        return Err(Error::Shape(format!("add: {} and {}", x.shape(), y.shape())));
+        return Err(Error::Shape(format!(
+            "add: {} and {}",
+            x.shape(),
+            y.shape()
+        )));
     }
     let yp = f32_ptr(y)?;
     let n = x.numel();
@@ -240,7 +294,12 @@ pub fn rope(x: &mut Tensor, rotary: &Rotary, positions: &[usize]) -> Result<()> 
     let (rows, cols) = rows_of(x);
     let half = rotary.dim() / 2;
     if rows != positions.len() || half == 0 || cols % (2 * half) != 0 {
-        return Err(Error::Shape(format!("rope over {} with {} positions and dim {}", x.shape(), positions.len(), rotary.dim())));
+        return Err(Error::Shape(format!(
+            "rope over {} with {} positions and dim {}",
+            x.shape(),
+            positions.len(),
+            rotary.dim()
+        )));
     }
     let cs: Vec<f32> = positions.iter().flat_map(|&p| rotary.cos_sin(p)).collect();
     let s = gpu_mut(x)?;
@@ -249,7 +308,12 @@ pub fn rope(x: &mut Tensor, rotary: &Rotary, positions: &[usize]) -> Result<()> 
         return Ok(());
     }
     let csb = dev.upload(&cs)?;
-    let (cp, c, h, il) = (raw(&dev, &csb), cols as i32, half as i32, rotary.interleaved() as i32);
+    let (cp, c, h, il) = (
+        raw(&dev, &csb),
+        cols as i32,
+        half as i32,
+        rotary.interleaved() as i32,
+    );
     launch!(dev, "rope_f32", rows, 128, 0; a = xp, b = cp, cc = c, d = h, e = il);
     drop(csb);
     Ok(())
@@ -258,7 +322,19 @@ pub fn rope(x: &mut Tensor, rotary: &Rotary, positions: &[usize]) -> Result<()> 
 /// `dst[dst_rows[i]][dst_off..][..len] = src[src_rows[i] / div][src_off..][..len]` for `n` rows
 /// (an absent index list means row i).
 #[allow(clippy::too_many_arguments)]
-fn copy_rows(src: &Tensor, src_w: usize, src_off: usize, src_rows: Option<&[i32]>, div: usize, dst: u64, dst_w: usize, dst_off: usize, dst_rows: Option<&[i32]>, len: usize, n: usize) -> Result<()> {
+fn copy_rows(
+    src: &Tensor,
+    src_w: usize,
+    src_off: usize,
+    src_rows: Option<&[i32]>,
+    div: usize,
+    dst: u64,
+    dst_w: usize,
+    dst_off: usize,
+    dst_rows: Option<&[i32]>,
+    len: usize,
+    n: usize,
+) -> Result<()> {
     let dev = gpu(src)?.device().clone();
     if n == 0 || len == 0 {
         return Ok(());
@@ -268,7 +344,14 @@ fn copy_rows(src: &Tensor, src_w: usize, src_off: usize, src_rows: Option<&[i32]
     let srp = sr.as_ref().map_or(0, |b| raw(&dev, b));
     let drp = dr.as_ref().map_or(0, |b| raw(&dev, b));
     let sp = f32_ptr(src)?;
-    let (sw, so, dv, dw, dof, l) = (src_w as i32, src_off as i32, div.max(1) as i32, dst_w as i32, dst_off as i32, len as i32);
+    let (sw, so, dv, dw, dof, l) = (
+        src_w as i32,
+        src_off as i32,
+        div.max(1) as i32,
+        dst_w as i32,
+        dst_off as i32,
+        len as i32,
+    );
     launch!(dev, "copy_rows", n, 128, 0; a = sp, b = sw, c = so, d = srp, e = dv, f2 = dst, g = dw, h = dof, i = drp, j = l);
     drop((sr, dr));
     Ok(())
@@ -278,12 +361,26 @@ fn copy_rows(src: &Tensor, src_w: usize, src_off: usize, src_rows: Option<&[i32]
 pub fn gather_rows(x: &Tensor, order: &[u32], top_k: usize) -> Result<Tensor> {
     let (rows, h) = rows_of(x);
     if let Some(&bad) = order.iter().find(|&&p| p as usize / top_k.max(1) >= rows) {
-        return Err(Error::Shape(format!("gather_rows: pair {bad} of {rows} rows x {top_k}")));
+        return Err(Error::Shape(format!(
+            "gather_rows: pair {bad} of {rows} rows x {top_k}"
+        )));
     }
     let dev = gpu(x)?.device().clone();
     let out = empty(&dev, [order.len(), h])?;
     let idx: Vec<i32> = order.iter().map(|&p| p as i32).collect();
-    copy_rows(x, h, 0, Some(&idx), top_k, gpu(&out)?.ptr(), h, 0, None, h, order.len())?;
+    copy_rows(
+        x,
+        h,
+        0,
+        Some(&idx),
+        top_k,
+        gpu(&out)?.ptr(),
+        h,
+        0,
+        None,
+        h,
+        order.len(),
+    )?;
     Ok(out)
 }
 
@@ -291,11 +388,27 @@ pub fn gather_rows(x: &Tensor, order: &[u32], top_k: usize) -> Result<Tensor> {
 pub fn narrow_cols(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
     let (rows, cols) = rows_of(x);
     if start + len > cols {
-        return Err(Error::Shape(format!("columns {start}..{} of {}", start + len, x.shape())));
+        return Err(Error::Shape(format!(
+            "columns {start}..{} of {}",
+            start + len,
+            x.shape()
+        )));
     }
     let dev = gpu(x)?.device().clone();
     let out = empty(&dev, [rows, len])?;
-    copy_rows(x, cols, start, None, 1, gpu(&out)?.ptr(), len, 0, None, len, rows)?;
+    copy_rows(
+        x,
+        cols,
+        start,
+        None,
+        1,
+        gpu(&out)?.ptr(),
+        len,
+        0,
+        None,
+        len,
+        rows,
+    )?;
     Ok(out)
 }
 
@@ -310,7 +423,10 @@ pub fn concat_cols(parts: &[&Tensor]) -> Result<Tensor> {
     for p in parts {
         let (r, c) = rows_of(p);
         if r != rows {
-            return Err(Error::Shape(format!("concat_cols: {} rows against {rows}", r)));
+            return Err(Error::Shape(format!(
+                "concat_cols: {} rows against {rows}",
+                r
+            )));
         }
         copy_rows(p, c, 0, None, 1, op, width, off, None, c, rows)?;
         off += c;
@@ -319,11 +435,20 @@ pub fn concat_cols(parts: &[&Tensor]) -> Result<Tensor> {
 }
 
 /// Writes row i of `src` into row `slots[i]` of `dst` (rows of `dst_w`), at column `col`.
-pub fn scatter_rows(dst: &mut Tensor, dst_w: usize, col: usize, slots: &[usize], src: &Tensor) -> Result<()> {
+pub fn scatter_rows(
+    dst: &mut Tensor,
+    dst_w: usize,
+    col: usize,
+    slots: &[usize],
+    src: &Tensor,
+) -> Result<()> {
     let (rows, w) = rows_of(src);
     let total = dst.numel() / dst_w.max(1);
     if rows != slots.len() || col + w > dst_w || slots.iter().any(|&s| s >= total) {
-        return Err(Error::Shape(format!("scatter_rows: {} into rows of {dst_w} at column {col}", src.shape())));
+        return Err(Error::Shape(format!(
+            "scatter_rows: {} into rows of {dst_w} at column {col}",
+            src.shape()
+        )));
     }
     let idx: Vec<i32> = slots.iter().map(|&s| s as i32).collect();
     let dp = gpu_mut(dst)?.ptr();
@@ -332,7 +457,17 @@ pub fn scatter_rows(dst: &mut Tensor, dst_w: usize, col: usize, slots: &[usize],
 
 /// Causal paged attention over GPU caches of `k_width`/`v_width`-wide rows.
 #[allow(clippy::too_many_arguments)]
-pub fn paged_attention(q: &Tensor, queries: &[QueryPos], tables: &[&[u32]], keys: &Tensor, k_width: usize, values: &Tensor, v_width: usize, block_size: usize, h: Heads) -> Result<Tensor> {
+pub fn paged_attention(
+    q: &Tensor,
+    queries: &[QueryPos],
+    tables: &[&[u32]],
+    keys: &Tensor,
+    k_width: usize,
+    values: &Tensor,
+    v_width: usize,
+    block_size: usize,
+    h: Heads,
+) -> Result<Tensor> {
     let dev = gpu(q)?.device().clone();
     let out = empty(&dev, [queries.len(), h.n_heads * h.v_dim])?;
     if queries.is_empty() {
@@ -340,7 +475,9 @@ pub fn paged_attention(q: &Tensor, queries: &[QueryPos], tables: &[&[u32]], keys
     }
     const THREADS_ATT: usize = 128;
     if h.v_dim > 8 * THREADS_ATT || h.n_kv_heads == 0 || h.n_heads % h.n_kv_heads != 0 {
-        return Err(Error::Shape(format!("paged attention: {h:?} is not supported on the GPU")));
+        return Err(Error::Shape(format!(
+            "paged attention: {h:?} is not supported on the GPU"
+        )));
     }
     let mut offs = Vec::with_capacity(tables.len());
     let mut flat: Vec<i32> = Vec::new();
@@ -350,15 +487,33 @@ pub fn paged_attention(q: &Tensor, queries: &[QueryPos], tables: &[&[u32]], keys
     }
     for qp in queries {
         if qp.seq >= tables.len() || qp.pos / block_size >= tables[qp.seq].len() {
-            return Err(Error::Shape(format!("paged attention: position {} of sequence {} has no block", qp.pos, qp.seq)));
+            return Err(Error::Shape(format!(
+                "paged attention: position {} of sequence {} has no block",
+                qp.pos, qp.seq
+            )));
         }
     }
     let seqs: Vec<i32> = queries.iter().map(|q| q.seq as i32).collect();
     let poss: Vec<i32> = queries.iter().map(|q| q.pos as i32).collect();
-    let (sb, pb, ob, tb) = (upload_i32(&dev, &seqs)?, upload_i32(&dev, &poss)?, upload_i32(&dev, &offs)?, upload_i32(&dev, &flat)?);
+    let (sb, pb, ob, tb) = (
+        upload_i32(&dev, &seqs)?,
+        upload_i32(&dev, &poss)?,
+        upload_i32(&dev, &offs)?,
+        upload_i32(&dev, &flat)?,
+    );
     let smem = (h.qk_dim + 256) * 4;
-    let (qp, kp, vp, outp) = (f32_ptr(q)?, f32_ptr(keys)?, f32_ptr(values)?, gpu(&out)?.ptr());
-    let (sp, pp, op, tp) = (raw(&dev, &sb), raw(&dev, &pb), raw(&dev, &ob), raw(&dev, &tb));
+    let (qp, kp, vp, outp) = (
+        f32_ptr(q)?,
+        f32_ptr(keys)?,
+        f32_ptr(values)?,
+        gpu(&out)?.ptr(),
+    );
+    let (sp, pp, op, tp) = (
+        raw(&dev, &sb),
+        raw(&dev, &pb),
+        raw(&dev, &ob),
+        raw(&dev, &tb),
+    );
     let window = h.window.map_or(0, |w| w as i32);
     launch!(dev, "paged_attention_f32", queries.len() * h.n_heads, THREADS_ATT, smem;
         a = qp, b = kp, c = vp, d = outp, e = sp, f2 = pp, g = op, i = tp,
@@ -370,23 +525,45 @@ pub fn paged_attention(q: &Tensor, queries: &[QueryPos], tables: &[&[u32]], keys
 
 /// Grouped SwiGLU: rows `offsets[e]..offsets[e+1]` of `x` through expert e (naive kernels, one
 /// warp per output).
-pub fn grouped_swiglu(x: &Tensor, offsets: &[usize], gate_up: &Tensor, down: &Tensor, biases: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
+pub fn grouped_swiglu(
+    x: &Tensor,
+    offsets: &[usize],
+    gate_up: &Tensor,
+    down: &Tensor,
+    biases: Option<(&Tensor, &Tensor)>,
+) -> Result<Tensor> {
     let (rows, hidden) = rows_of(x);
     let inter = down.dims()[2];
     let n_exp = down.dims()[0];
-    if offsets.len() != n_exp + 1 || offsets[n_exp] != rows || gate_up.dims() != [n_exp, 2 * inter, hidden] {
-        return Err(Error::Shape(format!("grouped_swiglu: x {} offsets {offsets:?} gate_up {} down {}", x.shape(), gate_up.shape(), down.shape())));
+    if offsets.len() != n_exp + 1
+        || offsets[n_exp] != rows
+        || gate_up.dims() != [n_exp, 2 * inter, hidden]
+    {
+        return Err(Error::Shape(format!(
+            "grouped_swiglu: x {} offsets {offsets:?} gate_up {} down {}",
+            x.shape(),
+            gate_up.shape(),
+            down.shape()
+        )));
     }
     let dev = gpu(x)?.device().clone();
     let y = empty(&dev, [rows, hidden])?;
     if rows == 0 {
         return Ok(y);
     }
-    let expert: Vec<i32> = (0..n_exp).flat_map(|e| std::iter::repeat_n(e as i32, offsets[e + 1] - offsets[e])).collect();
+    let expert: Vec<i32> = (0..n_exp)
+        .flat_map(|e| std::iter::repeat_n(e as i32, offsets[e + 1] - offsets[e]))
+        .collect();
     let eb = upload_i32(&dev, &expert)?;
     let act = empty(&dev, [rows, inter])?;
     let (xp, gs, ds) = (f32_ptr(x)?, gpu(gate_up)?, gpu(down)?);
-    let (gp, dp, ep, ap, yp) = (gs.ptr(), ds.ptr(), raw(&dev, &eb), gpu(&act)?.ptr(), gpu(&y)?.ptr());
+    let (gp, dp, ep, ap, yp) = (
+        gs.ptr(),
+        ds.ptr(),
+        raw(&dev, &eb),
+        gpu(&act)?.ptr(),
+        gpu(&y)?.ptr(),
+    );
     let (gbp, dbp) = match biases {
         Some((gb, db)) => (f32_ptr(gb)?, f32_ptr(db)?),
         None => (0, 0),
@@ -423,7 +600,14 @@ pub fn combine(y: &Tensor, order: &[u32], weights: &[f32], top_k: usize) -> Resu
         row_of_pair[pair as usize] = row as i32;
     }
     let (rb, wb) = (upload_i32(&dev, &row_of_pair)?, dev.upload(weights)?);
-    let (yp, rp, wp, op, hh, k) = (f32_ptr(y)?, raw(&dev, &rb), raw(&dev, &wb), gpu(&out)?.ptr(), h as i32, top_k as i32);
+    let (yp, rp, wp, op, hh, k) = (
+        f32_ptr(y)?,
+        raw(&dev, &rb),
+        raw(&dev, &wb),
+        gpu(&out)?.ptr(),
+        h as i32,
+        top_k as i32,
+    );
     launch!(dev, "combine_f32", n_tokens, THREADS, 0; a = yp, b = rp, c = wp, d = op, e = hh, f2 = k);
     drop((rb, wb));
     Ok(out)
@@ -433,7 +617,11 @@ pub fn combine(y: &Tensor, order: &[u32], weights: &[f32], top_k: usize) -> Resu
 pub fn sigmoid_scale_rows(s: &mut Tensor, gate: &Tensor) -> Result<()> {
     let (rows, cols) = rows_of(s);
     if gate.numel() != rows {
-        return Err(Error::Shape(format!("sigmoid_scale_rows: {} rows, {} gates", rows, gate.numel())));
+        return Err(Error::Shape(format!(
+            "sigmoid_scale_rows: {} rows, {} gates",
+            rows,
+            gate.numel()
+        )));
     }
     let gp = f32_ptr(gate)?;
     let st = gpu_mut(s)?;
@@ -455,5 +643,10 @@ pub fn argmax_rows(x: &Tensor) -> Result<Vec<u32>> {
     let out = alloc::<i32>(&dev, rows)?;
     let (xp, op, c) = (f32_ptr(x)?, raw(&dev, &out), cols as i32);
     launch!(dev, "argmax_rows", rows, 1024, 0; a = xp, b = op, cc = c);
-    Ok(dev.download(&out)?.into_iter().take(rows).map(|i| i as u32).collect())
+    Ok(dev
+        .download(&out)?
+        .into_iter()
+        .take(rows)
+        .map(|i| i as u32)
+        .collect())
 }

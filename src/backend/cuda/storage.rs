@@ -91,8 +91,16 @@ impl CudaStorage {
         }
         let stream = self.dev.stream();
         let copy = match &*self.buf {
-            DevBuf::F32(s) => DevBuf::F32(stream.clone_dtod(s).map_err(dev_err("copying a GPU buffer"))?),
-            DevBuf::Bf16(s) => DevBuf::Bf16(stream.clone_dtod(s).map_err(dev_err("copying a GPU buffer"))?),
+            DevBuf::F32(s) => DevBuf::F32(
+                stream
+                    .clone_dtod(s)
+                    .map_err(dev_err("copying a GPU buffer"))?,
+            ),
+            DevBuf::Bf16(s) => DevBuf::Bf16(
+                stream
+                    .clone_dtod(s)
+                    .map_err(dev_err("copying a GPU buffer"))?,
+            ),
         };
         self.buf = Arc::new(copy);
         Ok(())
@@ -102,8 +110,15 @@ impl CudaStorage {
     pub fn to_host(&self) -> Result<Vec<f32>> {
         let stream = self.dev.stream();
         Ok(match &*self.buf {
-            DevBuf::F32(s) => stream.clone_dtoh(s).map_err(dev_err("copying from the GPU"))?,
-            DevBuf::Bf16(s) => stream.clone_dtoh(s).map_err(dev_err("copying from the GPU"))?.into_iter().map(f32::from).collect(),
+            DevBuf::F32(s) => stream
+                .clone_dtoh(s)
+                .map_err(dev_err("copying from the GPU"))?,
+            DevBuf::Bf16(s) => stream
+                .clone_dtoh(s)
+                .map_err(dev_err("copying from the GPU"))?
+                .into_iter()
+                .map(f32::from)
+                .collect(),
         })
     }
 }
@@ -120,12 +135,20 @@ pub fn set_poison(on: bool) {
 pub fn alloc<T: DeviceRepr>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
     let len = len.max(1);
     // SAFETY: the buffer is only read by kernels after an op wrote it (or poisoned below).
-    let buf: CudaSlice<T> = unsafe { dev.stream().alloc(len) }.map_err(dev_err("allocating GPU memory"))?;
+    let buf: CudaSlice<T> =
+        unsafe { dev.stream().alloc(len) }.map_err(dev_err("allocating GPU memory"))?;
     if POISON.load(Ordering::SeqCst) {
         let ptr = buf.device_ptr(dev.stream()).0;
         // SAFETY: ptr is the fresh allocation of len·size_of::<T>() bytes on this stream.
-        unsafe { cudarc::driver::result::memset_d8_async(ptr, 0xFF, len * std::mem::size_of::<T>(), dev.stream().cu_stream()) }
-            .map_err(dev_err("poisoning GPU memory"))?;
+        unsafe {
+            cudarc::driver::result::memset_d8_async(
+                ptr,
+                0xFF,
+                len * std::mem::size_of::<T>(),
+                dev.stream().cu_stream(),
+            )
+        }
+        .map_err(dev_err("poisoning GPU memory"))?;
     }
     Ok(buf)
 }
@@ -134,7 +157,10 @@ pub fn alloc<T: DeviceRepr>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>
 /// set of compiled kernels per GPU).
 pub fn shared_device(ordinal: usize) -> Result<CudaHandle> {
     static DEVICES: OnceLock<Mutex<HashMap<usize, CudaHandle>>> = OnceLock::new();
-    let mut map = DEVICES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    let mut map = DEVICES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     if let Some(d) = map.get(&ordinal) {
         return Ok(d.clone());
     }

@@ -46,7 +46,11 @@ pub struct TcpComm {
 
 impl std::fmt::Debug for TcpComm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TcpComm").field("group", &self.kind.name()).field("rank", &self.rank).field("size", &self.size).finish_non_exhaustive()
+        f.debug_struct("TcpComm")
+            .field("group", &self.kind.name())
+            .field("rank", &self.rank)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
     }
 }
 
@@ -56,7 +60,11 @@ impl Drop for TcpComm {
     fn drop(&mut self) {
         for out in self.to.iter().flatten() {
             if let Outbound::Remote(link, peer) = out {
-                let _ = link.send(&Frame::Hangup { group: self.kind, src: self.global, dst: *peer });
+                let _ = link.send(&Frame::Hangup {
+                    group: self.kind,
+                    src: self.global,
+                    dst: *peer,
+                });
             }
         }
     }
@@ -73,27 +81,49 @@ impl TcpComm {
     }
 
     fn bad(&self, op: Op, message: String) -> CommError {
-        CommError::BadArgument { group: self.group(), rank: self.rank, op, message }
+        CommError::BadArgument {
+            group: self.group(),
+            rank: self.rank,
+            op,
+            message,
+        }
     }
 
     fn gone(&self, op: Op, peer: usize) -> CommError {
-        CommError::PeerGone { group: self.group(), rank: self.rank, peer, op }
+        CommError::PeerGone {
+            group: self.group(),
+            rank: self.rank,
+            peer,
+            op,
+        }
     }
 
     fn check_peer(&self, op: Op, peer: usize, what: &str) -> Result<(), CommError> {
         if peer >= self.size || peer == self.rank {
-            return Err(self.bad(op, format!("{what} {peer} must be another rank of this group of {}", self.size)));
+            return Err(self.bad(
+                op,
+                format!(
+                    "{what} {peer} must be another rank of this group of {}",
+                    self.size
+                ),
+            ));
         }
         Ok(())
     }
 
     fn check_counts(&self, op: Op, len: usize, counts: &[usize]) -> Result<(), CommError> {
         if counts.len() != self.size {
-            return Err(self.bad(op, format!("{} counts for a group of {} ranks", counts.len(), self.size)));
+            return Err(self.bad(
+                op,
+                format!("{} counts for a group of {} ranks", counts.len(), self.size),
+            ));
         }
         let total: usize = counts.iter().sum();
         if total != len {
-            return Err(self.bad(op, format!("counts sum to {total} but the buffer holds {len}")));
+            return Err(self.bad(
+                op,
+                format!("counts sum to {total} but the buffer holds {len}"),
+            ));
         }
         Ok(())
     }
@@ -101,13 +131,25 @@ impl TcpComm {
     fn send_bytes(&self, op: Op, dst: usize, payload: Vec<u8>) -> Result<(), CommError> {
         let n = payload.len() as u64;
         match self.to[dst].as_ref().expect("no link to self") {
-            Outbound::Local(tx) => tx.send(Message { op, payload }).map_err(|_| self.gone(op, dst))?,
+            Outbound::Local(tx) => tx
+                .send(Message { op, payload })
+                .map_err(|_| self.gone(op, dst))?,
             Outbound::Remote(link, peer) => {
-                let frame = Frame::Data { group: self.kind, op, src: self.global, dst: *peer, payload };
+                let frame = Frame::Data {
+                    group: self.kind,
+                    op,
+                    src: self.global,
+                    dst: *peer,
+                    payload,
+                };
                 link.send(&frame).map_err(|e| match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                        CommError::Timeout { group: self.group(), rank: self.rank, peer: dst, op, after: self.timeout }
-                    }
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => CommError::Timeout {
+                        group: self.group(),
+                        rank: self.rank,
+                        peer: dst,
+                        op,
+                        after: self.timeout,
+                    },
                     _ => self.gone(op, dst),
                 })?
             }
@@ -119,11 +161,23 @@ impl TcpComm {
     fn recv_bytes(&self, op: Op, src: usize) -> Result<Vec<u8>, CommError> {
         let rx = self.from[src].as_ref().expect("no channel from self");
         let msg = rx.recv_timeout(self.timeout).map_err(|e| match e {
-            RecvTimeoutError::Timeout => CommError::Timeout { group: self.group(), rank: self.rank, peer: src, op, after: self.timeout },
+            RecvTimeoutError::Timeout => CommError::Timeout {
+                group: self.group(),
+                rank: self.rank,
+                peer: src,
+                op,
+                after: self.timeout,
+            },
             RecvTimeoutError::Disconnected => self.gone(op, src),
         })?;
         if msg.op != op {
-            return Err(CommError::Mismatch { group: self.group(), rank: self.rank, peer: src, expected: op, got: msg.op });
+            return Err(CommError::Mismatch {
+                group: self.group(),
+                rank: self.rank,
+                peer: src,
+                expected: op,
+                got: msg.op,
+            });
         }
         Ok(msg.payload)
     }
@@ -132,9 +186,22 @@ impl TcpComm {
         self.send_bytes(op, dst, encode(data))
     }
 
-    fn recv_elems<T: Element>(&self, op: Op, src: usize, expect: Option<usize>) -> Result<Vec<T>, CommError> {
+    fn recv_elems<T: Element>(
+        &self,
+        op: Op,
+        src: usize,
+        expect: Option<usize>,
+    ) -> Result<Vec<T>, CommError> {
         let bytes = self.recv_bytes(op, src)?;
-        let data = decode::<T>(&bytes).ok_or_else(|| self.bad(op, format!("{} bytes from rank {src} are not whole elements", bytes.len())))?;
+        let data = decode::<T>(&bytes).ok_or_else(|| {
+            self.bad(
+                op,
+                format!(
+                    "{} bytes from rank {src} are not whole elements",
+                    bytes.len()
+                ),
+            )
+        })?;
         match expect {
             Some(n) if n != data.len() => Err(self.bad(
                 op,
@@ -184,7 +251,11 @@ impl TcpComm {
         Ok((out, counts))
     }
 
-    fn all_to_all_impl<T: Element>(&self, send: &[T], send_counts: &[usize]) -> Result<(Vec<T>, Vec<usize>), CommError> {
+    fn all_to_all_impl<T: Element>(
+        &self,
+        send: &[T],
+        send_counts: &[usize],
+    ) -> Result<(Vec<T>, Vec<usize>), CommError> {
         self.check_counts(Op::AllToAll, send.len(), send_counts)?;
         let offs = offsets(send_counts);
         let part = |r: usize| &send[offs[r]..offs[r] + send_counts[r]];
@@ -270,11 +341,19 @@ impl Communicator for TcpComm {
         self.gather_impl(data)
     }
 
-    fn all_to_all_v(&self, send: &[f32], send_counts: &[usize]) -> Result<(Vec<f32>, Vec<usize>), CommError> {
+    fn all_to_all_v(
+        &self,
+        send: &[f32],
+        send_counts: &[usize],
+    ) -> Result<(Vec<f32>, Vec<usize>), CommError> {
         self.all_to_all_impl(send, send_counts)
     }
 
-    fn all_to_all_v_u32(&self, send: &[u32], send_counts: &[usize]) -> Result<(Vec<u32>, Vec<usize>), CommError> {
+    fn all_to_all_v_u32(
+        &self,
+        send: &[u32],
+        send_counts: &[usize],
+    ) -> Result<(Vec<u32>, Vec<usize>), CommError> {
         self.all_to_all_impl(send, send_counts)
     }
 
@@ -290,7 +369,10 @@ impl Communicator for TcpComm {
 
     fn broadcast(&self, buf: &mut Vec<f32>, root: usize) -> Result<(), CommError> {
         if root >= self.size {
-            return Err(self.bad(Op::Broadcast, format!("root {root} is not a rank of this group of {}", self.size)));
+            return Err(self.bad(
+                Op::Broadcast,
+                format!("root {root} is not a rank of this group of {}", self.size),
+            ));
         }
         if self.rank == root {
             for dst in self.others() {

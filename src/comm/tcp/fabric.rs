@@ -128,9 +128,17 @@ impl Fabric {
     /// Connects this node to every other (`book[n]`: node `n`'s data address; `listener`: this
     /// node's, already bound at `book[spec.node]`) and returns the communicators of every local
     /// rank, in global rank order.
-    pub fn connect(spec: &FabricSpec, listener: TcpListener, book: &[SocketAddr]) -> Result<Vec<TcpRankComms>, FabricError> {
+    pub fn connect(
+        spec: &FabricSpec,
+        listener: TcpListener,
+        book: &[SocketAddr],
+    ) -> Result<Vec<TcpRankComms>, FabricError> {
         let world = spec.grid.world();
-        if spec.nodes == 0 || !world.is_multiple_of(spec.nodes) || spec.node >= spec.nodes || book.len() != spec.nodes {
+        if spec.nodes == 0
+            || !world.is_multiple_of(spec.nodes)
+            || spec.node >= spec.nodes
+            || book.len() != spec.nodes
+        {
             return Err(FabricError::Spec(format!(
                 "{} ranks over {} nodes (this is node {}, {} addresses): the nodes must split the ranks evenly",
                 world,
@@ -175,25 +183,62 @@ impl Fabric {
                 .name(format!("fabric-from-{node}"))
                 .spawn(move || read_loop(reader, table))
                 .expect("start a fabric reader thread");
-            links[node] = Some(Arc::new(NodeLink { stream: Mutex::new(stream) }));
+            links[node] = Some(Arc::new(NodeLink {
+                stream: Mutex::new(stream),
+            }));
         }
         local
             .map(|me| {
                 let mut comm = |kind: GroupKind| {
                     let group = members(&grid, kind, me);
-                    let rank = group.iter().position(|&g| g == me).expect("a rank is in its groups");
+                    let rank = group
+                        .iter()
+                        .position(|&g| g == me)
+                        .expect("a rank is in its groups");
                     let to = group
                         .iter()
                         .map(|&peer| match peer {
                             p if p == me => None,
-                            p if spec.node_of(p) == spec.node => Some(Outbound::Local(local_out.remove(&(kind, me, p)).expect("one channel per pair"))),
-                            p => Some(Outbound::Remote(links[spec.node_of(p)].clone().expect("a link to every other node"), p as u32)),
+                            p if spec.node_of(p) == spec.node => Some(Outbound::Local(
+                                local_out
+                                    .remove(&(kind, me, p))
+                                    .expect("one channel per pair"),
+                            )),
+                            p => Some(Outbound::Remote(
+                                links[spec.node_of(p)]
+                                    .clone()
+                                    .expect("a link to every other node"),
+                                p as u32,
+                            )),
                         })
                         .collect();
-                    let from = group.iter().map(|&peer| if peer == me { None } else { incoming.remove(&(kind, peer, me)) }).collect();
-                    TcpComm { kind, rank, size: group.len(), global: me as u32, to, from, timeout: spec.timeout, bytes: AtomicU64::new(0) }
+                    let from = group
+                        .iter()
+                        .map(|&peer| {
+                            if peer == me {
+                                None
+                            } else {
+                                incoming.remove(&(kind, peer, me))
+                            }
+                        })
+                        .collect();
+                    TcpComm {
+                        kind,
+                        rank,
+                        size: group.len(),
+                        global: me as u32,
+                        to,
+                        from,
+                        timeout: spec.timeout,
+                        bytes: AtomicU64::new(0),
+                    }
                 };
-                TcpRankComms { coords: grid.coords(me), tp: comm(GroupKind::Tp), ep: comm(GroupKind::Ep), pp: comm(GroupKind::Pp) }
+                TcpRankComms {
+                    coords: grid.coords(me),
+                    tp: comm(GroupKind::Tp),
+                    ep: comm(GroupKind::Ep),
+                    pp: comm(GroupKind::Pp),
+                }
             })
             .collect()
     }
@@ -213,7 +258,13 @@ fn read_loop(stream: TcpStream, mut routes: Routes) {
     let mut r = BufReader::with_capacity(1 << 16, stream);
     while let Ok(Some(frame)) = read_frame(&mut r) {
         match frame {
-            Frame::Data { group, op, src, dst, payload } => {
+            Frame::Data {
+                group,
+                op,
+                src,
+                dst,
+                payload,
+            } => {
                 if let Some(tx) = routes.get(&(group, src, dst)) {
                     let _ = tx.send(Message { op, payload });
                 }
@@ -226,20 +277,34 @@ fn read_loop(stream: TcpStream, mut routes: Routes) {
 }
 
 /// Opens the connection to every other node: dials the lower ones, accepts the higher ones.
-fn mesh(spec: &FabricSpec, listener: TcpListener, book: &[SocketAddr]) -> Result<Vec<Option<TcpStream>>, FabricError> {
+fn mesh(
+    spec: &FabricSpec,
+    listener: TcpListener,
+    book: &[SocketAddr],
+) -> Result<Vec<Option<TcpStream>>, FabricError> {
     let me = spec.node;
-    let io_err = |what: String| move |source| FabricError::Io { node: me, what, source };
+    let io_err = |what: String| {
+        move |source| FabricError::Io {
+            node: me,
+            what,
+            source,
+        }
+    };
     let mut streams: Vec<Option<TcpStream>> = (0..spec.nodes).map(|_| None).collect();
     for (peer, addr) in book.iter().enumerate().take(me) {
-        let mut s = TcpStream::connect_timeout(addr, spec.connect_timeout).map_err(io_err(format!("connecting to node {peer} at {addr}")))?;
+        let mut s = TcpStream::connect_timeout(addr, spec.connect_timeout)
+            .map_err(io_err(format!("connecting to node {peer} at {addr}")))?;
         let mut hello = MAGIC.to_vec();
         hello.extend_from_slice(&spec.session.to_le_bytes());
         hello.extend_from_slice(&(me as u32).to_le_bytes());
-        s.write_all(&hello).map_err(io_err(format!("greeting node {peer} at {addr}")))?;
+        s.write_all(&hello)
+            .map_err(io_err(format!("greeting node {peer} at {addr}")))?;
         streams[peer] = Some(s);
     }
     let deadline = Instant::now() + spec.connect_timeout;
-    listener.set_nonblocking(true).map_err(io_err("setting up the data listener".into()))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(io_err("setting up the data listener".into()))?;
     let expected = spec.nodes - me - 1;
     let mut accepted = 0;
     while accepted < expected {
@@ -254,8 +319,14 @@ fn mesh(spec: &FabricSpec, listener: TcpListener, book: &[SocketAddr]) -> Result
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if Instant::now() >= deadline {
-                    let missing = (me + 1..spec.nodes).filter(|&n| streams[n].is_none()).collect();
-                    return Err(FabricError::Timeout { node: me, missing, after: spec.connect_timeout });
+                    let missing = (me + 1..spec.nodes)
+                        .filter(|&n| streams[n].is_none())
+                        .collect();
+                    return Err(FabricError::Timeout {
+                        node: me,
+                        missing,
+                        after: spec.connect_timeout,
+                    });
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -276,10 +347,13 @@ fn mesh(spec: &FabricSpec, listener: TcpListener, book: &[SocketAddr]) -> Result
 /// The node rank a new connection announces, if it belongs to this job.
 fn handshake(s: &TcpStream, spec: &FabricSpec, deadline: Instant) -> Option<usize> {
     s.set_nonblocking(false).ok()?;
-    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(100));
     s.set_read_timeout(Some(left)).ok()?;
     let mut buf = [0u8; 16];
     (&*s).read_exact(&mut buf).ok()?;
     let session = u64::from_le_bytes(buf[4..12].try_into().ok()?);
-    (&buf[..4] == MAGIC && session == spec.session).then(|| u32::from_le_bytes(buf[12..16].try_into().expect("4 bytes")) as usize)
+    (&buf[..4] == MAGIC && session == spec.session)
+        .then(|| u32::from_le_bytes(buf[12..16].try_into().expect("4 bytes")) as usize)
 }

@@ -45,19 +45,39 @@ impl GroupKind {
     }
 }
 
-const OPS: [Op; 7] = [Op::AllReduce, Op::ReduceScatter, Op::AllGather, Op::AllToAll, Op::PointToPoint, Op::Broadcast, Op::Barrier];
+const OPS: [Op; 7] = [
+    Op::AllReduce,
+    Op::ReduceScatter,
+    Op::AllGather,
+    Op::AllToAll,
+    Op::PointToPoint,
+    Op::Broadcast,
+    Op::Barrier,
+];
 
 fn op_code(op: Op) -> u8 {
-    OPS.iter().position(|&o| o == op).expect("every op is listed") as u8
+    OPS.iter()
+        .position(|&o| o == op)
+        .expect("every op is listed") as u8
 }
 
 /// What a frame carries.
 #[derive(Debug)]
 pub(crate) enum Frame {
     /// One collective's bytes from `src` to `dst`.
-    Data { group: GroupKind, op: Op, src: u32, dst: u32, payload: Vec<u8> },
+    Data {
+        group: GroupKind,
+        op: Op,
+        src: u32,
+        dst: u32,
+        payload: Vec<u8>,
+    },
     /// `src` dropped its communicator of `group`.
-    Hangup { group: GroupKind, src: u32, dst: u32 },
+    Hangup {
+        group: GroupKind,
+        src: u32,
+        dst: u32,
+    },
 }
 
 const HEADER: usize = 20;
@@ -65,7 +85,13 @@ const HEADER: usize = 20;
 /// Writes one frame as a single buffer (one lock hold, one `write_all`).
 pub(crate) fn write_frame(w: &mut impl Write, frame: &Frame) -> io::Result<()> {
     let (kind, group, op, src, dst, payload): (u8, GroupKind, u8, u32, u32, &[u8]) = match frame {
-        Frame::Data { group, op, src, dst, payload } => (0, *group, op_code(*op), *src, *dst, payload),
+        Frame::Data {
+            group,
+            op,
+            src,
+            dst,
+            payload,
+        } => (0, *group, op_code(*op), *src, *dst, payload),
         Frame::Hangup { group, src, dst } => (1, *group, 0, *src, *dst, &[]),
     };
     let mut buf = Vec::with_capacity(HEADER + payload.len());
@@ -88,17 +114,26 @@ pub(crate) fn read_frame(r: &mut impl Read) -> io::Result<Option<Frame>> {
     }
     r.read_exact(&mut h[1..])?;
     let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
-    let group = GroupKind::from_code(h[1]).ok_or_else(|| bad(format!("unknown group code {}", h[1])))?;
+    let group =
+        GroupKind::from_code(h[1]).ok_or_else(|| bad(format!("unknown group code {}", h[1])))?;
     let src = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes"));
     let dst = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
     let len = u64::from_le_bytes(h[12..20].try_into().expect("8 bytes"));
     match h[0] {
         0 => {
-            let op = *OPS.get(h[2] as usize).ok_or_else(|| bad(format!("unknown op code {}", h[2])))?;
+            let op = *OPS
+                .get(h[2] as usize)
+                .ok_or_else(|| bad(format!("unknown op code {}", h[2])))?;
             let len = usize::try_from(len).map_err(|_| bad(format!("frame of {len} bytes")))?;
             let mut payload = vec![0u8; len];
             r.read_exact(&mut payload)?;
-            Ok(Some(Frame::Data { group, op, src, dst, payload }))
+            Ok(Some(Frame::Data {
+                group,
+                op,
+                src,
+                dst,
+                payload,
+            }))
         }
         1 => Ok(Some(Frame::Hangup { group, src, dst })),
         k => Err(bad(format!("unknown frame kind {k}"))),
@@ -112,14 +147,45 @@ mod tests {
     #[test]
     fn frames_round_trip() {
         let mut buf = Vec::new();
-        write_frame(&mut buf, &Frame::Data { group: GroupKind::Ep, op: Op::AllToAll, src: 3, dst: 1, payload: vec![1, 2, 3] }).unwrap();
-        write_frame(&mut buf, &Frame::Hangup { group: GroupKind::Pp, src: 0, dst: 2 }).unwrap();
+        write_frame(
+            &mut buf,
+            &Frame::Data {
+                group: GroupKind::Ep,
+                op: Op::AllToAll,
+                src: 3,
+                dst: 1,
+                payload: vec![1, 2, 3],
+            },
+        )
+        .unwrap();
+        write_frame(
+            &mut buf,
+            &Frame::Hangup {
+                group: GroupKind::Pp,
+                src: 0,
+                dst: 2,
+            },
+        )
+        .unwrap();
         let mut r = buf.as_slice();
         match read_frame(&mut r).unwrap() {
-            Some(Frame::Data { group: GroupKind::Ep, op: Op::AllToAll, src: 3, dst: 1, payload }) => assert_eq!(payload, vec![1, 2, 3]),
+            Some(Frame::Data {
+                group: GroupKind::Ep,
+                op: Op::AllToAll,
+                src: 3,
+                dst: 1,
+                payload,
+            }) => assert_eq!(payload, vec![1, 2, 3]),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(read_frame(&mut r).unwrap(), Some(Frame::Hangup { group: GroupKind::Pp, src: 0, dst: 2 })));
+        assert!(matches!(
+            read_frame(&mut r).unwrap(),
+            Some(Frame::Hangup {
+                group: GroupKind::Pp,
+                src: 0,
+                dst: 2
+            })
+        ));
         assert!(read_frame(&mut r).unwrap().is_none());
     }
 }
