@@ -29,7 +29,7 @@ pub struct MoeBlock {
     experts: ExpertBank,
     shared: Option<SharedExperts>,
     /// Where the routed experts live (None: a dense block, computed locally).
-    placement: Option<Placement>,
+    placement: Placement,
     ep_rank: usize,
     ranks_per_node: usize,
 }
@@ -76,7 +76,7 @@ impl MoeBlock {
                 router: Router::Dense { parts },
                 experts: mlp,
                 shared: None,
-                placement: Some(placement.clone()),
+                placement: placement.clone(),
                 ep_rank: shard.ep_rank,
                 ranks_per_node: shard.ranks_per_node,
             });
@@ -115,7 +115,7 @@ impl MoeBlock {
             router,
             experts,
             shared,
-            placement: Some(placement.clone()),
+            placement: placement.clone(),
             ep_rank: shard.ep_rank,
             ranks_per_node: shard.ranks_per_node,
         })
@@ -127,8 +127,8 @@ impl MoeBlock {
     }
 
     /// Where the routed experts live (None for a dense block).
-    pub fn placement(&self) -> Option<&Placement> {
-        self.placement.as_ref()
+    pub fn placement(&self) -> &Placement {
+        &self.placement
     }
 
     /// This rank's index in the EP group.
@@ -151,11 +151,12 @@ impl MoeBlock {
         placement: Placement,
         slots: Vec<(usize, Vec<f32>)>,
     ) -> Result<()> {
-        let Some(old) = &self.placement else {
+        if !self.is_sparse() {
             return Err(crate::Error::Ranks(
                 "a dense block has no expert placement to switch".into(),
             ));
-        };
+        }
+        let old = &self.placement;
         let same_shape = old.n_logical() == placement.n_logical()
             && old.n_ranks() == placement.n_ranks()
             && old.slots_per_rank() == placement.slots_per_rank();
@@ -177,7 +178,7 @@ impl MoeBlock {
         for (slot, w) in &slots {
             self.experts.set_slot_weights(*slot, w)?;
         }
-        self.placement = Some(placement);
+        self.placement = placement;
         Ok(())
     }
 
@@ -204,49 +205,38 @@ impl MoeBlock {
     pub fn forward(&self, x: &Tensor, ep: &dyn Communicator) -> Result<MoeOutput> {
         let routing = self.router.route(x)?;
         let n = self.router.n_experts();
-        let (mut out, dispatch) = match &self.placement {
+        let placement = &self.placement;
+        let (mut out, dispatch) = if x.is_cuda() {
             // A GPU block runs its experts in place: one EP rank, slot i holding expert i.
-            Some(placement) if x.is_cuda() => {
-                if placement.n_ranks() != 1
-                    || placement
-                        .rank_experts(0)
-                        .iter()
-                        .enumerate()
-                        .any(|(i, &e)| e as usize != i)
-                {
-                    return Err(crate::Error::Device(
-                        "expert parallelism over several GPUs is not supported yet".into(),
-                    ));
-                }
-                let perm = ops::permute_by_expert(&routing.experts, n);
-                let xs = ops::gather_rows(x, &perm.order, routing.top_k)?;
-                let ys = self.experts.forward_grouped(&xs, &perm.offsets)?;
-                let rows_computed = perm.order.len() as u64;
-                (
-                    ops::combine(&ys, &perm.order, &routing.weights, routing.top_k)?,
-                    DispatchStats {
-                        rows_computed,
-                        ..DispatchStats::default()
-                    },
-                )
+            let in_place = placement.n_ranks() == 1
+                && placement
+                    .rank_experts(0)
+                    .iter()
+                    .enumerate()
+                    .all(|(i, &e)| e as usize == i);
+            if !in_place {
+                return Err(crate::Error::Device(
+                    "expert parallelism over several GPUs is not supported yet".into(),
+                ));
             }
-            Some(placement) => {
-                let rank = EpRank {
-                    placement,
-                    rank: self.ep_rank,
-                    ranks_per_node: self.ranks_per_node,
-                };
-                dispatch_combine(x, &routing, rank, &self.experts, ep)?
-            }
-            None => {
-                let perm = ops::permute_by_expert(&routing.experts, n);
-                let xs = ops::gather_rows(x, &perm.order, routing.top_k)?;
-                let ys = self.experts.forward_grouped(&xs, &perm.offsets)?;
-                (
-                    ops::combine(&ys, &perm.order, &routing.weights, routing.top_k)?,
-                    DispatchStats::default(),
-                )
-            }
+            let perm = ops::permute_by_expert(&routing.experts, n);
+            let xs = ops::gather_rows(x, &perm.order, routing.top_k)?;
+            let ys = self.experts.forward_grouped(&xs, &perm.offsets)?;
+            let stats = DispatchStats {
+                rows_computed: perm.order.len() as u64,
+                ..DispatchStats::default()
+            };
+            (
+                ops::combine(&ys, &perm.order, &routing.weights, routing.top_k)?,
+                stats,
+            )
+        } else {
+            let rank = EpRank {
+                placement,
+                rank: self.ep_rank,
+                ranks_per_node: self.ranks_per_node,
+            };
+            dispatch_combine(x, &routing, rank, &self.experts, ep)?
         };
         if let Some(shared) = &self.shared {
             let mut s = shared.mlp.forward_grouped(x, &[0, x.dims()[0]])?;
