@@ -11,6 +11,7 @@ mod communicator;
 mod element;
 mod error;
 mod grid;
+pub(crate) mod links;
 mod local;
 pub mod tcp;
 mod world;
