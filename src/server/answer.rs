@@ -55,6 +55,19 @@ fn submit_error(e: SubmitError) -> ApiError {
     }
 }
 
+/// Answers a validated job, or turns the validation or engine error into the OpenAI-shaped
+/// error response (counting it): the body of every generation endpoint.
+pub async fn respond(state: Arc<AppState>, job: Result<Job, ApiError>) -> Response {
+    let result = match job {
+        Ok(job) => answer(state.clone(), job).await,
+        Err(e) => Err(e),
+    };
+    result.unwrap_or_else(|e| {
+        state.record_error(&e);
+        e.into_response()
+    })
+}
+
 /// Submits the job and answers it.
 pub async fn answer(state: Arc<AppState>, job: Job) -> Result<Response, ApiError> {
     let mut streams = Vec::with_capacity(job.choices.len());

@@ -1,6 +1,6 @@
 //! `POST /v1/chat/completions`: messages rendered with the checkpoint's chat template.
 
-use super::answer::{answer, ChoiceJob, Job};
+use super::answer::{respond, ChoiceJob, Job};
 use super::body;
 use super::chat_template::ROLES;
 use super::error::ApiError;
@@ -12,7 +12,7 @@ use super::state::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use std::sync::Arc;
 
 /// Alternatives per token at most (as the OpenAI API).
@@ -23,14 +23,8 @@ pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let result = match validate(&state, body) {
-        Ok(job) => answer(state.clone(), job).await,
-        Err(e) => Err(e),
-    };
-    result.unwrap_or_else(|e| {
-        state.record_error(&e);
-        e.into_response()
-    })
+    let job = validate(&state, body);
+    respond(state, job).await
 }
 
 fn validate(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Job, ApiError> {

@@ -1,6 +1,6 @@
 //! `POST /v1/completions`: text or token-id prompts, one or a batch.
 
-use super::answer::{answer, ChoiceJob, Job};
+use super::answer::{respond, ChoiceJob, Job};
 use super::body;
 use super::error::ApiError;
 use super::params::{DefaultMaxTokens, Sampling, MAX_CHOICES};
@@ -11,7 +11,7 @@ use super::state::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use std::sync::Arc;
 
 /// Alternatives per token at most (as the OpenAI API).
@@ -22,14 +22,8 @@ pub async fn completions(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let result = match validate(&state, body) {
-        Ok(job) => answer(state.clone(), job).await,
-        Err(e) => Err(e),
-    };
-    result.unwrap_or_else(|e| {
-        state.record_error(&e);
-        e.into_response()
-    })
+    let job = validate(&state, body);
+    respond(state, job).await
 }
 
 fn validate(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Job, ApiError> {
