@@ -4,17 +4,19 @@
 
 use crate::model::StepBatch;
 use crate::ops::QueryPos;
+use std::borrow::Cow;
 
 /// The attention group that serves a sequence with block table `table`.
 pub fn dp_group_of(table: &[u32], dp: usize) -> usize {
     table.first().map_or(0, |&b| b as usize % dp)
 }
 
-/// The part of `batch` that attention group `group` of `dp` computes, and for each of its logit
-/// rows, the index in `batch.logit_rows`.
-pub fn sub_batch(batch: &StepBatch, group: usize, dp: usize) -> (StepBatch, Vec<usize>) {
+/// The part of `batch` that attention group `group` of `dp` computes (the batch itself, not a
+/// copy, when there is one group), and for each of its logit rows, the index in
+/// `batch.logit_rows`.
+pub fn sub_batch(batch: &StepBatch, group: usize, dp: usize) -> (Cow<'_, StepBatch>, Vec<usize>) {
     if dp == 1 {
-        return (batch.clone(), (0..batch.logit_rows.len()).collect());
+        return (Cow::Borrowed(batch), (0..batch.logit_rows.len()).collect());
     }
     let mut sub = StepBatch::default();
     let mut seq_map = vec![None; batch.tables.len()];
@@ -39,7 +41,7 @@ pub fn sub_batch(batch: &StepBatch, group: usize, dp: usize) -> (StepBatch, Vec<
             logit_index.push(k);
         }
     }
-    (sub, logit_index)
+    (Cow::Owned(sub), logit_index)
 }
 
 #[cfg(test)]
