@@ -9,56 +9,33 @@ use common::*;
 use switchyard::backend::cpu::sample::SamplingParams;
 use switchyard::config::ModelConfig;
 use switchyard::engine::{Engine, GenerateOptions};
-use switchyard::layout::{LayoutOverrides, PlacementSpec};
+use switchyard::layout::PlacementSpec;
 use switchyard::model::{ModelSource, StepBatch};
 use switchyard::parallel::{ParallelExecutor, ParallelPlan};
 
 const BLOCK: usize = 4;
 const CACHE_TOKENS: usize = 64;
 
-fn plan(
-    tp: usize,
-    ep: usize,
-    pp: usize,
-    redundant: usize,
-    placement: PlacementSpec,
-) -> ParallelPlan {
-    let flags = LayoutOverrides {
-        tp: Some(tp),
-        ep: Some(ep),
-        pp: Some(pp),
-        redundant: Some(redundant),
-        ..Default::default()
-    };
-    let mut layout = flags.resolve().unwrap();
-    layout.experts.placement = placement;
-    layout.parallel.gpus_per_node = Some(2.min(ep));
-    layout.parallel.nodes = Some(ep * pp / 2.min(ep));
-    ParallelPlan::from_layout(layout).unwrap()
-}
-
-/// A deterministic scramble of the experts plus `redundant` replicas.
-fn scrambled(n: usize, redundant: usize) -> PlacementSpec {
-    let mut slots: Vec<u32> = (0..n as u32).map(|e| (e * 5 + 3) % n as u32).collect();
-    slots.extend((0..redundant as u32).map(|r| (r * 3 + 1) % n as u32));
-    slots.reverse();
-    PlacementSpec::Explicit(vec![slots])
-}
-
 fn layouts(cfg: &ModelConfig) -> Vec<(&'static str, ParallelPlan)> {
     let n = cfg.moe.as_ref().map_or(1, |m| m.n_experts);
     let mut v = vec![
-        ("ep2", plan(1, 2, 1, 0, PlacementSpec::Contiguous)),
-        ("ep4", plan(1, 4, 1, 0, PlacementSpec::Contiguous)),
-        ("tp2", plan(2, 2, 1, 0, PlacementSpec::Contiguous)),
-        ("tp2-ep4", plan(2, 4, 1, 0, PlacementSpec::Contiguous)),
-        ("pp2", plan(1, 1, 2, 0, PlacementSpec::Contiguous)),
-        ("tp2-ep4-pp2", plan(2, 4, 2, 0, PlacementSpec::Contiguous)),
+        ("ep2", layout_plan(1, 2, 1, 0, PlacementSpec::Contiguous)),
+        ("ep4", layout_plan(1, 4, 1, 0, PlacementSpec::Contiguous)),
+        ("tp2", layout_plan(2, 2, 1, 0, PlacementSpec::Contiguous)),
+        (
+            "tp2-ep4",
+            layout_plan(2, 4, 1, 0, PlacementSpec::Contiguous),
+        ),
+        ("pp2", layout_plan(1, 1, 2, 0, PlacementSpec::Contiguous)),
+        (
+            "tp2-ep4-pp2",
+            layout_plan(2, 4, 2, 0, PlacementSpec::Contiguous),
+        ),
     ];
     if cfg.moe.is_some() {
         v.push((
             "ep4-redundant4-scrambled",
-            plan(1, 4, 1, 4, scrambled(n, 4)),
+            layout_plan(1, 4, 1, 4, scrambled(n, 4)),
         ));
     }
     v
@@ -162,8 +139,8 @@ fn all_to_all_moves_the_bytes_the_plans_predict() {
     .weights()
     .unwrap();
     for p in [
-        plan(1, 4, 1, 0, PlacementSpec::Contiguous),
-        plan(1, 4, 1, 4, scrambled(8, 4)),
+        layout_plan(1, 4, 1, 0, PlacementSpec::Contiguous),
+        layout_plan(1, 4, 1, 4, scrambled(8, 4)),
     ] {
         let mut exec = ParallelExecutor::new(&cfg, src.clone(), &p, 32, BLOCK).unwrap();
         exec.submit(batch_of(&g.prompts, 0)).unwrap();
@@ -202,7 +179,7 @@ fn pipeline_stages_work_on_different_micro_batches_at_once() {
     let mut exec = ParallelExecutor::new(
         &cfg,
         src,
-        &plan(1, 1, 2, 0, PlacementSpec::Contiguous),
+        &layout_plan(1, 1, 2, 0, PlacementSpec::Contiguous),
         64,
         BLOCK,
     )
@@ -237,7 +214,7 @@ fn the_ranks_refuse_a_layout_that_cannot_work() {
     }
     .weights()
     .unwrap();
-    let mut p = plan(1, 1, 1, 0, PlacementSpec::Contiguous);
+    let mut p = layout_plan(1, 1, 1, 0, PlacementSpec::Contiguous);
     p.layout.parallel.ep = 3;
     p.layout.parallel.nodes = None;
     p.layout.parallel.gpus_per_node = None;

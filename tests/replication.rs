@@ -10,7 +10,7 @@ use std::sync::Arc;
 use switchyard::backend::cpu::sample::argmax;
 use switchyard::comm::World;
 use switchyard::engine::{Engine, GenerateOptions};
-use switchyard::layout::{LayoutOverrides, PlacementSpec};
+use switchyard::layout::PlacementSpec;
 use switchyard::model::{Model, ModelSource, StepBatch};
 use switchyard::parallel::{ParallelExecutor, ParallelPlan, RankContext};
 use switchyard::replication::{
@@ -20,37 +20,6 @@ use switchyard_experts::{moved_slots, Placement};
 
 const BLOCK: usize = 4;
 const MAX_NEW: usize = 14;
-
-/// A layout of the given sizes, two ranks per node, no rebalancing unless a test asks.
-fn plan(
-    tp: usize,
-    ep: usize,
-    pp: usize,
-    redundant: usize,
-    placement: PlacementSpec,
-) -> ParallelPlan {
-    let flags = LayoutOverrides {
-        tp: Some(tp),
-        ep: Some(ep),
-        pp: Some(pp),
-        redundant: Some(redundant),
-        ..Default::default()
-    };
-    let mut layout = flags.resolve().unwrap();
-    layout.experts.placement = placement;
-    layout.experts.rebalance_every = 0;
-    layout.parallel.gpus_per_node = Some(2);
-    layout.parallel.nodes = Some(ep * pp / 2);
-    ParallelPlan::from_layout(layout).unwrap()
-}
-
-/// The scramble of tests/layouts.rs: 8 experts + 4 replicas, out of order.
-fn scrambled() -> PlacementSpec {
-    let mut slots: Vec<u32> = (0..8u32).map(|e| (e * 5 + 3) % 8).collect();
-    slots.extend((0..4u32).map(|r| (r * 3 + 1) % 8));
-    slots.reverse();
-    PlacementSpec::Explicit(vec![slots])
-}
 
 /// A rebalance every 2 steps over the last 4, one layer copied per step.
 fn eager() -> ReplicationConfig {
@@ -211,20 +180,23 @@ fn check_served_outputs_do_not_change(label: &str, p: ParallelPlan) {
 
 #[test]
 fn served_outputs_do_not_change_under_ep4_redundant4() {
-    check_served_outputs_do_not_change("ep4-redundant4-scrambled", plan(1, 4, 1, 4, scrambled()));
+    check_served_outputs_do_not_change(
+        "ep4-redundant4-scrambled",
+        layout_plan(1, 4, 1, 4, scrambled(8, 4)),
+    );
 }
 
 #[test]
 fn served_outputs_do_not_change_under_tp2_ep4_pp2_redundant4() {
     check_served_outputs_do_not_change(
         "tp2-ep4-pp2-redundant4",
-        plan(2, 4, 2, 4, PlacementSpec::Contiguous),
+        layout_plan(2, 4, 2, 4, PlacementSpec::Contiguous),
     );
 }
 
 #[test]
 fn migration_bytes_are_the_changed_slots_times_an_expert() {
-    let p = plan(1, 4, 1, 4, scrambled());
+    let p = layout_plan(1, 4, 1, 4, scrambled(8, 4));
     let prompts = prompts();
     let blocks = blocks_per_seq(&prompts) * prompts.len();
     let run = serve(&mut executor(&p, blocks, Some(eager())), &prompts);
@@ -261,7 +233,7 @@ fn engine_generation_with_rebalancing_matches_one_rank() {
         random_weights: None,
     };
     let mut single = Engine::new(source.load().unwrap().model, 64, BLOCK);
-    let p = plan(1, 4, 1, 4, scrambled());
+    let p = layout_plan(1, 4, 1, 4, scrambled(8, 4));
     let replication = ReplicationConfig {
         layers_per_step: 1,
         ..ReplicationConfig::every(1, 8)
@@ -321,7 +293,7 @@ fn bank_weights(model: &Model) -> Vec<Vec<Vec<f32>>> {
 
 #[test]
 fn a_migration_copies_only_changed_slots_and_ends_with_the_new_placements_weights() {
-    let old_plan = plan(1, 4, 1, 4, scrambled());
+    let old_plan = layout_plan(1, 4, 1, 4, scrambled(8, 4));
     let cfg = switchyard::config::ModelConfig::from_dir(&fixture_dir("mixtral")).unwrap();
     let old = old_plan.placements(&cfg).unwrap();
     // Layer 0: rotate the slots by one rank; layer 1: swap two experts and move a replica.
@@ -368,7 +340,7 @@ fn a_migration_copies_only_changed_slots_and_ends_with_the_new_placements_weight
     ];
     let got = run_ranks(&old_plan, &directives);
     // What a fresh load under the new placements holds.
-    let new_plan = plan(
+    let new_plan = layout_plan(
         1,
         4,
         1,
@@ -376,7 +348,7 @@ fn a_migration_copies_only_changed_slots_and_ends_with_the_new_placements_weight
         PlacementSpec::Explicit(vec![news[0].slots().to_vec()]),
     );
     let want_l0 = run_ranks(&new_plan, &[]);
-    let new_plan = plan(
+    let new_plan = layout_plan(
         1,
         4,
         1,
@@ -412,7 +384,7 @@ fn a_migration_copies_only_changed_slots_and_ends_with_the_new_placements_weight
 
 #[test]
 fn a_switch_without_staged_shadows_is_refused() {
-    let p = plan(1, 4, 1, 0, PlacementSpec::Contiguous);
+    let p = layout_plan(1, 4, 1, 0, PlacementSpec::Contiguous);
     let (cfg, src) = ModelSource {
         dir: fixture_dir("mixtral"),
         random_weights: None,

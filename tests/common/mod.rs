@@ -76,3 +76,34 @@ pub const FIXTURES: &[&str] = &[
     "qwen2_moe",
     "qwen3_moe",
 ];
+
+/// A layout of the given sizes as the ranks run it: two ranks per node, no rebalancing.
+pub fn layout_plan(
+    tp: usize,
+    ep: usize,
+    pp: usize,
+    redundant: usize,
+    placement: switchyard::layout::PlacementSpec,
+) -> switchyard::parallel::ParallelPlan {
+    let flags = switchyard::layout::LayoutOverrides {
+        tp: Some(tp),
+        ep: Some(ep),
+        pp: Some(pp),
+        redundant: Some(redundant),
+        ..Default::default()
+    };
+    let mut layout = flags.resolve().unwrap();
+    layout.experts.placement = placement;
+    layout.experts.rebalance_every = 0;
+    layout.parallel.gpus_per_node = Some(2.min(ep));
+    layout.parallel.nodes = Some(ep * pp / 2.min(ep));
+    switchyard::parallel::ParallelPlan::from_layout(layout).unwrap()
+}
+
+/// A deterministic scramble of `n` experts plus `redundant` replicas, as one slot map.
+pub fn scrambled(n: usize, redundant: usize) -> switchyard::layout::PlacementSpec {
+    let mut slots: Vec<u32> = (0..n as u32).map(|e| (e * 5 + 3) % n as u32).collect();
+    slots.extend((0..redundant as u32).map(|r| (r * 3 + 1) % n as u32));
+    slots.reverse();
+    switchyard::layout::PlacementSpec::Explicit(vec![slots])
+}
