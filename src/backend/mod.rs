@@ -27,6 +27,23 @@ mod no_cuda {
 #[cfg(not(feature = "cuda"))]
 pub use no_cuda::{CudaHandle, CudaStorage};
 
+/// GPUs the CUDA driver sees (an error when this build or machine has no CUDA).
+#[cfg(feature = "cuda")]
+pub fn cuda_device_count() -> Result<usize> {
+    if let Some(why) = cuda::device::unavailable_reason() {
+        return Err(crate::error::Error::Device(why));
+    }
+    cudarc::driver::CudaContext::device_count()
+        .map(|n| n as usize)
+        .map_err(|e| crate::error::Error::Device(format!("counting GPUs: {e:?}")))
+}
+
+/// GPUs the CUDA driver sees: none in a build without the `cuda` feature (an error).
+#[cfg(not(feature = "cuda"))]
+pub fn cuda_device_count() -> Result<usize> {
+    Device::cuda(0).map(|_| 0)
+}
+
 /// Which kind of device to run on (the `--device` flag).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum DeviceKind {
@@ -61,6 +78,19 @@ impl Device {
     #[cfg(feature = "cuda")]
     pub fn cuda(ordinal: usize) -> Result<Self> {
         cuda::storage::shared_device(ordinal).map(Device::Cuda)
+    }
+
+    /// A rank's own stream on GPU `ordinal` (ranks may share a GPU; see
+    /// [`cuda::CudaDevice::for_rank`]).
+    #[cfg(feature = "cuda")]
+    pub fn cuda_rank(ordinal: usize) -> Result<Self> {
+        cuda::CudaDevice::for_rank(ordinal).map(|d| Device::Cuda(std::sync::Arc::new(d)))
+    }
+
+    /// A rank's stream on GPU `ordinal`: not available in a build without the `cuda` feature.
+    #[cfg(not(feature = "cuda"))]
+    pub fn cuda_rank(ordinal: usize) -> Result<Self> {
+        Self::cuda(ordinal)
     }
 
     /// GPU `ordinal`: not available in a build without the `cuda` feature.

@@ -3,12 +3,12 @@
 use anyhow::{bail, Context};
 use clap::Args;
 use std::path::PathBuf;
-use switchyard::backend::{Device, DeviceKind};
+use switchyard::backend::DeviceKind;
 use switchyard::cluster::{self, ClusterArgs, ClusterExecutor};
 use switchyard::engine::{Engine, Executor};
 use switchyard::layout::LayoutOverrides;
 use switchyard::model::ModelSource;
-use switchyard::parallel::{build_executor_on, ParallelPlan};
+use switchyard::parallel::{build_executor_on, GpuComm, ParallelPlan, RankDevices};
 use switchyard::tokenizer::Tokenizer;
 
 /// Which model to run, and over which ranks.
@@ -29,6 +29,14 @@ pub struct ModelArgs {
     /// Where the model runs: the f32 CPU reference, or the first CUDA GPU (bf16 weights).
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
+    /// With --device cuda: the GPUs of the ranks, e.g. `0,2,4,6` (default: GPUs 0..n-1 for n
+    /// ranks; with more ranks than GPUs, ranks share GPUs).
+    #[arg(long, value_delimiter = ',')]
+    pub gpus: Vec<usize>,
+    /// With --device cuda: how GPU ranks exchange tensors (auto: NCCL when every rank has a
+    /// GPU of its own, else device copies in one process and the host between nodes).
+    #[arg(long, value_enum, default_value_t = GpuComm::Auto)]
+    pub gpu_comm: GpuComm,
     /// The parallel layout (in-process CPU ranks, one thread each).
     #[command(flatten)]
     pub layout: LayoutOverrides,
@@ -38,6 +46,18 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// Where the ranks run: the CPU, or the GPUs `--gpus` names (default 0..n-1).
+    pub fn rank_devices(&self, ranks: usize) -> anyhow::Result<RankDevices> {
+        match self.device {
+            DeviceKind::Cpu if !self.gpus.is_empty() => bail!("--gpus needs --device cuda"),
+            DeviceKind::Cpu if self.gpu_comm != GpuComm::Auto => {
+                bail!("--gpu-comm needs --device cuda")
+            }
+            DeviceKind::Cpu => Ok(RankDevices::Cpu),
+            DeviceKind::Cuda => Ok(RankDevices::cuda(&self.gpus, ranks)?.with_comm(self.gpu_comm)),
+        }
+    }
+
     /// Where the weights come from.
     pub fn source(&self) -> ModelSource {
         ModelSource {
@@ -51,21 +71,21 @@ impl ModelArgs {
     /// for node 0 and exits the process when node 0 stops (non-zero with the error otherwise).
     pub fn engine(&self, cache_tokens: usize) -> anyhow::Result<(Engine, Option<Tokenizer>)> {
         let mut layout = self.layout.resolve()?;
-        let cluster = self.cluster.resolve(&mut layout)?;
+        let mut cluster = self.cluster.resolve(&mut layout)?;
         let block_size = self.kv_block_size.unwrap_or(layout.scheduler.kv_block_size);
         if block_size == 0 {
             bail!("--kv-block-size must be positive");
         }
         let plan = ParallelPlan::from_layout(layout)?;
         let blocks = cache_tokens.max(1).div_ceil(block_size);
+        if let Some(spec) = &mut cluster {
+            spec.devices = self.rank_devices(plan.grid.world() / spec.nodes)?;
+        }
         let executor: Box<dyn Executor> = match &cluster {
             None => {
-                let device = Device::open(self.device)?;
-                build_executor_on(&self.source(), &plan, blocks, block_size, &device)
+                let devices = self.rank_devices(plan.grid.world())?;
+                build_executor_on(&self.source(), &plan, blocks, block_size, &devices)
                     .with_context(|| format!("loading model {}", self.model.display()))?
-            }
-            Some(_) if self.device != DeviceKind::Cpu => {
-                bail!("multi-node jobs run CPU ranks for now (--device cpu)")
             }
             Some(spec) if spec.is_driver() => Box::new(ClusterExecutor::start(
                 &self.source(),

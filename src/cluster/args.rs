@@ -2,6 +2,7 @@
 
 use super::ClusterError;
 use crate::layout::Layout;
+use crate::parallel::RankDevices;
 use clap::Args;
 use std::time::Duration;
 
@@ -39,6 +40,9 @@ pub struct ClusterSpec {
     pub join_timeout: Duration,
     /// How long a rank waits for a silent peer.
     pub comm_timeout: Duration,
+    /// Where this node's ranks run (set by the caller; CPU by default). Every node must run
+    /// its ranks alike: the rendezvous compares them.
+    pub devices: RankDevices,
 }
 
 impl ClusterSpec {
@@ -96,6 +100,7 @@ impl ClusterArgs {
             rendezvous,
             join_timeout: Duration::from_secs(self.rendezvous_timeout_secs.max(1)),
             comm_timeout: Duration::from_secs(self.comm_timeout_secs.max(1)),
+            devices: RankDevices::Cpu,
         }))
     }
 }

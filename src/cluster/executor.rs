@@ -58,6 +58,10 @@ pub(crate) fn hello(
         version: VERSION.to_string(),
         model,
         layout: plan.layout.to_toml(),
+        ranks_on: spec
+            .devices
+            .describe(plan.grid.world() / spec.nodes, false)
+            .map_err(|e| ClusterError::Spec(e.to_string()))?,
         data_addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
     })
 }
@@ -124,6 +128,7 @@ impl ClusterExecutor {
             comms,
             num_blocks,
             block_size,
+            &spec.devices,
             events_tx.clone(),
         )
         .map_err(|e| {

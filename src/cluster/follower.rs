@@ -49,6 +49,7 @@ pub fn follow(
         comms,
         run.num_blocks,
         run.block_size,
+        &spec.devices,
         events_tx,
     ) {
         Ok(l) => l,

@@ -5,7 +5,7 @@ use crate::checkpoint::WeightSource;
 use crate::comm::tcp::TcpRankComms;
 use crate::config::ModelConfig;
 use crate::model::{Model, RankOutput, StepBatch};
-use crate::parallel::{ParallelPlan, RankContext};
+use crate::parallel::{open_over_host, ParallelPlan, RankContext, RankDevices};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -47,12 +47,17 @@ impl LocalRanks {
         comms: Vec<TcpRankComms>,
         num_blocks: usize,
         block_size: usize,
+        devices: &RankDevices,
         events: Sender<Event>,
     ) -> Result<Self, String> {
+        let gpu_comm = devices
+            .resolve(comms.len(), false)
+            .map_err(|e| e.to_string())?;
         let (ready_tx, ready_rx) = channel();
         let mut to_ranks = Vec::new();
         let mut handles = Vec::new();
-        for c in comms {
+        for (local, c) in comms.into_iter().enumerate() {
+            let gpu = devices.gpu(local);
             let rank = c.coords.global;
             let shard = plan
                 .shard(config, rank)
@@ -68,17 +73,18 @@ impl LocalRanks {
             let handle = std::thread::Builder::new()
                 .name(format!("rank-{rank}"))
                 .spawn(move || {
-                    let ctx = RankContext {
-                        tp: Box::new(c.tp),
-                        ep: Box::new(c.ep),
-                        pp: Box::new(c.pp),
-                        clock: None,
-                    };
-                    let model = match Model::load_shard(&cfg, src.as_ref(), shard) {
-                        Ok(m) => m,
+                    let loaded = open_over_host([c.tp, c.ep, c.pp], gpu, gpu_comm).and_then(
+                        |(device, ctx)| {
+                            let mut model = Model::load_shard(&cfg, src.as_ref(), shard)?;
+                            model.to_device(&device)?;
+                            let cache = model.try_new_cache(num_blocks, block_size)?;
+                            Ok((ctx, model, cache))
+                        },
+                    );
+                    let (ctx, model, mut cache) = match loaded {
+                        Ok(l) => l,
                         Err(e) => return drop(ready_tx.send(Err(format!("rank {rank}: {e}")))),
                     };
-                    let mut cache = model.new_cache(num_blocks, block_size);
                     let _ = ready_tx.send(Ok(()));
                     drop(ready_tx);
                     rank_loop(rank, &model, &mut cache, &ctx, rx, events);

@@ -22,6 +22,8 @@ pub struct Hello {
     pub model: ModelIdentity,
     /// Its layout, as TOML.
     pub layout: String,
+    /// What its ranks run on and how GPU ranks talk ("cpu", "cuda, nccl", "cuda, host").
+    pub ranks_on: String,
     /// Where its data listener is.
     pub data_addr: SocketAddr,
 }
@@ -215,6 +217,12 @@ fn check(me: &Hello, hello: &Hello, nodes: usize) -> Result<(), ClusterError> {
         return mismatch(format!(
             "model differs: {} (node {node} vs node 0)",
             model.join("; ")
+        ));
+    }
+    if hello.ranks_on != me.ranks_on {
+        return mismatch(format!(
+            "its ranks run on {} but node 0's on {} (use the same --device and --gpu-comm)",
+            hello.ranks_on, me.ranks_on
         ));
     }
     if hello.layout != me.layout {

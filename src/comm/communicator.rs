@@ -1,6 +1,9 @@
 //! The `Communicator` trait: the collectives of one group of ranks.
 
 use super::CommError;
+use crate::backend::Device;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
 
 /// One rank's handle on a group of ranks (a TP, EP or PP group, or the world).
 ///
@@ -65,6 +68,80 @@ pub trait Communicator: Send {
 
     /// Payload bytes this rank has sent to other ranks so far.
     fn bytes_moved(&self) -> u64;
+
+    // Collectives on tensors of f32 rows, on whichever device the tensors live. The defaults
+    // stage through the host over the slice collectives above (so the in-process and TCP
+    // communicators carry GPU ranks too, with the same bytes counted); GPU communicators
+    // override them with device-to-device copies or NCCL, never touching the host.
+
+    /// [`Communicator::all_to_all_v`] of the rows of `send` ([rows, cols]): `rows[d]` rows to
+    /// rank `d`, in rank order. Returns the received rows (source order, on `send`'s device)
+    /// and the rows from each source.
+    fn all_to_all_rows(&self, send: &Tensor, rows: &[usize]) -> Result<(Tensor, Vec<usize>)> {
+        let cols = cols_of(send);
+        let elems: Vec<usize> = rows.iter().map(|r| r * cols).collect();
+        let (data, counts) = self.all_to_all_v(send.to_cpu()?.as_slice(), &elems)?;
+        let got = counts.iter().map(|c| c / cols.max(1)).collect();
+        Ok((rows_on(data, cols, &send.device())?, got))
+    }
+
+    /// [`Communicator::reduce_scatter_sum`] of `x` ([rows, cols]) by rows: this rank keeps
+    /// the `rows[rank]` rows at its offset, summed over the group in rank order.
+    fn reduce_scatter_rows(&self, x: &Tensor, rows: &[usize]) -> Result<Tensor> {
+        let cols = cols_of(x);
+        let elems: Vec<usize> = rows.iter().map(|r| r * cols).collect();
+        let mine = self.reduce_scatter_sum(x.to_cpu()?.as_slice(), &elems)?;
+        rows_on(mine, cols, &x.device())
+    }
+
+    /// [`Communicator::all_gather`] of `x` ([rows, cols]): every rank's rows in rank order.
+    fn all_gather_rows(&self, x: &Tensor) -> Result<Tensor> {
+        let (data, _) = self.all_gather(x.to_cpu()?.as_slice())?;
+        rows_on(data, cols_of(x), &x.device())
+    }
+
+    /// [`Communicator::all_reduce_sum`] of a tensor, in place.
+    fn all_reduce_tensor(&self, x: &mut Tensor) -> Result<()> {
+        let mut host = x.to_cpu()?.into_vec();
+        self.all_reduce_sum(&mut host)?;
+        *x = Tensor::from_f32(x.shape().clone(), host)?.to_device(&x.device())?;
+        Ok(())
+    }
+
+    /// [`Communicator::send`] of a tensor's values to rank `dst`.
+    fn send_tensor(&self, x: &Tensor, dst: usize) -> Result<()> {
+        Ok(self.send(x.to_cpu()?.as_slice(), dst)?)
+    }
+
+    /// [`Communicator::recv`] of rows of `cols` values from rank `src`, onto `device`.
+    fn recv_rows(&self, src: usize, cols: usize, device: &Device) -> Result<Tensor> {
+        rows_on(self.recv(src)?, cols, device)
+    }
+
+    /// [`Communicator::broadcast`] of a tensor: every rank ends with the root's rows.
+    fn broadcast_rows(&self, x: &mut Tensor, root: usize) -> Result<()> {
+        let cols = cols_of(x);
+        let mut host = x.to_cpu()?.into_vec();
+        self.broadcast(&mut host, root)?;
+        *x = rows_on(host, cols, &x.device())?;
+        Ok(())
+    }
+}
+
+/// Values per row of a [rows, cols] tensor.
+pub(crate) fn cols_of(t: &Tensor) -> usize {
+    t.dims().last().copied().unwrap_or(1)
+}
+
+/// `data` as [len / cols, cols] rows on `device`.
+pub(crate) fn rows_on(data: Vec<f32>, cols: usize, device: &Device) -> Result<Tensor> {
+    if cols == 0 || data.len() % cols != 0 {
+        return Err(Error::Shape(format!(
+            "{} received values are not whole rows of {cols}",
+            data.len()
+        )));
+    }
+    Tensor::from_f32([data.len() / cols, cols], data)?.to_device(device)
 }
 
 /// `len` split into `parts` counts as evenly as possible, the first `len % parts` one larger:

@@ -77,6 +77,9 @@ pub enum CommError {
         /// What is wrong, with the numbers.
         message: String,
     },
+    /// A GPU communicator's device or NCCL call failed.
+    #[error("GPU collective: {0}")]
+    Device(String),
     /// A grid whose sizes cannot form groups.
     #[error("rank grid: {0}")]
     Grid(String),

@@ -5,11 +5,15 @@
 //! other ranks. [`LocalComm`] is the in-process implementation: one thread per rank, real copies of
 //! bytes through channels, deterministic reductions. [`RankGrid`] maps a global rank onto its TP,
 //! EP and PP groups, and [`World`] builds every rank's communicators and runs rank threads.
+//! [`gpu`] (with the `cuda` feature) keeps tensor collectives on the device: in-process GPU
+//! ranks by device copies, or NCCL.
 //! [`tcp`] spreads the same groups over processes (nodes) connected by TCP ([`TcpComm`]).
 
 mod communicator;
 mod element;
 mod error;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 mod grid;
 pub(crate) mod links;
 mod local;
@@ -22,4 +26,6 @@ pub use error::{CommError, Op};
 pub use grid::{RankCoords, RankGrid};
 pub use local::LocalComm;
 pub use tcp::TcpComm;
+#[cfg(feature = "cuda")]
+pub use world::RankLinks;
 pub use world::{RankComms, RankFailure, RunError, World, DEFAULT_TIMEOUT};

@@ -23,6 +23,18 @@ pub struct RankComms {
     pub pp: LocalComm,
 }
 
+/// One rank's device channels for its TP, EP and PP groups (see [`World::device_links`]).
+#[cfg(feature = "cuda")]
+#[derive(Debug)]
+pub struct RankLinks {
+    /// The TP group's.
+    pub tp: super::gpu::DeviceLinks,
+    /// The EP group's.
+    pub ep: super::gpu::DeviceLinks,
+    /// The PP group's.
+    pub pp: super::gpu::DeviceLinks,
+}
+
 /// Why a rank thread did not finish.
 #[derive(Debug)]
 pub enum RankFailure<E> {
@@ -112,21 +124,45 @@ impl World {
 
     /// One communicator per global rank for the groups `members` describes.
     fn groups(&self, name: &str, members: impl Fn(usize) -> Vec<usize>) -> Vec<Option<LocalComm>> {
+        self.groups_of(members, |size| LocalComm::group(name, size, self.timeout))
+    }
+
+    /// One end per global rank of the groups `members` describes, each group made by `make`.
+    fn groups_of<T>(
+        &self,
+        members: impl Fn(usize) -> Vec<usize>,
+        make: impl Fn(usize) -> Vec<T>,
+    ) -> Vec<Option<T>> {
         let n = self.grid.world();
-        let mut out: Vec<Option<LocalComm>> = (0..n).map(|_| None).collect();
+        let mut out: Vec<Option<T>> = (0..n).map(|_| None).collect();
         for r in 0..n {
             let group = members(r);
             if group[0] != r {
                 continue; // built by the group's first rank
             }
-            for (g, comm) in group
-                .iter()
-                .zip(LocalComm::group(name, group.len(), self.timeout))
-            {
-                out[*g] = Some(comm);
+            for (g, end) in group.iter().zip(make(group.len())) {
+                out[*g] = Some(end);
             }
         }
         out
+    }
+
+    /// Every rank's device channels for its TP, EP and PP groups (the same groups as
+    /// [`World::communicators`]), for GPU ranks sharing this process.
+    #[cfg(feature = "cuda")]
+    pub fn device_links(&self) -> Vec<RankLinks> {
+        use super::gpu::DeviceLinks;
+        let g = self.grid;
+        let mut tp = self.groups_of(|r| g.tp_group(r), DeviceLinks::group);
+        let mut ep = self.groups_of(|r| g.ep_group(r), DeviceLinks::group);
+        let mut pp = self.groups_of(|r| g.pp_group(r), DeviceLinks::group);
+        (0..g.world())
+            .map(|r| RankLinks {
+                tp: tp[r].take().expect("one tp end per rank"),
+                ep: ep[r].take().expect("one ep end per rank"),
+                pp: pp[r].take().expect("one pp end per rank"),
+            })
+            .collect()
     }
 
     /// Runs `f` on one thread per rank with that rank's communicators and joins them all.

@@ -198,7 +198,18 @@ impl Model {
         let h = self.config.hidden_size;
         let mut residual = match &self.embed {
             Some(e) => ops::embedding(e, &sub.tokens)?,
-            None => Tensor::from_f32([sub.tokens.len(), h], ctx.pp.recv(s.stage - 1)?)?,
+            None => {
+                let x = ctx.pp.recv_rows(s.stage - 1, h, &self.device)?;
+                if x.dims()[0] != sub.tokens.len() {
+                    return Err(crate::Error::Ranks(format!(
+                        "stage {} sent {} rows for {} tokens",
+                        s.stage - 1,
+                        x.dims()[0],
+                        sub.tokens.len()
+                    )));
+                }
+                x
+            }
         };
         let started = ctx.tick();
         let mut out = RankOutput {
@@ -222,7 +233,7 @@ impl Model {
         }
         if !s.is_last_stage() {
             out.work_ticks = started.zip(ctx.tick());
-            ctx.pp.send(residual.as_slice(), s.stage + 1)?;
+            ctx.pp.send_tensor(&residual, s.stage + 1)?;
             return Ok(out);
         }
         if s.tp_rank == 0 {
@@ -263,14 +274,10 @@ impl Model {
         } else {
             // Reduce the row-parallel partial sums; each TP rank keeps 1/tp of the tokens.
             let counts = even_counts(t, tp);
-            let elems: Vec<usize> = counts.iter().map(|c| c * h).collect();
-            let attn = ctx.tp.reduce_scatter_sum(partial.as_slice(), &elems)?;
+            let attn = ctx.tp.reduce_scatter_rows(&partial, &counts)?;
             let start = counts[..ctx.tp.rank()].iter().sum::<usize>();
             let mine = counts[ctx.tp.rank()];
-            (
-                residual.narrow_rows(start, mine)?,
-                Tensor::from_f32([mine, h], attn)?,
-            )
+            (ops::narrow_rows(&residual, start, mine)?, attn)
         };
         let x = ops::add_rms_norm(&mut res_slice, &attn, &layer.post_attention_norm, eps)?;
         let moe = layer.ffn.forward(&x, ctx.ep.as_ref())?;
@@ -286,8 +293,13 @@ impl Model {
         if tp == 1 {
             return Ok(res_slice);
         }
-        let (gathered, _) = ctx.tp.all_gather(res_slice.as_slice())?;
-        residual = Tensor::from_f32([t, h], gathered)?;
+        residual = ctx.tp.all_gather_rows(&res_slice)?;
+        if residual.dims() != [t, h] {
+            return Err(crate::Error::Ranks(format!(
+                "the TP group gathered {} for {t} tokens of {h}",
+                residual.shape()
+            )));
+        }
         Ok(residual)
     }
 }

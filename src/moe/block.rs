@@ -206,19 +206,15 @@ impl MoeBlock {
         let routing = self.router.route(x)?;
         let n = self.router.n_experts();
         let placement = &self.placement;
-        let (mut out, dispatch) = if x.is_cuda() {
-            // A GPU block runs its experts in place: one EP rank, slot i holding expert i.
-            let in_place = placement.n_ranks() == 1
-                && placement
-                    .rank_experts(0)
-                    .iter()
-                    .enumerate()
-                    .all(|(i, &e)| e as usize == i);
-            if !in_place {
-                return Err(crate::Error::Device(
-                    "expert parallelism over several GPUs is not supported yet".into(),
-                ));
-            }
+        // One EP rank whose slot i holds expert i runs its experts in place on a GPU; every
+        // other placement dispatches (on the device for GPU ranks; routing stays on the host).
+        let in_place = placement.n_ranks() == 1
+            && placement
+                .rank_experts(0)
+                .iter()
+                .enumerate()
+                .all(|(i, &e)| e as usize == i);
+        let (mut out, dispatch) = if x.is_cuda() && in_place {
             let perm = ops::permute_by_expert(&routing.experts, n);
             let xs = ops::gather_rows(x, &perm.order, routing.top_k)?;
             let ys = self.experts.forward_grouped(&xs, &perm.offsets)?;

@@ -59,26 +59,25 @@ pub fn dispatch_combine(
         .chunks(per_rank)
         .map(|c| c.iter().map(|&v| v as usize).collect())
         .collect();
-    // 2. The rows themselves, in send order (by destination, then slot, then token).
+    // 2. The rows themselves, in send order (by destination, then slot, then token), on the
+    // device the tokens live on (a GPU communicator never copies them through the host).
     let send = ops::gather_rows(x, plan.send_order(), k)?;
-    let send_elems: Vec<usize> = plan.rank_counts().iter().map(|c| c * hidden).collect();
-    let (received, recv_elems) = comm.all_to_all_v(send.as_slice(), &send_elems)?;
-    // 3. Group by local slot, run the experts, ungroup.
+    let (received, recv_rows) = comm.all_to_all_rows(&send, plan.rank_counts())?;
+    // 3. Group by local slot, run the experts, ungroup (the permutation is computed on the host
+    // from the exchanged counts; the rows move on the device).
     let perm = RecvPermutation::new(&recv_matrix).map_err(dispatch_err)?;
-    let received = Tensor::from_f32([received.len() / hidden.max(1), hidden], received)?;
     let grouped = ops::gather_rows(&received, &perm.perm, 1)?;
     let computed = bank.forward_grouped(&grouped, &perm.slot_offsets)?;
     let back_rows = ops::gather_rows(&computed, &perm.inverse(), 1)?;
     // 4. Back to the sources, which receive their rows in the order they sent them.
-    let (returned, _) = comm.all_to_all_v(back_rows.as_slice(), &recv_elems)?;
-    let returned = Tensor::from_f32([returned.len() / hidden.max(1), hidden], returned)?;
+    let (returned, _) = comm.all_to_all_rows(&back_rows, &recv_rows)?;
     let out = ops::combine(&returned, plan.send_order(), &routing.weights, k)?;
     let f32_bytes = std::mem::size_of::<f32>();
-    let rows_back: usize = recv_elems
+    let rows_back: usize = recv_rows
         .iter()
         .enumerate()
         .filter(|(src, _)| *src != ep.rank)
-        .map(|(_, e)| e * f32_bytes)
+        .map(|(_, r)| r * hidden * f32_bytes)
         .sum();
     let counts_bytes = (n_ranks - 1) * per_rank * std::mem::size_of::<u32>();
     let stats = DispatchStats {

@@ -223,9 +223,8 @@ impl ExpertBank {
     /// elements): what a rebalance sends to a rank that will hold the same expert.
     pub fn slot_weights(&self, slot: usize) -> Result<Vec<f32>> {
         let (gu, dn) = self.slot_sizes(slot)?;
-        let mut v = Vec::with_capacity(gu + dn);
-        v.extend_from_slice(&self.gate_up.as_slice()[slot * gu..][..gu]);
-        v.extend_from_slice(&self.down.as_slice()[slot * dn..][..dn]);
+        let mut v = read_range(&self.gate_up, slot * gu, gu)?;
+        v.extend(read_range(&self.down, slot * dn, dn)?);
         Ok(v)
     }
 
@@ -239,9 +238,8 @@ impl ExpertBank {
                 gu + dn
             )));
         }
-        self.gate_up.as_mut_slice()[slot * gu..][..gu].copy_from_slice(&weights[..gu]);
-        self.down.as_mut_slice()[slot * dn..][..dn].copy_from_slice(&weights[gu..]);
-        Ok(())
+        write_range(&mut self.gate_up, slot * gu, &weights[..gu])?;
+        write_range(&mut self.down, slot * dn, &weights[gu..])
     }
 
     fn slot_sizes(&self, slot: usize) -> Result<(usize, usize)> {
@@ -252,5 +250,31 @@ impl ExpertBank {
             )));
         }
         Ok((self.gate_up.numel() / n, self.down.numel() / n))
+    }
+}
+
+/// `len` values of `t` from element `offset`, on the host (a GPU bank's slot is copied back).
+fn read_range(t: &Tensor, offset: usize, len: usize) -> Result<Vec<f32>> {
+    match t.storage() {
+        crate::tensor::Storage::Cpu(v) => Ok(v[offset..][..len].to_vec()),
+        #[cfg(feature = "cuda")]
+        crate::tensor::Storage::Cuda(s) => s.read_range(offset, len),
+        #[cfg(not(feature = "cuda"))]
+        crate::tensor::Storage::Cuda(s) => match *s {},
+    }
+}
+
+/// Overwrites `values.len()` values of `t` from element `offset` (on the GPU for a GPU bank: a
+/// migrated expert is written into its slot where the bank lives).
+fn write_range(t: &mut Tensor, offset: usize, values: &[f32]) -> Result<()> {
+    match t.storage_mut() {
+        crate::tensor::Storage::Cpu(v) => {
+            v[offset..][..values.len()].copy_from_slice(values);
+            Ok(())
+        }
+        #[cfg(feature = "cuda")]
+        crate::tensor::Storage::Cuda(s) => s.write_range(offset, values),
+        #[cfg(not(feature = "cuda"))]
+        crate::tensor::Storage::Cuda(s) => match *s {},
     }
 }

@@ -238,6 +238,15 @@ pub fn gather_rows(x: &Tensor, order: &[u32], top_k: usize) -> Result<Tensor> {
     )
 }
 
+/// Rows `start..start + len` of `x` as a new tensor (a TP rank's share of the tokens).
+pub fn narrow_rows(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+    if x.is_cuda() {
+        let rows: Vec<u32> = (start..start + len).map(|r| r as u32).collect();
+        return gather_rows(x, &rows, 1);
+    }
+    x.narrow_rows(start, len)
+}
+
 /// Grouped SwiGLU over expert groups; `gate_up` is [E, 2I, H], `down` is [E, H, I], the
 /// optional biases [E, 2I] and [E, H].
 pub fn grouped_swiglu(

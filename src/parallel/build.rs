@@ -1,10 +1,10 @@
 //! Choosing the executor a layout needs: the model in this thread for one rank, rank threads
 //! otherwise.
 
-use super::{ParallelExecutor, ParallelPlan};
+use super::{ParallelExecutor, ParallelPlan, RankDevices};
 use crate::backend::Device;
 use crate::engine::{Executor, LocalExecutor};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::{Model, ModelSource};
 
 /// Loads the model from `source` onto the ranks of `plan`, each with `num_blocks` KV blocks of
@@ -15,34 +15,33 @@ pub fn build_executor(
     num_blocks: usize,
     block_size: usize,
 ) -> Result<Box<dyn Executor>> {
-    build_executor_on(source, plan, num_blocks, block_size, &Device::Cpu)
+    build_executor_on(source, plan, num_blocks, block_size, &RankDevices::Cpu)
 }
 
-/// [`build_executor`] with the weights and caches on `device` (a GPU runs one rank only, for now).
+/// [`build_executor`] with the ranks on `devices`: one rank runs in this thread on the CPU or
+/// its GPU; several run as threads, GPU ranks each on its own stream (see [`RankDevices`]).
 pub fn build_executor_on(
     source: &ModelSource,
     plan: &ParallelPlan,
     num_blocks: usize,
     block_size: usize,
-    device: &Device,
+    devices: &RankDevices,
 ) -> Result<Box<dyn Executor>> {
     let (config, weights) = source.weights()?;
     plan.validate(&config)?;
     if plan.grid.world() == 1 {
+        let device = match devices.gpu(0) {
+            None => Device::Cpu,
+            Some(gpu) => Device::cuda(gpu)?,
+        };
         let mut model = Model::load(&config, weights.as_ref())?;
         drop(weights);
-        model.to_device(device)?;
+        model.to_device(&device)?;
         return Ok(Box::new(LocalExecutor::try_new(
             model, num_blocks, block_size,
         )?));
     }
-    if device.is_cuda() {
-        return Err(Error::Device(format!(
-            "a layout of {} ranks runs on the CPU only for now; use one rank with --device cuda",
-            plan.grid.world()
-        )));
-    }
-    Ok(Box::new(ParallelExecutor::new(
-        &config, weights, plan, num_blocks, block_size,
+    Ok(Box::new(ParallelExecutor::on_devices(
+        &config, weights, plan, num_blocks, block_size, devices,
     )?))
 }

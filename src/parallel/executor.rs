@@ -3,7 +3,7 @@
 //! gathers the last stage's logits; it may keep up to `pp` steps in flight so pipeline stages
 //! work at the same time.
 
-use super::{ParallelPlan, RankContext};
+use super::{ParallelPlan, RankContext, RankDevices};
 use crate::checkpoint::WeightSource;
 use crate::comm::World;
 use crate::config::ModelConfig;
@@ -64,14 +64,28 @@ pub struct ParallelExecutor {
 }
 
 impl ParallelExecutor {
-    /// Starts one thread per rank of `plan`, each loading its shard from `src`; returns once
-    /// every rank has loaded (or the first loading error).
+    /// Starts one thread per rank of `plan` on the CPU, each loading its shard from `src`;
+    /// returns once every rank has loaded (or the first loading error).
     pub fn new(
         config: &ModelConfig,
         src: Arc<dyn WeightSource>,
         plan: &ParallelPlan,
         num_blocks: usize,
         block_size: usize,
+    ) -> Result<Self> {
+        Self::on_devices(config, src, plan, num_blocks, block_size, &RankDevices::Cpu)
+    }
+
+    /// [`ParallelExecutor::new`] with the ranks on `devices` (each GPU rank on its own stream,
+    /// its shard's weights and KV cache on its GPU; see [`RankDevices::resolve`] for how
+    /// they talk).
+    pub fn on_devices(
+        config: &ModelConfig,
+        src: Arc<dyn WeightSource>,
+        plan: &ParallelPlan,
+        num_blocks: usize,
+        block_size: usize,
+        devices: &RankDevices,
     ) -> Result<Self> {
         plan.validate(config)?;
         // Routing statistics for every MoE model; rebalancing as the layout's [experts] says.
@@ -88,7 +102,8 @@ impl ParallelExecutor {
         let (ready_tx, ready_rx) = channel();
         let mut to_ranks = Vec::new();
         let mut handles = Vec::new();
-        for (rank, comms) in world.communicators().into_iter().enumerate() {
+        let setups = devices.setups(&world)?;
+        for (rank, setup) in setups.into_iter().enumerate() {
             let shard = plan.shard(config, rank)?;
             let (tx, rx) = channel();
             to_ranks.push(tx);
@@ -102,13 +117,17 @@ impl ParallelExecutor {
             let handle = std::thread::Builder::new()
                 .name(format!("rank-{rank}"))
                 .spawn(move || {
-                    let mut ctx = RankContext::from(comms);
-                    ctx.clock = Some(clock);
-                    let mut model = match Model::load_shard(&cfg, src.as_ref(), shard) {
-                        Ok(m) => m,
+                    let loaded = setup.open().and_then(|(device, ctx)| {
+                        let mut model = Model::load_shard(&cfg, src.as_ref(), shard)?;
+                        model.to_device(&device)?;
+                        let cache = model.try_new_cache(num_blocks, block_size)?;
+                        Ok((ctx, model, cache))
+                    });
+                    let (mut ctx, mut model, mut cache) = match loaded {
+                        Ok(l) => l,
                         Err(e) => return drop(ready_tx.send(Err(format!("rank {rank}: {e}")))),
                     };
-                    let mut cache = model.new_cache(num_blocks, block_size);
+                    ctx.clock = Some(clock);
                     let _ = ready_tx.send(Ok(()));
                     drop(ready_tx);
                     rank_loop(rank, &mut model, &mut cache, &ctx, rx, report_tx, &events);

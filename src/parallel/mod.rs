@@ -6,6 +6,7 @@
 
 mod build;
 mod context;
+mod devices;
 mod executor;
 mod plan;
 mod shard;
@@ -13,6 +14,7 @@ pub mod split;
 
 pub use build::{build_executor, build_executor_on};
 pub use context::RankContext;
+pub use devices::{open_over_host, GpuComm, RankDevices, RankSetup};
 pub use executor::{ParallelExecutor, StageEvent};
 pub use plan::ParallelPlan;
 pub use shard::Shard;

@@ -118,6 +118,17 @@ impl Tensor {
         }
     }
 
+    /// The device the tensor lives on.
+    pub fn device(&self) -> Device {
+        match &self.storage {
+            Storage::Cpu(_) => Device::Cpu,
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => Device::Cuda(s.device().clone()),
+            #[cfg(not(feature = "cuda"))]
+            Storage::Cuda(s) => match *s {},
+        }
+    }
+
     /// Whether the tensor lives on a GPU.
     pub fn is_cuda(&self) -> bool {
         matches!(self.storage, Storage::Cuda(_))
@@ -153,7 +164,9 @@ impl Tensor {
             Storage::Cpu(_) => Ok(self),
             #[cfg(feature = "cuda")]
             Storage::Cuda(ref s) => {
-                let v = s.to_host()?;
+                // An empty tensor's buffer still holds one element (allocations are never empty).
+                let mut v = s.to_host()?;
+                v.truncate(self.numel());
                 Ok(Self {
                     shape: self.shape,
                     dtype: self.dtype,

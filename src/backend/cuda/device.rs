@@ -82,7 +82,8 @@ pub struct CudaDevice {
     blas: CudaBlas,
     arch: String,
     name: String,
-    modules: Mutex<HashMap<Kernel, Arc<CudaModule>>>,
+    /// Shared by every rank's handle on this GPU (one context, one set of loaded modules).
+    modules: Arc<Mutex<HashMap<Kernel, Arc<CudaModule>>>>,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -138,7 +139,31 @@ impl CudaDevice {
             blas,
             arch,
             name,
-            modules: Mutex::new(HashMap::new()),
+            modules: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// A rank's own handle on GPU `ordinal`: the GPU's context and loaded kernels with a new
+    /// stream and cuBLAS handle, so that ranks sharing a GPU queue their work independently.
+    /// Every access of one rank's memory by another is ordered by the communicators with
+    /// explicit events (see `comm::gpu`), so cudarc's automatic per-buffer event tracking is
+    /// turned off for the context: it would record events around every kernel argument.
+    pub fn for_rank(ordinal: usize) -> Result<Self> {
+        let base = super::storage::shared_device(ordinal)?;
+        let ctx = base.ctx.clone();
+        // SAFETY: this backend orders every cross-stream use itself: a rank's buffers are used
+        // on its own stream only, except by the communicators, which make the reader wait on
+        // an event recorded after the writer and the owner wait on the reader before reuse.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(dev_err("creating a stream"))?;
+        let blas = CudaBlas::new(stream.clone()).map_err(dev_err("creating the cuBLAS handle"))?;
+        Ok(Self {
+            ctx,
+            stream,
+            blas,
+            arch: base.arch.clone(),
+            name: base.name.clone(),
+            modules: base.modules.clone(),
         })
     }
 

@@ -69,7 +69,7 @@ fn rows_of(x: &Tensor) -> (usize, usize) {
     (if cols == 0 { 0 } else { x.numel() / cols }, cols)
 }
 
-fn wrap(dev: &CudaHandle, shape: impl Into<Shape>, dtype: DType, buf: DevBuf) -> Tensor {
+pub(crate) fn wrap(dev: &CudaHandle, shape: impl Into<Shape>, dtype: DType, buf: DevBuf) -> Tensor {
     Tensor::from_storage(
         shape,
         dtype,
@@ -81,7 +81,7 @@ fn wrap(dev: &CudaHandle, shape: impl Into<Shape>, dtype: DType, buf: DevBuf) ->
 }
 
 /// A new f32 tensor of `shape` on `dev`, uninitialised (NaN under poisoning).
-fn empty(dev: &CudaHandle, shape: impl Into<Shape>) -> Result<Tensor> {
+pub(crate) fn empty(dev: &CudaHandle, shape: impl Into<Shape>) -> Result<Tensor> {
     let shape = shape.into();
     let buf = alloc::<f32>(dev, shape.numel())?;
     Ok(wrap(dev, shape, DType::F32, DevBuf::F32(buf)))

@@ -123,6 +123,62 @@ impl CudaStorage {
     }
 }
 
+impl CudaStorage {
+    /// Elements `offset..offset + len` as f32 on the host (bf16 widened; waits for the stream).
+    pub fn read_range(&self, offset: usize, len: usize) -> Result<Vec<f32>> {
+        self.check_range(offset, len)?;
+        let stream = self.dev.stream();
+        let e = dev_err("copying from the GPU");
+        Ok(match &*self.buf {
+            DevBuf::F32(s) => stream
+                .clone_dtoh(&s.slice(offset..offset + len))
+                .map_err(e)?,
+            DevBuf::Bf16(s) => stream
+                .clone_dtoh(&s.slice(offset..offset + len))
+                .map_err(e)?
+                .into_iter()
+                .map(f32::from)
+                .collect(),
+        })
+    }
+
+    /// Overwrites elements `offset..offset + values.len()` with `values` (rounded to bf16 in a
+    /// bf16 buffer), copying the buffer first if a clone shares it.
+    pub fn write_range(&mut self, offset: usize, values: &[f32]) -> Result<()> {
+        self.check_range(offset, values.len())?;
+        self.make_unique()?;
+        let stream = self.dev.stream().clone();
+        let e = dev_err("copying to the GPU");
+        let end = offset + values.len();
+        match Arc::get_mut(&mut self.buf).expect("made unique above") {
+            DevBuf::F32(s) => stream
+                .memcpy_htod(values, &mut s.slice_mut(offset..end))
+                .map_err(e)?,
+            DevBuf::Bf16(s) => {
+                let narrow: Vec<bf16> = values.iter().map(|&x| bf16::from_f32(x)).collect();
+                stream
+                    .memcpy_htod(&narrow, &mut s.slice_mut(offset..end))
+                    .map_err(e)?
+            }
+        }
+        // The host values may be freed when this returns: wait for the copy.
+        stream
+            .synchronize()
+            .map_err(dev_err("synchronising the stream"))
+    }
+
+    fn check_range(&self, offset: usize, len: usize) -> Result<()> {
+        if offset + len > self.len() {
+            return Err(crate::error::Error::Shape(format!(
+                "elements {offset}..{} of a GPU buffer of {}",
+                offset + len,
+                self.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
 static POISON: AtomicBool = AtomicBool::new(false);
 
 /// When on, every buffer [`alloc`] hands out is first filled with 0xFF bytes (NaN for f32 and
