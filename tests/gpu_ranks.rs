@@ -19,7 +19,7 @@ use switchyard::config::ModelConfig;
 use switchyard::engine::{Engine, Executor, GenerateOptions};
 use switchyard::layout::PlacementSpec;
 use switchyard::model::{ModelSource, StepBatch, StepOutput};
-use switchyard::parallel::{ParallelExecutor, ParallelPlan, RankDevices};
+use switchyard::parallel::{GpuComm, ParallelExecutor, ParallelPlan, RankDevices};
 use switchyard::replication::{ReplicationConfig, ReplicationStatus};
 use switchyard::tensor::Tensor;
 
@@ -541,4 +541,45 @@ fn two_processes_of_gpu_ranks_on_loopback_equal_one() {
         said.contains("cuda, host") && said.contains("cpu"),
         "{said}"
     );
+}
+
+#[test]
+fn an_executor_rank_on_nccl_generates_the_golden() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    if let Some(why) = nccl_unavailable_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let g = golden("qwen3_moe");
+    let (cfg, src) = ModelSource {
+        dir: fixture_dir("qwen3_moe"),
+        random_weights: None,
+    }
+    .weights()
+    .unwrap();
+    let p = layout_plan(1, 1, 1, 0, PlacementSpec::Contiguous);
+    let devices = RankDevices::cuda(&[0], 1).unwrap().with_comm(GpuComm::Nccl);
+    let exec =
+        ParallelExecutor::on_devices(&cfg, src, &p, CACHE_TOKENS / BLOCK, BLOCK, &devices).unwrap();
+    let mut e = Engine::with_executor(Box::new(exec));
+    for (prompt, want) in g.prompts.iter().zip(&g.greedy) {
+        let got = e.generate(prompt, &opts()).unwrap().tokens;
+        let n = decisive_prefix(want);
+        assert_eq!(got[..n], want.tokens[..n]);
+    }
+    // Two ranks on the one GPU cannot use NCCL: said before anything loads.
+    let p = layout_plan(1, 2, 1, 0, PlacementSpec::Contiguous);
+    let devices = RankDevices::cuda(&[0], 2).unwrap().with_comm(GpuComm::Nccl);
+    let (cfg, src) = ModelSource {
+        dir: fixture_dir("qwen3_moe"),
+        random_weights: None,
+    }
+    .weights()
+    .unwrap();
+    let err = ParallelExecutor::on_devices(&cfg, src, &p, 8, BLOCK, &devices)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("NCCL needs a GPU per rank"), "{err}");
 }

@@ -9,6 +9,7 @@
 //! it goes on: no copy reads memory its owner has released or rewritten, and the host never
 //! waits for the GPU. Slice collectives go through the rank's [`LocalComm`].
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -107,6 +108,27 @@ pub struct GpuLocalComm {
     dev: CudaHandle,
     timeout: Duration,
     bytes: AtomicU64,
+    /// Done events each rank still owes for parts this rank sent point-to-point (a send does
+    /// not wait for its receiver, as with the host communicators); they come back in order,
+    /// ahead of any later collective's.
+    owed: Vec<Cell<usize>>,
+}
+
+impl Drop for GpuLocalComm {
+    fn drop(&mut self) {
+        // A sent buffer may only be released once its receiver's copy is ordered before the
+        // release; a peer that is gone has dropped the part (and never copied it).
+        for d in self.host.others() {
+            while self.owed[d].get() > 0 {
+                if self
+                    .settle(d, self.timeout.min(Duration::from_secs(5)))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for GpuLocalComm {
@@ -140,12 +162,14 @@ impl GpuLocalComm {
                 host
             )));
         }
+        let owed = (0..host.link_size()).map(|_| Cell::new(0)).collect();
         Ok(Self {
             host,
             links,
             dev,
             timeout,
             bytes: AtomicU64::new(0),
+            owed,
         })
     }
 
@@ -305,18 +329,35 @@ impl GpuLocalComm {
         Ok(())
     }
 
-    /// Waits until every rank of `dsts` queued its copies of this rank's parts, and orders this
-    /// rank's stream after them.
+    /// Waits until every rank of `dsts` queued its copies of this rank's parts (and of the
+    /// point-to-point sends it still owed), and orders this rank's stream after them.
     fn await_acks(&self, op: Op, dsts: &[usize]) -> Result<()> {
         for &d in dsts {
-            let rx = self.links.done_from[d].as_ref().expect("no link from self");
-            let done = rx
-                .recv_timeout(self.timeout)
-                .map_err(|e| self.wait_err(e, d, op))?;
-            self.wait_on(&done.done)?;
-            drop(done.keep);
+            for _ in 0..=self.owed[d].replace(0) {
+                self.settle(d, self.timeout)
+                    .map_err(|e| self.wait_err(e, d, op))?;
+            }
         }
         Ok(())
+    }
+
+    /// Takes the next done event from `d` within `wait`: this stream waits on it, and the
+    /// sent buffer it held is released after that.
+    fn settle(&self, d: usize, wait: Duration) -> std::result::Result<(), RecvTimeoutError> {
+        let rx = self.links.done_from[d].as_ref().expect("no link from self");
+        let done = rx.recv_timeout(wait)?;
+        self.owed[d].set(self.owed[d].get().saturating_sub(1));
+        // A failed wait leaves the buffer to be released unordered only if the driver broke.
+        let _ = self.wait_on(&done.done);
+        drop(done.keep);
+        Ok(())
+    }
+
+    /// Settles the done events already back from earlier sends, without waiting.
+    fn settle_ready(&self) {
+        for d in self.host.others() {
+            while self.owed[d].get() > 0 && self.settle(d, Duration::ZERO).is_ok() {}
+        }
     }
 
     /// Sends `ranges[d]` of `data` to every rank `d` (this rank's own range is copied locally)
@@ -481,8 +522,13 @@ impl Communicator for GpuLocalComm {
     fn send_tensor(&self, x: &Tensor, dst: usize) -> Result<()> {
         self.host.check_peer(Op::PointToPoint, dst, "destination")?;
         let data = f32_storage(x, "send")?;
+        self.settle_ready();
         self.post(Op::PointToPoint, dst, data, (0, x.numel()))?;
-        self.await_acks(Op::PointToPoint, &[dst])
+        // Like the host communicators' send, this does not wait for the receiver: the part
+        // holds the buffer (an in-place op on `x` copies it first) until its done event is
+        // settled by a later call.
+        self.owed[dst].set(self.owed[dst].get() + 1);
+        Ok(())
     }
 
     fn recv_rows(&self, src: usize, cols: usize, device: &Device) -> Result<Tensor> {
