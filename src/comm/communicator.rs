@@ -135,7 +135,7 @@ pub(crate) fn cols_of(t: &Tensor) -> usize {
 
 /// `data` as [len / cols, cols] rows on `device`.
 pub(crate) fn rows_on(data: Vec<f32>, cols: usize, device: &Device) -> Result<Tensor> {
-    if cols == 0 || data.len() % cols != 0 {
+    if cols == 0 || !data.len().is_multiple_of(cols) {
         return Err(Error::Shape(format!(
             "{} received values are not whole rows of {cols}",
             data.len()

@@ -11,12 +11,13 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cudarc::driver::{result as driver, CudaEvent};
 
+use super::device_links::{DeviceLinks, Done, Part};
 use super::{empty_rows, f32_storage, sum_parts};
 use crate::backend::cuda::dev_err;
 use crate::backend::cuda::storage::{CudaHandle, CudaStorage};
@@ -26,80 +27,6 @@ use crate::comm::links::Links;
 use crate::comm::{even_counts, CommError, Communicator, LocalComm, Op};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
-
-/// Elements `offset..offset + len` of a sender's buffer, readable once `ready` has fired.
-struct Part {
-    op: Op,
-    data: CudaStorage,
-    offset: usize,
-    len: usize,
-    ready: Arc<CudaEvent>,
-}
-
-/// The receiver's copies of a part are queued before `done`; `keep` holds the sender's
-/// buffer until the sender's stream has waited on it.
-struct Done {
-    keep: CudaStorage,
-    done: Arc<CudaEvent>,
-}
-
-/// One rank's device channels in a group: parts out to and in from every other rank, and the
-/// done events coming back. Made for a whole group by [`DeviceLinks::group`], bound to the
-/// rank's GPU in its own thread by [`GpuLocalComm::new`].
-pub struct DeviceLinks {
-    rank: usize,
-    parts_to: Vec<Option<Sender<Part>>>,
-    parts_from: Vec<Option<Receiver<Part>>>,
-    done_to: Vec<Option<Sender<Done>>>,
-    done_from: Vec<Option<Receiver<Done>>>,
-}
-
-impl std::fmt::Debug for DeviceLinks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DeviceLinks(rank {})", self.rank)
-    }
-}
-
-fn mesh<T>(size: usize) -> (Vec<Vec<Option<Sender<T>>>>, Vec<Vec<Option<Receiver<T>>>>) {
-    let mut to: Vec<Vec<Option<Sender<T>>>> = (0..size)
-        .map(|_| (0..size).map(|_| None).collect())
-        .collect();
-    let mut from: Vec<Vec<Option<Receiver<T>>>> = (0..size)
-        .map(|_| (0..size).map(|_| None).collect())
-        .collect();
-    for s in 0..size {
-        for d in (0..size).filter(|&d| d != s) {
-            let (tx, rx) = channel();
-            to[s][d] = Some(tx);
-            from[d][s] = Some(rx);
-        }
-    }
-    (to, from)
-}
-
-impl DeviceLinks {
-    /// The device channels of a fully connected group of `size` ranks; element `r` is rank
-    /// `r`'s end.
-    pub fn group(size: usize) -> Vec<DeviceLinks> {
-        let (parts_to, parts_from) = mesh::<Part>(size);
-        let (done_to, done_from) = mesh::<Done>(size);
-        parts_to
-            .into_iter()
-            .zip(parts_from)
-            .zip(done_to.into_iter().zip(done_from))
-            .enumerate()
-            .map(
-                |(rank, ((parts_to, parts_from), (done_to, done_from)))| DeviceLinks {
-                    rank,
-                    parts_to,
-                    parts_from,
-                    done_to,
-                    done_from,
-                },
-            )
-            .collect()
-    }
-}
 
 /// One rank's end of an in-process group of GPU ranks.
 pub struct GpuLocalComm {
@@ -385,7 +312,7 @@ impl GpuLocalComm {
             counts[*s] = p.len;
         }
         let total: usize = counts.iter().sum();
-        if cols == 0 || total % cols != 0 {
+        if cols == 0 || !total.is_multiple_of(cols) {
             return Err(self
                 .host
                 .bad(
@@ -539,7 +466,7 @@ impl Communicator for GpuLocalComm {
             ));
         }
         let part = self.take(Op::PointToPoint, src)?;
-        if cols == 0 || part.len % cols != 0 {
+        if cols == 0 || !part.len.is_multiple_of(cols) {
             return Err(self
                 .host
                 .bad(
@@ -582,7 +509,7 @@ impl Communicator for GpuLocalComm {
         }
         let cols = cols_of(x);
         let part = self.take(Op::Broadcast, root)?;
-        if cols == 0 || part.len % cols != 0 {
+        if cols == 0 || !part.len.is_multiple_of(cols) {
             return Err(self
                 .host
                 .bad(

@@ -7,10 +7,12 @@
 //! collective of [`super::Communicator`] too (the in-process one over [`super::LocalComm`],
 //! NCCL by staging the slice through the device), so a rank holds one communicator per group.
 
+mod device_links;
 mod local;
 mod nccl;
 
-pub use local::{DeviceLinks, GpuLocalComm};
+pub use device_links::DeviceLinks;
+pub use local::GpuLocalComm;
 pub use nccl::{nccl_unavailable_reason, NcclComm};
 
 use crate::backend::cuda::storage::{CudaHandle, CudaStorage};

@@ -286,7 +286,7 @@ impl NcclComm {
     }
 
     fn rows_tensor(&self, out: CudaSlice<f32>, total: usize, cols: usize) -> Result<Tensor> {
-        if cols == 0 || total % cols != 0 {
+        if cols == 0 || !total.is_multiple_of(cols) {
             return Err(Error::Shape(format!(
                 "{total} values received are not rows of {cols}"
             )));
