@@ -4,12 +4,50 @@ use anyhow::{bail, Context};
 use clap::Args;
 use std::path::PathBuf;
 use switchyard::backend::DeviceKind;
-use switchyard::cluster::{self, ClusterArgs, ClusterExecutor};
+use switchyard::cluster::{self, ClusterArgs, ClusterExecutor, ClusterSpec};
 use switchyard::engine::{Engine, Executor};
 use switchyard::layout::LayoutOverrides;
 use switchyard::model::ModelSource;
 use switchyard::parallel::{build_executor_on, GpuComm, ParallelPlan, RankDevices};
 use switchyard::tokenizer::Tokenizer;
+
+/// `--device`, `--gpus`, `--gpu-comm`: where a layout's ranks run.
+#[derive(Debug, Clone, Args)]
+pub struct DeviceArgs {
+    /// Where the ranks run: the f32 CPU reference, or CUDA GPUs (bf16 weights; see --gpus).
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    pub device: DeviceKind,
+    /// With --device cuda: the GPUs of the ranks, e.g. `0,2,4,6` (default: GPUs 0..n-1 for n
+    /// ranks; with more ranks than GPUs, ranks share GPUs).
+    #[arg(long, value_delimiter = ',')]
+    pub gpus: Vec<usize>,
+    /// With --device cuda: how GPU ranks exchange tensors (auto: NCCL when every rank has a
+    /// GPU of its own, else device copies in one process and the host between nodes).
+    #[arg(long, value_enum, default_value_t = GpuComm::Auto)]
+    pub gpu_comm: GpuComm,
+}
+
+impl DeviceArgs {
+    /// Where the ranks run: the CPU, or the GPUs `--gpus` names (default 0..n-1).
+    pub fn rank_devices(&self, ranks: usize) -> anyhow::Result<RankDevices> {
+        match self.device {
+            DeviceKind::Cpu if !self.gpus.is_empty() => bail!("--gpus needs --device cuda"),
+            DeviceKind::Cpu if self.gpu_comm != GpuComm::Auto => {
+                bail!("--gpu-comm needs --device cuda")
+            }
+            DeviceKind::Cpu => Ok(RankDevices::Cpu),
+            DeviceKind::Cuda => Ok(RankDevices::cuda(&self.gpus, ranks)?.with_comm(self.gpu_comm)),
+        }
+    }
+
+    /// Sets where a multi-node job's node runs its share of the `world` ranks on `spec`.
+    pub fn for_cluster(&self, spec: &mut Option<ClusterSpec>, world: usize) -> anyhow::Result<()> {
+        if let Some(spec) = spec {
+            spec.devices = self.rank_devices(world / spec.nodes)?;
+        }
+        Ok(())
+    }
+}
 
 /// Which model to run, and over which ranks.
 #[derive(Debug, Clone, Args)]
@@ -26,17 +64,9 @@ pub struct ModelArgs {
     /// Token slots per KV-cache block (default: the layout's).
     #[arg(long)]
     pub kv_block_size: Option<usize>,
-    /// Where the model runs: the f32 CPU reference, or the first CUDA GPU (bf16 weights).
-    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
-    pub device: DeviceKind,
-    /// With --device cuda: the GPUs of the ranks, e.g. `0,2,4,6` (default: GPUs 0..n-1 for n
-    /// ranks; with more ranks than GPUs, ranks share GPUs).
-    #[arg(long, value_delimiter = ',')]
-    pub gpus: Vec<usize>,
-    /// With --device cuda: how GPU ranks exchange tensors (auto: NCCL when every rank has a
-    /// GPU of its own, else device copies in one process and the host between nodes).
-    #[arg(long, value_enum, default_value_t = GpuComm::Auto)]
-    pub gpu_comm: GpuComm,
+    /// Where the ranks run.
+    #[command(flatten)]
+    pub devices: DeviceArgs,
     /// The parallel layout (in-process CPU ranks, one thread each).
     #[command(flatten)]
     pub layout: LayoutOverrides,
@@ -46,18 +76,6 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// Where the ranks run: the CPU, or the GPUs `--gpus` names (default 0..n-1).
-    pub fn rank_devices(&self, ranks: usize) -> anyhow::Result<RankDevices> {
-        match self.device {
-            DeviceKind::Cpu if !self.gpus.is_empty() => bail!("--gpus needs --device cuda"),
-            DeviceKind::Cpu if self.gpu_comm != GpuComm::Auto => {
-                bail!("--gpu-comm needs --device cuda")
-            }
-            DeviceKind::Cpu => Ok(RankDevices::Cpu),
-            DeviceKind::Cuda => Ok(RankDevices::cuda(&self.gpus, ranks)?.with_comm(self.gpu_comm)),
-        }
-    }
-
     /// Where the weights come from.
     pub fn source(&self) -> ModelSource {
         ModelSource {
@@ -78,12 +96,10 @@ impl ModelArgs {
         }
         let plan = ParallelPlan::from_layout(layout)?;
         let blocks = cache_tokens.max(1).div_ceil(block_size);
-        if let Some(spec) = &mut cluster {
-            spec.devices = self.rank_devices(plan.grid.world() / spec.nodes)?;
-        }
+        self.devices.for_cluster(&mut cluster, plan.grid.world())?;
         let executor: Box<dyn Executor> = match &cluster {
             None => {
-                let devices = self.rank_devices(plan.grid.world())?;
+                let devices = self.devices.rank_devices(plan.grid.world())?;
                 build_executor_on(&self.source(), &plan, blocks, block_size, &devices)
                     .with_context(|| format!("loading model {}", self.model.display()))?
             }

@@ -1,5 +1,6 @@
 //! `switchyard serve`: the OpenAI-compatible HTTP server.
 
+use super::model_args::DeviceArgs;
 use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
@@ -8,7 +9,7 @@ use switchyard::cluster::{self, ClusterArgs, ClusterExecutor};
 use switchyard::config::ModelConfig;
 use switchyard::layout::{Layout, LayoutOverrides};
 use switchyard::model::ModelSource;
-use switchyard::parallel::{build_executor, ParallelPlan};
+use switchyard::parallel::{build_executor_on, ParallelPlan};
 use switchyard::replication::RoutingRecorder;
 use switchyard::scheduler::{Limits, StepObserver};
 use switchyard::server::{self, ServeOptions};
@@ -71,6 +72,9 @@ pub struct ServeArgs {
     /// `switchyard rebalance-sim --trace` replays).
     #[arg(long, value_name = "FILE")]
     record_routing: Option<PathBuf>,
+    /// Where the ranks run (`--device cuda`, `--gpus`, `--gpu-comm`).
+    #[command(flatten)]
+    devices: DeviceArgs,
     /// The parallel layout (in-process CPU ranks, one thread each).
     #[command(flatten)]
     layout: LayoutOverrides,
@@ -102,7 +106,7 @@ impl ServeArgs {
 fn start(a: &ServeArgs) -> anyhow::Result<Option<std::sync::Arc<server::AppState>>> {
     let dir = a.model.clone().unwrap_or_else(default_model_dir);
     let mut layout = a.layout.resolve()?;
-    let cluster = a.cluster.resolve(&mut layout)?;
+    let mut cluster = a.cluster.resolve(&mut layout)?;
     let opts = a.options(&layout);
     if opts.kv_block_size == 0 {
         anyhow::bail!("--kv-block-size must be positive");
@@ -116,10 +120,17 @@ fn start(a: &ServeArgs) -> anyhow::Result<Option<std::sync::Arc<server::AppState
         random_weights: a.random_weights.then_some(a.weights_seed),
     };
     let plan = ParallelPlan::from_layout(layout)?;
+    a.devices.for_cluster(&mut cluster, plan.grid.world())?;
     let (executor, fault): (Box<dyn switchyard::engine::Executor>, _) = match &cluster {
         None => (
-            build_executor(&source, &plan, blocks, opts.kv_block_size)
-                .with_context(|| format!("loading model {}", dir.display()))?,
+            build_executor_on(
+                &source,
+                &plan,
+                blocks,
+                opts.kv_block_size,
+                &a.devices.rank_devices(plan.grid.world())?,
+            )
+            .with_context(|| format!("loading model {}", dir.display()))?,
             None,
         ),
         Some(spec) if spec.is_driver() => {
