@@ -14,6 +14,9 @@ use super::dev_err;
 use super::device::{CudaDevice, DeviceBuffer, Kernel};
 use crate::error::{Error, Result};
 
+#[path = "moe_gemm.rs"]
+mod gemm;
+
 /// Pairs per chunk of the permutation kernels (`CHUNK` in kernels/permute.cu).
 const CHUNK: usize = 256;
 /// Most experts the routing and permutation kernels take.
@@ -66,21 +69,24 @@ impl MoeShape {
     }
 }
 
-/// Which tile shape the grouped GEMMs use.
+/// Which kernels the grouped GEMMs use (the kernels themselves are picked per device in
+/// moe_gemm.rs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GemmPath {
-    /// 32-row tiles, 8 warps across N: few rows per expert (decode); each block streams a slab
-    /// of weights once with little wasted arithmetic.
+    /// Few rows per expert (decode): 32-row M tiles; each block streams a 16-row slab of one
+    /// expert's weights once, straight into registers, with K split over its warps.
     Small,
-    /// 128 x 128 tiles: many rows per expert (prefill), arithmetic-bound.
+    /// Many rows per expert (prefill), arithmetic-bound: 128-row M tiles (wgmma 128 x 256 tiles
+    /// on Hopper, mma.sync 128 x 128 elsewhere).
     Large,
 }
 
 impl GemmPath {
     /// The path for `n_pairs` (token, expert) pairs over `n_experts` experts, chosen on the host
-    /// from sizes alone (the per-expert counts stay on the device).
+    /// from sizes alone (the per-expert counts stay on the device): the streaming kernels take up
+    /// to 32 rows per expert in one tile, so they read every weight once up to an average of 32.
     pub fn for_load(n_pairs: usize, n_experts: usize) -> Self {
-        if n_pairs <= 48 * n_experts {
+        if n_pairs <= 32 * n_experts {
             GemmPath::Small
         } else {
             GemmPath::Large
@@ -93,25 +99,6 @@ impl GemmPath {
             GemmPath::Small => 32,
             GemmPath::Large => 128,
         }
-    }
-
-    fn kernels(self) -> (&'static str, usize, &'static str, usize) {
-        // (gate/up kernel, its B rows per tile, down kernel, its B rows per tile)
-        match self {
-            GemmPath::Small => ("gate_up_small", 128, "down_small", 64),
-            GemmPath::Large => ("gate_up_large", 128, "down_large", 128),
-        }
-    }
-
-    fn stages(self) -> usize {
-        match self {
-            GemmPath::Small => 6,
-            GemmPath::Large => 4,
-        }
-    }
-
-    fn smem(self, bn: usize) -> usize {
-        self.stages() * (self.bm() + bn) * 4 * 16
     }
 
     /// Upper bound of M tiles over all experts (the grid's x; surplus blocks exit at once).
@@ -398,40 +385,7 @@ impl MoeWorkspace {
                 "gate_up: x or the weights are too short".into(),
             ));
         }
-        let (name, bn, _, _) = path.kernels();
-        let smem = path.smem(bn);
-        let f = dev.function_with_smem(Kernel::GroupedGemm, name, smem)?;
-        let n_pairs = n_tokens * s.top_k;
-        let (ne, nt, k, tk) = (
-            s.n_experts as i32,
-            (2 * s.inter) as i32,
-            s.hidden as i32,
-            s.top_k as i32,
-        );
-        let null = 0u64;
-        let cfg = LaunchConfig {
-            grid_dim: (
-                path.max_tiles(n_pairs, s.n_experts) as u32,
-                (s.inter / (bn / 2)) as u32,
-                1,
-            ),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: smem as u32,
-        };
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(x)
-            .arg(gate_up)
-            .arg(&mut self.act)
-            .arg(&self.order)
-            .arg(&null)
-            .arg(&self.offsets)
-            .arg(&self.tile_offsets);
-        b.arg(&ne).arg(&nt).arg(&k).arg(&tk);
-        // SAFETY: rows come from offsets/order written by permute (< n_pairs, tokens < n_tokens);
-        // weights are n_experts x 2·inter x hidden (checked); act holds n_pairs x inter; hidden is a
-        // multiple of 32 and inter of 64 (MoeShape::validate), as the tiles require.
-        unsafe { b.launch(cfg) }.map_err(dev_err("launching the gate/up grouped GEMM"))?;
-        Ok(())
+        gemm::gate_up(dev, self, x, gate_up, n_tokens, path)
     }
 
     /// Grouped down GEMM: [`Self::y`] row r = w_r · (act_r · down_e), `down` [n_experts, hidden, inter].
@@ -447,38 +401,7 @@ impl MoeWorkspace {
         if down.len() < s.n_experts * s.hidden * s.inter {
             return Err(Error::Shape("down: the weights are too short".into()));
         }
-        let (_, _, name, bn) = path.kernels();
-        let smem = path.smem(bn);
-        let f = dev.function_with_smem(Kernel::GroupedGemm, name, smem)?;
-        let n_pairs = n_tokens * s.top_k;
-        let (ne, nt, k, tk) = (
-            s.n_experts as i32,
-            s.hidden as i32,
-            s.inter as i32,
-            s.top_k as i32,
-        );
-        let cfg = LaunchConfig {
-            grid_dim: (
-                path.max_tiles(n_pairs, s.n_experts) as u32,
-                (s.hidden / bn) as u32,
-                1,
-            ),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: smem as u32,
-        };
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(&self.act)
-            .arg(down)
-            .arg(&mut self.y)
-            .arg(&self.order)
-            .arg(&self.weights)
-            .arg(&self.offsets)
-            .arg(&self.tile_offsets);
-        b.arg(&ne).arg(&nt).arg(&k).arg(&tk);
-        // SAFETY: reads act rows < n_pairs and the checked weights; writes y rows < n_pairs of
-        // hidden columns (hidden a multiple of the 64/128-wide N tile).
-        unsafe { b.launch(cfg) }.map_err(dev_err("launching the down grouped GEMM"))?;
-        Ok(())
+        gemm::down(dev, self, down, n_tokens, path)
     }
 
     /// Unpermute and combine into `out` [T, hidden] bf16: out_t = Σ_j y[row(t, j)] (+ addend_t).
