@@ -271,17 +271,18 @@ extern "C" __global__ void __launch_bounds__(256) down_large(GG_ARGS) {
 }
 
 // Decode (few rows per expert): stream each touched expert's weights once at full bandwidth.
-// blockIdx.x is a 32-row M tile of the tile map (bm = 32; one tile for an expert with up to 32
-// rows), blockIdx.y a 16-row slab of the expert's weights (gate/up: 8 gate rows and the 8 up rows
-// of the same features; down: 16 output features). The 8 warps split K (warp w takes the 32-wide
-// K steps w, w+8, ...), each loading its weights straight from HBM into registers (16 bytes a
-// lane, 8 steps in flight, no L1 allocation) and multiplying on the tensor cores with the weights
-// as the M side of mma.m16n8k16 and up to 32 token rows as N (4 fragments of 8, skipped past the
-// tile's rows). K is permuted consistently on both sides: lane (g, c) loads k = 8c..8c+7 of a
-// step from weight rows g and g+8 and from token row g, and feeds them as the fragment pairs the
-// instruction expects at k = 2c, 2c+8 (first k16 half) and again (second half), so no shuffles or
-// shared memory are needed on the way in. The warps' partial sums meet in shared memory and warps
-// 0..3 write the epilogue (SiLU*up, or the router weight) for their 8-token fragment.
+// blockIdx.x is a 32-row M tile of the tile map (bm = 32), blockIdx.y a 16-row slab of the
+// expert's weights (gate/up: 8 gate rows and the 8 up rows of the same features; down: 16 output
+// features). The 8 warps split K (warp w takes the 32-wide K steps w, w+8, ...); each lane loads
+// its weights straight from HBM into registers (16 bytes a row, 8 steps in flight, no L1
+// allocation) together with the matching 16 bytes of its token row, and multiplies on the tensor
+// cores with the weights as the M side of mma.m16n8k16 and 8 token rows as N. K is permuted
+// consistently on both sides: lane (g, c) loads k = 8c..8c+7 of a step from weight rows g and
+// g+8 and from token row g, and feeds them as the fragment pairs the instruction expects at
+// k = 2c, 2c+8 (first k16 half) and again (second half), so nothing is shuffled on the way in.
+// A tile with more than 8 rows takes another pass per 8 rows (its weights then come from L2);
+// the host sends only loads averaging a few rows per expert here. The warps' partial sums meet
+// in shared memory and warp 0 writes the epilogue (SiLU*up, or the router weight).
 #define ST_U 8
 
 __device__ __forceinline__ uint4 ld_stream(const void* p) {
@@ -294,13 +295,12 @@ __device__ __forceinline__ uint4 ld_stream(const void* p) {
 
 template <bool GATE_UP>
 __device__ __forceinline__ void stream_gemm(GG_ARGS) {
-    __shared__ float red[8][4][4][32];  // [warp][fragment][element][lane]
+    __shared__ float red[8][4][32];  // [warp][element][lane]
     const int tile = blockIdx.x;
     if (tile >= tile_offsets[n_experts]) return;
     const int e = expert_of_tile(tile_offsets, n_experts, tile);
     const int row0 = offsets[e] + (tile - tile_offsets[e]) * 32;
     const int rows = min(32, offsets[e + 1] - row0);
-    const int nfrag = (rows + 7) >> 3;
     const int inter = n_total / 2;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     // This lane's two weight rows.
@@ -314,80 +314,63 @@ __device__ __forceinline__ void stream_gemm(GG_ARGS) {
     }
     const __nv_bfloat16* w0 = w + ((size_t)e * n_total + r0) * k + c * 8;
     const __nv_bfloat16* w1 = w + ((size_t)e * n_total + r1) * k + c * 8;
-    const __nv_bfloat16* xp[4];
-    bool xv[4];
-#pragma unroll
-    for (int f = 0; f < 4; ++f) {
-        const int j = f * 8 + g;
-        xv[f] = j < rows;
-        int src = 0;
-        if (xv[f]) src = GATE_UP ? order[row0 + j] / top_k : row0 + j;
-        xp[f] = a + (size_t)src * k + c * 8;
-    }
-    float acc[4][4];
-#pragma unroll
-    for (int f = 0; f < 4; ++f)
-#pragma unroll
-        for (int q = 0; q < 4; ++q) acc[f][q] = 0.0f;
-
     const int n_steps = k / 32;
-    for (int s0 = warp; s0 < n_steps; s0 += 8 * ST_U) {
-        uint4 wa[ST_U], wb[ST_U];
+    for (int p0 = 0; p0 < rows; p0 += 8) {
+        const bool xv = p0 + g < rows;
+        int src = 0;
+        if (xv) src = GATE_UP ? order[row0 + p0 + g] / top_k : row0 + p0 + g;
+        const __nv_bfloat16* xp = a + (size_t)src * k + c * 8;
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int s0 = warp; s0 < n_steps; s0 += 8 * ST_U) {
+            uint4 wa[ST_U], wb[ST_U], xq[ST_U];
 #pragma unroll
-        for (int u = 0; u < ST_U; ++u) {
-            const int s = s0 + 8 * u;
-            if (s < n_steps) {
-                wa[u] = ld_stream(w0 + s * 32);
-                wb[u] = ld_stream(w1 + s * 32);
+            for (int u = 0; u < ST_U; ++u) {
+                const int s = s0 + 8 * u;
+                xq[u] = make_uint4(0, 0, 0, 0);
+                if (s < n_steps) {
+                    wa[u] = ld_stream(w0 + s * 32);
+                    wb[u] = ld_stream(w1 + s * 32);
+                    if (xv) xq[u] = __ldg(reinterpret_cast<const uint4*>(xp + s * 32));
+                }
             }
-        }
 #pragma unroll
-        for (int u = 0; u < ST_U; ++u) {
-            const int s = s0 + 8 * u;
-            if (s < n_steps) {
-                const unsigned lo[4] = {wa[u].x, wb[u].x, wa[u].y, wb[u].y};
-                const unsigned hi[4] = {wa[u].z, wb[u].z, wa[u].w, wb[u].w};
-#pragma unroll
-                for (int f = 0; f < 4; ++f) {
-                    if (f < nfrag) {
-                        uint4 xq = make_uint4(0, 0, 0, 0);
-                        if (xv[f]) xq = __ldg(reinterpret_cast<const uint4*>(xp[f] + s * 32));
-                        mma_bf16(acc[f], lo, xq.x, xq.y);
-                        mma_bf16(acc[f], hi, xq.z, xq.w);
-                    }
+            for (int u = 0; u < ST_U; ++u) {
+                if (s0 + 8 * u < n_steps) {
+                    const unsigned lo[4] = {wa[u].x, wb[u].x, wa[u].y, wb[u].y};
+                    const unsigned hi[4] = {wa[u].z, wb[u].z, wa[u].w, wb[u].w};
+                    mma_bf16(acc, lo, xq[u].x, xq[u].y);
+                    mma_bf16(acc, hi, xq[u].z, xq[u].w);
                 }
             }
         }
-    }
 #pragma unroll
-    for (int f = 0; f < 4; ++f)
-        if (f < nfrag)
+        for (int q = 0; q < 4; ++q) red[warp][q][lane] = acc[q];
+        __syncthreads();
+        if (warp == 0) {
+            float v[4];
 #pragma unroll
-            for (int q = 0; q < 4; ++q) red[warp][f][q][lane] = acc[f][q];
-    __syncthreads();
-    if (warp >= nfrag) return;
-    const int f = warp;
-    float v[4];
+            for (int q = 0; q < 4; ++q) {
+                float sum = 0.0f;
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-        float sum = 0.0f;
+                for (int w8 = 0; w8 < 8; ++w8) sum += red[w8][q][lane];
+                v[q] = sum;
+            }
+            // v[q]: weight row g + 8 * (q / 2), token p0 + 2c + q % 2.
 #pragma unroll
-        for (int w8 = 0; w8 < 8; ++w8) sum += red[w8][f][q][lane];
-        v[q] = sum;
-    }
-    // v[q]: weight row g + 8 * (q / 2), token j = 8f + 2c + q % 2.
-#pragma unroll
-    for (int p = 0; p < 2; ++p) {
-        const int j = f * 8 + 2 * c + p;
-        if (j >= rows) continue;
-        const int row = row0 + j;
-        if (GATE_UP) {
-            out[(size_t)row * inter + r0] = __float2bfloat16_rn(silu(v[p]) * v[2 + p]);
-        } else {
-            const float s = pair_weight[order[row]];
-            out[(size_t)row * n_total + r0] = __float2bfloat16_rn(s * v[p]);
-            out[(size_t)row * n_total + r1] = __float2bfloat16_rn(s * v[2 + p]);
+            for (int p = 0; p < 2; ++p) {
+                const int j = p0 + 2 * c + p;
+                if (j >= rows) continue;
+                const int row = row0 + j;
+                if (GATE_UP) {
+                    out[(size_t)row * inter + r0] = __float2bfloat16_rn(silu(v[p]) * v[2 + p]);
+                } else {
+                    const float sc = pair_weight[order[row]];
+                    out[(size_t)row * n_total + r0] = __float2bfloat16_rn(sc * v[p]);
+                    out[(size_t)row * n_total + r1] = __float2bfloat16_rn(sc * v[2 + p]);
+                }
+            }
         }
+        __syncthreads();  // red is reused by the next pass
     }
 }
 

@@ -32,12 +32,9 @@ struct __align__(64) TmaDesc {
     unsigned long long v[16];
 };
 
-#define BM 128
 #define BN 256
 #define BK 64
-#define STAGES 4
 #define BAND 16
-#define A_STAGE_BYTES (BM * BK * 2)
 #define B_STAGE_BYTES (BN * BK * 2)
 
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
@@ -147,17 +144,56 @@ __device__ __forceinline__ void wgmma_m64n256k16(float* d, unsigned long long da
         : "l"(da), "l"(db));
 }
 
-// Tile t of the grouped raster: bands of BAND M tiles, N tiles in order inside a band, M fastest.
-__device__ __forceinline__ void tile_coords(int t, int m_tiles, int n_tiles, int& m, int& n) {
+// D[64 x 128] += A[64 x 16] * B[128 x 16]^T, both K-major in 128B-swizzled shared memory.
+__device__ __forceinline__ void wgmma_m64n128k16(float* d, unsigned long long da, unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, %64, %65, p, 1, 1, 0, 0;\n"
+        "}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db));
+}
+
+// Unit t of the grouped raster over m_units x n_tiles: bands of BAND M units, N in order inside
+// a band, M fastest.
+__device__ __forceinline__ void tile_coords(int t, int m_units, int n_tiles, int& m, int& n) {
     const int band = t / (BAND * n_tiles);
     const int first = band * BAND;
-    const int rows = min(BAND, m_tiles - first);
+    const int rows = min(BAND, m_units - first);
     const int idx = t - band * BAND * n_tiles;
     m = first + idx % rows;
     n = idx / rows;
 }
 
-template <bool GATE_UP>
+// Rows [row0, row_end) of M unit `mu`: unit mu is half (BM_ = 64) or all (BM_ = 128) of the
+// 128-row tile mu / (128 / BM_) of the tile map.
+template <int BM_>
+__device__ __forceinline__ void unit_rows(const int* offsets, const int* tile_offsets, int n_experts, int mu,
+                                          int& row0, int& row_end) {
+    constexpr int PER = 128 / BM_;
+    const int m = mu / PER;
+    const int e = expert_of_tile(tile_offsets, n_experts, m);
+    row0 = offsets[e] + (m - tile_offsets[e]) * 128 + (mu % PER) * BM_;
+    row_end = offsets[e + 1];
+}
+
+// BM_ = 128: each consumer warpgroup takes 64 rows and all 256 columns (m64n256).
+// BM_ = 64: both take the same 64 rows, each 128 of the 256 columns (m64n128); this wastes less
+// on groups of a few dozen rows (an M unit past its expert's last row is skipped).
+template <int BM_, bool GATE_UP>
 __device__ __forceinline__ void wgmma_grouped_gemm(
     const TmaDesc* ta,                        // A: [P, K] rows in sorted order, box 64 x 64
     const TmaDesc* tb,                        // B: [n_experts * n_total, K], box 64 x 64
@@ -167,23 +203,26 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
     const int* __restrict__ offsets,          // [n_experts + 1]
     const int* __restrict__ tile_offsets,     // [n_experts + 1], 128-row tiles
     int n_experts, int n_total, int k) {
+    constexpr int WN = BM_ == 128 ? BN : BN / 2;  // columns of one consumer
+    constexpr int ST = BM_ == 128 ? 4 : 5;        // pipeline stages
+    constexpr int A_BYTES = BM_ * BK * 2;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     // 128B-swizzled tiles need 1024-byte alignment; the host adds 1 KiB of slack.
     unsigned char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
     __nv_bfloat16* sA = reinterpret_cast<__nv_bfloat16*>(smem);
-    __nv_bfloat16* sB = reinterpret_cast<__nv_bfloat16*>(smem + STAGES * A_STAGE_BYTES);
-    unsigned long long* full = reinterpret_cast<unsigned long long*>(smem + STAGES * (A_STAGE_BYTES + B_STAGE_BYTES));
-    unsigned long long* empty = full + STAGES;
+    __nv_bfloat16* sB = reinterpret_cast<__nv_bfloat16*>(smem + ST * A_BYTES);
+    unsigned long long* full = reinterpret_cast<unsigned long long*>(smem + ST * (A_BYTES + B_STAGE_BYTES));
+    unsigned long long* empty = full + ST;
 
     const int wg = threadIdx.x / 128;
     const int inter = n_total / 2;
-    const int m_tiles = tile_offsets[n_experts];
+    const int m_units = tile_offsets[n_experts] * (128 / BM_);
     const int n_tiles = GATE_UP ? inter / (BN / 2) : n_total / BN;
-    const int total = m_tiles * n_tiles;
+    const int total = m_units * n_tiles;
     const int k_tiles = k / BK;
 
     if (threadIdx.x == 0) {
-        for (int s = 0; s < STAGES; ++s) {
+        for (int s = 0; s < ST; ++s) {
             mbar_init(&full[s], 1);
             mbar_init(&empty[s], 8);  // lane 0 of each of the 8 consumer warps
         }
@@ -197,26 +236,28 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
         if (threadIdx.x != 0) return;
         int it = 0;
         for (int t = blockIdx.x; t < total; t += gridDim.x) {
-            int m, n;
-            tile_coords(t, m_tiles, n_tiles, m, n);
-            const int e = expert_of_tile(tile_offsets, n_experts, m);
-            const int row0 = offsets[e] + (m - tile_offsets[e]) * BM;
+            int mu, n, row0, row_end;
+            tile_coords(t, m_units, n_tiles, mu, n);
+            unit_rows<BM_>(offsets, tile_offsets, n_experts, mu, row0, row_end);
+            if (row0 >= row_end) continue;  // an empty half tile: the consumers skip it too
+            const int e = expert_of_tile(tile_offsets, n_experts, mu / (128 / BM_));
             const int wrow = e * n_total;
             for (int kt = 0; kt < k_tiles; ++kt, ++it) {
-                const int s = it % STAGES;
-                mbar_wait(&empty[s], ((it / STAGES) & 1) ^ 1);
-                mbar_expect_tx(&full[s], A_STAGE_BYTES + B_STAGE_BYTES);
-                __nv_bfloat16* a = sA + s * (BM * BK);
+                const int s = it % ST;
+                mbar_wait(&empty[s], ((it / ST) & 1) ^ 1);
+                mbar_expect_tx(&full[s], A_BYTES + B_STAGE_BYTES);
+                __nv_bfloat16* a = sA + s * (BM_ * BK);
                 __nv_bfloat16* b = sB + s * (BN * BK);
-                tma_load_2d(a, ta, &full[s], kt * BK, row0);
-                tma_load_2d(a + 64 * BK, ta, &full[s], kt * BK, row0 + 64);
+#pragma unroll
+                for (int i = 0; i < BM_ / 64; ++i) tma_load_2d(a + i * 64 * BK, ta, &full[s], kt * BK, row0 + i * 64);
 #pragma unroll
                 for (int j = 0; j < BN / 64; ++j) {
                     int r;
                     if (GATE_UP) {
-                        // rows 0..127 of the tile: gate features n*128.., rows 128..255: the same up features.
-                        const int half = j / 2, within = (j % 2) * 64;
-                        r = half * inter + n * (BN / 2) + within;
+                        // Each consumer's WN rows: WN/2 gate rows, then the same features' up rows.
+                        const int slice = j * 64 / WN, within = j * 64 % WN;
+                        const int up = within >= WN / 2;
+                        r = up * inter + n * (BN / 2) + slice * (WN / 2) + within - up * (WN / 2);
                     } else {
                         r = n * BN + j * 64;
                     }
@@ -229,57 +270,62 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
 
     // Consumers.
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
-    const int c = wg - 1;                 // which 64 rows of the tile
+    const int c = wg - 1;
     const int ct = threadIdx.x - 128 * wg;
     const int warp = ct / 32, lane = ct % 32;
-    float d[BN / 2];
+    const int a_off = BM_ == 128 ? c * 64 * BK : 0;      // this consumer's rows of the A tile
+    const int b_off = BM_ == 128 ? 0 : c * WN * BK;      // its rows of the B tile
+    const int col_off = BM_ == 128 ? 0 : c * WN;         // its first column of the N tile (B rows)
+    float d[WN / 2];
     int it = 0;
     for (int t = blockIdx.x; t < total; t += gridDim.x) {
-        int m, n;
-        tile_coords(t, m_tiles, n_tiles, m, n);
-        const int e = expert_of_tile(tile_offsets, n_experts, m);
-        const int row0 = offsets[e] + (m - tile_offsets[e]) * BM;
-        const int row_end = offsets[e + 1];
+        int mu, n, row0, row_end;
+        tile_coords(t, m_units, n_tiles, mu, n);
+        unit_rows<BM_>(offsets, tile_offsets, n_experts, mu, row0, row_end);
+        if (row0 >= row_end) continue;
 #pragma unroll
-        for (int i = 0; i < BN / 2; ++i) d[i] = 0.0f;
+        for (int i = 0; i < WN / 2; ++i) d[i] = 0.0f;
         for (int kt = 0; kt < k_tiles; ++kt, ++it) {
-            const int s = it % STAGES;
-            mbar_wait(&full[s], (it / STAGES) & 1);
-            const __nv_bfloat16* a = sA + s * (BM * BK) + c * 64 * BK;
-            const __nv_bfloat16* b = sB + s * (BN * BK);
-            fence_regs<BN / 2>(d);
+            const int s = it % ST;
+            mbar_wait(&full[s], (it / ST) & 1);
+            const __nv_bfloat16* a = sA + s * (BM_ * BK) + a_off;
+            const __nv_bfloat16* b = sB + s * (BN * BK) + b_off;
+            fence_regs<WN / 2>(d);
             wgmma_fence();
 #pragma unroll
-            for (int kk = 0; kk < BK / 16; ++kk) wgmma_m64n256k16(d, smem_desc(a + kk * 16), smem_desc(b + kk * 16));
+            for (int kk = 0; kk < BK / 16; ++kk) {
+                if (WN == 256) wgmma_m64n256k16(d, smem_desc(a + kk * 16), smem_desc(b + kk * 16));
+                else wgmma_m64n128k16(d, smem_desc(a + kk * 16), smem_desc(b + kk * 16));
+            }
             wgmma_commit();
             // Keep this stage's group in flight; the previous one is done, release its stage.
             wgmma_wait<1>();
-            fence_regs<BN / 2>(d);
-            if (kt > 0 && lane == 0) mbar_arrive(&empty[(it - 1) % STAGES]);
+            fence_regs<WN / 2>(d);
+            if (kt > 0 && lane == 0) mbar_arrive(&empty[(it - 1) % ST]);
         }
         wgmma_wait<0>();
-        fence_regs<BN / 2>(d);
-        if (lane == 0) mbar_arrive(&empty[(it - 1) % STAGES]);
+        fence_regs<WN / 2>(d);
+        if (lane == 0) mbar_arrive(&empty[(it - 1) % ST]);
 
         // Epilogue: d[4j + q] is row 16 * warp + lane / 4 + 8 * (q / 2), column 8j + 2 * (lane % 4) + q % 2.
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-            const int row = row0 + c * 64 + warp * 16 + (lane >> 2) + h * 8;
+            const int row = row0 + (BM_ == 128 ? c * 64 : 0) + warp * 16 + (lane >> 2) + h * 8;
             if (row >= row_end) continue;
             if (GATE_UP) {
 #pragma unroll
-                for (int j = 0; j < BN / 16; ++j) {
-                    const int col = n * (BN / 2) + j * 8 + 2 * (lane & 3);
+                for (int j = 0; j < WN / 16; ++j) {
+                    const int col = n * (BN / 2) + col_off / 2 + j * 8 + 2 * (lane & 3);
                     const float g0 = d[4 * j + 2 * h], g1 = d[4 * j + 2 * h + 1];
-                    const float u0 = d[4 * (j + BN / 16) + 2 * h], u1 = d[4 * (j + BN / 16) + 2 * h + 1];
+                    const float u0 = d[4 * (j + WN / 16) + 2 * h], u1 = d[4 * (j + WN / 16) + 2 * h + 1];
                     *reinterpret_cast<__nv_bfloat162*>(out + (size_t)row * inter + col) =
                         __floats2bfloat162_rn(silu(g0) * u0, silu(g1) * u1);
                 }
             } else {
                 const float w = pair_weight[order[row]];
 #pragma unroll
-                for (int j = 0; j < BN / 8; ++j) {
-                    const int col = n * BN + j * 8 + 2 * (lane & 3);
+                for (int j = 0; j < WN / 8; ++j) {
+                    const int col = n * BN + col_off + j * 8 + 2 * (lane & 3);
                     *reinterpret_cast<__nv_bfloat162*>(out + (size_t)row * n_total + col) =
                         __floats2bfloat162_rn(w * d[4 * j + 2 * h], w * d[4 * j + 2 * h + 1]);
                 }
@@ -295,5 +341,7 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
         const int *__restrict__ tile_offsets, int n_experts, int n_total, int k
 #define WG_PASS &ta, &tb, out, order, pair_weight, offsets, tile_offsets, n_experts, n_total, k
 
-extern "C" __global__ void __launch_bounds__(384, 1) gate_up_wgmma(WG_ARGS) { wgmma_grouped_gemm<true>(WG_PASS); }
-extern "C" __global__ void __launch_bounds__(384, 1) down_wgmma(WG_ARGS) { wgmma_grouped_gemm<false>(WG_PASS); }
+extern "C" __global__ void __launch_bounds__(384, 1) gate_up_wgmma(WG_ARGS) { wgmma_grouped_gemm<128, true>(WG_PASS); }
+extern "C" __global__ void __launch_bounds__(384, 1) down_wgmma(WG_ARGS) { wgmma_grouped_gemm<128, false>(WG_PASS); }
+extern "C" __global__ void __launch_bounds__(384, 1) gate_up_wgmma64(WG_ARGS) { wgmma_grouped_gemm<64, true>(WG_PASS); }
+extern "C" __global__ void __launch_bounds__(384, 1) down_wgmma64(WG_ARGS) { wgmma_grouped_gemm<64, false>(WG_PASS); }

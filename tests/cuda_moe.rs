@@ -480,14 +480,22 @@ fn rms_norm_with_residual_matches_the_reference() {
 }
 
 /// The grouped GEMMs of both paths over groups chosen to hit the tile edges: experts with 0, 1,
-/// 31, 33, 127, 129 and 300 rows (the 32-row decode tiles and the 128-row tiles, an empty group
-/// between full ones), routed explicitly (top-1, shuffled tokens), against the CPU path.
+/// 31, 33, 63, 65, 127, 129, 255, 257 rows and more (the 8-row passes and 32-row tiles of the
+/// decode kernels, the 64- and 128-row wgmma tiles: the first set averages under 192 rows an
+/// expert, which picks 64-row tiles, the second over), an empty group between full ones, routed
+/// explicitly (top-1, shuffled tokens), against the CPU path.
 #[test]
 fn grouped_gemms_handle_empty_single_and_ragged_groups() {
     let Some(dev) = device() else { return };
     let mut rng = Rng(5);
-    let counts = [0usize, 1, 31, 33, 0, 127, 129, 300];
-    for (hidden, inter) in [(256usize, 384usize), (384, 448)] {
+    let sets: [&[usize]; 2] = [
+        &[0, 1, 31, 33, 0, 63, 65, 127, 129, 300],
+        &[0, 1, 129, 255, 257, 300, 0, 700],
+    ];
+    for (counts, (hidden, inter)) in sets
+        .iter()
+        .flat_map(|c| [(256usize, 384usize), (384, 448)].map(|s| (c, s)))
+    {
         let (h, i, e, k) = (hidden, inter, counts.len(), 1usize);
         let shape = MoeShape {
             hidden: h,

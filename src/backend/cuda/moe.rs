@@ -83,10 +83,11 @@ pub enum GemmPath {
 
 impl GemmPath {
     /// The path for `n_pairs` (token, expert) pairs over `n_experts` experts, chosen on the host
-    /// from sizes alone (the per-expert counts stay on the device): the streaming kernels take up
-    /// to 32 rows per expert in one tile, so they read every weight once up to an average of 32.
+    /// from sizes alone (the per-expert counts stay on the device). Measured on an H200 (see
+    /// benches/RESULTS.md): the streaming kernels win while experts average at most a couple of
+    /// rows (8 rows a pass); past that the tiled kernels stream the weights as well and reuse them.
     pub fn for_load(n_pairs: usize, n_experts: usize) -> Self {
-        if n_pairs <= 32 * n_experts {
+        if n_pairs <= 2 * n_experts {
             GemmPath::Small
         } else {
             GemmPath::Large
@@ -313,6 +314,30 @@ impl MoeWorkspace {
             n_chunks as i32,
             path.bm() as i32,
         );
+        if n_chunks == 1 {
+            // One block does histogram, offsets and scatter: decode batches save two launches.
+            let f = dev.function(Kernel::Permute, "expert_permute_one")?;
+            let mut b = dev.stream().launch_builder(&f);
+            b.arg(&self.experts)
+                .arg(&np)
+                .arg(&ne)
+                .arg(&bm)
+                .arg(&mut self.offsets)
+                .arg(&mut self.tile_offsets)
+                .arg(&mut self.order)
+                .arg(&mut self.row_of_pair);
+            // SAFETY: n_pairs <= CHUNK experts (< n_experts <= 1024, written by route) are read;
+            // n_experts + 1 offsets and tile offsets and n_pairs order / row_of_pair entries written.
+            unsafe {
+                b.launch(LaunchConfig {
+                    grid_dim: (1, 1, 1),
+                    block_dim: (1024, 1, 1),
+                    shared_mem_bytes: 0,
+                })
+            }
+            .map_err(dev_err("launching expert_permute_one"))?;
+            return Ok(());
+        }
         let smem = (self.shape.n_experts * 4) as u32;
         let hist = dev.function(Kernel::Permute, "expert_histogram")?;
         let offs = dev.function(Kernel::Permute, "expert_offsets")?;

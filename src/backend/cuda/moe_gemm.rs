@@ -4,7 +4,8 @@
 //! - [`GemmPath::Small`] (decode): `gate_up_stream` / `down_stream` (kernels/grouped_gemm.cu)
 //!   stream each touched expert's weights once, 16 weight rows per block, K split over 8 warps.
 //! - [`GemmPath::Large`] on Hopper (sm_90a) when the N tiles divide the shape: `gate_up_wgmma` /
-//!   `down_wgmma` (kernels/grouped_gemm_sm90.cu), TMA + wgmma, persistent, 128 x 256 tiles; the
+//!   `down_wgmma` (kernels/grouped_gemm_sm90.cu), TMA + wgmma, persistent, 128 x 256 tiles (64 x
+//!   256, `*_wgmma64`, while experts average fewer than 192 rows); the
 //!   token rows are first gathered into sorted order (`gather_rows`, into [`MoeWorkspace::y`],
 //!   which is free until the down projection writes it).
 //! - [`GemmPath::Large`] elsewhere: the mma.sync 128 x 128 kernels (`gate_up_large` / `down_large`).
@@ -20,9 +21,27 @@ use crate::backend::cuda::dev_err;
 use crate::backend::cuda::device::{CudaDevice, DeviceBuffer, Kernel};
 use crate::error::{Error, Result};
 
-/// Shared memory of the wgmma kernels: 4 stages of a 128 x 64 A tile and a 256 x 64 B tile
-/// (bf16), 8 mbarriers, and 1 KiB of slack to align the tiles to the 128B swizzle's 1024 bytes.
-const WGMMA_SMEM: usize = 4 * (128 * 64 + 256 * 64) * 2 + 64 + 1024;
+/// Shared memory of the wgmma kernels with `bm`-row tiles: 4 stages (bm 128) or 5 (bm 64) of a
+/// bm x 64 A tile and a 256 x 64 B tile (bf16), their mbarriers, and 1 KiB of slack to align the
+/// tiles to the 128B swizzle's 1024 bytes.
+fn wgmma_smem(bm: usize) -> usize {
+    let stages = if bm == 128 { 4 } else { 5 };
+    stages * ((bm * 64 + 256 * 64) * 2 + 16) + 1024
+}
+
+/// Set to 64 or 128 to force the wgmma tile height: a diagnostic switch for the benchmark.
+const WGMMA_BM: &str = "SWITCHYARD_WGMMA_BM";
+
+/// Rows of the wgmma M tile: 64 while experts average fewer than 192 rows (less of the last,
+/// ragged tile of each expert is wasted), else 128 (more reuse of every loaded byte).
+fn wgmma_bm(n_pairs: usize, n_experts: usize) -> usize {
+    match std::env::var(WGMMA_BM).ok().as_deref() {
+        Some("64") => 64,
+        Some("128") => 128,
+        _ if n_pairs < 192 * n_experts => 64,
+        _ => 128,
+    }
+}
 
 /// Which kernel family runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,22 +113,31 @@ fn tensor_map(base: u64, rows: usize, k: usize) -> Result<[u64; 16]> {
 }
 
 /// Persistent grid of the wgmma kernels: one CTA per SM, fewer when there are fewer tiles.
-fn wgmma_grid(dev: &CudaDevice, max_tiles: usize) -> Result<LaunchConfig> {
+fn wgmma_grid(dev: &CudaDevice, max_tiles: usize, bm: usize) -> Result<LaunchConfig> {
     Ok(LaunchConfig {
         grid_dim: (dev.sm_count()?.min(max_tiles).max(1) as u32, 1, 1),
         block_dim: (384, 1, 1),
-        shared_mem_bytes: WGMMA_SMEM as u32,
+        shared_mem_bytes: wgmma_smem(bm) as u32,
     })
 }
 
-fn function(dev: &CudaDevice, fam: Family, gate_up: bool, bn: &mut usize) -> Result<CudaFunction> {
+fn function(
+    dev: &CudaDevice,
+    fam: Family,
+    gate_up: bool,
+    bm: usize,
+    bn: &mut usize,
+) -> Result<CudaFunction> {
+    let wg = wgmma_smem(bm);
     let (kernel, name, smem) = match (fam, gate_up) {
         (Family::Stream, true) => (Kernel::GroupedGemm, "gate_up_stream", 0),
         (Family::Stream, false) => (Kernel::GroupedGemm, "down_stream", 0),
         (Family::MmaLarge, true) => (Kernel::GroupedGemm, "gate_up_large", 4 * 256 * 4 * 16),
         (Family::MmaLarge, false) => (Kernel::GroupedGemm, "down_large", 4 * 256 * 4 * 16),
-        (Family::Wgmma, true) => (Kernel::GroupedGemmSm90, "gate_up_wgmma", WGMMA_SMEM),
-        (Family::Wgmma, false) => (Kernel::GroupedGemmSm90, "down_wgmma", WGMMA_SMEM),
+        (Family::Wgmma, true) if bm == 64 => (Kernel::GroupedGemmSm90, "gate_up_wgmma64", wg),
+        (Family::Wgmma, false) if bm == 64 => (Kernel::GroupedGemmSm90, "down_wgmma64", wg),
+        (Family::Wgmma, true) => (Kernel::GroupedGemmSm90, "gate_up_wgmma", wg),
+        (Family::Wgmma, false) => (Kernel::GroupedGemmSm90, "down_wgmma", wg),
     };
     // N extent of one block: weight rows (stream), or output columns (tiles).
     *bn = match (fam, gate_up) {
@@ -134,9 +162,10 @@ pub(super) fn gate_up(
 ) -> Result<()> {
     let s = ws.shape;
     let fam = family(dev, path, &s);
-    let mut bn = 0;
-    let f = function(dev, fam, true, &mut bn)?;
     let n_pairs = n_tokens * s.top_k;
+    let bm = wgmma_bm(n_pairs, s.n_experts);
+    let mut bn = 0;
+    let f = function(dev, fam, true, bm, &mut bn)?;
     let max_tiles = path.max_tiles(n_pairs, s.n_experts);
     let (ne, nt, k, tk) = (
         s.n_experts as i32,
@@ -160,7 +189,7 @@ pub(super) fn gate_up(
             .arg(&ne)
             .arg(&nt)
             .arg(&k);
-        let cfg = wgmma_grid(dev, max_tiles * (s.inter / bn))?;
+        let cfg = wgmma_grid(dev, max_tiles * (128 / bm) * (s.inter / bn), bm)?;
         // SAFETY: the tensor maps cover xs [n_pairs, hidden] (in ws.y, written by gather) and the
         // weights [n_experts * 2·inter, hidden] (checked by the caller); tiles come from the tile map
         // of permute (128-row tiles), stores stop at each expert's last row < n_pairs of act, and
@@ -203,9 +232,10 @@ pub(super) fn down(
 ) -> Result<()> {
     let s = ws.shape;
     let fam = family(dev, path, &s);
-    let mut bn = 0;
-    let f = function(dev, fam, false, &mut bn)?;
     let n_pairs = n_tokens * s.top_k;
+    let bm = wgmma_bm(n_pairs, s.n_experts);
+    let mut bn = 0;
+    let f = function(dev, fam, false, bm, &mut bn)?;
     let max_tiles = path.max_tiles(n_pairs, s.n_experts);
     let (ne, nt, k, tk) = (
         s.n_experts as i32,
@@ -227,7 +257,7 @@ pub(super) fn down(
             .arg(&ne)
             .arg(&nt)
             .arg(&k);
-        let cfg = wgmma_grid(dev, max_tiles * (s.hidden / bn))?;
+        let cfg = wgmma_grid(dev, max_tiles * (128 / bm) * (s.hidden / bn), bm)?;
         // SAFETY: the tensor maps cover act [n_pairs, inter] and the weights [n_experts * hidden,
         // inter] (checked by the caller); stores stop at each expert's last row < n_pairs of y,
         // hidden % 256 == 0 and inter % 64 == 0 (family()).
