@@ -296,11 +296,26 @@ __device__ __forceinline__ uint4 ld_stream(const void* p) {
 template <bool GATE_UP>
 __device__ __forceinline__ void stream_gemm(GG_ARGS) {
     __shared__ float red[8][4][32];  // [warp][element][lane]
+    __shared__ int s_e, s_row0, s_end;
+    // Find this tile's expert with one round of parallel loads (a binary search would chain up to
+    // 10 dependent loads before the first weight byte is requested, at every block).
     const int tile = blockIdx.x;
-    if (tile >= tile_offsets[n_experts]) return;
-    const int e = expert_of_tile(tile_offsets, n_experts, tile);
-    const int row0 = offsets[e] + (tile - tile_offsets[e]) * 32;
-    const int rows = min(32, offsets[e + 1] - row0);
+    if (threadIdx.x == 0) s_e = -1;
+    __syncthreads();
+    for (int i = threadIdx.x; i < n_experts; i += blockDim.x) {
+        const int t0 = tile_offsets[i], t1 = tile_offsets[i + 1];
+        const int o0 = offsets[i], o1 = offsets[i + 1];
+        if (t0 <= tile && tile < t1) {
+            s_e = i;
+            s_row0 = o0 + (tile - t0) * 32;
+            s_end = o1;
+        }
+    }
+    __syncthreads();
+    if (s_e < 0) return;  // past the last tile
+    const int e = s_e;
+    const int row0 = s_row0;
+    const int rows = min(32, s_end - row0);
     const int inter = n_total / 2;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     // This lane's two weight rows.

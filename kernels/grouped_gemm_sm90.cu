@@ -200,8 +200,8 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
     __nv_bfloat16* __restrict__ out,          // gate/up: act [P, n_total/2]; down: y [P, n_total]
     const int* __restrict__ order,            // [P] pair of each sorted row
     const float* __restrict__ pair_weight,    // down: router weight of each pair
-    const int* __restrict__ offsets,          // [n_experts + 1]
-    const int* __restrict__ tile_offsets,     // [n_experts + 1], 128-row tiles
+    const int* offsets,                       // [n_experts + 1]
+    const int* tile_offsets,                  // [n_experts + 1], 128-row tiles
     int n_experts, int n_total, int k) {
     constexpr int WN = BM_ == 128 ? BN : BN / 2;  // columns of one consumer
     constexpr int ST = BM_ == 128 ? 4 : 5;        // pipeline stages
@@ -213,12 +213,20 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
     __nv_bfloat16* sB = reinterpret_cast<__nv_bfloat16*>(smem + ST * A_BYTES);
     unsigned long long* full = reinterpret_cast<unsigned long long*>(smem + ST * (A_BYTES + B_STAGE_BYTES));
     unsigned long long* empty = full + ST;
+    // The tile map and group offsets, cached once: every tile looks its expert up (a binary
+    // search of up to 10 steps), which from global memory would stall each tile for microseconds.
+    int* s_tiles = reinterpret_cast<int*>(empty + ST);
+    int* s_offs = s_tiles + 1025;
+    for (int i = threadIdx.x; i <= n_experts; i += blockDim.x) {
+        s_tiles[i] = tile_offsets[i];
+        s_offs[i] = offsets[i];
+    }
+    tile_offsets = s_tiles;
+    offsets = s_offs;
 
     const int wg = threadIdx.x / 128;
     const int inter = n_total / 2;
-    const int m_units = tile_offsets[n_experts] * (128 / BM_);
     const int n_tiles = GATE_UP ? inter / (BN / 2) : n_total / BN;
-    const int total = m_units * n_tiles;
     const int k_tiles = k / BK;
 
     if (threadIdx.x == 0) {
@@ -229,6 +237,8 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
+    const int m_units = tile_offsets[n_experts] * (128 / BM_);
+    const int total = m_units * n_tiles;
 
     if (wg == 0) {
         // Producer: one thread issues every TMA load.

@@ -5,7 +5,7 @@
 //!   stream each touched expert's weights once, 16 weight rows per block, K split over 8 warps.
 //! - [`GemmPath::Large`] on Hopper (sm_90a) when the N tiles divide the shape: `gate_up_wgmma` /
 //!   `down_wgmma` (kernels/grouped_gemm_sm90.cu), TMA + wgmma, persistent, 128 x 256 tiles (64 x
-//!   256, `*_wgmma64`, while experts average fewer than 192 rows); the
+//!   256, `*_wgmma64`, while experts average at most 48 rows); the
 //!   token rows are first gathered into sorted order (`gather_rows`, into [`MoeWorkspace::y`],
 //!   which is free until the down projection writes it).
 //! - [`GemmPath::Large`] elsewhere: the mma.sync 128 x 128 kernels (`gate_up_large` / `down_large`).
@@ -23,22 +23,24 @@ use crate::error::{Error, Result};
 
 /// Shared memory of the wgmma kernels with `bm`-row tiles: 4 stages (bm 128) or 5 (bm 64) of a
 /// bm x 64 A tile and a 256 x 64 B tile (bf16), their mbarriers, and 1 KiB of slack to align the
-/// tiles to the 128B swizzle's 1024 bytes.
+/// tiles to the 128B swizzle's 1024 bytes, and a copy of the tile map and group offsets (up to
+/// 1025 entries each).
 fn wgmma_smem(bm: usize) -> usize {
     let stages = if bm == 128 { 4 } else { 5 };
-    stages * ((bm * 64 + 256 * 64) * 2 + 16) + 1024
+    stages * ((bm * 64 + 256 * 64) * 2 + 16) + 2 * 1025 * 4 + 1024
 }
 
 /// Set to 64 or 128 to force the wgmma tile height: a diagnostic switch for the benchmark.
 const WGMMA_BM: &str = "SWITCHYARD_WGMMA_BM";
 
-/// Rows of the wgmma M tile: 64 while experts average fewer than 192 rows (less of the last,
-/// ragged tile of each expert is wasted), else 128 (more reuse of every loaded byte).
+/// Rows of the wgmma M tile: 64 while experts average at most 48 rows (weight-bound: less of
+/// each expert's ragged tile is computed), else 128 (arithmetic-bound: the 64-row tiles measured
+/// up to 1.75x slower there on the H200, see benches/RESULTS.md).
 fn wgmma_bm(n_pairs: usize, n_experts: usize) -> usize {
     match std::env::var(WGMMA_BM).ok().as_deref() {
         Some("64") => 64,
         Some("128") => 128,
-        _ if n_pairs < 192 * n_experts => 64,
+        _ if n_pairs <= 48 * n_experts => 64,
         _ => 128,
     }
 }
