@@ -271,9 +271,9 @@ extern "C" __global__ void __launch_bounds__(256) down_large(GG_ARGS) {
 }
 
 // Decode (few rows per expert): stream each touched expert's weights once at full bandwidth.
-// blockIdx.x is a 32-row M tile of the tile map (bm = 32), blockIdx.y a 16-row slab of the
-// expert's weights (gate/up: 8 gate rows and the 8 up rows of the same features; down: 16 output
-// features). The 8 warps split K (warp w takes the 32-wide K steps w, w+8, ...); each lane loads
+// blockIdx.x is a 32-row M tile of the tile map (bm = 32), blockIdx.y a 16-row (or 32-row, the
+// *_stream32 kernels) slab of the expert's weights (gate/up: 8 gate rows and the 8 up rows of the
+// same features; down: 16 output features; twice that). The 8 warps split K (warp w takes the 32-wide K steps w, w+8, ...); each lane loads
 // its weights straight from HBM into registers (16 bytes a row, 8 steps in flight, no L1
 // allocation) together with the matching 16 bytes of its token row, and multiplies on the tensor
 // cores with the weights as the M side of mma.m16n8k16 and 8 token rows as N. K is permuted
@@ -293,9 +293,12 @@ __device__ __forceinline__ uint4 ld_stream(const void* p) {
     return v;
 }
 
-template <bool GATE_UP>
+// R = rows-pairs a lane owns: the slab is 16 * R weight rows, so R = 2 halves the token-row
+// loads per weight byte and doubles the work a block amortises its start over.
+template <bool GATE_UP, int R>
 __device__ __forceinline__ void stream_gemm(GG_ARGS) {
-    __shared__ float red[8][4][32];  // [warp][element][lane]
+    constexpr int U = ST_U / R;  // K steps in flight: the same 2 * R * U weight loads a lane
+    __shared__ float red[8][4 * R][32];  // [warp][element][lane]
     __shared__ int s_e, s_row0, s_end;
     // Find this tile's expert with one round of parallel loads (a binary search would chain up to
     // 10 dependent loads before the first weight byte is requested, at every block).
@@ -318,70 +321,90 @@ __device__ __forceinline__ void stream_gemm(GG_ARGS) {
     const int rows = min(32, s_end - row0);
     const int inter = n_total / 2;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-    // This lane's two weight rows.
-    int r0, r1;
-    if (GATE_UP) {
-        r0 = blockIdx.y * 8 + g;
-        r1 = inter + r0;
-    } else {
-        r0 = blockIdx.y * 16 + g;
-        r1 = r0 + 8;
+    // This lane's weight rows: pair r is (ra[r], rb[r]), the M rows g and g + 8 of mma group r.
+    int ra[R], rb[R];
+    const __nv_bfloat16* wa_p[R];
+    const __nv_bfloat16* wb_p[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        if (GATE_UP) {
+            ra[r] = blockIdx.y * 8 * R + 8 * r + g;  // gate feature; its up row is inter + ra
+            rb[r] = inter + ra[r];
+        } else {
+            ra[r] = blockIdx.y * 16 * R + 16 * r + g;
+            rb[r] = ra[r] + 8;
+        }
+        wa_p[r] = w + ((size_t)e * n_total + ra[r]) * k + c * 8;
+        wb_p[r] = w + ((size_t)e * n_total + rb[r]) * k + c * 8;
     }
-    const __nv_bfloat16* w0 = w + ((size_t)e * n_total + r0) * k + c * 8;
-    const __nv_bfloat16* w1 = w + ((size_t)e * n_total + r1) * k + c * 8;
     const int n_steps = k / 32;
     for (int p0 = 0; p0 < rows; p0 += 8) {
         const bool xv = p0 + g < rows;
         int src = 0;
         if (xv) src = GATE_UP ? order[row0 + p0 + g] / top_k : row0 + p0 + g;
         const __nv_bfloat16* xp = a + (size_t)src * k + c * 8;
-        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int s0 = warp; s0 < n_steps; s0 += 8 * ST_U) {
-            uint4 wa[ST_U], wb[ST_U], xq[ST_U];
+        float acc[R][4];
 #pragma unroll
-            for (int u = 0; u < ST_U; ++u) {
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[r][q] = 0.0f;
+        for (int s0 = warp; s0 < n_steps; s0 += 8 * U) {
+            uint4 wa[U][R], wb[U][R], xq[U];
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
                 const int s = s0 + 8 * u;
                 xq[u] = make_uint4(0, 0, 0, 0);
                 if (s < n_steps) {
-                    wa[u] = ld_stream(w0 + s * 32);
-                    wb[u] = ld_stream(w1 + s * 32);
+#pragma unroll
+                    for (int r = 0; r < R; ++r) {
+                        wa[u][r] = ld_stream(wa_p[r] + s * 32);
+                        wb[u][r] = ld_stream(wb_p[r] + s * 32);
+                    }
                     if (xv) xq[u] = __ldg(reinterpret_cast<const uint4*>(xp + s * 32));
                 }
             }
 #pragma unroll
-            for (int u = 0; u < ST_U; ++u) {
+            for (int u = 0; u < U; ++u) {
                 if (s0 + 8 * u < n_steps) {
-                    const unsigned lo[4] = {wa[u].x, wb[u].x, wa[u].y, wb[u].y};
-                    const unsigned hi[4] = {wa[u].z, wb[u].z, wa[u].w, wb[u].w};
-                    mma_bf16(acc, lo, xq[u].x, xq[u].y);
-                    mma_bf16(acc, hi, xq[u].z, xq[u].w);
+#pragma unroll
+                    for (int r = 0; r < R; ++r) {
+                        const unsigned lo[4] = {wa[u][r].x, wb[u][r].x, wa[u][r].y, wb[u][r].y};
+                        const unsigned hi[4] = {wa[u][r].z, wb[u][r].z, wa[u][r].w, wb[u][r].w};
+                        mma_bf16(acc[r], lo, xq[u].x, xq[u].y);
+                        mma_bf16(acc[r], hi, xq[u].z, xq[u].w);
+                    }
                 }
             }
         }
 #pragma unroll
-        for (int q = 0; q < 4; ++q) red[warp][q][lane] = acc[q];
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) red[warp][4 * r + q][lane] = acc[r][q];
         __syncthreads();
         if (warp == 0) {
-            float v[4];
 #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-                float sum = 0.0f;
+            for (int r = 0; r < R; ++r) {
+                float v[4];
 #pragma unroll
-                for (int w8 = 0; w8 < 8; ++w8) sum += red[w8][q][lane];
-                v[q] = sum;
-            }
-            // v[q]: weight row g + 8 * (q / 2), token p0 + 2c + q % 2.
+                for (int q = 0; q < 4; ++q) {
+                    float sum = 0.0f;
 #pragma unroll
-            for (int p = 0; p < 2; ++p) {
-                const int j = p0 + 2 * c + p;
-                if (j >= rows) continue;
-                const int row = row0 + j;
-                if (GATE_UP) {
-                    out[(size_t)row * inter + r0] = __float2bfloat16_rn(silu(v[p]) * v[2 + p]);
-                } else {
-                    const float sc = pair_weight[order[row]];
-                    out[(size_t)row * n_total + r0] = __float2bfloat16_rn(sc * v[p]);
-                    out[(size_t)row * n_total + r1] = __float2bfloat16_rn(sc * v[2 + p]);
+                    for (int w8 = 0; w8 < 8; ++w8) sum += red[w8][4 * r + q][lane];
+                    v[q] = sum;
+                }
+                // v[q]: weight row ra (q < 2) or rb (q >= 2), token p0 + 2c + q % 2.
+#pragma unroll
+                for (int p = 0; p < 2; ++p) {
+                    const int j = p0 + 2 * c + p;
+                    if (j >= rows) continue;
+                    const int row = row0 + j;
+                    if (GATE_UP) {
+                        out[(size_t)row * inter + ra[r]] = __float2bfloat16_rn(silu(v[p]) * v[2 + p]);
+                    } else {
+                        const float sc = pair_weight[order[row]];
+                        out[(size_t)row * n_total + ra[r]] = __float2bfloat16_rn(sc * v[p]);
+                        out[(size_t)row * n_total + rb[r]] = __float2bfloat16_rn(sc * v[2 + p]);
+                    }
                 }
             }
         }
@@ -389,8 +412,10 @@ __device__ __forceinline__ void stream_gemm(GG_ARGS) {
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256, 2) gate_up_stream(GG_ARGS) { stream_gemm<true>(GG_PASS); }
-extern "C" __global__ void __launch_bounds__(256, 2) down_stream(GG_ARGS) { stream_gemm<false>(GG_PASS); }
+extern "C" __global__ void __launch_bounds__(256, 2) gate_up_stream(GG_ARGS) { stream_gemm<true, 1>(GG_PASS); }
+extern "C" __global__ void __launch_bounds__(256, 2) down_stream(GG_ARGS) { stream_gemm<false, 1>(GG_PASS); }
+extern "C" __global__ void __launch_bounds__(256, 2) gate_up_stream32(GG_ARGS) { stream_gemm<true, 2>(GG_PASS); }
+extern "C" __global__ void __launch_bounds__(256, 2) down_stream32(GG_ARGS) { stream_gemm<false, 2>(GG_PASS); }
 
 // xs[r] = x[order[r] / top_k]: the token rows in sorted order, so that the Hopper kernels'
 // A operand is a plain matrix TMA can tile. One block per row, 16 bytes a thread.

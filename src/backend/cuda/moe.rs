@@ -73,7 +73,7 @@ impl MoeShape {
 /// moe_gemm.rs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GemmPath {
-    /// Few rows per expert (decode): 32-row M tiles; each block streams a 16-row slab of one
+    /// Few rows per expert (decode): 32-row M tiles; each block streams a 32-row slab of one
     /// expert's weights once, straight into registers, with K split over its warps.
     Small,
     /// Many rows per expert (prefill), arithmetic-bound: 128-row M tiles (wgmma 128 x 256 tiles

@@ -1,8 +1,8 @@
 //! The grouped-GEMM launches behind [`MoeWorkspace::gate_up`] and [`MoeWorkspace::down`]: which
 //! kernel runs for a [`GemmPath`] on this device, and its grid.
 //!
-//! - [`GemmPath::Small`] (decode): `gate_up_stream` / `down_stream` (kernels/grouped_gemm.cu)
-//!   stream each touched expert's weights once, 16 weight rows per block, K split over 8 warps.
+//! - [`GemmPath::Small`] (decode): `gate_up_stream32` / `down_stream32` (kernels/grouped_gemm.cu)
+//!   stream each touched expert's weights once, 32 weight rows per block, K split over 8 warps.
 //! - [`GemmPath::Large`] on Hopper (sm_90a) when the N tiles divide the shape: `gate_up_wgmma` /
 //!   `down_wgmma` (kernels/grouped_gemm_sm90.cu), TMA + wgmma, persistent, 128 x 256 tiles (64 x
 //!   256, `*_wgmma64`, while experts average at most 48 rows); the
@@ -114,6 +114,19 @@ fn tensor_map(base: u64, rows: usize, k: usize) -> Result<[u64; 16]> {
     Ok(map.opaque)
 }
 
+/// Set to 16 to run the decode kernels on 16-row weight slabs instead of 32: a diagnostic switch
+/// for the benchmark.
+const STREAM_ROWS: &str = "SWITCHYARD_STREAM_ROWS";
+
+/// Weight rows per block of the decode kernels: 32 (each lane owns two row pairs, so a token
+/// row loaded once feeds twice the weights, and a block streams twice as long after its start).
+fn stream_rows() -> usize {
+    match std::env::var(STREAM_ROWS).ok().as_deref() {
+        Some("16") => 16,
+        _ => 32,
+    }
+}
+
 /// Persistent grid of the wgmma kernels: one CTA per SM, fewer when there are fewer tiles.
 fn wgmma_grid(dev: &CudaDevice, max_tiles: usize, bm: usize) -> Result<LaunchConfig> {
     Ok(LaunchConfig {
@@ -131,7 +144,10 @@ fn function(
     bn: &mut usize,
 ) -> Result<CudaFunction> {
     let wg = wgmma_smem(bm);
+    let wide = stream_rows() == 32;
     let (kernel, name, smem) = match (fam, gate_up) {
+        (Family::Stream, true) if wide => (Kernel::GroupedGemm, "gate_up_stream32", 0),
+        (Family::Stream, false) if wide => (Kernel::GroupedGemm, "down_stream32", 0),
         (Family::Stream, true) => (Kernel::GroupedGemm, "gate_up_stream", 0),
         (Family::Stream, false) => (Kernel::GroupedGemm, "down_stream", 0),
         (Family::MmaLarge, true) => (Kernel::GroupedGemm, "gate_up_large", 4 * 256 * 4 * 16),
@@ -143,8 +159,8 @@ fn function(
     };
     // N extent of one block: weight rows (stream), or output columns (tiles).
     *bn = match (fam, gate_up) {
-        (Family::Stream, true) => 8,
-        (Family::Stream, false) => 16,
+        (Family::Stream, true) => stream_rows() / 2,
+        (Family::Stream, false) => stream_rows(),
         (Family::MmaLarge, true) => 64,
         (Family::MmaLarge, false) => 128,
         (Family::Wgmma, true) => 128,
@@ -285,7 +301,7 @@ pub(super) fn down(
         .arg(&ws.tile_offsets);
     b.arg(&ne).arg(&nt).arg(&k).arg(&tk);
     // SAFETY: reads act rows < n_pairs and the checked weights; writes y rows < n_pairs of
-    // hidden columns (hidden a multiple of the 16/128-wide N extent).
+    // hidden columns (hidden a multiple of the 16/32/128-wide N extent).
     unsafe { b.launch(cfg) }.map_err(dev_err("launching the down grouped GEMM"))?;
     Ok(())
 }
