@@ -507,7 +507,7 @@ fn grouped_gemms_handle_empty_single_and_ragged_groups() {
         let mut experts: Vec<u32> = counts
             .iter()
             .enumerate()
-            .flat_map(|(ex, &c)| std::iter::repeat(ex as u32).take(c))
+            .flat_map(|(ex, &c)| std::iter::repeat_n(ex as u32, c))
             .collect();
         for a in (1..t).rev() {
             let b = (((rng.next() + 1.0) * 0.5 * (a + 1) as f32) as usize).min(a);

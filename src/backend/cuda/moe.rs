@@ -39,10 +39,10 @@ impl MoeShape {
     /// Checks the divisibility the kernels rely on.
     pub fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(Error::Shape(format!("CUDA MoE kernels: {what}")));
-        if self.hidden % 128 != 0 {
+        if !self.hidden.is_multiple_of(128) {
             return bad(format!("hidden {} must be a multiple of 128", self.hidden));
         }
-        if self.inter % 64 != 0 {
+        if !self.inter.is_multiple_of(64) {
             return bad(format!(
                 "intermediate {} must be a multiple of 64",
                 self.inter

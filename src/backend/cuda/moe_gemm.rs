@@ -62,7 +62,9 @@ fn family(dev: &CudaDevice, path: GemmPath, s: &MoeShape) -> Family {
     match path {
         GemmPath::Small => Family::Stream,
         // wgmma's N tiles: 128 act columns (256 gate+up rows) for gate/up, 256 columns for down.
-        GemmPath::Large if wgmma && s.inter % 128 == 0 && s.hidden % 256 == 0 => Family::Wgmma,
+        GemmPath::Large if wgmma && s.inter.is_multiple_of(128) && s.hidden.is_multiple_of(256) => {
+            Family::Wgmma
+        }
         GemmPath::Large => Family::MmaLarge,
     }
 }
