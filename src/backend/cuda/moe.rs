@@ -1,7 +1,8 @@
 //! The MoE layer on the GPU, every stage on the device and no host round-trip:
 //! router logits -> [`MoeWorkspace::route`] (fused top-k, one launch) -> [`MoeWorkspace::permute`]
 //! (counting sort by expert, offsets and GEMM tile map on the device) -> [`MoeWorkspace::gate_up`]
-//! (grouped GEMM, rows gathered from the tokens on load, SiLU·up in the epilogue) ->
+//! (grouped GEMM, SiLU·up in the epilogue; the token rows are gathered on load, or, for the
+//! Hopper kernels, by one pass into sorted order that TMA can tile; kernels in moe_gemm.rs) ->
 //! [`MoeWorkspace::down`] (grouped GEMM, router weight in the epilogue) ->
 //! [`MoeWorkspace::combine`] (unpermute and sum, plus an optional addend such as the shared
 //! experts' output). bf16 activations and weights, f32 accumulation.
@@ -217,7 +218,8 @@ pub struct MoeWorkspace {
     pub row_of_pair: DeviceBuffer<i32>,
     /// [P, inter] SiLU(gate)·up.
     pub act: DeviceBuffer<bf16>,
-    /// [P, hidden] down projections, scaled by the router weights.
+    /// [P, hidden] down projections, scaled by the router weights (between gate/up and down on
+    /// the Hopper path: the token rows in sorted order).
     pub y: DeviceBuffer<bf16>,
 }
 
@@ -394,7 +396,8 @@ impl MoeWorkspace {
 
     /// Grouped gate/up GEMM with SiLU·up: [`Self::act`] row r = SiLU(x_t·gate_e)·(x_t·up_e) for
     /// the token t and expert e of sorted row r. `x` is [T, hidden] bf16; `gate_up` is
-    /// [n_experts, 2·inter, hidden] (gate rows, then up rows).
+    /// [n_experts, 2·inter, hidden] (gate rows, then up rows). On the Hopper path this also
+    /// overwrites [`Self::y`] (it holds the gathered token rows until [`Self::down`] writes it).
     pub fn gate_up(
         &mut self,
         dev: &CudaDevice,
