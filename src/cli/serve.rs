@@ -4,11 +4,12 @@ use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
+use switchyard::backend::{Device, DeviceKind};
 use switchyard::cluster::{self, ClusterArgs, ClusterExecutor};
 use switchyard::config::ModelConfig;
 use switchyard::layout::{Layout, LayoutOverrides};
 use switchyard::model::ModelSource;
-use switchyard::parallel::{build_executor, ParallelPlan};
+use switchyard::parallel::{build_executor_on, ParallelPlan};
 use switchyard::replication::RoutingRecorder;
 use switchyard::scheduler::{Limits, StepObserver};
 use switchyard::server::{self, ServeOptions};
@@ -39,6 +40,10 @@ pub struct ServeArgs {
     /// Seed of --random-weights.
     #[arg(long, default_value_t = 0)]
     weights_seed: u64,
+    /// Where the model runs: the f32 CPU reference, or the first CUDA GPU (bf16 weights; one
+    /// rank).
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    device: DeviceKind,
     /// Address to bind (loopback by default; 0.0.0.0 to serve other machines).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -117,11 +122,17 @@ fn start(a: &ServeArgs) -> anyhow::Result<Option<std::sync::Arc<server::AppState
     };
     let plan = ParallelPlan::from_layout(layout)?;
     let (executor, fault): (Box<dyn switchyard::engine::Executor>, _) = match &cluster {
-        None => (
-            build_executor(&source, &plan, blocks, opts.kv_block_size)
-                .with_context(|| format!("loading model {}", dir.display()))?,
-            None,
-        ),
+        None => {
+            let device = Device::open(a.device)?;
+            (
+                build_executor_on(&source, &plan, blocks, opts.kv_block_size, &device)
+                    .with_context(|| format!("loading model {}", dir.display()))?,
+                None,
+            )
+        }
+        Some(_) if a.device != DeviceKind::Cpu => {
+            anyhow::bail!("multi-node jobs run CPU ranks for now (--device cpu)")
+        }
         Some(spec) if spec.is_driver() => {
             let ex = ClusterExecutor::start(&source, &plan, blocks, opts.kv_block_size, spec)?;
             let fault = ex.fault();

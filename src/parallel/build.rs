@@ -26,7 +26,11 @@ pub fn build_executor_on(
     block_size: usize,
     device: &Device,
 ) -> Result<Box<dyn Executor>> {
-    let (config, weights) = source.weights()?;
+    let (config, weights) = if plan.grid.world() == 1 {
+        source.weights_on(device)?
+    } else {
+        source.weights()?
+    };
     plan.validate(&config)?;
     if plan.grid.world() == 1 {
         let mut model = Model::load(&config, weights.as_ref())?;
