@@ -36,7 +36,9 @@ impl ExpertBank {
         let mut down: Vec<Tensor> = Vec::with_capacity(slots.len());
         for (i, &e) in slots.iter().enumerate() {
             if e == EMPTY_SLOT {
-                gate_up.push(Tensor::zeros([2 * inter, hidden]));
+                // Gate and up rows apart, as a loaded slot has them.
+                gate_up.push(Tensor::zeros([inter, hidden]));
+                gate_up.push(Tensor::zeros([inter, hidden]));
                 down.push(Tensor::zeros([hidden, inter]));
                 continue;
             }
@@ -54,12 +56,11 @@ impl ExpertBank {
             down.push(src.load(&name(proj[2]), &[hidden, inter])?);
         }
         let n = slots.len();
-        // Empty slots hold zeros of the dtype the experts were stored in.
-        let dtype = gate_up
+        // The bank records the dtype the experts were stored in (bf16 when every slot is empty).
+        let dtype = slots
             .iter()
-            .map(Tensor::dtype)
-            .find(|&d| d != DType::F32)
-            .unwrap_or(DType::BF16);
+            .position(|&e| e != EMPTY_SLOT)
+            .map_or(DType::BF16, |i| gate_up[2 * i].dtype());
         let stack = |parts: &[Tensor], shape: [usize; 3]| -> Result<Tensor> {
             let refs: Vec<&Tensor> = parts.iter().collect();
             let t = Tensor::concat(&refs, shape)?;
