@@ -6,8 +6,6 @@
 //! every layer are copied into one buffer) until [`MoeScratch::take_counts`] reads them once per
 //! step, after the step's logits.
 
-use std::sync::Arc;
-
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use half::bf16;
 use switchyard_experts::RouterConfig;
@@ -392,6 +390,3 @@ impl MoeScratch {
         Ok(out)
     }
 }
-
-/// A shareable [`MoeScratch`] (one per rank's model; its layers run one after another).
-pub type SharedScratch = Arc<std::sync::Mutex<MoeScratch>>;
