@@ -15,7 +15,8 @@ use cudarc::driver::{sys::CUevent_flags, LaunchConfig, PushKernelArg};
 use half::bf16;
 use switchyard::backend::cuda::device::unavailable_reason;
 use switchyard::backend::cuda::{
-    blas, CudaDevice, DeviceBuffer, Kernel, MoeLayer, MoeShape, MoeWorkspace, RouterParams,
+    blas, CudaDevice, DeviceBuffer, GemmPath, Kernel, MoeLayer, MoeShape, MoeWorkspace,
+    RouterParams,
 };
 use switchyard::Result;
 use switchyard_experts::RouterConfig;
@@ -156,8 +157,8 @@ fn main() -> Result<()> {
         },
     ];
     let mut json = Vec::new();
-    println!("| shape | T | ms | TFLOP/s | touched experts | floor ms | % of floor |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| shape | T | path | ms | TFLOP/s | touched experts | floor ms | % of floor | gate/up ms | down ms | other path ms |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for case in &cases {
         let s = case.shape;
         let t_max = if quick { 1024 } else { *TOKENS.last().unwrap() };
@@ -185,6 +186,31 @@ fn main() -> Result<()> {
                 layer.forward(&dev, &mut ws, &x, &logits, t, None, &mut out)
             })?;
             let experts = dev.download(&ws.experts)?;
+            let path = GemmPath::for_load(t * s.top_k, s.n_experts);
+            let other = match path {
+                GemmPath::Small => GemmPath::Large,
+                GemmPath::Large => GemmPath::Small,
+            };
+            // The two GEMMs alone (on the routing of the last run), and the whole layer on the
+            // path for_load did not pick, so a run shows where the time goes and the crossover.
+            ws.permute(&dev, t, path)?;
+            let gate_up_ms = time_ms(&dev, 2, 10, || {
+                ws.gate_up(&dev, &x, &layer.gate_up, t, path)
+            })?;
+            let down_ms = time_ms(&dev, 2, 10, || ws.down(&dev, &layer.down, t, path))?;
+            // (Up to 4096 tokens: past that the decode path is far off and only costs time.)
+            let other_ms = if t > 4096 {
+                f64::NAN
+            } else {
+                time_ms(&dev, 2, 10, || {
+                    blas::linear(&dev, &x, &router_w, &mut logits, t, s.hidden, s.n_experts)?;
+                    ws.route(&dev, &logits, None, &layer.router, t)?;
+                    ws.permute(&dev, t, other)?;
+                    ws.gate_up(&dev, &x, &layer.gate_up, t, other)?;
+                    ws.down(&dev, &layer.down, t, other)?;
+                    ws.combine(&dev, t, None, &mut out)
+                })?
+            };
             let mut touched = vec![false; s.n_experts];
             for &e in &experts[..t * s.top_k] {
                 touched[e as usize] = true;
@@ -196,13 +222,13 @@ fn main() -> Result<()> {
             let floor_ms = (bytes / c.copy_bps).max(flops / c.gemm_fps) * 1e3;
             let tflops = flops / (ms * 1e-3) / 1e12;
             println!(
-                "| {} | {t} | {ms:.3} | {tflops:.1} | {n_touched} | {floor_ms:.3} | {:.0} |",
+                "| {} | {t} | {path:?} | {ms:.3} | {tflops:.1} | {n_touched} | {floor_ms:.3} | {:.0} | {gate_up_ms:.3} | {down_ms:.3} | {other_ms:.3} |",
                 case.name,
                 100.0 * floor_ms / ms
             );
             std::io::stdout().flush().ok();
             json.push(format!(
-                "{{\"shape\":\"{}\",\"tokens\":{t},\"ms\":{ms:.5},\"tflops\":{tflops:.3},\"touched\":{n_touched},\"floor_ms\":{floor_ms:.5},\"copy_tbps\":{:.4},\"gemm_tflops\":{:.1}}}",
+                "{{\"shape\":\"{}\",\"tokens\":{t},\"path\":\"{path:?}\",\"ms\":{ms:.5},\"tflops\":{tflops:.3},\"touched\":{n_touched},\"floor_ms\":{floor_ms:.5},\"gate_up_ms\":{gate_up_ms:.5},\"down_ms\":{down_ms:.5},\"other_path_ms\":{other_ms:.5},\"copy_tbps\":{:.4},\"gemm_tflops\":{:.1}}}",
                 case.name,
                 c.copy_bps / 1e12,
                 c.gemm_fps / 1e12

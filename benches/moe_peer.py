@@ -93,13 +93,13 @@ def main():
         first = next(iter(ours.values()), None)
         if first:
             print(f"ceilings: copy {first['copy_tbps']:.2f} TB/s, cuBLAS bf16 GEMM {first['gemm_tflops']:.0f} TFLOP/s")
-        print("| shape | T | switchyard ms | TFLOP/s | % of floor | peer ms | peer % of floor | peer / switchyard |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| shape | T | path | switchyard ms | TFLOP/s | % of floor | peer ms | peer % of floor | peer / switchyard |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             o = ours.get((r["shape"], r["tokens"]))
             if not o:
                 continue
-            print(f"| {r['shape']} | {r['tokens']} | {o['ms']:.3f} | {o['tflops']:.1f} | {100 * o['floor_ms'] / o['ms']:.0f} | "
+            print(f"| {r['shape']} | {r['tokens']} | {o.get('path', '')} | {o['ms']:.3f} | {o['tflops']:.1f} | {100 * o['floor_ms'] / o['ms']:.0f} | "
                   f"{r['ms']:.3f} | {100 * o['floor_ms'] / r['ms']:.0f} | {r['ms'] / o['ms']:.2f} |")
 
 

@@ -269,11 +269,161 @@ extern "C" __global__ void __launch_bounds__(256) gate_up_large(GG_ARGS) {
 extern "C" __global__ void __launch_bounds__(256) down_large(GG_ARGS) {
     grouped_gemm<128, 128, 2, 4, 4, 4, false>(GG_PASS);
 }
-// Small groups (decode): 32-row tiles, 8 warps side by side in N, so each block streams a
-// 128-row (gate/up) or 64-row (down) slab of weights with little wasted arithmetic.
-extern "C" __global__ void __launch_bounds__(256) gate_up_small(GG_ARGS) {
-    grouped_gemm<32, 128, 1, 8, 2, 6, true>(GG_PASS);
+
+// Decode (few rows per expert): stream each touched expert's weights once at full bandwidth.
+// blockIdx.x is a 32-row M tile of the tile map (bm = 32), blockIdx.y a 16-row (or 32-row, the
+// *_stream32 kernels) slab of the expert's weights (gate/up: 8 gate rows and the 8 up rows of the
+// same features; down: 16 output features; twice that). The 8 warps split K (warp w takes the 32-wide K steps w, w+8, ...); each lane loads
+// its weights straight from HBM into registers (16 bytes a row, 8 steps in flight, no L1
+// allocation) together with the matching 16 bytes of its token row, and multiplies on the tensor
+// cores with the weights as the M side of mma.m16n8k16 and 8 token rows as N. K is permuted
+// consistently on both sides: lane (g, c) loads k = 8c..8c+7 of a step from weight rows g and
+// g+8 and from token row g, and feeds them as the fragment pairs the instruction expects at
+// k = 2c, 2c+8 (first k16 half) and again (second half), so nothing is shuffled on the way in.
+// A tile with more than 8 rows takes another pass per 8 rows (its weights then come from L2);
+// the host sends only loads averaging a few rows per expert here. The warps' partial sums meet
+// in shared memory and warp 0 writes the epilogue (SiLU*up, or the router weight).
+#define ST_U 8
+
+__device__ __forceinline__ uint4 ld_stream(const void* p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+    return v;
 }
-extern "C" __global__ void __launch_bounds__(256) down_small(GG_ARGS) {
-    grouped_gemm<32, 64, 1, 8, 1, 6, false>(GG_PASS);
+
+// R = rows-pairs a lane owns: the slab is 16 * R weight rows, so R = 2 halves the token-row
+// loads per weight byte and doubles the work a block amortises its start over.
+template <bool GATE_UP, int R>
+__device__ __forceinline__ void stream_gemm(GG_ARGS) {
+    constexpr int U = ST_U / R;  // K steps in flight: the same 2 * R * U weight loads a lane
+    __shared__ float red[8][4 * R][32];  // [warp][element][lane]
+    __shared__ int s_e, s_row0, s_end;
+    // Find this tile's expert with one round of parallel loads (a binary search would chain up to
+    // 10 dependent loads before the first weight byte is requested, at every block).
+    const int tile = blockIdx.x;
+    if (threadIdx.x == 0) s_e = -1;
+    __syncthreads();
+    for (int i = threadIdx.x; i < n_experts; i += blockDim.x) {
+        const int t0 = tile_offsets[i], t1 = tile_offsets[i + 1];
+        const int o0 = offsets[i], o1 = offsets[i + 1];
+        if (t0 <= tile && tile < t1) {
+            s_e = i;
+            s_row0 = o0 + (tile - t0) * 32;
+            s_end = o1;
+        }
+    }
+    __syncthreads();
+    if (s_e < 0) return;  // past the last tile
+    const int e = s_e;
+    const int row0 = s_row0;
+    const int rows = min(32, s_end - row0);
+    const int inter = n_total / 2;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    // This lane's weight rows: pair r is (ra[r], rb[r]), the M rows g and g + 8 of mma group r.
+    int ra[R], rb[R];
+    const __nv_bfloat16* wa_p[R];
+    const __nv_bfloat16* wb_p[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        if (GATE_UP) {
+            ra[r] = blockIdx.y * 8 * R + 8 * r + g;  // gate feature; its up row is inter + ra
+            rb[r] = inter + ra[r];
+        } else {
+            ra[r] = blockIdx.y * 16 * R + 16 * r + g;
+            rb[r] = ra[r] + 8;
+        }
+        wa_p[r] = w + ((size_t)e * n_total + ra[r]) * k + c * 8;
+        wb_p[r] = w + ((size_t)e * n_total + rb[r]) * k + c * 8;
+    }
+    const int n_steps = k / 32;
+    for (int p0 = 0; p0 < rows; p0 += 8) {
+        const bool xv = p0 + g < rows;
+        int src = 0;
+        if (xv) src = GATE_UP ? order[row0 + p0 + g] / top_k : row0 + p0 + g;
+        const __nv_bfloat16* xp = a + (size_t)src * k + c * 8;
+        float acc[R][4];
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[r][q] = 0.0f;
+        for (int s0 = warp; s0 < n_steps; s0 += 8 * U) {
+            uint4 wa[U][R], wb[U][R], xq[U];
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int s = s0 + 8 * u;
+                xq[u] = make_uint4(0, 0, 0, 0);
+                if (s < n_steps) {
+#pragma unroll
+                    for (int r = 0; r < R; ++r) {
+                        wa[u][r] = ld_stream(wa_p[r] + s * 32);
+                        wb[u][r] = ld_stream(wb_p[r] + s * 32);
+                    }
+                    if (xv) xq[u] = __ldg(reinterpret_cast<const uint4*>(xp + s * 32));
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                if (s0 + 8 * u < n_steps) {
+#pragma unroll
+                    for (int r = 0; r < R; ++r) {
+                        const unsigned lo[4] = {wa[u][r].x, wb[u][r].x, wa[u][r].y, wb[u][r].y};
+                        const unsigned hi[4] = {wa[u][r].z, wb[u][r].z, wa[u][r].w, wb[u][r].w};
+                        mma_bf16(acc[r], lo, xq[u].x, xq[u].y);
+                        mma_bf16(acc[r], hi, xq[u].z, xq[u].w);
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) red[warp][4 * r + q][lane] = acc[r][q];
+        __syncthreads();
+        if (warp == 0) {
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                float v[4];
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    float sum = 0.0f;
+#pragma unroll
+                    for (int w8 = 0; w8 < 8; ++w8) sum += red[w8][4 * r + q][lane];
+                    v[q] = sum;
+                }
+                // v[q]: weight row ra (q < 2) or rb (q >= 2), token p0 + 2c + q % 2.
+#pragma unroll
+                for (int p = 0; p < 2; ++p) {
+                    const int j = p0 + 2 * c + p;
+                    if (j >= rows) continue;
+                    const int row = row0 + j;
+                    if (GATE_UP) {
+                        out[(size_t)row * inter + ra[r]] = __float2bfloat16_rn(silu(v[p]) * v[2 + p]);
+                    } else {
+                        const float sc = pair_weight[order[row]];
+                        out[(size_t)row * n_total + ra[r]] = __float2bfloat16_rn(sc * v[p]);
+                        out[(size_t)row * n_total + rb[r]] = __float2bfloat16_rn(sc * v[2 + p]);
+                    }
+                }
+            }
+        }
+        __syncthreads();  // red is reused by the next pass
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2) gate_up_stream(GG_ARGS) { stream_gemm<true, 1>(GG_PASS); }
+extern "C" __global__ void __launch_bounds__(256, 2) down_stream(GG_ARGS) { stream_gemm<false, 1>(GG_PASS); }
+extern "C" __global__ void __launch_bounds__(256, 2) gate_up_stream32(GG_ARGS) { stream_gemm<true, 2>(GG_PASS); }
+extern "C" __global__ void __launch_bounds__(256, 2) down_stream32(GG_ARGS) { stream_gemm<false, 2>(GG_PASS); }
+
+// xs[r] = x[order[r] / top_k]: the token rows in sorted order, so that the Hopper kernels'
+// A operand is a plain matrix TMA can tile. One block per row, 16 bytes a thread.
+extern "C" __global__ void __launch_bounds__(128) gather_rows(
+    const __nv_bfloat16* __restrict__ x, __nv_bfloat16* __restrict__ xs, const int* __restrict__ order,
+    int hidden, int top_k) {
+    const int row = blockIdx.x;
+    const uint4* src = reinterpret_cast<const uint4*>(x + (size_t)(order[row] / top_k) * hidden);
+    uint4* dst = reinterpret_cast<uint4*>(xs + (size_t)row * hidden);
+    for (int i = threadIdx.x; i < hidden / 8; i += blockDim.x) dst[i] = src[i];
 }

@@ -6,6 +6,8 @@
 //   3. expert_scatter: one warp per chunk places its pairs in token order (__match_any_sync ranks
 //      pairs of the same expert), so the permutation is stable, equal to the CPU counting sort.
 // Outputs: order[row] = pair (t * top_k + j), row_of_pair[pair] = row.
+// expert_permute_one does all three in one block when the pairs fit one chunk (decode), saving
+// two launches where launches are most of the time.
 
 #define CHUNK 256
 
@@ -78,6 +80,55 @@ extern "C" __global__ void __launch_bounds__(32) expert_scatter(
             order[pos] = p;
             row_of_pair[p] = pos;
             if (lane == 31 - __clz(peers)) base[e] += __popc(peers);
+        }
+        __syncwarp();
+    }
+}
+
+// The three steps above for n_pairs <= CHUNK in one block of 1024 threads (n_experts <= 1024).
+extern "C" __global__ void __launch_bounds__(1024) expert_permute_one(
+    const int* __restrict__ experts, int n_pairs, int n_experts, int bm, int* __restrict__ offsets,
+    int* __restrict__ tile_offsets, int* __restrict__ order, int* __restrict__ row_of_pair) {
+    __shared__ int s_cnt[1024];
+    __shared__ int s_tiles[1024];
+    __shared__ int base[1024];
+    const int e = threadIdx.x;
+    s_cnt[e] = 0;
+    __syncthreads();
+    if (e < n_pairs) atomicAdd(&s_cnt[experts[e]], 1);
+    __syncthreads();
+    const int total = s_cnt[e];  // 0 past n_experts
+    s_tiles[e] = (total + bm - 1) / bm;
+    __syncthreads();
+    for (int off = 1; off < 1024; off <<= 1) {
+        int x = e >= off ? s_cnt[e - off] : 0;
+        int y = e >= off ? s_tiles[e - off] : 0;
+        __syncthreads();
+        s_cnt[e] += x;
+        s_tiles[e] += y;
+        __syncthreads();
+    }
+    if (e < n_experts) {
+        offsets[e + 1] = s_cnt[e];
+        tile_offsets[e + 1] = s_tiles[e];
+        base[e] = s_cnt[e] - total;
+        if (e == 0) { offsets[0] = 0; tile_offsets[0] = 0; }
+    }
+    __syncthreads();
+    if (e >= 32) return;
+    const int lane = e;
+    const unsigned lt = (1u << lane) - 1u;
+    for (int i = 0; i < CHUNK; i += 32) {
+        int p = i + lane;
+        int ex = p < n_pairs ? experts[p] : -1 - lane;  // invalid lanes match nobody
+        unsigned peers = __match_any_sync(0xffffffffu, ex);
+        int pos = 0;
+        if (p < n_pairs) pos = base[ex] + __popc(peers & lt);
+        __syncwarp();
+        if (p < n_pairs) {
+            order[pos] = p;
+            row_of_pair[p] = pos;
+            if (lane == 31 - __clz(peers)) base[ex] += __popc(peers);
         }
         __syncwarp();
     }

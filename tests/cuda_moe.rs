@@ -296,11 +296,12 @@ struct LayerCase {
 
 fn layer_cases() -> Vec<LayerCase> {
     vec![
+        // hidden % 256 and inter % 128: the Large path runs the wgmma kernels on Hopper.
         LayerCase {
             name: "mixtral-like",
             shape: MoeShape {
                 hidden: 256,
-                inter: 448,
+                inter: 384,
                 n_experts: 8,
                 top_k: 2,
             },
@@ -310,13 +311,25 @@ fn layer_cases() -> Vec<LayerCase> {
         LayerCase {
             name: "deepseek-like",
             shape: MoeShape {
-                hidden: 384,
+                hidden: 512,
                 inter: 128,
                 n_experts: 64,
                 top_k: 6,
             },
             router: RouterConfig::deepseek_v3(64, 6, 8, 4, true, 2.5),
             bias: true,
+        },
+        // Neither divides the wgmma tiles: the Large path falls back to the mma.sync kernels.
+        LayerCase {
+            name: "odd-shape",
+            shape: MoeShape {
+                hidden: 384,
+                inter: 448,
+                n_experts: 8,
+                top_k: 2,
+            },
+            router: RouterConfig::mixtral(8, 2),
+            bias: false,
         },
     ]
 }
@@ -339,7 +352,7 @@ fn moe_layer_matches_the_cpu_path() {
             router: RouterParams::new(&case.router).unwrap(),
             bias: bias.as_ref().map(|b| dev.upload(b).unwrap()),
         };
-        for t in [1usize, 5, 64, 300] {
+        for t in [1usize, 5, 64, 300, 2000] {
             let x = round_bf16(&rng.vec(t * h, 1.0));
             let logits = rng.logits(t, e);
             let addend = round_bf16(&rng.vec(t * h, 0.5));
@@ -463,5 +476,81 @@ fn rms_norm_with_residual_matches_the_reference() {
             &want_res,
             1e-2,
         );
+    }
+}
+
+/// The grouped GEMMs of both paths over groups chosen to hit the tile edges: experts with 0, 1,
+/// 31, 33, 63, 65, 127, 129, 255, 257 rows and more (the 8-row passes and 32-row tiles of the
+/// decode kernels, the 64- and 128-row wgmma tiles: the first set averages under 192 rows an
+/// expert, which picks 64-row tiles, the second over), an empty group between full ones, routed
+/// explicitly (top-1, shuffled tokens), against the CPU path.
+#[test]
+fn grouped_gemms_handle_empty_single_and_ragged_groups() {
+    let Some(dev) = device() else { return };
+    let mut rng = Rng(5);
+    let sets: [&[usize]; 2] = [
+        &[0, 1, 31, 33, 0, 63, 65, 127, 129, 300],
+        &[0, 1, 129, 255, 257, 300, 0, 700],
+    ];
+    for (counts, (hidden, inter)) in sets
+        .iter()
+        .flat_map(|c| [(256usize, 384usize), (384, 448)].map(|s| (c, s)))
+    {
+        let (h, i, e, k) = (hidden, inter, counts.len(), 1usize);
+        let shape = MoeShape {
+            hidden: h,
+            inter: i,
+            n_experts: e,
+            top_k: k,
+        };
+        let t: usize = counts.iter().sum();
+        let mut experts: Vec<u32> = counts
+            .iter()
+            .enumerate()
+            .flat_map(|(ex, &c)| std::iter::repeat_n(ex as u32, c))
+            .collect();
+        for a in (1..t).rev() {
+            let b = (((rng.next() + 1.0) * 0.5 * (a + 1) as f32) as usize).min(a);
+            experts.swap(a, b);
+        }
+        let weights: Vec<f32> = (0..t).map(|_| 0.75 + 0.25 * rng.next()).collect();
+        let gate_up = round_bf16(&rng.vec(e * 2 * i * h, 1.0 / (h as f32).sqrt()));
+        let down = round_bf16(&rng.vec(e * h * i, 1.0 / (i as f32).sqrt()));
+        let x = round_bf16(&rng.vec(t * h, 1.0));
+        let perm = permute_by_expert(&experts, e);
+        let xs = gather_rows(&x, h, &perm.order, k);
+        let w = ExpertWeights {
+            gate_up: &gate_up,
+            down: &down,
+            hidden: h,
+            inter: i,
+            gate_up_bias: None,
+            down_bias: None,
+        };
+        let y = grouped_swiglu(&xs, &perm.offsets, w);
+        let want = combine(&y, &perm.order, &weights, k, h);
+        let d_gu = dev.upload(&to_bf16(&gate_up)).unwrap();
+        let d_down = dev.upload(&to_bf16(&down)).unwrap();
+        let d_x = dev.upload(&to_bf16(&x)).unwrap();
+        let mut ws = MoeWorkspace::new(&dev, shape, t).unwrap();
+        let e_i32: Vec<i32> = experts.iter().map(|&v| v as i32).collect();
+        for path in [GemmPath::Small, GemmPath::Large] {
+            dev.stream().memcpy_htod(&e_i32, &mut ws.experts).unwrap();
+            dev.stream().memcpy_htod(&weights, &mut ws.weights).unwrap();
+            poison(&dev, &mut ws.act);
+            poison(&dev, &mut ws.y);
+            let mut out = poison_bf16(&dev, t * h);
+            ws.permute(&dev, t, path).unwrap();
+            ws.gate_up(&dev, &d_x, &d_gu, t, path).unwrap();
+            ws.down(&dev, &d_down, t, path).unwrap();
+            ws.combine(&dev, t, None, &mut out).unwrap();
+            let got = from_bf16(&dev.download(&out).unwrap());
+            assert_close(
+                &format!("groups {counts:?} {h}x{i} {path:?}"),
+                &got,
+                &want,
+                1.5e-2,
+            );
+        }
     }
 }

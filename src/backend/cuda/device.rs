@@ -23,8 +23,12 @@ pub enum Kernel {
     Route,
     /// Counting sort of (token, expert) pairs by expert (`kernels/permute.cu`).
     Permute,
-    /// Grouped GEMMs gate/up (+SiLU·up) and down (`kernels/grouped_gemm.cu`).
+    /// Grouped GEMMs gate/up (+SiLU·up) and down on mma.sync, the decode streaming kernels and
+    /// the row gather (`kernels/grouped_gemm.cu`).
     GroupedGemm,
+    /// The Hopper grouped GEMMs: TMA + wgmma, warp-specialised and persistent
+    /// (`kernels/grouped_gemm_sm90.cu`; sm_90a only, loaded only there).
+    GroupedGemmSm90,
     /// Unpermute and weighted combine (`kernels/combine.cu`).
     Combine,
     /// RMSNorm with the residual add (`kernels/norm.cu`).
@@ -38,10 +42,11 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel module.
-    pub const ALL: [Kernel; 7] = [
+    pub const ALL: [Kernel; 8] = [
         Kernel::Route,
         Kernel::Permute,
         Kernel::GroupedGemm,
+        Kernel::GroupedGemmSm90,
         Kernel::Combine,
         Kernel::Norm,
         Kernel::Fill,
@@ -54,6 +59,7 @@ impl Kernel {
             Kernel::Route => "route",
             Kernel::Permute => "permute",
             Kernel::GroupedGemm => "grouped_gemm",
+            Kernel::GroupedGemmSm90 => "grouped_gemm_sm90",
             Kernel::Combine => "combine",
             Kernel::Norm => "norm",
             Kernel::Fill => "fill",
@@ -67,6 +73,7 @@ impl Kernel {
             Kernel::Route => include_str!("../../../kernels/route.cu"),
             Kernel::Permute => include_str!("../../../kernels/permute.cu"),
             Kernel::GroupedGemm => include_str!("../../../kernels/grouped_gemm.cu"),
+            Kernel::GroupedGemmSm90 => include_str!("../../../kernels/grouped_gemm_sm90.cu"),
             Kernel::Combine => include_str!("../../../kernels/combine.cu"),
             Kernel::Norm => include_str!("../../../kernels/norm.cu"),
             Kernel::Fill => include_str!("../../../kernels/fill.cu"),

@@ -1,7 +1,8 @@
 //! The MoE layer on the GPU, every stage on the device and no host round-trip:
 //! router logits -> [`MoeWorkspace::route`] (fused top-k, one launch) -> [`MoeWorkspace::permute`]
 //! (counting sort by expert, offsets and GEMM tile map on the device) -> [`MoeWorkspace::gate_up`]
-//! (grouped GEMM, rows gathered from the tokens on load, SiLU·up in the epilogue) ->
+//! (grouped GEMM, SiLU·up in the epilogue; the token rows are gathered on load, or, for the
+//! Hopper kernels, by one pass into sorted order that TMA can tile; kernels in moe_gemm.rs) ->
 //! [`MoeWorkspace::down`] (grouped GEMM, router weight in the epilogue) ->
 //! [`MoeWorkspace::combine`] (unpermute and sum, plus an optional addend such as the shared
 //! experts' output). bf16 activations and weights, f32 accumulation.
@@ -13,6 +14,9 @@ use switchyard_experts::{GroupMask, RoutedScaling, RouterConfig, ScoreFunction, 
 use super::dev_err;
 use super::device::{CudaDevice, DeviceBuffer, Kernel};
 use crate::error::{Error, Result};
+
+#[path = "moe_gemm.rs"]
+mod gemm;
 
 /// Pairs per chunk of the permutation kernels (`CHUNK` in kernels/permute.cu).
 const CHUNK: usize = 256;
@@ -36,10 +40,10 @@ impl MoeShape {
     /// Checks the divisibility the kernels rely on.
     pub fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(Error::Shape(format!("CUDA MoE kernels: {what}")));
-        if self.hidden % 128 != 0 {
+        if !self.hidden.is_multiple_of(128) {
             return bad(format!("hidden {} must be a multiple of 128", self.hidden));
         }
-        if self.inter % 64 != 0 {
+        if !self.inter.is_multiple_of(64) {
             return bad(format!(
                 "intermediate {} must be a multiple of 64",
                 self.inter
@@ -66,21 +70,25 @@ impl MoeShape {
     }
 }
 
-/// Which tile shape the grouped GEMMs use.
+/// Which kernels the grouped GEMMs use (the kernels themselves are picked per device in
+/// moe_gemm.rs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GemmPath {
-    /// 32-row tiles, 8 warps across N: few rows per expert (decode); each block streams a slab
-    /// of weights once with little wasted arithmetic.
+    /// Few rows per expert (decode): 32-row M tiles; each block streams a 32-row slab of one
+    /// expert's weights once, straight into registers, with K split over its warps.
     Small,
-    /// 128 x 128 tiles: many rows per expert (prefill), arithmetic-bound.
+    /// Many rows per expert (prefill), arithmetic-bound: 128-row M tiles (wgmma 128 x 256 tiles
+    /// on Hopper, mma.sync 128 x 128 elsewhere).
     Large,
 }
 
 impl GemmPath {
     /// The path for `n_pairs` (token, expert) pairs over `n_experts` experts, chosen on the host
-    /// from sizes alone (the per-expert counts stay on the device).
+    /// from sizes alone (the per-expert counts stay on the device). Measured on an H200 (see
+    /// benches/RESULTS.md): the streaming kernels win while experts average at most a couple of
+    /// rows (8 rows a pass); past that the tiled kernels stream the weights as well and reuse them.
     pub fn for_load(n_pairs: usize, n_experts: usize) -> Self {
-        if n_pairs <= 48 * n_experts {
+        if n_pairs <= 2 * n_experts {
             GemmPath::Small
         } else {
             GemmPath::Large
@@ -93,25 +101,6 @@ impl GemmPath {
             GemmPath::Small => 32,
             GemmPath::Large => 128,
         }
-    }
-
-    fn kernels(self) -> (&'static str, usize, &'static str, usize) {
-        // (gate/up kernel, its B rows per tile, down kernel, its B rows per tile)
-        match self {
-            GemmPath::Small => ("gate_up_small", 128, "down_small", 64),
-            GemmPath::Large => ("gate_up_large", 128, "down_large", 128),
-        }
-    }
-
-    fn stages(self) -> usize {
-        match self {
-            GemmPath::Small => 6,
-            GemmPath::Large => 4,
-        }
-    }
-
-    fn smem(self, bn: usize) -> usize {
-        self.stages() * (self.bm() + bn) * 4 * 16
     }
 
     /// Upper bound of M tiles over all experts (the grid's x; surplus blocks exit at once).
@@ -229,7 +218,8 @@ pub struct MoeWorkspace {
     pub row_of_pair: DeviceBuffer<i32>,
     /// [P, inter] SiLU(gate)·up.
     pub act: DeviceBuffer<bf16>,
-    /// [P, hidden] down projections, scaled by the router weights.
+    /// [P, hidden] down projections, scaled by the router weights (between gate/up and down on
+    /// the Hopper path: the token rows in sorted order).
     pub y: DeviceBuffer<bf16>,
 }
 
@@ -326,6 +316,30 @@ impl MoeWorkspace {
             n_chunks as i32,
             path.bm() as i32,
         );
+        if n_chunks == 1 {
+            // One block does histogram, offsets and scatter: decode batches save two launches.
+            let f = dev.function(Kernel::Permute, "expert_permute_one")?;
+            let mut b = dev.stream().launch_builder(&f);
+            b.arg(&self.experts)
+                .arg(&np)
+                .arg(&ne)
+                .arg(&bm)
+                .arg(&mut self.offsets)
+                .arg(&mut self.tile_offsets)
+                .arg(&mut self.order)
+                .arg(&mut self.row_of_pair);
+            // SAFETY: n_pairs <= CHUNK experts (< n_experts <= 1024, written by route) are read;
+            // n_experts + 1 offsets and tile offsets and n_pairs order / row_of_pair entries written.
+            unsafe {
+                b.launch(LaunchConfig {
+                    grid_dim: (1, 1, 1),
+                    block_dim: (1024, 1, 1),
+                    shared_mem_bytes: 0,
+                })
+            }
+            .map_err(dev_err("launching expert_permute_one"))?;
+            return Ok(());
+        }
         let smem = (self.shape.n_experts * 4) as u32;
         let hist = dev.function(Kernel::Permute, "expert_histogram")?;
         let offs = dev.function(Kernel::Permute, "expert_offsets")?;
@@ -382,7 +396,8 @@ impl MoeWorkspace {
 
     /// Grouped gate/up GEMM with SiLU·up: [`Self::act`] row r = SiLU(x_t·gate_e)·(x_t·up_e) for
     /// the token t and expert e of sorted row r. `x` is [T, hidden] bf16; `gate_up` is
-    /// [n_experts, 2·inter, hidden] (gate rows, then up rows).
+    /// [n_experts, 2·inter, hidden] (gate rows, then up rows). On the Hopper path this also
+    /// overwrites [`Self::y`] (it holds the gathered token rows until [`Self::down`] writes it).
     pub fn gate_up(
         &mut self,
         dev: &CudaDevice,
@@ -398,40 +413,7 @@ impl MoeWorkspace {
                 "gate_up: x or the weights are too short".into(),
             ));
         }
-        let (name, bn, _, _) = path.kernels();
-        let smem = path.smem(bn);
-        let f = dev.function_with_smem(Kernel::GroupedGemm, name, smem)?;
-        let n_pairs = n_tokens * s.top_k;
-        let (ne, nt, k, tk) = (
-            s.n_experts as i32,
-            (2 * s.inter) as i32,
-            s.hidden as i32,
-            s.top_k as i32,
-        );
-        let null = 0u64;
-        let cfg = LaunchConfig {
-            grid_dim: (
-                path.max_tiles(n_pairs, s.n_experts) as u32,
-                (s.inter / (bn / 2)) as u32,
-                1,
-            ),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: smem as u32,
-        };
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(x)
-            .arg(gate_up)
-            .arg(&mut self.act)
-            .arg(&self.order)
-            .arg(&null)
-            .arg(&self.offsets)
-            .arg(&self.tile_offsets);
-        b.arg(&ne).arg(&nt).arg(&k).arg(&tk);
-        // SAFETY: rows come from offsets/order written by permute (< n_pairs, tokens < n_tokens);
-        // weights are n_experts x 2·inter x hidden (checked); act holds n_pairs x inter; hidden is a
-        // multiple of 32 and inter of 64 (MoeShape::validate), as the tiles require.
-        unsafe { b.launch(cfg) }.map_err(dev_err("launching the gate/up grouped GEMM"))?;
-        Ok(())
+        gemm::gate_up(dev, self, x, gate_up, n_tokens, path)
     }
 
     /// Grouped down GEMM: [`Self::y`] row r = w_r · (act_r · down_e), `down` [n_experts, hidden, inter].
@@ -447,38 +429,7 @@ impl MoeWorkspace {
         if down.len() < s.n_experts * s.hidden * s.inter {
             return Err(Error::Shape("down: the weights are too short".into()));
         }
-        let (_, _, name, bn) = path.kernels();
-        let smem = path.smem(bn);
-        let f = dev.function_with_smem(Kernel::GroupedGemm, name, smem)?;
-        let n_pairs = n_tokens * s.top_k;
-        let (ne, nt, k, tk) = (
-            s.n_experts as i32,
-            s.hidden as i32,
-            s.inter as i32,
-            s.top_k as i32,
-        );
-        let cfg = LaunchConfig {
-            grid_dim: (
-                path.max_tiles(n_pairs, s.n_experts) as u32,
-                (s.hidden / bn) as u32,
-                1,
-            ),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: smem as u32,
-        };
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(&self.act)
-            .arg(down)
-            .arg(&mut self.y)
-            .arg(&self.order)
-            .arg(&self.weights)
-            .arg(&self.offsets)
-            .arg(&self.tile_offsets);
-        b.arg(&ne).arg(&nt).arg(&k).arg(&tk);
-        // SAFETY: reads act rows < n_pairs and the checked weights; writes y rows < n_pairs of
-        // hidden columns (hidden a multiple of the 64/128-wide N tile).
-        unsafe { b.launch(cfg) }.map_err(dev_err("launching the down grouped GEMM"))?;
-        Ok(())
+        gemm::down(dev, self, down, n_tokens, path)
     }
 
     /// Unpermute and combine into `out` [T, hidden] bf16: out_t = Σ_j y[row(t, j)] (+ addend_t).
