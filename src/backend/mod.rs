@@ -12,6 +12,8 @@ pub mod cuda;
 use crate::error::Result;
 
 #[cfg(feature = "cuda")]
+pub use cuda::moe_block::{FusedMoe, MoeScratch};
+#[cfg(feature = "cuda")]
 pub use cuda::storage::{CudaHandle, CudaStorage};
 
 #[cfg(not(feature = "cuda"))]
@@ -23,9 +25,35 @@ mod no_cuda {
     /// An open GPU: uninhabited in a build without the `cuda` feature.
     #[derive(Debug, Clone)]
     pub enum CudaHandle {}
+
+    /// A block on the fused GPU MoE kernels: uninhabited without the `cuda` feature.
+    #[derive(Debug, Clone)]
+    pub enum FusedMoe {}
+
+    impl FusedMoe {
+        /// Never called: no value exists.
+        pub fn forward(
+            &self,
+            _x: &crate::tensor::Tensor,
+            _scratch: &mut MoeScratch,
+        ) -> crate::error::Result<crate::tensor::Tensor> {
+            match *self {}
+        }
+    }
+
+    /// The fused blocks' shared GPU buffers: uninhabited without the `cuda` feature.
+    #[derive(Debug)]
+    pub enum MoeScratch {}
+
+    impl MoeScratch {
+        /// Never called: no value exists.
+        pub fn take_counts(&mut self) -> crate::error::Result<Vec<(usize, Vec<u64>)>> {
+            match *self {}
+        }
+    }
 }
 #[cfg(not(feature = "cuda"))]
-pub use no_cuda::{CudaHandle, CudaStorage};
+pub use no_cuda::{CudaHandle, CudaStorage, FusedMoe, MoeScratch};
 
 /// GPUs the CUDA driver sees (an error when this build or machine has no CUDA).
 #[cfg(feature = "cuda")]

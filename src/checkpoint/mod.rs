@@ -15,6 +15,8 @@ mod widen;
 pub use directory::Checkpoint;
 pub use error::{CheckpointError, SUPPORTED_DTYPES};
 pub use random::RandomWeights;
+#[cfg(feature = "cuda")]
+pub(crate) use random::{fill_for, fnv1a, Fill};
 
 use crate::tensor::Tensor;
 

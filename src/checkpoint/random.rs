@@ -33,14 +33,17 @@ impl RandomWeights {
     }
 }
 
-/// What a tensor is filled with, from its name.
+/// What a tensor is filled with, from its name (shared with the GPU's random weights).
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Fill {
+pub(crate) enum Fill {
+    /// Every value the same (norm weights 1, biases 0).
     Constant(f32),
+    /// N(0, std²), std = 1/√fan_in.
     Normal { std: f32 },
 }
 
-fn fill_for(name: &str, shape: &[usize]) -> Fill {
+/// The fill of tensor `name` of `shape`.
+pub(crate) fn fill_for(name: &str, shape: &[usize]) -> Fill {
     let last_module = name
         .strip_suffix(".weight")
         .map(|m| m.rsplit('.').next().unwrap_or(m));
@@ -56,8 +59,8 @@ fn fill_for(name: &str, shape: &[usize]) -> Fill {
     }
 }
 
-/// 64-bit FNV-1a.
-fn fnv1a(bytes: &[u8]) -> u64 {
+/// 64-bit FNV-1a (the per-tensor part of a random weight's seed).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })

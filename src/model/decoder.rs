@@ -10,7 +10,7 @@
 
 use super::rank_output::RankOutput;
 use crate::attention::{Attention, MlaForm};
-use crate::backend::Device;
+use crate::backend::{Device, MoeScratch};
 use crate::checkpoint::WeightSource;
 use crate::comm::even_counts;
 use crate::config::ModelConfig;
@@ -43,6 +43,9 @@ pub struct Model {
     head: Option<(Tensor, Tensor)>,
     /// Where the weights (and the caches this model makes) live.
     device: Device,
+    /// The buffers this rank's fused GPU MoE blocks share (None on the CPU, or when no block is
+    /// fused). Behind a mutex because forward takes `&self`; one rank's layers run in order.
+    moe_scratch: Option<std::sync::Arc<std::sync::Mutex<MoeScratch>>>,
 }
 
 impl DecoderLayer {
@@ -103,6 +106,7 @@ impl Model {
             layers,
             head,
             device: Device::Cpu,
+            moe_scratch: None,
         })
     }
 
@@ -160,7 +164,23 @@ impl Model {
             *lm_head = lm_head.to_device_bf16(device)?;
         }
         self.device = device.clone();
+        self.moe_scratch = self.new_moe_scratch()?;
         Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn new_moe_scratch(&self) -> Result<Option<std::sync::Arc<std::sync::Mutex<MoeScratch>>>> {
+        match &self.device {
+            Device::Cuda(dev) if self.layers.iter().any(|l| l.ffn.is_fused()) => Ok(Some(
+                std::sync::Arc::new(std::sync::Mutex::new(MoeScratch::new(dev)?)),
+            )),
+            _ => Ok(None),
+        }
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn new_moe_scratch(&self) -> Result<Option<std::sync::Arc<std::sync::Mutex<MoeScratch>>>> {
+        Ok(None)
     }
 
     /// Where the weights live.
@@ -217,6 +237,10 @@ impl Model {
             ..RankOutput::default()
         };
         let block_size = cache.block_size();
+        let mut scratch = self
+            .moe_scratch
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()));
         for (i, (layer, layer_cache)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate()
         {
             let layer_index = s.layers.start + i;
@@ -229,11 +253,15 @@ impl Model {
                 block_size,
                 ctx,
                 &mut out,
+                scratch.as_deref_mut(),
             )?;
         }
         if !s.is_last_stage() {
             out.work_ticks = started.zip(ctx.tick());
             ctx.pp.send_tensor(&residual, s.stage + 1)?;
+            if let Some(scratch) = scratch.as_deref_mut() {
+                out.set_expert_counts(scratch.take_counts()?);
+            }
             return Ok(out);
         }
         if s.tp_rank == 0 {
@@ -245,6 +273,10 @@ impl Model {
                 self.config.rms_norm_eps,
             )?;
             out.logits = Some((logit_index, ops::linear(&rows, lm_head, None)?.into_cpu()?));
+        }
+        // After the logits (the step's one wait for the GPU): the fused blocks' expert counts.
+        if let Some(scratch) = scratch.as_deref_mut() {
+            out.set_expert_counts(scratch.take_counts()?);
         }
         out.work_ticks = started.zip(ctx.tick());
         Ok(out)
@@ -261,6 +293,7 @@ impl Model {
         block_size: usize,
         ctx: &RankContext,
         out: &mut RankOutput,
+        scratch: Option<&mut MoeScratch>,
     ) -> Result<Tensor> {
         let eps = self.config.rms_norm_eps;
         let h = self.config.hidden_size;
@@ -280,7 +313,7 @@ impl Model {
             (ops::narrow_rows(&residual, start, mine)?, attn)
         };
         let x = ops::add_rms_norm(&mut res_slice, &attn, &layer.post_attention_norm, eps)?;
-        let moe = layer.ffn.forward(&x, ctx.ep.as_ref())?;
+        let moe = layer.ffn.forward(&x, ctx.ep.as_ref(), scratch)?;
         ops::add_in_place(&mut res_slice, &moe.hidden)?;
         out.a2a_predicted_bytes += moe.dispatch.predicted_bytes;
         out.a2a_measured_bytes += moe.dispatch.measured_bytes;

@@ -35,10 +35,9 @@ impl Linear {
     /// Stacks layers with the same input along the output dim (fused QKV, fused gate/up).
     pub fn concat_out(parts: &[Linear]) -> Result<Self> {
         let inp = parts[0].in_features();
-        let mut w = Vec::new();
-        let mut b = Vec::new();
-        let mut out = 0;
         let has_bias = parts.iter().any(|p| p.bias.is_some());
+        let mut out = 0;
+        let mut zeros = Vec::new();
         for p in parts {
             if p.in_features() != inp {
                 return Err(Error::Shape(format!(
@@ -47,22 +46,27 @@ impl Linear {
                 )));
             }
             out += p.out_features();
-            w.extend_from_slice(p.weight.as_slice());
-            match &p.bias {
-                Some(bias) => b.extend_from_slice(bias.as_slice()),
-                None if has_bias => b.extend(std::iter::repeat_n(0.0, p.out_features())),
-                None => {}
+            if has_bias && p.bias.is_none() {
+                zeros.push(Tensor::zeros([p.out_features()]).to_device(&p.weight.device())?);
             }
         }
-        let dtype = parts[0].weight.dtype();
-        Ok(Self {
-            weight: Tensor::from_f32_stored_as([out, inp], w, dtype)?,
-            bias: if has_bias {
-                Some(Tensor::from_f32_stored_as([out], b, dtype)?)
-            } else {
-                None
-            },
-        })
+        let weights: Vec<&Tensor> = parts.iter().map(|p| &p.weight).collect();
+        // On the device the weights live on (a GPU for weights built there).
+        let weight = Tensor::concat(&weights, [out, inp])?;
+        let bias = if has_bias {
+            let mut zeros = zeros.iter();
+            let biases: Vec<&Tensor> = parts
+                .iter()
+                .map(|p| match &p.bias {
+                    Some(b) => b,
+                    None => zeros.next().expect("one zero bias per missing bias"),
+                })
+                .collect();
+            Some(Tensor::concat(&biases, [out])?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
     }
 
     /// Output rows `start..start + len` (a column-parallel shard).

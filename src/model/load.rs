@@ -1,6 +1,7 @@
 //! Building a model from a checkpoint directory or from a config with random weights.
 
 use super::Model;
+use crate::backend::Device;
 use crate::checkpoint::{Checkpoint, RandomWeights, WeightSource};
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -37,6 +38,36 @@ impl ModelSource {
             None => Arc::new(Checkpoint::open(&self.dir)?),
         };
         Ok((config, src))
+    }
+
+    /// [`Self::weights`] for a model that will run on `device`: random weights for a GPU are
+    /// built on it by kernels (no f32 copy on the host, seconds for tens of gigabytes; their
+    /// values differ from the CPU generator's, see `backend::cuda::weights`). MLA models keep the
+    /// host generator (their loader slices weights on the host).
+    pub fn weights_on(&self, device: &Device) -> Result<(ModelConfig, Arc<dyn WeightSource>)> {
+        #[cfg(feature = "cuda")]
+        if let (Some(seed), Device::Cuda(dev)) = (self.random_weights, device) {
+            let config = ModelConfig::from_dir(&self.dir)?;
+            if matches!(config.attention, crate::config::AttentionKind::Gqa { .. }) {
+                let src = crate::backend::cuda::weights::GpuRandomWeights::new(seed, dev.clone());
+                return Ok((config, Arc::new(src)));
+            }
+        }
+        let _ = device;
+        self.weights()
+    }
+
+    /// The model with its tokenizer, on `device` (built there directly for GPU random weights).
+    pub fn load_on(&self, device: &Device) -> Result<LoadedModel> {
+        let (config, src) = self.weights_on(device)?;
+        let mut model = Model::load(&config, src.as_ref())?;
+        drop(src);
+        model.to_device(device)?;
+        Ok(LoadedModel {
+            model,
+            tokenizer: Tokenizer::from_dir(&self.dir)?,
+            dir: self.dir.clone(),
+        })
     }
 
     /// Reads config.json, the weights and the tokenizer.

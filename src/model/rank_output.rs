@@ -30,6 +30,17 @@ impl RankOutput {
             self.rows_computed.push((layer, rows));
         }
     }
+
+    /// Fills in counts that were read after the layers ran (the fused GPU blocks keep theirs on
+    /// the device until the end of the step): replaces each recorded layer's counts.
+    pub fn set_expert_counts(&mut self, late: Vec<(usize, Vec<u64>)>) {
+        for (layer, counts) in late {
+            match self.expert_counts.iter_mut().find(|(l, _)| *l == layer) {
+                Some((_, c)) => *c = counts,
+                None => self.expert_counts.push((layer, counts)),
+            }
+        }
+    }
 }
 
 /// A step's output, assembled from every rank.

@@ -4,6 +4,7 @@
 
 use super::dispatch::{dispatch_combine, DispatchStats, EpRank};
 use super::{ExpertBank, ExpertNames, Router};
+use crate::backend::{FusedMoe, MoeScratch};
 use crate::checkpoint::WeightSource;
 use crate::comm::Communicator;
 use crate::config::ModelConfig;
@@ -32,6 +33,11 @@ pub struct MoeBlock {
     placement: Placement,
     ep_rank: usize,
     ranks_per_node: usize,
+    /// The model layer this block belongs to.
+    layer: usize,
+    /// The block on the fused GPU MoE kernels, where it runs on a GPU, holds every expert in
+    /// order and fits the kernels (see [`MoeBlock::to_device`]).
+    fused: Option<FusedMoe>,
 }
 
 /// The block's output and the routing it did (for load statistics).
@@ -39,7 +45,8 @@ pub struct MoeBlock {
 pub struct MoeOutput {
     /// [T, hidden].
     pub hidden: Tensor,
-    /// Tokens this rank routed to each logical expert (empty for a dense block).
+    /// Tokens this rank routed to each logical expert (empty for a dense block, and for a fused
+    /// GPU block, whose counts stay on the device until [`MoeScratch::take_counts`]).
     pub expert_counts: Vec<u64>,
     /// (token, expert) pairs this rank's experts computed, from every source rank.
     pub rows_computed: u64,
@@ -79,6 +86,8 @@ impl MoeBlock {
                 placement: placement.clone(),
                 ep_rank: shard.ep_rank,
                 ranks_per_node: shard.ranks_per_node,
+                layer,
+                fused: None,
             });
         };
         let names = ExpertNames::of(cfg.architecture);
@@ -118,6 +127,8 @@ impl MoeBlock {
             placement: placement.clone(),
             ep_rank: shard.ep_rank,
             ranks_per_node: shard.ranks_per_node,
+            layer,
+            fused: None,
         })
     }
 
@@ -129,6 +140,11 @@ impl MoeBlock {
     /// Where the routed experts live (None for a dense block).
     pub fn placement(&self) -> &Placement {
         &self.placement
+    }
+
+    /// The model layer this block belongs to.
+    pub fn layer(&self) -> usize {
+        self.layer
     }
 
     /// This rank's index in the EP group.
@@ -179,10 +195,15 @@ impl MoeBlock {
             self.experts.set_slot_weights(*slot, w)?;
         }
         self.placement = placement;
+        // The fused kernels index experts by slot: they hold only for the in-place placement.
+        if !self.in_place() {
+            self.fused = None;
+        }
         Ok(())
     }
 
-    /// Moves the router, the experts and the shared experts to `device` (matrices as bf16 on a GPU).
+    /// Moves the router, the experts and the shared experts to `device` (matrices as bf16 on a GPU,
+    /// the router in f32) and, on a GPU, sets the block up for the fused MoE kernels where it can.
     pub fn to_device(&mut self, device: &crate::backend::Device) -> Result<()> {
         self.router.to_device(device)?;
         self.experts.to_device(device)?;
@@ -192,7 +213,60 @@ impl MoeBlock {
                 *g = g.to_device_bf16(device)?;
             }
         }
+        self.fuse(device)
+    }
+
+    /// Whether this rank holds every expert, slot i holding expert i (one EP rank, no replicas).
+    fn in_place(&self) -> bool {
+        let p = &self.placement;
+        p.n_ranks() == 1
+            && p.rank_experts(0)
+                .iter()
+                .enumerate()
+                .all(|(i, &e)| e as usize == i)
+    }
+
+    /// The fused GPU form of a sparse block that holds its experts in place, has no expert
+    /// biases and whose widths fit the kernels (`MoeShape::validate`); other blocks keep the
+    /// general path.
+    #[cfg(feature = "cuda")]
+    fn fuse(&mut self, device: &crate::backend::Device) -> Result<()> {
+        use crate::backend::cuda::FusedParts;
+        self.fused = None;
+        let Router::Learned {
+            gate,
+            correction_bias,
+            config,
+        } = &self.router
+        else {
+            return Ok(());
+        };
+        let shared_biased = self.shared.as_ref().is_some_and(|s| s.mlp.has_biases());
+        if !device.is_cuda() || !self.in_place() || self.experts.has_biases() || shared_biased {
+            return Ok(());
+        }
+        self.fused = FusedMoe::new(FusedParts {
+            layer: self.layer,
+            router: config,
+            gate,
+            bias: correction_bias.as_deref(),
+            experts: self.experts.stacked(),
+            shared: self.shared.as_ref().map(|s| {
+                let (gate_up, down) = s.mlp.stacked();
+                (gate_up, down, s.gate.as_ref())
+            }),
+        })?;
         Ok(())
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn fuse(&mut self, _device: &crate::backend::Device) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether the block runs on the fused GPU MoE kernels.
+    pub fn is_fused(&self) -> bool {
+        self.fused.is_some()
     }
 
     /// Bytes of the expert weights in their stored dtype.
@@ -201,20 +275,32 @@ impl MoeBlock {
     }
 
     /// route → dispatch to the experts' ranks → grouped SwiGLU → combine (+ shared). Every rank
-    /// of the EP group calls this together (with its own tokens, possibly none).
-    pub fn forward(&self, x: &Tensor, ep: &dyn Communicator) -> Result<MoeOutput> {
+    /// of the EP group calls this together (with its own tokens, possibly none). A fused GPU
+    /// block runs entirely on the device and leaves its expert counts in `scratch`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        ep: &dyn Communicator,
+        scratch: Option<&mut MoeScratch>,
+    ) -> Result<MoeOutput> {
+        if let (Some(fused), Some(scratch)) = (&self.fused, scratch) {
+            let rows = (x.dims()[0] * self.router.top_k()) as u64;
+            return Ok(MoeOutput {
+                hidden: fused.forward(x, scratch)?,
+                expert_counts: Vec::new(),
+                rows_computed: rows,
+                dispatch: DispatchStats {
+                    rows_computed: rows,
+                    ..DispatchStats::default()
+                },
+            });
+        }
         let routing = self.router.route(x)?;
         let n = self.router.n_experts();
         let placement = &self.placement;
         // One EP rank whose slot i holds expert i runs its experts in place on a GPU; every
         // other placement dispatches (on the device for GPU ranks; routing stays on the host).
-        let in_place = placement.n_ranks() == 1
-            && placement
-                .rank_experts(0)
-                .iter()
-                .enumerate()
-                .all(|(i, &e)| e as usize == i);
-        let (mut out, dispatch) = if x.is_cuda() && in_place {
+        let (mut out, dispatch) = if x.is_cuda() && self.in_place() {
             let perm = ops::permute_by_expert(&routing.experts, n);
             let xs = ops::gather_rows(x, &perm.order, routing.top_k)?;
             let ys = self.experts.forward_grouped(&xs, &perm.offsets)?;

@@ -31,13 +31,15 @@ impl ExpertBank {
         hidden: usize,
         inter: usize,
     ) -> Result<Self> {
-        let mut gate_up = Vec::with_capacity(slots.len() * 2 * inter * hidden);
-        let mut down = Vec::with_capacity(slots.len() * hidden * inter);
-        let mut dtype = DType::BF16;
+        // Each slot's tensors in order, concatenated once on the device the source builds on.
+        let mut gate_up: Vec<Tensor> = Vec::with_capacity(2 * slots.len());
+        let mut down: Vec<Tensor> = Vec::with_capacity(slots.len());
         for (i, &e) in slots.iter().enumerate() {
             if e == EMPTY_SLOT {
-                gate_up.resize(gate_up.len() + 2 * inter * hidden, 0.0);
-                down.resize(down.len() + hidden * inter, 0.0);
+                // Gate and up rows apart, as a loaded slot has them.
+                gate_up.push(Tensor::zeros([inter, hidden]));
+                gate_up.push(Tensor::zeros([inter, hidden]));
+                down.push(Tensor::zeros([hidden, inter]));
                 continue;
             }
             let name = |p: &str| format!("{prefix}.experts.{e}.{p}.weight");
@@ -49,15 +51,28 @@ impl ExpertBank {
                 }
                 other => other?,
             };
-            dtype = gate.dtype();
-            gate_up.extend_from_slice(gate.as_slice());
-            gate_up.extend_from_slice(src.load(&name(proj[1]), &[inter, hidden])?.as_slice());
-            down.extend_from_slice(src.load(&name(proj[2]), &[hidden, inter])?.as_slice());
+            gate_up.push(gate);
+            gate_up.push(src.load(&name(proj[1]), &[inter, hidden])?);
+            down.push(src.load(&name(proj[2]), &[hidden, inter])?);
         }
         let n = slots.len();
+        // The bank records the dtype the experts were stored in (bf16 when every slot is empty).
+        let dtype = slots
+            .iter()
+            .position(|&e| e != EMPTY_SLOT)
+            .map_or(DType::BF16, |i| gate_up[2 * i].dtype());
+        let stack = |parts: &[Tensor], shape: [usize; 3]| -> Result<Tensor> {
+            let refs: Vec<&Tensor> = parts.iter().collect();
+            let t = Tensor::concat(&refs, shape)?;
+            Ok(if t.is_cuda() {
+                t
+            } else {
+                Tensor::from_f32_stored_as(shape, t.into_vec(), dtype)?
+            })
+        };
         Ok(Self {
-            gate_up: Tensor::from_f32_stored_as([n, 2 * inter, hidden], gate_up, dtype)?,
-            down: Tensor::from_f32_stored_as([n, hidden, inter], down, dtype)?,
+            gate_up: stack(&gate_up, [n, 2 * inter, hidden])?,
+            down: stack(&down, [n, hidden, inter])?,
             gate_up_bias: None,
             down_bias: None,
         })
@@ -144,16 +159,21 @@ impl ExpertBank {
             w(u, &[inter, hidden])?,
             w(d, &[hidden, inter])?,
         );
-        let (gate_b, up_b, down_b) = (b(g, inter)?, b(u, inter)?, b(d, hidden)?);
+        // Biases are small: read on the host whatever built them.
+        let host = |t: Option<Tensor>| t.map(|t| t.into_cpu()).transpose();
+        let (gate_b, up_b, down_b) = (
+            host(b(g, inter)?)?,
+            host(b(u, inter)?)?,
+            host(b(d, hidden)?)?,
+        );
         let c = inter / parts;
-        let dtype = gate.dtype();
         let (mut gu, mut dn, mut gu_bias, mut dn_bias) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for &p in slots {
             let p = p as usize;
-            gu.extend_from_slice(gate.narrow_rows(p * c, c)?.as_slice());
-            gu.extend_from_slice(up.narrow_rows(p * c, c)?.as_slice());
-            dn.extend_from_slice(down.narrow_cols(p * c, c)?.as_slice());
+            gu.push(gate.narrow_rows(p * c, c)?);
+            gu.push(up.narrow_rows(p * c, c)?);
+            dn.push(down.narrow_cols(p * c, c)?);
             if let (Some(gb), Some(ub), Some(db)) = (&gate_b, &up_b, &down_b) {
                 gu_bias.extend_from_slice(&gb.as_slice()[p * c..][..c]);
                 gu_bias.extend_from_slice(&ub.as_slice()[p * c..][..c]);
@@ -165,8 +185,8 @@ impl ExpertBank {
         }
         let n = slots.len();
         Ok(Self {
-            gate_up: Tensor::from_f32_stored_as([n, 2 * c, hidden], gu, dtype)?,
-            down: Tensor::from_f32_stored_as([n, hidden, c], dn, dtype)?,
+            gate_up: Tensor::concat(&gu.iter().collect::<Vec<_>>(), [n, 2 * c, hidden])?,
+            down: Tensor::concat(&dn.iter().collect::<Vec<_>>(), [n, hidden, c])?,
             gate_up_bias: if bias {
                 Some(Tensor::from_f32([n, 2 * c], gu_bias)?)
             } else {
@@ -191,6 +211,16 @@ impl ExpertBank {
             *b = b.to_device(device)?;
         }
         Ok(())
+    }
+
+    /// The stacked weights: `gate_up` [n, 2I, H] and `down` [n, H, I].
+    pub fn stacked(&self) -> (&Tensor, &Tensor) {
+        (&self.gate_up, &self.down)
+    }
+
+    /// Whether the experts have biases (a dense MLP's, e.g. Llama with `mlp_bias`).
+    pub fn has_biases(&self) -> bool {
+        self.gate_up_bias.is_some() || self.down_bias.is_some()
     }
 
     /// Experts in the bank.

@@ -40,6 +40,7 @@ impl Router {
         let correction_bias = if with_bias {
             Some(
                 src.load(&format!("{prefix}.gate.e_score_correction_bias"), &[n])?
+                    .into_cpu()?
                     .into_vec(),
             )
         } else {

@@ -27,13 +27,14 @@ pub fn build_executor_on(
     block_size: usize,
     devices: &RankDevices,
 ) -> Result<Box<dyn Executor>> {
-    let (config, weights) = source.weights()?;
-    plan.validate(&config)?;
     if plan.grid.world() == 1 {
+        // One rank: random weights can be built straight on its GPU.
         let device = match devices.gpu(0) {
             None => Device::Cpu,
             Some(gpu) => Device::cuda(gpu)?,
         };
+        let (config, weights) = source.weights_on(&device)?;
+        plan.validate(&config)?;
         let mut model = Model::load(&config, weights.as_ref())?;
         drop(weights);
         model.to_device(&device)?;
@@ -41,6 +42,8 @@ pub fn build_executor_on(
             model, num_blocks, block_size,
         )?));
     }
+    let (config, weights) = source.weights()?;
+    plan.validate(&config)?;
     Ok(Box::new(ParallelExecutor::on_devices(
         &config, weights, plan, num_blocks, block_size, devices,
     )?))

@@ -194,6 +194,11 @@ impl Tensor {
     }
 
     fn upload(&self, device: &Device, bf16: bool) -> Result<Self> {
+        #[cfg(feature = "cuda")]
+        if let (Storage::Cuda(_), Device::Cuda(dev)) = (&self.storage, device) {
+            // Already on a GPU (weights built there): a cast at most, no trip through the host.
+            return crate::backend::cuda::weights::convert(self, dev, bf16);
+        }
         let host = self.to_cpu()?;
         match device {
             Device::Cpu => Ok(host),
@@ -205,6 +210,31 @@ impl Tensor {
                 match *d {}
             }
         }
+    }
+
+    /// `parts` (on one device, one element type) back to back under `shape`: stacking along a
+    /// new first dim or joining along the first dim, without leaving the device.
+    pub fn concat(parts: &[&Tensor], shape: impl Into<Shape>) -> Result<Self> {
+        let shape = shape.into();
+        let total: usize = parts.iter().map(|p| p.numel()).sum();
+        if parts.is_empty() || total != shape.numel() {
+            return Err(Error::Shape(format!(
+                "{} parts of {total} values do not fill shape {shape}",
+                parts.len()
+            )));
+        }
+        let dtype = parts[0].dtype;
+        if parts.iter().all(|p| !p.is_cuda()) {
+            let mut v = Vec::with_capacity(total);
+            for p in parts {
+                v.extend_from_slice(p.as_slice());
+            }
+            return Self::from_f32_stored_as(shape, v, dtype);
+        }
+        #[cfg(feature = "cuda")]
+        return crate::backend::cuda::weights::concat(parts, shape, dtype);
+        #[cfg(not(feature = "cuda"))]
+        unreachable!("no GPU tensor exists without the cuda feature")
     }
 
     /// Zeros of `shape` (f32) on `device`.
@@ -240,6 +270,9 @@ impl Tensor {
     /// Columns `start..start + len` of a 2-D tensor (a row-parallel weight's shard).
     pub fn narrow_cols(&self, start: usize, len: usize) -> Result<Self> {
         let (rows, cols) = (self.dims()[0], self.dims()[1]);
+        if start == 0 && len == cols {
+            return Ok(self.clone());
+        }
         if start + len > cols {
             return Err(Error::Shape(format!(
                 "columns {start}..{} out of {cols}",
@@ -258,6 +291,9 @@ impl Tensor {
     pub fn narrow_rows(&self, start: usize, len: usize) -> Result<Self> {
         let dims = self.dims();
         let rows = dims[0];
+        if start == 0 && len == rows {
+            return Ok(self.clone());
+        }
         if start + len > rows {
             return Err(Error::Shape(format!(
                 "rows {start}..{} out of {rows}",

@@ -11,12 +11,15 @@ pub mod blas;
 pub mod compile;
 pub mod device;
 pub mod moe;
+pub mod moe_block;
 pub mod norm;
 pub mod ops;
 pub mod storage;
+pub mod weights;
 
 pub use device::{CudaDevice, DeviceBuffer, Kernel};
 pub use moe::{GemmPath, MoeLayer, MoeShape, MoeWorkspace, RouterParams};
+pub use moe_block::{FusedMoe, FusedParts, MoeScratch};
 
 use crate::error::Error;
 

@@ -30,7 +30,7 @@ macro_rules! launch {
     }};
 }
 
-fn gpu(t: &Tensor) -> Result<&CudaStorage> {
+pub(crate) fn gpu(t: &Tensor) -> Result<&CudaStorage> {
     match t.storage() {
         Storage::Cuda(s) => Ok(s),
         Storage::Cpu(_) => Err(Error::Device(format!(
@@ -98,9 +98,9 @@ fn raw<T>(dev: &CudaDevice, s: &cudarc::driver::CudaSlice<T>) -> u64 {
     cudarc::driver::DevicePtr::device_ptr(s, dev.stream()).0
 }
 
-const THREADS: usize = 256;
+pub(crate) const THREADS: usize = 256;
 
-fn grid_for(n: usize) -> usize {
+pub(crate) fn grid_for(n: usize) -> usize {
     n.div_ceil(THREADS).clamp(1, 65_535)
 }
 

@@ -61,6 +61,22 @@ impl CudaStorage {
         matches!(&*self.buf, DevBuf::Bf16(_))
     }
 
+    /// The f32 buffer, if the elements are f32.
+    pub fn f32_slice(&self) -> Option<&CudaSlice<f32>> {
+        match &*self.buf {
+            DevBuf::F32(s) => Some(s),
+            DevBuf::Bf16(_) => None,
+        }
+    }
+
+    /// The bf16 buffer, if the elements are bf16.
+    pub fn bf16_slice(&self) -> Option<&CudaSlice<bf16>> {
+        match &*self.buf {
+            DevBuf::Bf16(s) => Some(s),
+            DevBuf::F32(_) => None,
+        }
+    }
+
     /// Elements in the buffer.
     pub fn len(&self) -> usize {
         match &*self.buf {

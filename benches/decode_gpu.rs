@@ -1,0 +1,290 @@
+//! End-to-end decode on one GPU: the whole Mixtral-8x7B shape (configs/models, all 32 layers,
+//! ~93 GB of bf16 random weights built on the GPU) through the engine's executor, the MoE blocks
+//! on the fused kernels.
+//!
+//! - Decode at batch 1, 8, 64 and 256 (sequences with a 64-token prompt, 16 timed steps after 4
+//!   warm-ups): ms per step and tokens/s, against the HBM roofline: the bytes one step must read
+//!   (attention weights, routers, the experts the step's routing touched, the lm_head, the KV
+//!   cache) over the device-to-device copy rate measured in the same run.
+//! - Time to first token of a 2048-token prompt (median of 3 after a warm-up), against the flops
+//!   floor (the prompt's GEMM and attention flops over the cuBLAS bf16 GEMM rate measured here).
+//!
+//! Every step ends with the logits on the host (the engine's one wait per step); the next
+//! tokens are their argmax. Run: `cargo bench --features cuda --bench decode_gpu -- [--layers N]`
+//! or the built executable. Without a GPU it prints why and exits 0.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use half::bf16;
+use switchyard::backend::cuda::device::unavailable_reason;
+use switchyard::backend::cuda::{blas, CudaDevice, DeviceBuffer, Kernel};
+use switchyard::backend::Device;
+use switchyard::config::ModelConfig;
+use switchyard::engine::{Executor, LocalExecutor};
+use switchyard::model::{ModelSource, StepBatch, StepOutput};
+use switchyard::{Error, Result};
+
+const BATCHES: [usize; 4] = [1, 8, 64, 256];
+const PROMPT: usize = 64;
+const WARMUP: usize = 4;
+const STEPS: usize = 16;
+const BLOCK: usize = 16;
+const TTFT_PROMPT: usize = 2048;
+
+fn derr(e: impl std::fmt::Debug) -> Error {
+    Error::Device(format!("{e:?}"))
+}
+
+/// Device-to-device copy (bytes read + written per second) and cuBLAS bf16 GEMM (4096³, flop/s),
+/// best of several runs.
+fn ceilings(dev: &CudaDevice) -> Result<(f64, f64)> {
+    let n = 1usize << 30;
+    let src: DeviceBuffer<bf16> = dev.zeros(n)?;
+    let mut dst: DeviceBuffer<bf16> = dev.zeros(n)?;
+    let best = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        let mut best = f64::MAX;
+        for _ in 0..8 {
+            dev.synchronize()?;
+            let t = Instant::now();
+            f()?;
+            dev.synchronize()?;
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        Ok(best)
+    };
+    let copy_s = best(&mut || dev.stream().memcpy_dtod(&src, &mut dst).map_err(derr))?;
+    drop((src, dst));
+    let s = 4096;
+    let mut a: DeviceBuffer<bf16> = dev.zeros(s * s)?;
+    let mut b: DeviceBuffer<bf16> = dev.zeros(s * s)?;
+    for (buf, seed) in [(&mut a, 1u64), (&mut b, 2)] {
+        let f = dev.function(Kernel::Fill, "fill_uniform_bf16")?;
+        let (nn, scale) = (buf.len() as u64, 1.0f32);
+        let mut l = dev.stream().launch_builder(&f);
+        l.arg(buf).arg(&nn).arg(&seed).arg(&scale);
+        // SAFETY: a grid-stride loop over exactly nn elements of buf.
+        unsafe {
+            l.launch(LaunchConfig {
+                grid_dim: (1024, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            })
+        }
+        .map_err(derr)?;
+    }
+    let mut c: DeviceBuffer<f32> = dev.zeros(s * s)?;
+    let gemm_s = best(&mut || blas::linear(dev, &a, &b, &mut c, s, s, s))?;
+    Ok((
+        2.0 * (n * 2) as f64 / copy_s,
+        2.0 * (s as f64).powi(3) / gemm_s,
+    ))
+}
+
+/// Bytes of weights every decode step reads whatever the routing: attention, routers, lm_head.
+fn fixed_bytes(c: &ModelConfig) -> f64 {
+    let (h, moe) = (c.hidden_size, c.moe.as_ref().expect("an MoE model"));
+    let attn = h * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim + c.num_heads * c.head_dim * h;
+    (c.num_layers * (2 * attn + 4 * moe.n_experts * h) + 2 * c.vocab_size * h) as f64
+}
+
+fn expert_bytes(c: &ModelConfig) -> f64 {
+    let moe = c.moe.as_ref().expect("an MoE model");
+    (3 * c.hidden_size * moe.intermediate_size * 2) as f64
+}
+
+/// KV-cache bytes per token of context (f32 keys and values of every layer).
+fn kv_bytes_per_token(c: &ModelConfig) -> f64 {
+    (c.num_layers * 2 * c.num_kv_heads * c.head_dim * 4) as f64
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    row.iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+        )
+        .0 as u32
+}
+
+/// Experts with at least one token, summed over layers.
+fn touched(out: &StepOutput) -> usize {
+    out.expert_counts
+        .iter()
+        .map(|l| l.iter().filter(|&&n| n > 0).count())
+        .sum()
+}
+
+struct Decode {
+    ms: f64,
+    touched: f64,
+    context: f64,
+}
+
+fn decode(ex: &mut LocalExecutor, batch: usize, vocab: usize) -> Result<Decode> {
+    let blocks_per_seq = (PROMPT + WARMUP + STEPS).div_ceil(BLOCK);
+    let table = |s: usize| -> Vec<u32> {
+        (0..blocks_per_seq)
+            .map(|b| (s * blocks_per_seq + b) as u32)
+            .collect()
+    };
+    let mut next = vec![0u32; batch];
+    for first in (0..batch).step_by(64) {
+        let mut b = StepBatch::default();
+        for s in first..(first + 64).min(batch) {
+            let prompt: Vec<u32> = (0..PROMPT)
+                .map(|i| ((s * 7919 + i * 131) % vocab) as u32)
+                .collect();
+            b.push_sequence(&prompt, 0, table(s), false);
+        }
+        let out = ex.step(&b)?;
+        for (k, s) in (first..(first + 64).min(batch)).enumerate() {
+            next[s] = argmax(out.logits.row(k));
+        }
+    }
+    let (mut total, mut touched_sum) = (0.0, 0usize);
+    for step in 0..WARMUP + STEPS {
+        let mut b = StepBatch::default();
+        for (s, &tok) in next.iter().enumerate() {
+            b.push_sequence(&[tok], PROMPT + step, table(s), false);
+        }
+        let t = Instant::now();
+        let out = ex.step(&b)?;
+        let dt = t.elapsed().as_secs_f64();
+        if step >= WARMUP {
+            total += dt;
+            touched_sum += touched(&out);
+        }
+        for (s, n) in next.iter_mut().enumerate() {
+            *n = argmax(out.logits.row(s));
+        }
+    }
+    Ok(Decode {
+        ms: total / STEPS as f64 * 1e3,
+        touched: touched_sum as f64 / STEPS as f64,
+        context: (PROMPT + WARMUP) as f64 + (STEPS as f64 + 1.0) / 2.0,
+    })
+}
+
+/// Flops of a `t`-token prompt: every projection and expert GEMM, causal attention, one lm_head row.
+fn prefill_flops(c: &ModelConfig, t: usize) -> f64 {
+    let (h, moe) = (c.hidden_size as f64, c.moe.as_ref().expect("an MoE model"));
+    let (nh, nkv, hd) = (c.num_heads as f64, c.num_kv_heads as f64, c.head_dim as f64);
+    let attn_params = h * (nh + 2.0 * nkv) * hd + nh * hd * h;
+    let per_token = attn_params
+        + moe.n_experts as f64 * h
+        + moe.router.top_k as f64 * 3.0 * h * moe.intermediate_size as f64;
+    let t = t as f64;
+    c.num_layers as f64 * (2.0 * t * per_token + 2.0 * nh * hd * t * t)
+        + 2.0 * c.vocab_size as f64 * h
+}
+
+fn main() -> Result<()> {
+    if let Some(why) = unavailable_reason() {
+        println!("skipped: {why}");
+        return Ok(());
+    }
+    let args: Vec<String> = std::env::args().collect();
+    let layers: Option<usize> = args
+        .iter()
+        .position(|a| a == "--layers")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok());
+    let device = Device::cuda(0)?;
+    let Device::Cuda(dev) = &device else {
+        unreachable!("Device::cuda opens a GPU")
+    };
+    let (copy_bps, gemm_fps) = ceilings(dev)?;
+    println!(
+        "{}: copy {:.2} TB/s (read + written), cuBLAS bf16 GEMM 4096^3 {:.0} TFLOP/s",
+        dev.name(),
+        copy_bps / 1e12,
+        gemm_fps / 1e12
+    );
+
+    let shipped =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/models/Mixtral-8x7B-v0.1");
+    let tmp = tempfile::tempdir().map_err(|e| Error::Input(e.to_string()))?;
+    let dir = match layers {
+        None => shipped,
+        Some(n) => {
+            let text = std::fs::read_to_string(shipped.join("config.json"))
+                .map_err(|e| Error::Input(e.to_string()))?;
+            let mut cfg: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::Input(e.to_string()))?;
+            cfg["num_hidden_layers"] = n.into();
+            std::fs::write(tmp.path().join("config.json"), cfg.to_string())
+                .map_err(|e| Error::Input(e.to_string()))?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let t = Instant::now();
+    let model = ModelSource {
+        dir,
+        random_weights: Some(0),
+    }
+    .load_on(&device)?
+    .model;
+    dev.synchronize()?;
+    let c = model.config().clone();
+    let fused = (0..c.num_layers)
+        .filter(|&l| model.ffn(l).is_some_and(|b| b.is_fused()))
+        .count();
+    println!(
+        "built Mixtral-8x7B ({} layers, {fused} on the fused MoE kernels) with random weights on the GPU in {:.1} s",
+        c.num_layers,
+        t.elapsed().as_secs_f64()
+    );
+    let per_seq = (PROMPT + WARMUP + STEPS).div_ceil(BLOCK);
+    let blocks = (BATCHES[BATCHES.len() - 1] * per_seq).max((TTFT_PROMPT + 1).div_ceil(BLOCK));
+    let mut ex = LocalExecutor::try_new(model, blocks, BLOCK)?;
+
+    println!("\n| batch | ms/step | tokens/s | experts read/step | GB read/step | roofline ms | % of roofline |");
+    println!("|---|---|---|---|---|---|---|");
+    for &b in &BATCHES {
+        let d = decode(&mut ex, b, c.vocab_size)?;
+        let bytes = fixed_bytes(&c)
+            + d.touched * expert_bytes(&c)
+            + b as f64 * d.context * kv_bytes_per_token(&c);
+        let floor_ms = bytes / copy_bps * 1e3;
+        println!(
+            "| {b} | {:.2} | {:.0} | {:.1} of {} | {:.1} | {:.2} | {:.0} |",
+            d.ms,
+            b as f64 / (d.ms * 1e-3),
+            d.touched,
+            c.num_layers * c.moe.as_ref().map_or(1, |m| m.n_experts),
+            bytes / 1e9,
+            floor_ms,
+            100.0 * floor_ms / d.ms
+        );
+    }
+
+    let prompt: Vec<u32> = (0..TTFT_PROMPT)
+        .map(|i| ((i * 2654435761) % c.vocab_size) as u32)
+        .collect();
+    let table: Vec<u32> = (0..(TTFT_PROMPT + 1).div_ceil(BLOCK) as u32).collect();
+    let mut times = Vec::new();
+    for _ in 0..4 {
+        let mut batch = StepBatch::default();
+        batch.push_sequence(&prompt, 0, table.clone(), false);
+        let t = Instant::now();
+        let out = ex.step(&batch)?;
+        let _first = argmax(out.logits.row(0));
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let mut timed = times[1..].to_vec();
+    timed.sort_by(|a, b| a.partial_cmp(b).expect("finite times"));
+    let ttft = timed[timed.len() / 2];
+    let floor = prefill_flops(&c, TTFT_PROMPT) / gemm_fps;
+    println!(
+        "\ntime to first token, {TTFT_PROMPT}-token prompt: {:.1} ms (first run {:.1} ms); flops floor {:.1} ms ({:.1} TFLOP at the measured GEMM rate); {:.0}% of the floor",
+        ttft * 1e3,
+        times[0] * 1e3,
+        floor * 1e3,
+        prefill_flops(&c, TTFT_PROMPT) / 1e12,
+        100.0 * floor / ttft
+    );
+    Ok(())
+}
