@@ -15,7 +15,6 @@ use super::dev_err;
 use super::device::{CudaDevice, DeviceBuffer, Kernel};
 use crate::error::{Error, Result};
 
-#[path = "moe_gemm.rs"]
 mod gemm;
 
 /// Pairs per chunk of the permutation kernels (`CHUNK` in kernels/permute.cu).
