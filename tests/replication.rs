@@ -8,11 +8,12 @@ mod common;
 use common::*;
 use std::sync::Arc;
 use switchyard::backend::cpu::sample::argmax;
+use switchyard::cluster::{ClusterExecutor, ClusterSpec};
 use switchyard::comm::World;
-use switchyard::engine::{Engine, GenerateOptions};
+use switchyard::engine::{Engine, Executor, GenerateOptions};
 use switchyard::layout::PlacementSpec;
 use switchyard::model::{Model, ModelSource, StepBatch};
-use switchyard::parallel::{ParallelExecutor, ParallelPlan, RankContext};
+use switchyard::parallel::{ParallelExecutor, ParallelPlan, RankContext, RankDevices};
 use switchyard::replication::{
     Directive, LayerMigration, MigrationChunk, RankReplica, ReplicationConfig, ReplicationStep,
 };
@@ -80,7 +81,7 @@ fn blocks_per_seq(prompts: &[Vec<u32>]) -> usize {
 
 /// Continuous batching in miniature: sequence `i` joins at step `2 i` (prefill in one chunk),
 /// then every running sequence decodes one token per step, greedy, until `MAX_NEW` tokens.
-fn serve(exec: &mut ParallelExecutor, prompts: &[Vec<u32>]) -> Served {
+fn serve(exec: &mut dyn Executor, prompts: &[Vec<u32>]) -> Served {
     let per = blocks_per_seq(prompts) as u32;
     let n = prompts.len();
     let mut out = Served {
@@ -105,8 +106,7 @@ fn serve(exec: &mut ParallelExecutor, prompts: &[Vec<u32>]) -> Served {
         }
         let mid = rows.iter().filter(|&&i| !out.tokens[i].is_empty()).count();
         let o = exec
-            .submit(batch)
-            .and_then(|_| exec.collect())
+            .step(&batch)
             .unwrap_or_else(|e| panic!("step {step}: {e}"));
         for (k, &i) in rows.iter().enumerate() {
             cached[i] = prompts[i].len() + out.tokens[i].len();
@@ -123,6 +123,12 @@ fn check_served_outputs_do_not_change(label: &str, p: ParallelPlan) {
     let blocks = blocks_per_seq(&prompts) * prompts.len();
     let want = serve(&mut executor(&p, blocks, None), &prompts);
     let got = serve(&mut executor(&p, blocks, Some(eager())), &prompts);
+    check_rebalanced_run(label, &want, &got);
+}
+
+/// `got` (served with rebalancing) has `want`'s tokens and logits bit for bit, and rebalanced
+/// while sequences were mid-generation.
+fn check_rebalanced_run(label: &str, want: &Served, got: &Served) {
     assert_eq!(got.tokens, want.tokens, "{label}: greedy tokens");
     assert_eq!(got.logits.len(), want.logits.len());
     for (s, (g, w)) in got.logits.iter().zip(&want.logits).enumerate() {
@@ -192,6 +198,55 @@ fn served_outputs_do_not_change_under_tp2_ep4_pp2_redundant4() {
         "tp2-ep4-pp2-redundant4",
         layout_plan(2, 4, 2, 4, PlacementSpec::Contiguous),
     );
+}
+
+/// Runs `work` on a ClusterExecutor over two nodes on loopback: node 0 in this thread, node 1
+/// (following it) in another, each with half of `p`'s ranks.
+fn on_two_nodes<T>(
+    p: &ParallelPlan,
+    blocks: usize,
+    work: impl FnOnce(&mut dyn Executor) -> T,
+) -> T {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let source = ModelSource {
+        dir: fixture_dir("mixtral"),
+        random_weights: None,
+    };
+    let spec = move |node_rank| ClusterSpec {
+        nodes: 2,
+        node_rank,
+        rendezvous: format!("127.0.0.1:{port}"),
+        join_timeout: std::time::Duration::from_secs(60),
+        comm_timeout: std::time::Duration::from_secs(60),
+        devices: RankDevices::Cpu,
+    };
+    let follower = {
+        let (source, p) = (source.clone(), p.clone());
+        std::thread::spawn(move || switchyard::cluster::follow(&source, &p, &spec(1)))
+    };
+    let mut driver = ClusterExecutor::start(&source, p, blocks, BLOCK, &spec(0)).unwrap();
+    let out = work(&mut driver);
+    drop(driver);
+    follower.join().unwrap().unwrap();
+    out
+}
+
+#[test]
+fn rebalancing_over_two_nodes_matches_one_process_without_it() {
+    // The layout file's [experts] rebalance_every and window drive the cluster's manager.
+    let mut layout = layout_plan(1, 4, 1, 4, scrambled(8, 4)).layout;
+    layout.experts.rebalance_every = 2;
+    layout.experts.window = 4;
+    let p = ParallelPlan::from_layout(layout).unwrap();
+    let prompts = prompts();
+    let blocks = blocks_per_seq(&prompts) * prompts.len();
+    let want = serve(&mut executor(&p, blocks, None), &prompts);
+    let got = on_two_nodes(&p, blocks, |ex| serve(ex, &prompts));
+    check_rebalanced_run("two nodes, ep4-redundant4-scrambled", &want, &got);
 }
 
 #[test]

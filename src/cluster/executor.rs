@@ -2,7 +2,7 @@
 //! threads here; every step's batch goes to the other nodes over their control connections,
 //! and their ranks' outputs come back the same way.
 
-use super::node::{Event, LocalRanks, RankReport};
+use super::node::{Event, LocalRanks};
 use super::rendezvous::{self, Hello, RunParams};
 use super::wire::{self, Kind};
 use super::{ClusterError, ClusterSpec, FaultFlag, ModelIdentity, VERSION};
@@ -11,7 +11,8 @@ use crate::config::ModelConfig;
 use crate::engine::Executor;
 use crate::error::{Error, Result};
 use crate::model::{ModelSource, StepBatch, StepOutput};
-use crate::parallel::ParallelPlan;
+use crate::parallel::{ParallelPlan, RankJob};
+use crate::replication::{Directive, ReplicationConfig, ReplicationManager};
 use std::io::BufReader;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::ops::Range;
@@ -42,6 +43,8 @@ pub struct ClusterExecutor {
     stopping: Arc<AtomicBool>,
     /// How long a step may wait for the ranks' outputs.
     patience: Duration,
+    /// Live routing statistics and rebalancing over every node's ranks, as in one process.
+    replication: Option<ReplicationManager>,
 }
 
 /// The hello of this node: its model, layout and version.
@@ -96,6 +99,12 @@ impl ClusterExecutor {
         }
         let (config, weights) = source.weights()?;
         plan.validate(&config)?;
+        let replication = ReplicationManager::for_plan(
+            &config,
+            plan,
+            ReplicationConfig::from_layout(&plan.layout.experts),
+        )
+        .map_err(|e| ClusterError::Spec(e.to_string()))?;
         let run = RunParams {
             num_blocks,
             block_size,
@@ -187,6 +196,7 @@ impl ClusterExecutor {
             fault,
             stopping,
             patience: spec.comm_timeout * 2 + Duration::from_secs(30),
+            replication,
         })
     }
 
@@ -229,12 +239,7 @@ fn listen(
         match wire::recv(&mut r) {
             Ok(Some((Kind::Report, body))) => match wire::decode_report(&body) {
                 Ok(rep) => {
-                    let _ = events.send(Event::Report(RankReport {
-                        rank: rep.rank,
-                        step: rep.step,
-                        bytes: rep.bytes,
-                        output: rep.output,
-                    }));
+                    let _ = events.send(Event::Report(rep));
                 }
                 Err(e) => break format!("sent a report that does not decode: {e}"),
             },
@@ -282,7 +287,15 @@ impl Executor for ClusterExecutor {
         }
         let step = self.next_step;
         self.next_step += 1;
-        let body = wire::encode_batch(step, batch);
+        let job = RankJob {
+            step,
+            batch: Arc::new(batch.clone()),
+            directive: self
+                .replication
+                .as_mut()
+                .map_or_else(Directive::default, |m| m.next_directive(step)),
+        };
+        let body = wire::encode_job(&job);
         for i in 0..self.followers.len() {
             if let Err(e) = wire::send(&mut &self.followers[i].control, Kind::Step, &body) {
                 let f = &self.followers[i];
@@ -295,12 +308,12 @@ impl Executor for ClusterExecutor {
             }
         }
         let local = self.local.as_ref().expect("ranks run until a failure");
-        if !local.submit(step, &Arc::new(batch.clone())) {
+        if !local.submit(&job) {
             return self.fail("a rank thread of node 0 is gone".into());
         }
         let mut outputs = Vec::with_capacity(self.world);
         let mut waiting: Vec<bool> = vec![true; self.world];
-        let mut bytes = 0;
+        let (mut bytes, mut migrated) = (0, 0);
         while outputs.len() < self.world {
             match self.events.recv_timeout(self.patience) {
                 Ok(Event::Report(r))
@@ -308,6 +321,7 @@ impl Executor for ClusterExecutor {
                 {
                     waiting[r.rank] = false;
                     bytes += r.bytes;
+                    migrated += r.migrated;
                     match r.output {
                         Ok(o) => outputs.push(o),
                         Err(e) => {
@@ -334,14 +348,19 @@ impl Executor for ClusterExecutor {
                 }
             }
         }
-        StepOutput::assemble(
+        let mut out = StepOutput::assemble(
             outputs,
             batch.logit_rows.len(),
             self.config.vocab_size,
             self.config.num_layers,
             self.ep,
             bytes,
-        )
+        )?;
+        if let Some(m) = &mut self.replication {
+            let observed = m.observe(&out.expert_counts, migrated);
+            out.replication = Some(observed.map_err(|e| Error::Ranks(e.to_string()))?);
+        }
+        Ok(out)
     }
 }
 

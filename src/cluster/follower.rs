@@ -11,7 +11,6 @@ use crate::parallel::ParallelPlan;
 use std::io::BufReader;
 use std::net::TcpStream;
 use std::sync::mpsc::{channel, Receiver};
-use std::sync::Arc;
 
 /// Joins node 0's job and runs this node's ranks until node 0 stops it (`Ok`), calls it off,
 /// or goes away (an error saying which).
@@ -68,11 +67,12 @@ pub fn follow(
     let mut reader = BufReader::new(control);
     let outcome = loop {
         match wire::recv(&mut reader) {
-            Ok(Some((Kind::Step, body))) => match wire::decode_batch(&body) {
-                Ok((step, batch)) => {
-                    if !local.submit(step, &Arc::new(batch)) {
+            Ok(Some((Kind::Step, body))) => match wire::decode_job(&body) {
+                Ok(job) => {
+                    if !local.submit(&job) {
                         break Err(peer(format!(
-                            "a rank of this node stopped before step {step}"
+                            "a rank of this node stopped before step {}",
+                            job.step
                         )));
                     }
                 }
@@ -110,13 +110,7 @@ pub fn follow(
 fn forward_reports(events: Receiver<Event>, control: TcpStream) {
     for event in events {
         if let Event::Report(r) = event {
-            if wire::send(
-                &mut &control,
-                Kind::Report,
-                &wire::encode_report(r.rank, r.step, r.bytes, &r.output),
-            )
-            .is_err()
-            {
+            if wire::send(&mut &control, Kind::Report, &wire::encode_report(&r)).is_err() {
                 return;
             }
         }

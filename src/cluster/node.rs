@@ -4,23 +4,11 @@
 use crate::checkpoint::WeightSource;
 use crate::comm::tcp::TcpRankComms;
 use crate::config::ModelConfig;
-use crate::model::{Model, RankOutput, StepBatch};
-use crate::parallel::{open_over_host, ParallelPlan, RankContext, RankDevices};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use crate::model::Model;
+use crate::parallel::{open_over_host, run_rank, ParallelPlan, RankDevices, RankJob, RankReport};
+use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-
-/// One rank's output of one step.
-pub(crate) struct RankReport {
-    /// Global rank.
-    pub rank: usize,
-    /// The step.
-    pub step: u64,
-    /// Bytes its communicators sent during the step.
-    pub bytes: u64,
-    /// Its output, or why it failed.
-    pub output: Result<RankOutput, String>,
-}
 
 /// What the driver's collector hears: a rank's report, or a node gone.
 pub(crate) enum Event {
@@ -32,7 +20,7 @@ pub(crate) enum Event {
 
 /// The ranks of this node.
 pub(crate) struct LocalRanks {
-    to_ranks: Vec<Sender<(u64, Arc<StepBatch>)>>,
+    to_ranks: Vec<Sender<RankJob>>,
     handles: Vec<JoinHandle<()>>,
 }
 
@@ -81,13 +69,14 @@ impl LocalRanks {
                             Ok((ctx, model, cache))
                         },
                     );
-                    let (ctx, model, mut cache) = match loaded {
+                    let (ctx, mut model, mut cache) = match loaded {
                         Ok(l) => l,
                         Err(e) => return drop(ready_tx.send(Err(format!("rank {rank}: {e}")))),
                     };
                     let _ = ready_tx.send(Ok(()));
                     drop(ready_tx);
-                    rank_loop(rank, &model, &mut cache, &ctx, rx, events);
+                    let report = |r| events.send(Event::Report(r)).is_ok();
+                    run_rank(rank, &mut model, &mut cache, &ctx, rx, report, None);
                 })
                 .map_err(|e| format!("cannot start rank {rank}: {e}"))?;
             handles.push(handle);
@@ -104,10 +93,8 @@ impl LocalRanks {
     }
 
     /// Hands a step to every local rank; false if one is gone.
-    pub fn submit(&self, step: u64, batch: &Arc<StepBatch>) -> bool {
-        self.to_ranks
-            .iter()
-            .all(|tx| tx.send((step, batch.clone())).is_ok())
+    pub fn submit(&self, job: &RankJob) -> bool {
+        self.to_ranks.iter().all(|tx| tx.send(job.clone()).is_ok())
     }
 
     /// Number of local ranks.
@@ -122,35 +109,6 @@ impl LocalRanks {
             for h in self.handles.drain(..) {
                 let _ = h.join();
             }
-        }
-    }
-}
-
-fn rank_loop(
-    rank: usize,
-    model: &Model,
-    cache: &mut crate::kv_cache::KvCache,
-    ctx: &RankContext,
-    jobs: Receiver<(u64, Arc<StepBatch>)>,
-    events: Sender<Event>,
-) {
-    let mut sent_before = 0;
-    while let Ok((step, batch)) = jobs.recv() {
-        let output = model
-            .forward_rank(&batch, cache, ctx)
-            .map_err(|e| e.to_string());
-        let failed = output.is_err();
-        let sent = ctx.bytes_moved();
-        let _ = events.send(Event::Report(RankReport {
-            rank,
-            step,
-            bytes: sent - sent_before,
-            output,
-        }));
-        sent_before = sent;
-        if failed {
-            // Dropping the communicators makes every peer fail at once instead of waiting.
-            return;
         }
     }
 }

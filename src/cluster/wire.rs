@@ -8,8 +8,12 @@
 
 use crate::model::{RankOutput, StepBatch};
 use crate::ops::QueryPos;
+use crate::parallel::{RankJob, RankReport};
+use crate::replication::{Directive, LayerMigration, MigrationChunk, Transfer};
 use crate::tensor::Tensor;
 use std::io::{self, Read, Write};
+use std::sync::Arc;
+use switchyard_experts::Placement;
 
 /// What a control frame is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +28,7 @@ pub(crate) enum Kind {
     Ready = 4,
     /// Node → node 0: its ranks could not load (text).
     Failed = 5,
-    /// Node 0 → node: a step (step id, batch).
+    /// Node 0 → node: a step (step id, batch, replication directive).
     Step = 6,
     /// Node → node 0: one rank's output of a step.
     Report = 7,
@@ -199,21 +203,45 @@ impl<'a> Dec<'a> {
     }
 }
 
-/// A step's batch as bytes.
-pub(crate) fn encode_batch(step: u64, b: &StepBatch) -> Vec<u8> {
+/// A step's job as bytes: the step id, the batch, then the replication directive.
+pub(crate) fn encode_job(job: &RankJob) -> Vec<u8> {
     let mut e = Enc::default();
-    e.u64(step).u32s(&b.tokens);
+    let b = &job.batch;
+    e.u64(job.step).u32s(&b.tokens);
     let flat: Vec<usize> = b.queries.iter().flat_map(|q| [q.seq, q.pos]).collect();
     e.usizes(&flat).usize(b.tables.len());
     for t in &b.tables {
         e.u32s(t);
     }
     e.usizes(&b.logit_rows);
+    encode_directive(&mut e, &job.directive);
     e.0
 }
 
-/// The step id and batch of [`encode_batch`]'s bytes.
-pub(crate) fn decode_batch(bytes: &[u8]) -> io::Result<(u64, StepBatch)> {
+fn encode_directive(e: &mut Enc, d: &Directive) {
+    e.u64(d.epoch);
+    let Some(chunk) = &d.migrate else {
+        e.u8(0);
+        return;
+    };
+    e.u8(1).u64(chunk.epoch).usize(chunk.layers.len());
+    for l in &chunk.layers {
+        let p = &l.placement;
+        e.usize(l.layer)
+            .usize(p.n_logical())
+            .usize(p.n_ranks())
+            .u32s(p.slots());
+        let flat: Vec<u32> = l
+            .transfers
+            .iter()
+            .flat_map(|t| [t.expert, t.from_slot, t.to_slot])
+            .collect();
+        e.u32s(&flat);
+    }
+}
+
+/// The job of [`encode_job`]'s bytes.
+pub(crate) fn decode_job(bytes: &[u8]) -> io::Result<RankJob> {
     let mut d = Dec(bytes);
     let step = d.u64()?;
     let tokens = d.u32s()?;
@@ -228,28 +256,65 @@ pub(crate) fn decode_batch(bytes: &[u8]) -> io::Result<(u64, StepBatch)> {
     let n = d.usize()?;
     let tables = (0..n).map(|_| d.u32s()).collect::<io::Result<_>>()?;
     let logit_rows = d.usizes()?;
-    Ok((
+    let batch = StepBatch {
+        tokens,
+        queries,
+        tables,
+        logit_rows,
+    };
+    Ok(RankJob {
         step,
-        StepBatch {
-            tokens,
-            queries,
-            tables,
-            logit_rows,
-        },
-    ))
+        batch: Arc::new(batch),
+        directive: decode_directive(&mut d)?,
+    })
 }
 
-/// One rank's report of a step: its global rank, the step, the bytes its communicators sent,
-/// and its output or error.
-pub(crate) fn encode_report(
-    rank: usize,
-    step: u64,
-    bytes: u64,
-    output: &Result<RankOutput, String>,
-) -> Vec<u8> {
+fn decode_directive(d: &mut Dec) -> io::Result<Directive> {
+    let epoch = d.u64()?;
+    if d.u8()? == 0 {
+        return Ok(Directive {
+            epoch,
+            migrate: None,
+        });
+    }
+    let chunk_epoch = d.u64()?;
+    let n = d.usize()?;
+    let layers = (0..n)
+        .map(|_| {
+            let (layer, n_logical, n_ranks) = (d.usize()?, d.usize()?, d.usize()?);
+            let placement = Placement::from_slots(d.u32s()?, n_logical, n_ranks)
+                .map_err(|e| invalid(format!("layer {layer}'s new placement: {e}")))?;
+            let transfers = d
+                .u32s()?
+                .chunks_exact(3)
+                .map(|t| Transfer {
+                    expert: t[0],
+                    from_slot: t[1],
+                    to_slot: t[2],
+                })
+                .collect();
+            Ok(LayerMigration {
+                layer,
+                placement,
+                transfers,
+            })
+        })
+        .collect::<io::Result<_>>()?;
+    Ok(Directive {
+        epoch,
+        migrate: Some(Arc::new(MigrationChunk {
+            epoch: chunk_epoch,
+            layers,
+        })),
+    })
+}
+
+/// One rank's report of a step: its global rank, the step, the bytes its communicators sent
+/// (and how many of them migrated experts), and its output or error.
+pub(crate) fn encode_report(r: &RankReport) -> Vec<u8> {
     let mut e = Enc::default();
-    e.usize(rank).u64(step).u64(bytes);
-    match output {
+    e.usize(r.rank).u64(r.step).u64(r.bytes).u64(r.migrated);
+    match &r.output {
         Err(msg) => {
             e.u8(0).str(msg);
         }
@@ -281,23 +346,16 @@ pub(crate) fn encode_report(
     e.0
 }
 
-/// A decoded rank report.
-pub(crate) struct Report {
-    pub rank: usize,
-    pub step: u64,
-    pub bytes: u64,
-    pub output: Result<RankOutput, String>,
-}
-
 /// The report of [`encode_report`]'s bytes.
-pub(crate) fn decode_report(bytes: &[u8]) -> io::Result<Report> {
+pub(crate) fn decode_report(bytes: &[u8]) -> io::Result<RankReport> {
     let mut d = Dec(bytes);
-    let (rank, step, bytes) = (d.usize()?, d.u64()?, d.u64()?);
+    let (rank, step, bytes, migrated) = (d.usize()?, d.u64()?, d.u64()?, d.u64()?);
     if d.u8()? == 0 {
-        return Ok(Report {
+        return Ok(RankReport {
             rank,
             step,
             bytes,
+            migrated,
             output: Err(d.str()?),
         });
     }
@@ -335,10 +393,11 @@ pub(crate) fn decode_report(bytes: &[u8]) -> io::Result<Report> {
         work_ticks,
         ..RankOutput::default()
     };
-    Ok(Report {
+    Ok(RankReport {
         rank,
         step,
         bytes,
+        migrated,
         output: Ok(output),
     })
 }
@@ -348,16 +407,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn batches_and_reports_round_trip() {
+    fn jobs_and_reports_round_trip() {
         let mut b = StepBatch::default();
         b.push_sequence(&[5, 6, 7], 0, vec![0, 3], true);
         b.push_sequence(&[9], 4, vec![1, 2], false);
-        let (step, back) = decode_batch(&encode_batch(7, &b)).unwrap();
-        assert_eq!(step, 7);
-        assert_eq!(
-            (back.tokens, back.queries, back.tables, back.logit_rows),
-            (b.tokens, b.queries, b.tables, b.logit_rows)
-        );
+        let old = Placement::from_slots(vec![0, 1, 2, 1], 3, 2).unwrap();
+        let new = Placement::from_slots(vec![0, 1, 2, 0], 3, 2).unwrap();
+        let migration = LayerMigration::plan(1, &old, new, 1).unwrap();
+        assert_eq!(migration.transfers.len(), 1);
+        let directive = Directive {
+            epoch: 4,
+            migrate: Some(Arc::new(MigrationChunk {
+                epoch: 5,
+                layers: vec![migration],
+            })),
+        };
+        for directive in [Directive::default(), directive] {
+            let job = RankJob {
+                step: 7,
+                batch: Arc::new(b.clone()),
+                directive,
+            };
+            let back = decode_job(&encode_job(&job)).unwrap();
+            assert_eq!(back.step, 7);
+            let (x, y) = (&back.batch, &job.batch);
+            assert_eq!(
+                (&x.tokens, &x.queries, &x.tables, &x.logit_rows),
+                (&y.tokens, &y.queries, &y.tables, &y.logit_rows)
+            );
+            assert_eq!(back.directive.epoch, job.directive.epoch);
+            assert_eq!(back.directive.migrate, job.directive.migrate);
+        }
 
         #[allow(clippy::needless_update)]
         let out = RankOutput {
@@ -374,11 +454,18 @@ mod tests {
             work_ticks: Some((3, 9)),
             ..RankOutput::default()
         };
-        let r = decode_report(&encode_report(3, 7, 99, &Ok(out.clone()))).unwrap();
-        assert_eq!((r.rank, r.step, r.bytes), (3, 7, 99));
+        let report = |rank, output| RankReport {
+            rank,
+            step: 7,
+            output,
+            bytes: 99,
+            migrated: 40,
+        };
+        let r = decode_report(&encode_report(&report(3, Ok(out.clone())))).unwrap();
+        assert_eq!((r.rank, r.step, r.bytes, r.migrated), (3, 7, 99, 40));
         let got = r.output.unwrap();
         assert_eq!(format!("{got:?}"), format!("{out:?}"));
-        let e = decode_report(&encode_report(2, 1, 0, &Err("boom".into()))).unwrap();
+        let e = decode_report(&encode_report(&report(2, Err("boom".into())))).unwrap();
         assert_eq!(e.output.unwrap_err(), "boom");
         assert!(decode_report(&[1, 2, 3]).is_err());
     }

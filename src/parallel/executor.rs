@@ -3,16 +3,15 @@
 //! gathers the last stage's logits; it may keep up to `pp` steps in flight so pipeline stages
 //! work at the same time.
 
-use super::{ParallelPlan, RankContext, RankDevices};
+use super::{run_rank, RankJob, RankReport};
+use super::{ParallelPlan, RankDevices};
 use crate::checkpoint::WeightSource;
 use crate::comm::World;
 use crate::config::ModelConfig;
 use crate::engine::Executor;
 use crate::error::{Error, Result};
-use crate::model::{Model, RankOutput, StepBatch, StepOutput};
-use crate::replication::{
-    Directive, RankReplica, ReplicationConfig, ReplicationManager, ReplicationStatus,
-};
+use crate::model::{Model, StepBatch, StepOutput};
+use crate::replication::{Directive, ReplicationConfig, ReplicationManager, ReplicationStatus};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -36,27 +35,18 @@ pub struct StageEvent {
     pub end: u64,
 }
 
-struct Report {
-    rank: usize,
-    step: u64,
-    output: std::result::Result<RankOutput, String>,
-    bytes: u64,
-    /// Of `bytes`, what the step's expert migration sent.
-    migrated: u64,
-}
-
 /// A layout's ranks as threads.
 pub struct ParallelExecutor {
     config: ModelConfig,
     ep: usize,
     num_blocks: usize,
     block_size: usize,
-    to_ranks: Vec<Sender<(u64, Arc<StepBatch>, Directive)>>,
-    reports: Receiver<Report>,
+    to_ranks: Vec<Sender<RankJob>>,
+    reports: Receiver<RankReport>,
     handles: Vec<JoinHandle<()>>,
     next_step: u64,
     in_flight: VecDeque<(u64, usize)>,
-    early: Vec<Report>,
+    early: Vec<RankReport>,
     events: Arc<Mutex<Vec<StageEvent>>>,
     failure: Option<String>,
     /// Live routing statistics and rebalancing (see [`ParallelExecutor::with_replication`]).
@@ -130,7 +120,16 @@ impl ParallelExecutor {
                     ctx.clock = Some(clock);
                     let _ = ready_tx.send(Ok(()));
                     drop(ready_tx);
-                    rank_loop(rank, &mut model, &mut cache, &ctx, rx, report_tx, &events);
+                    let report = |r| report_tx.send(r).is_ok();
+                    run_rank(
+                        rank,
+                        &mut model,
+                        &mut cache,
+                        &ctx,
+                        rx,
+                        report,
+                        Some(&events),
+                    );
                 })
                 .map_err(|e| Error::Ranks(format!("cannot start rank {rank}: {e}")))?;
             handles.push(handle);
@@ -200,7 +199,12 @@ impl ParallelExecutor {
             .as_mut()
             .map_or_else(Directive::default, |m| m.next_directive(step));
         for tx in &self.to_ranks {
-            if tx.send((step, batch.clone(), directive.clone())).is_err() {
+            let job = RankJob {
+                step,
+                batch: batch.clone(),
+                directive: directive.clone(),
+            };
+            if tx.send(job).is_err() {
                 return self.fail("a rank thread is gone".into());
             }
         }
@@ -214,8 +218,8 @@ impl ParallelExecutor {
         let Some((step, rows)) = self.in_flight.pop_front() else {
             return Err(Error::Input("collect() with no step in flight".into()));
         };
-        let mut mine: Vec<Report> = Vec::new();
-        let (early, rest): (Vec<Report>, Vec<Report>) =
+        let mut mine: Vec<RankReport> = Vec::new();
+        let (early, rest): (Vec<RankReport>, Vec<RankReport>) =
             self.early.drain(..).partition(|r| r.step == step);
         self.early = rest;
         mine.extend(early);
@@ -274,57 +278,6 @@ impl ParallelExecutor {
         self.to_ranks.clear();
         self.failure = Some(why.clone());
         Err(Error::Ranks(why))
-    }
-}
-
-fn rank_loop(
-    rank: usize,
-    model: &mut Model,
-    cache: &mut crate::kv_cache::KvCache,
-    ctx: &RankContext,
-    jobs: Receiver<(u64, Arc<StepBatch>, Directive)>,
-    reports: Sender<Report>,
-    events: &Mutex<Vec<StageEvent>>,
-) {
-    let mut sent_before = 0;
-    let mut replica = RankReplica::default();
-    while let Ok((step, batch, directive)) = jobs.recv() {
-        // Expert copies and the placement switch happen between steps, in step order.
-        let (output, migrated) = match replica.apply(&directive, model, ctx.ep.as_ref()) {
-            Ok(migrated) => (
-                model
-                    .forward_rank(&batch, cache, ctx)
-                    .map_err(|e| e.to_string()),
-                migrated,
-            ),
-            Err(e) => (Err(e.to_string()), 0),
-        };
-        if let Ok(o) = &output {
-            if let Some((start, end)) = o.work_ticks {
-                let event = StageEvent {
-                    step,
-                    stage: model.shard().stage,
-                    rank,
-                    start,
-                    end,
-                };
-                events.lock().unwrap_or_else(|e| e.into_inner()).push(event);
-            }
-        }
-        let failed = output.is_err();
-        let sent = ctx.bytes_moved();
-        let _ = reports.send(Report {
-            rank,
-            step,
-            output,
-            bytes: sent - sent_before,
-            migrated,
-        });
-        sent_before = sent;
-        if failed {
-            // Dropping the communicators makes every peer fail at once instead of waiting.
-            return;
-        }
     }
 }
 

@@ -9,6 +9,7 @@ mod context;
 mod devices;
 mod executor;
 mod plan;
+mod rank_loop;
 mod shard;
 pub mod split;
 
@@ -17,4 +18,5 @@ pub use context::RankContext;
 pub use devices::{open_over_host, GpuComm, RankDevices, RankSetup};
 pub use executor::{ParallelExecutor, StageEvent};
 pub use plan::ParallelPlan;
+pub(crate) use rank_loop::{run_rank, RankJob, RankReport};
 pub use shard::Shard;
