@@ -238,7 +238,7 @@ impl ModelConfig {
     }
 
     fn validate(&self, ctx: &Ctx) -> Result<(), ConfigError> {
-        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0
+        if self.num_heads == 0 || self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads)
         {
             return Err(ctx.invalid(
                 "num_key_value_heads",
@@ -256,7 +256,7 @@ impl ModelConfig {
             }
         }
         if let AttentionKind::Gqa { .. } = self.attention {
-            if self.head_dim % 2 != 0 {
+            if !self.head_dim.is_multiple_of(2) {
                 return Err(ctx.invalid("head_dim", self.head_dim, "RoPE needs an even head_dim"));
             }
         }

@@ -51,7 +51,7 @@ fn cpu_of(t: &Tensor) -> &[f32] {
 fn rows_of(x: &Tensor) -> (usize, usize) {
     let d = x.dims();
     let cols = *d.last().unwrap_or(&0);
-    (if cols == 0 { 0 } else { x.numel() / cols }, cols)
+    (x.numel().checked_div(cols).unwrap_or(0), cols)
 }
 
 /// `x · wᵀ (+ b)` over the last dim of `x`.

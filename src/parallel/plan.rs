@@ -35,7 +35,7 @@ impl ParallelPlan {
     pub fn validate(&self, cfg: &ModelConfig) -> Result<()> {
         self.layout.validate(cfg, None)?;
         let ep = self.grid.ep;
-        if ep % self.stage_ranks_per_node() != 0 {
+        if !ep.is_multiple_of(self.stage_ranks_per_node()) {
             return Err(Error::Ranks(format!(
                 "ep {ep} is not a whole number of nodes of {} ranks",
                 self.stage_ranks_per_node()
@@ -47,7 +47,7 @@ impl ParallelPlan {
                 self.layout.moe_tp(cfg)
             )));
         }
-        if cfg.intermediate_size % self.dense_split(cfg) != 0 {
+        if !cfg.intermediate_size.is_multiple_of(self.dense_split(cfg)) {
             return Err(Error::Ranks(format!(
                 "moe_tp {} does not divide the dense intermediate size {}",
                 self.dense_split(cfg),
