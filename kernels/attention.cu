@@ -19,6 +19,10 @@
 
 #include <cuda_bf16.h>
 
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+
 #define FA_ROWS 64   // query rows per block (4 warps x 16)
 #define FA_KEYS 64   // keys per tile
 #define FA_THREADS 128
