@@ -76,7 +76,7 @@ pub fn paged_attention(
     if queries.is_empty() {
         return Ok(out);
     }
-    if h.v_dim > 8 * THREADS_ATT || h.n_kv_heads == 0 || h.n_heads % h.n_kv_heads != 0 {
+    if h.v_dim > 8 * THREADS_ATT || h.n_kv_heads == 0 || !h.n_heads.is_multiple_of(h.n_kv_heads) {
         return Err(Error::Shape(format!(
             "paged attention: {h:?} is not supported on the GPU"
         )));
@@ -104,10 +104,10 @@ pub fn paged_attention(
     // The flash kernel reads (key, head) rows as float4: every row must start 16-byte aligned.
     let flash = h.qk_dim == h.v_dim
         && matches!(h.qk_dim, 64 | 128)
-        && k_width % 4 == 0
-        && v_width % 4 == 0
-        && kp % 16 == 0
-        && vp % 16 == 0;
+        && k_width.is_multiple_of(4)
+        && v_width.is_multiple_of(4)
+        && kp.is_multiple_of(16)
+        && vp.is_multiple_of(16);
     let plan = plan(queries, flash, MIN_FLASH_RUN);
     let (ob, tb) = (upload_i32(&dev, &offs)?, upload_i32(&dev, &flat)?);
     let (op, tp) = (raw(&dev, &ob), raw(&dev, &tb));
