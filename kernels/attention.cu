@@ -96,20 +96,29 @@ __device__ __forceinline__ void flash_prefill(
 
     for (int kb = first; kb <= last; kb += FA_KEYS) {
         __syncthreads();  // the previous tile's readers are done
+        // K: a warp reads whole rows (coalesced) and stores them row-major (conflict-free).
         for (int i = threadIdx.x; i < FA_KEYS * (D / 4); i += FA_THREADS) {
             int key = i / (D / 4), c = (i % (D / 4)) * 4, p = kb + key;
-            float4 kx = make_float4(0.f, 0.f, 0.f, 0.f), vx = kx;
+            float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
             if (p <= last) {
                 long slot = (long)table[p / block_size] * block_size + p % block_size;
-                kx = *reinterpret_cast<const float4*>(kc + slot * k_width + (long)kv * D + c);
-                vx = *reinterpret_cast<const float4*>(vc + slot * v_width + (long)kv * D + c);
+                x = *reinterpret_cast<const float4*>(kc + slot * k_width + (long)kv * D + c);
             }
-            uint2 kw = make_uint2(fa_pack(kx.x, kx.y), fa_pack(kx.z, kx.w));
-            *reinterpret_cast<uint2*>(&ks[key * KST + c]) = kw;
-            vt[(c + 0) * VST + key] = __float2bfloat16_rn(vx.x);
-            vt[(c + 1) * VST + key] = __float2bfloat16_rn(vx.y);
-            vt[(c + 2) * VST + key] = __float2bfloat16_rn(vx.z);
-            vt[(c + 3) * VST + key] = __float2bfloat16_rn(vx.w);
+            *reinterpret_cast<uint2*>(&ks[key * KST + c]) = make_uint2(fa_pack(x.x, x.y), fa_pack(x.z, x.w));
+        }
+        // V: lanes take consecutive keys of one column group, so the transposed stores of a warp
+        // fill one smem row (a column-major walk would put a warp's stores in 2 banks).
+        for (int i = threadIdx.x; i < FA_KEYS * (D / 4); i += FA_THREADS) {
+            int key = i % FA_KEYS, c = (i / FA_KEYS) * 4, p = kb + key;
+            float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (p <= last) {
+                long slot = (long)table[p / block_size] * block_size + p % block_size;
+                x = *reinterpret_cast<const float4*>(vc + slot * v_width + (long)kv * D + c);
+            }
+            vt[(c + 0) * VST + key] = __float2bfloat16_rn(x.x);
+            vt[(c + 1) * VST + key] = __float2bfloat16_rn(x.y);
+            vt[(c + 2) * VST + key] = __float2bfloat16_rn(x.z);
+            vt[(c + 3) * VST + key] = __float2bfloat16_rn(x.w);
         }
         __syncthreads();
         // Skip tiles wholly after this warp's last row or before its first row's window.
