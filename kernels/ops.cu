@@ -118,7 +118,8 @@ extern "C" __global__ void copy_rows(const float* __restrict__ src, int src_w, i
     for (int c = threadIdx.x; c < len; c += blockDim.x) dst[d * dst_w + dst_off + c] = src[s * src_w + src_off + c];
 }
 
-// Causal paged attention. One block per (query token, head). Keys of a query at position pos in
+// Causal paged attention. One block per (row, head), row = rows[blockIdx.x / n_heads] (the query
+// rows this kernel serves: decode rows and short runs; prefill runs go to attention.cu). Keys of a query at position pos in
 // sequence seq: positions first..pos, slot(p) = table[seq][p / block_size] * block_size + p % block_size.
 // Online softmax over chunks of CH positions; each thread owns output dims tid, tid + blockDim, ...
 #define ATT_CH 256
@@ -126,11 +127,11 @@ extern "C" __global__ void copy_rows(const float* __restrict__ src, int src_w, i
 extern "C" __global__ void paged_attention_f32(
     const float* __restrict__ q, const float* __restrict__ kc, const float* __restrict__ vc, float* __restrict__ out,
     const int* __restrict__ q_seq, const int* __restrict__ q_pos, const int* __restrict__ table_off, const int* __restrict__ tables,
-    int n_heads, int group, int qk_dim, int v_dim, int k_width, int v_width, int block_size, float scale, int window) {
+    const int* __restrict__ rows, int n_heads, int group, int qk_dim, int v_dim, int k_width, int v_width, int block_size, float scale, int window) {
     extern __shared__ float smem[];
     float* qs = smem;              // qk_dim
     float* ps = smem + qk_dim;     // ATT_CH
-    int t = blockIdx.x / n_heads, head = blockIdx.x % n_heads, kv = head / group;
+    int t = rows[blockIdx.x / n_heads], head = blockIdx.x % n_heads, kv = head / group;
     int seq = q_seq[t], pos = q_pos[t];
     const int* table = tables + table_off[seq];
     int first = window > 0 ? max(0, pos + 1 - window) : 0;

@@ -5,6 +5,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use switchyard::backend::cuda::attention;
 use switchyard::backend::cuda::storage::set_poison;
 use switchyard::backend::Device;
 use switchyard::config::{RopeConfig, RopeScaling};
@@ -274,6 +275,7 @@ fn attention_case(
     block_size: usize,
     lens: &[usize],
     new: &[usize],
+    tol: f64,
 ) {
     let n_blocks = lens.iter().map(|l| l.div_ceil(block_size)).sum::<usize>() + 8;
     let slots = n_blocks * block_size;
@@ -340,7 +342,12 @@ fn attention_case(
         heads,
     )
     .unwrap();
-    close(&format!("paged attention {heads:?}"), &got, &want, 1e-5);
+    close(
+        &format!("paged attention {heads:?} lens {lens:?} new {new:?}"),
+        &got,
+        &want,
+        tol,
+    );
 }
 
 #[test]
@@ -356,7 +363,17 @@ fn paged_attention_gqa_window_and_mla() {
         scale: 0.17,
         window: None,
     };
-    attention_case(&d, &mut rng, gqa, 64, false, 16, &[700, 5, 37], &[1, 5, 3]);
+    attention_case(
+        &d,
+        &mut rng,
+        gqa,
+        64,
+        false,
+        16,
+        &[700, 5, 37],
+        &[1, 5, 3],
+        1e-5,
+    );
     attention_case(
         &d,
         &mut rng,
@@ -369,6 +386,7 @@ fn paged_attention_gqa_window_and_mla() {
         4,
         &[300, 41],
         &[1, 41],
+        1e-5,
     );
     // MLA absorbed: MQA over (latent, rope key) rows, values = the latent part of the same rows.
     let mla = Heads {
@@ -379,5 +397,71 @@ fn paged_attention_gqa_window_and_mla() {
         scale: 0.2,
         window: None,
     };
-    attention_case(&d, &mut rng, mla, 40, true, 4, &[19, 300], &[19, 1]);
+    attention_case(&d, &mut rng, mla, 40, true, 4, &[19, 300], &[19, 1], 1e-5);
+}
+
+/// The flash prefill kernel (head dims 64 and 128, bf16 tensor-core math) against the CPU
+/// reference: whole prefills of 37, 300 and 1000 tokens, chunked prefill after a cached prefix,
+/// prefill and decode rows in one batch, GQA groups 1/4/8, a sliding window. The 1-token prompt and
+/// the decode rows take the per-query kernel in the same call.
+#[test]
+fn flash_prefill_against_reference() {
+    let Some(d) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let heads = |n_heads, n_kv_heads, dim: usize, window| Heads {
+        n_heads,
+        n_kv_heads,
+        qk_dim: dim,
+        v_dim: dim,
+        scale: 1.0 / (dim as f32).sqrt(),
+        window,
+    };
+    let tol = 2e-2;
+    // (heads, block size, sequence lengths, new queries per sequence)
+    let cases: [(Heads, usize, &[usize], &[usize]); 6] = [
+        (heads(4, 4, 128, None), 16, &[1000], &[1000]),
+        (heads(8, 2, 64, None), 16, &[37, 300, 500], &[37, 300, 1]),
+        (heads(8, 1, 128, None), 16, &[700, 1, 64], &[200, 1, 1]),
+        (
+            heads(8, 8, 64, Some(100)),
+            16,
+            &[300, 90, 41],
+            &[250, 90, 1],
+        ),
+        (heads(4, 1, 64, Some(40)), 32, &[1000], &[1000]),
+        (heads(8, 2, 128, Some(300)), 16, &[1000, 77], &[700, 9]),
+    ];
+    for (h, block_size, lens, new) in cases {
+        let mut queries = Vec::new();
+        for (seq, (&l, &n)) in lens.iter().zip(new).enumerate() {
+            queries.extend((l - n..l).map(|pos| QueryPos { seq, pos }));
+        }
+        let p = attention::plan(&queries, true, attention::MIN_FLASH_RUN);
+        assert!(!p.tiles.is_empty(), "{lens:?}/{new:?} takes no flash tile");
+        let width = h.n_kv_heads * h.qk_dim;
+        attention_case(&d, &mut rng, h, width, false, block_size, lens, new, tol);
+    }
+}
+
+/// How a step's queries split between the flash tiles and the per-query kernel (no GPU needed).
+#[test]
+fn attention_plan_cuts_runs_into_tiles() {
+    let q = |seq, pos| QueryPos { seq, pos };
+    let mut queries: Vec<QueryPos> = (5..135).map(|p| q(0, p)).collect(); // 130 prefill rows
+    queries.push(q(1, 40)); // a decode row
+    queries.extend((0..3).map(|p| q(2, p))); // a short run
+    queries.extend((10..20).map(|p| q(3, p))); // a 10-row chunk
+    let p = attention::plan(&queries, true, 8);
+    assert_eq!(
+        p.tiles,
+        vec![0, 64, 0, 5, 64, 64, 0, 69, 128, 2, 0, 133, 134, 10, 3, 10]
+    );
+    assert_eq!(p.rows, vec![130, 131, 132, 133]);
+    let p = attention::plan(&queries, false, 8);
+    assert!(p.tiles.is_empty());
+    assert_eq!(p.rows, (0..queries.len() as i32).collect::<Vec<_>>());
+    // A gap in positions or a new sequence ends a run.
+    let p = attention::plan(&[q(0, 0), q(0, 2), q(1, 3), q(1, 4)], true, 2);
+    assert_eq!(p.tiles, vec![2, 2, 1, 3]);
+    assert_eq!(p.rows, vec![0, 1]);
 }

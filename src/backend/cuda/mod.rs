@@ -7,6 +7,7 @@
 //! CUDA; every entry point checks that the libraries are present first and returns
 //! [`Error::Device`](crate::error::Error::Device) when they are not (cudarc would panic).
 
+pub mod attention;
 pub mod blas;
 pub mod compile;
 pub mod device;

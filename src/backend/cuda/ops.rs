@@ -10,8 +10,9 @@ use half::bf16;
 
 use super::storage::{alloc, CudaHandle, CudaStorage, DevBuf};
 use super::{dev_err, CudaDevice, Kernel};
-use crate::backend::cpu::attention::{Heads, QueryPos};
 use crate::backend::cpu::rope::Rotary;
+
+pub use super::attention::paged_attention;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Shape, Storage, Tensor};
 
@@ -52,7 +53,7 @@ fn gpu_mut(t: &mut Tensor) -> Result<&mut CudaStorage> {
     }
 }
 
-fn f32_ptr(t: &Tensor) -> Result<u64> {
+pub(crate) fn f32_ptr(t: &Tensor) -> Result<u64> {
     let s = gpu(t)?;
     if s.is_bf16() {
         return Err(Error::Device(format!(
@@ -87,14 +88,14 @@ pub(crate) fn empty(dev: &CudaHandle, shape: impl Into<Shape>) -> Result<Tensor>
     Ok(wrap(dev, shape, DType::F32, DevBuf::F32(buf)))
 }
 
-fn upload_i32(dev: &CudaDevice, v: &[i32]) -> Result<cudarc::driver::CudaSlice<i32>> {
+pub(crate) fn upload_i32(dev: &CudaDevice, v: &[i32]) -> Result<cudarc::driver::CudaSlice<i32>> {
     if v.is_empty() {
         return alloc::<i32>(dev, 1);
     }
     dev.upload(v)
 }
 
-fn raw<T>(dev: &CudaDevice, s: &cudarc::driver::CudaSlice<T>) -> u64 {
+pub(crate) fn raw<T>(dev: &CudaDevice, s: &cudarc::driver::CudaSlice<T>) -> u64 {
     cudarc::driver::DevicePtr::device_ptr(s, dev.stream()).0
 }
 
@@ -453,74 +454,6 @@ pub fn scatter_rows(
     let idx: Vec<i32> = slots.iter().map(|&s| s as i32).collect();
     let dp = gpu_mut(dst)?.ptr();
     copy_rows(src, w, 0, None, 1, dp, dst_w, col, Some(&idx), w, rows)
-}
-
-/// Causal paged attention over GPU caches of `k_width`/`v_width`-wide rows.
-#[allow(clippy::too_many_arguments)]
-pub fn paged_attention(
-    q: &Tensor,
-    queries: &[QueryPos],
-    tables: &[&[u32]],
-    keys: &Tensor,
-    k_width: usize,
-    values: &Tensor,
-    v_width: usize,
-    block_size: usize,
-    h: Heads,
-) -> Result<Tensor> {
-    let dev = gpu(q)?.device().clone();
-    let out = empty(&dev, [queries.len(), h.n_heads * h.v_dim])?;
-    if queries.is_empty() {
-        return Ok(out);
-    }
-    const THREADS_ATT: usize = 128;
-    if h.v_dim > 8 * THREADS_ATT || h.n_kv_heads == 0 || h.n_heads % h.n_kv_heads != 0 {
-        return Err(Error::Shape(format!(
-            "paged attention: {h:?} is not supported on the GPU"
-        )));
-    }
-    let mut offs = Vec::with_capacity(tables.len());
-    let mut flat: Vec<i32> = Vec::new();
-    for t in tables {
-        offs.push(flat.len() as i32);
-        flat.extend(t.iter().map(|&b| b as i32));
-    }
-    for qp in queries {
-        if qp.seq >= tables.len() || qp.pos / block_size >= tables[qp.seq].len() {
-            return Err(Error::Shape(format!(
-                "paged attention: position {} of sequence {} has no block",
-                qp.pos, qp.seq
-            )));
-        }
-    }
-    let seqs: Vec<i32> = queries.iter().map(|q| q.seq as i32).collect();
-    let poss: Vec<i32> = queries.iter().map(|q| q.pos as i32).collect();
-    let (sb, pb, ob, tb) = (
-        upload_i32(&dev, &seqs)?,
-        upload_i32(&dev, &poss)?,
-        upload_i32(&dev, &offs)?,
-        upload_i32(&dev, &flat)?,
-    );
-    let smem = (h.qk_dim + 256) * 4;
-    let (qp, kp, vp, outp) = (
-        f32_ptr(q)?,
-        f32_ptr(keys)?,
-        f32_ptr(values)?,
-        gpu(&out)?.ptr(),
-    );
-    let (sp, pp, op, tp) = (
-        raw(&dev, &sb),
-        raw(&dev, &pb),
-        raw(&dev, &ob),
-        raw(&dev, &tb),
-    );
-    let window = h.window.map_or(0, |w| w as i32);
-    launch!(dev, "paged_attention_f32", queries.len() * h.n_heads, THREADS_ATT, smem;
-        a = qp, b = kp, c = vp, d = outp, e = sp, f2 = pp, g = op, i = tp,
-        nh = h.n_heads as i32, grp = (h.n_heads / h.n_kv_heads) as i32, qk = h.qk_dim as i32, vd = h.v_dim as i32,
-        kw = k_width as i32, vw = v_width as i32, bs = block_size as i32, sc = h.scale, win = window);
-    drop((sb, pb, ob, tb));
-    Ok(out)
 }
 
 /// Grouped SwiGLU: rows `offsets[e]..offsets[e+1]` of `x` through expert e (naive kernels, one

@@ -1,0 +1,216 @@
+// Flash attention (Dao 2023, FlashAttention-2 layout) for prefill over the paged f32 KV cache, on
+// the tensor cores: mma.sync m16n8k16 bf16 with f32 accumulation for both S = Q Kᵀ and O = P V.
+//
+// One block (4 warps) per (query tile, head): a tile is up to 64 queries of one sequence at
+// consecutive positions pos0 .. pos0 + n - 1 (the host cuts them from the step's QueryPos; row r
+// of the tile is query t0 + r). Warp w owns tile rows 16w .. 16w + 15; its Q fragments are loaded
+// once from global memory (f32 -> bf16) into registers. The block walks the sequence's keys in
+// tiles of 64 positions from the first key any of its rows may see (the window) to the last
+// query's position: each tile is read from the paged cache through the block table (float4 loads),
+// rounded to bf16 into shared memory (K row-major, V transposed so both B fragments are single
+// 32-bit loads), and every warp runs the online softmax over it (exp2 with the scale folded into
+// log2 e). Key p is visible to query position q when p <= q and, with a window w > 0, p > q - w;
+// the scale multiplies q.k as in paged_attention_f32. Keys past the last query position are
+// zero-filled, never read. Row sums stay per thread until the end (the max is shared by the quad
+// of threads holding a row, so the partial sums rescale alike).
+//
+// D (= qk_dim = v_dim) is 64 or 128; each (key, head) row must start 16-byte aligned (checked on
+// the host). Smem rows are padded by 8 bf16 so the fragment loads of a warp hit 32 distinct banks.
+
+#include <cuda_bf16.h>
+
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+
+#define FA_ROWS 64   // query rows per block (4 warps x 16)
+#define FA_KEYS 64   // keys per tile
+#define FA_THREADS 128
+
+__device__ __forceinline__ void fa_mma(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats as a bf16x2 word, the first in the low half (the lower column of a fragment).
+__device__ __forceinline__ unsigned fa_pack(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<unsigned*>(&v);
+}
+
+template <int D>
+__device__ __forceinline__ void flash_prefill(
+    const float* __restrict__ q, const float* __restrict__ kc, const float* __restrict__ vc, float* __restrict__ out,
+    const int* __restrict__ tiles, const int* __restrict__ table_off, const int* __restrict__ tables,
+    int n_heads, int group, int k_width, int v_width, int block_size, float scale, int window) {
+    constexpr int KST = D + 8;        // K smem row stride (bf16)
+    constexpr int VST = FA_KEYS + 8;  // transposed V smem row stride (bf16)
+    constexpr int KD = D / 16;        // k-steps of Q Kᵀ
+    constexpr int ND = D / 8;         // n-tiles of O
+    // Raw 16-bit words (a __shared__ array of a class type could need dynamic initialisation).
+    __shared__ __align__(16) unsigned short ks_raw[FA_KEYS * KST];
+    __shared__ __align__(16) unsigned short vt_raw[D * VST];
+    __nv_bfloat16* ks = reinterpret_cast<__nv_bfloat16*>(ks_raw);
+    __nv_bfloat16* vt = reinterpret_cast<__nv_bfloat16*>(vt_raw);
+
+    const int head = blockIdx.y, kv = head / group;
+    const int t0 = tiles[blockIdx.x * 4 + 0], n = tiles[blockIdx.x * 4 + 1];
+    const int seq = tiles[blockIdx.x * 4 + 2], pos0 = tiles[blockIdx.x * 4 + 3];
+    const int* table = tables + table_off[seq];
+    const int last = pos0 + n - 1;
+    const int first = window > 0 ? max(0, pos0 + 1 - window) : 0;
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+    // The two tile rows this thread holds (g and g + 8 of the warp's 16) and their positions.
+    const int r0 = warp * 16 + g, r1 = r0 + 8;
+    const bool ok0 = r0 < n, ok1 = r1 < n;
+    const int qp0 = pos0 + r0, qp1 = pos0 + r1;
+    const int lo0 = window > 0 ? qp0 + 1 - window : 0, lo1 = window > 0 ? qp1 + 1 - window : 0;
+    // Keys this warp can see at all (a warp with no valid rows sees none).
+    const int wlast = min(last, pos0 + warp * 16 + 15);
+    const int wfirst = window > 0 ? pos0 + warp * 16 + 1 - window : 0;
+    const bool warp_live = warp * 16 < n;
+
+    unsigned qa[KD][4];
+    {
+        const float* q0 = q + ((long)(t0 + r0) * n_heads + head) * D;
+        const float* q1 = q + ((long)(t0 + r1) * n_heads + head) * D;
+#pragma unroll
+        for (int kk = 0; kk < KD; kk++) {
+            int c = kk * 16 + 2 * tq;
+            qa[kk][0] = ok0 ? fa_pack(q0[c], q0[c + 1]) : 0u;
+            qa[kk][1] = ok1 ? fa_pack(q1[c], q1[c + 1]) : 0u;
+            qa[kk][2] = ok0 ? fa_pack(q0[c + 8], q0[c + 9]) : 0u;
+            qa[kk][3] = ok1 ? fa_pack(q1[c + 8], q1[c + 9]) : 0u;
+        }
+    }
+
+    float o[ND][4];
+#pragma unroll
+    for (int j = 0; j < ND; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    const float sl2 = scale * 1.4426950408889634f;  // scale * log2(e): softmax in base 2
+
+    for (int kb = first; kb <= last; kb += FA_KEYS) {
+        __syncthreads();  // the previous tile's readers are done
+        // K: a warp reads whole rows (coalesced) and stores them row-major (conflict-free).
+        for (int i = threadIdx.x; i < FA_KEYS * (D / 4); i += FA_THREADS) {
+            int key = i / (D / 4), c = (i % (D / 4)) * 4, p = kb + key;
+            float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (p <= last) {
+                long slot = (long)table[p / block_size] * block_size + p % block_size;
+                x = *reinterpret_cast<const float4*>(kc + slot * k_width + (long)kv * D + c);
+            }
+            *reinterpret_cast<uint2*>(&ks[key * KST + c]) = make_uint2(fa_pack(x.x, x.y), fa_pack(x.z, x.w));
+        }
+        // V: lanes take consecutive keys of one column group, so the transposed stores of a warp
+        // fill one smem row (a column-major walk would put a warp's stores in 2 banks).
+        for (int i = threadIdx.x; i < FA_KEYS * (D / 4); i += FA_THREADS) {
+            int key = i % FA_KEYS, c = (i / FA_KEYS) * 4, p = kb + key;
+            float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (p <= last) {
+                long slot = (long)table[p / block_size] * block_size + p % block_size;
+                x = *reinterpret_cast<const float4*>(vc + slot * v_width + (long)kv * D + c);
+            }
+            vt[(c + 0) * VST + key] = __float2bfloat16_rn(x.x);
+            vt[(c + 1) * VST + key] = __float2bfloat16_rn(x.y);
+            vt[(c + 2) * VST + key] = __float2bfloat16_rn(x.z);
+            vt[(c + 3) * VST + key] = __float2bfloat16_rn(x.w);
+        }
+        __syncthreads();
+        // Skip tiles wholly after this warp's last row or before its first row's window.
+        if (!warp_live || kb > wlast || kb + FA_KEYS - 1 < wfirst) continue;
+
+        float s[FA_KEYS / 8][4];
+#pragma unroll
+        for (int j = 0; j < FA_KEYS / 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < KD; kk++) {
+#pragma unroll
+            for (int j = 0; j < FA_KEYS / 8; j++) {
+                const __nv_bfloat16* kr = &ks[(j * 8 + g) * KST + kk * 16 + 2 * tq];
+                fa_mma(s[j], qa[kk], *reinterpret_cast<const unsigned*>(kr),
+                       *reinterpret_cast<const unsigned*>(kr + 8));
+            }
+        }
+        // Mask, scale, tile row max.
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < FA_KEYS / 8; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int p = kb + j * 8 + 2 * tq + (e & 1);
+                bool vis = e < 2 ? (ok0 && p <= qp0 && p >= lo0) : (ok1 && p <= qp1 && p >= lo1);
+                float v = vis ? s[j][e] * sl2 : -INFINITY;
+                s[j][e] = v;
+                if (e < 2) mx0 = fmaxf(mx0, v); else mx1 = fmaxf(mx1, v);
+            }
+        }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, 2));
+        float nm0 = fmaxf(m0, mx0), nm1 = fmaxf(m1, mx1);
+        // A row that has seen no visible key yet keeps -inf; use 0 as its base so exp2 gives 0
+        // rather than NaN (-inf - -inf).
+        float b0 = nm0 == -INFINITY ? 0.0f : nm0, b1 = nm1 == -INFINITY ? 0.0f : nm1;
+        float c0 = exp2f(m0 - b0), c1 = exp2f(m1 - b1);
+        m0 = nm0;
+        m1 = nm1;
+        l0 *= c0;
+        l1 *= c1;
+#pragma unroll
+        for (int j = 0; j < ND; j++) {
+            o[j][0] *= c0;
+            o[j][1] *= c0;
+            o[j][2] *= c1;
+            o[j][3] *= c1;
+        }
+        // P as A fragments: S's accumulator layout for key n-tiles 2k and 2k+1 is exactly the A
+        // layout of the k-th 16-key step.
+        unsigned pa[FA_KEYS / 16][4];
+#pragma unroll
+        for (int j = 0; j < FA_KEYS / 8; j++) {
+            float p0 = exp2f(s[j][0] - b0), p1 = exp2f(s[j][1] - b0);
+            float p2 = exp2f(s[j][2] - b1), p3 = exp2f(s[j][3] - b1);
+            l0 += p0 + p1;
+            l1 += p2 + p3;
+            pa[j / 2][(j % 2) * 2 + 0] = fa_pack(p0, p1);
+            pa[j / 2][(j % 2) * 2 + 1] = fa_pack(p2, p3);
+        }
+#pragma unroll
+        for (int kk = 0; kk < FA_KEYS / 16; kk++) {
+#pragma unroll
+            for (int j = 0; j < ND; j++) {
+                const __nv_bfloat16* vr = &vt[(j * 8 + g) * VST + kk * 16 + 2 * tq];
+                fa_mma(o[j], pa[kk], *reinterpret_cast<const unsigned*>(vr),
+                       *reinterpret_cast<const unsigned*>(vr + 8));
+            }
+        }
+    }
+    l0 += __shfl_xor_sync(0xffffffff, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffff, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffff, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffff, l1, 2);
+    // Every valid row sees at least its own position, so l > 0 there.
+    float* out0 = out + ((long)(t0 + r0) * n_heads + head) * D;
+    float* out1 = out + ((long)(t0 + r1) * n_heads + head) * D;
+#pragma unroll
+    for (int j = 0; j < ND; j++) {
+        int c = j * 8 + 2 * tq;
+        if (ok0) *reinterpret_cast<float2*>(out0 + c) = make_float2(o[j][0] / l0, o[j][1] / l0);
+        if (ok1) *reinterpret_cast<float2*>(out1 + c) = make_float2(o[j][2] / l1, o[j][3] / l1);
+    }
+}
+
+#define FA_ARGS                                                                                                     \
+    const float* __restrict__ q, const float* __restrict__ kc, const float* __restrict__ vc, float* __restrict__ out, \
+        const int* __restrict__ tiles, const int* __restrict__ table_off, const int* __restrict__ tables, int n_heads, \
+        int group, int k_width, int v_width, int block_size, float scale, int window
+#define FA_PASS q, kc, vc, out, tiles, table_off, tables, n_heads, group, k_width, v_width, block_size, scale, window
+
+extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_prefill_d64(FA_ARGS) { flash_prefill<64>(FA_PASS); }
+extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_prefill_d128(FA_ARGS) { flash_prefill<128>(FA_PASS); }
