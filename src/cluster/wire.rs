@@ -247,6 +247,23 @@ pub(crate) fn encode_report(
     bytes: u64,
     output: &Result<RankOutput, String>,
 ) -> Vec<u8> {
+    let host;
+    let output = match output {
+        // A GPU rank's logits stay on its device; the wire carries host values.
+        Ok(o) if o.logits.as_ref().is_some_and(|(_, t)| t.is_cuda()) => {
+            let mut o = o.clone();
+            host = match o.logits.take().map(|(i, t)| t.into_cpu().map(|t| (i, t))) {
+                Some(Ok(l)) => {
+                    o.logits = Some(l);
+                    Ok(o)
+                }
+                Some(Err(e)) => Err(format!("copying the logits to the host: {e}")),
+                None => Ok(o),
+            };
+            &host
+        }
+        _ => output,
+    };
     let mut e = Enc::default();
     e.usize(rank).u64(step).u64(bytes);
     match output {

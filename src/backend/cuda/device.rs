@@ -38,11 +38,13 @@ pub enum Kernel {
     /// The model's glue ops on f32 activations: embedding, norms, RoPE, paged attention, row and
     /// column copies, naive grouped SwiGLU, combine, argmax (`kernels/ops.cu`).
     Ops,
+    /// Greedy picks of the step's logits rows: argmax and top-2 margin (`kernels/sample.cu`).
+    Sample,
 }
 
 impl Kernel {
     /// Every kernel module.
-    pub const ALL: [Kernel; 8] = [
+    pub const ALL: [Kernel; 9] = [
         Kernel::Route,
         Kernel::Permute,
         Kernel::GroupedGemm,
@@ -51,6 +53,7 @@ impl Kernel {
         Kernel::Norm,
         Kernel::Fill,
         Kernel::Ops,
+        Kernel::Sample,
     ];
 
     /// The file stem under `kernels/`.
@@ -64,6 +67,7 @@ impl Kernel {
             Kernel::Norm => "norm",
             Kernel::Fill => "fill",
             Kernel::Ops => "ops",
+            Kernel::Sample => "sample",
         }
     }
 
@@ -78,6 +82,7 @@ impl Kernel {
             Kernel::Norm => include_str!("../../../kernels/norm.cu"),
             Kernel::Fill => include_str!("../../../kernels/fill.cu"),
             Kernel::Ops => include_str!("../../../kernels/ops.cu"),
+            Kernel::Sample => include_str!("../../../kernels/sample.cu"),
         }
     }
 }
