@@ -5,6 +5,10 @@
 // of the row's multiset (a tie gives 0, as top2_margin). NaNs never win. One block per row;
 // out[2r] = index, out[2r + 1] = the margin's bits (one buffer, so one copy to the host).
 
+// NVRTC has no math.h: spell infinity as ops.cu does.
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
 #define NO_INDEX 0x7fffffff
 
 // (a, i): the best value and its index; b: the best of the rest. Merging keeps the pair ordered by
