@@ -23,7 +23,7 @@ pub fn argmax_margin_rows(x: &Tensor) -> Result<Vec<(u32, f32)>> {
     }
     let d = x.dims();
     let cols = *d.last().unwrap_or(&0);
-    let rows = if cols == 0 { 0 } else { x.numel() / cols };
+    let rows = x.numel().checked_div(cols).unwrap_or(0);
     if rows == 0 {
         return Ok(Vec::new());
     }
