@@ -148,3 +148,36 @@ fn whole_logits(outputs: &mut [RankOutput], n_rows: usize, vocab: usize) -> Opti
     }
     outputs[k].logits.take().map(|(_, t)| t)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rank(ep_rank: usize, index: Vec<usize>, values: Vec<f32>, vocab: usize) -> RankOutput {
+        let rows = index.len();
+        RankOutput {
+            ep_rank,
+            logits: Some((index, Tensor::from_f32([rows, vocab], values).unwrap())),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn one_rank_in_order_is_kept_and_others_are_placed() {
+        let v: Vec<f32> = (0..6).map(|x| x as f32).collect();
+        let whole = StepOutput::assemble(vec![rank(0, vec![0, 1, 2], v.clone(), 2)], 3, 2, 1, 1, 0)
+            .unwrap();
+        assert_eq!(whole.logits.as_slice(), &v[..]);
+        // Rows out of order, split over two ranks: placed by index.
+        let a = rank(0, vec![2], vec![4.0, 5.0], 2);
+        let b = rank(1, vec![1, 0], vec![2.0, 3.0, 0.0, 1.0], 2);
+        let placed = StepOutput::assemble(vec![b, a], 3, 2, 1, 2, 0).unwrap();
+        assert_eq!(placed.logits.as_slice(), &v[..]);
+        // One rank, out of order: placed too.
+        let c = rank(0, vec![1, 0], vec![2.0, 3.0, 0.0, 1.0], 2);
+        let out = StepOutput::assemble(vec![c], 2, 2, 1, 1, 0).unwrap();
+        assert_eq!(out.logits.as_slice(), &v[..4]);
+        let short = rank(0, vec![0], vec![0.0, 1.0], 2);
+        assert!(StepOutput::assemble(vec![short], 2, 2, 1, 1, 0).is_err());
+    }
+}

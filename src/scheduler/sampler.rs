@@ -216,6 +216,30 @@ mod tests {
     }
 
     #[test]
+    fn host_logits_are_read_in_place_and_plain_greedy_needs_no_row() {
+        let x = Tensor::from_f32([2, 3], vec![0.0, 2.0, 1.0, 5.0, 4.0, 3.0]).unwrap();
+        let l = StepLogits::new(&x, &[false, true]).unwrap();
+        assert_eq!(l.pick(0), Pick::Row(&[0.0, 2.0, 1.0][..]));
+        assert_eq!(l.pick(1), Pick::Row(&[5.0, 4.0, 3.0][..]));
+        let greedy = SamplingConfig::default();
+        assert!(!Sampler::needs_row(&greedy, &[1], 0));
+        let min = SamplingConfig {
+            min_tokens: 1,
+            ..Default::default()
+        };
+        assert!(Sampler::needs_row(&min, &[1], 0) && !Sampler::needs_row(&min, &[1], 1));
+        let lp = SamplingConfig {
+            logprobs: Some(0),
+            ..Default::default()
+        };
+        assert!(Sampler::needs_row(&lp, &[], 0));
+        // A greedy pick taken from elsewhere moves the generator as a host pick does.
+        let (mut a, mut b) = (Sampler::new(9), Sampler::new(9));
+        assert_eq!(a.take_greedy(1), b.pick(&[0.0, 2.0, 1.0], &greedy, &[], 0));
+        assert_eq!(a.rng.random::<u64>(), b.rng.random::<u64>());
+    }
+
+    #[test]
     fn logprobs_are_normalised_and_sorted() {
         let cfg = SamplingConfig {
             logprobs: Some(2),
