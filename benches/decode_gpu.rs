@@ -9,8 +9,9 @@
 //! - Time to first token of a 2048-token prompt (median of 3 after a warm-up), against the flops
 //!   floor (the prompt's GEMM and attention flops over the cuBLAS bf16 GEMM rate measured here).
 //!
-//! Every step ends with the logits on the host (the engine's one wait per step); the next
-//! tokens are their argmax. Run: `cargo bench --features cuda --bench decode_gpu -- [--layers N]`
+//! Every timed step includes what the serving path does after the layers: the greedy pick of
+//! every row on the GPU (`ops::greedy_rows`, as the scheduler's `StepLogits`), only the token ids
+//! copied to the host (the engine's one wait per step). Run: `cargo bench --features cuda --bench decode_gpu -- [--layers N]`
 //! or the built executable. Without a GPU it prints why and exits 0.
 
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ use switchyard::backend::Device;
 use switchyard::config::ModelConfig;
 use switchyard::engine::{Executor, LocalExecutor};
 use switchyard::model::{ModelSource, StepBatch, StepOutput};
+use switchyard::ops;
 use switchyard::{Error, Result};
 
 const BATCHES: [usize; 4] = [1, 8, 64, 256];
@@ -99,14 +101,28 @@ fn kv_bytes_per_token(c: &ModelConfig) -> f64 {
     (c.num_layers * 2 * c.num_kv_heads * c.head_dim * 4) as f64
 }
 
-fn argmax(row: &[f32]) -> u32 {
-    row.iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-        )
-        .0 as u32
+/// The step's next tokens, picked where the logits are (the serving path's greedy pick).
+fn next_tokens(out: &StepOutput) -> Result<Vec<u32>> {
+    Ok(ops::greedy_rows(&out.logits)?
+        .into_iter()
+        .map(|p| p.0)
+        .collect())
+}
+
+/// The next tokens the way steps ended before sampling moved to the device, for comparison in
+/// the same run: the whole logits copied to the host, placed row by row into a fresh buffer (as
+/// the step output's assembly did), arg-maxed on the host.
+fn next_tokens_on_host(out: &StepOutput) -> Result<Vec<u32>> {
+    let host = out.logits.to_cpu()?;
+    let (rows, vocab) = (host.dims()[0], host.dims()[1]);
+    let mut placed = vec![f32::NAN; rows * vocab];
+    for r in 0..rows {
+        placed[r * vocab..][..vocab].copy_from_slice(host.row(r));
+    }
+    Ok(placed
+        .chunks_exact(vocab)
+        .map(switchyard::backend::cpu::sample::argmax)
+        .collect())
 }
 
 /// Experts with at least one token, summed over layers.
@@ -123,7 +139,8 @@ struct Decode {
     context: f64,
 }
 
-fn decode(ex: &mut LocalExecutor, batch: usize, vocab: usize) -> Result<Decode> {
+/// Decode steps at `batch`; `on_host` ends each step the previous way ([`next_tokens_on_host`]).
+fn decode(ex: &mut LocalExecutor, batch: usize, vocab: usize, on_host: bool) -> Result<Decode> {
     let blocks_per_seq = (PROMPT + WARMUP + STEPS).div_ceil(BLOCK);
     let table = |s: usize| -> Vec<u32> {
         (0..blocks_per_seq)
@@ -140,9 +157,8 @@ fn decode(ex: &mut LocalExecutor, batch: usize, vocab: usize) -> Result<Decode> 
             b.push_sequence(&prompt, 0, table(s), false);
         }
         let out = ex.step(&b)?;
-        for (k, s) in (first..(first + 64).min(batch)).enumerate() {
-            next[s] = argmax(out.logits.row(k));
-        }
+        let picked = next_tokens(&out)?;
+        next[first..first + picked.len()].copy_from_slice(&picked);
     }
     let (mut total, mut touched_sum) = (0.0, 0usize);
     for step in 0..WARMUP + STEPS {
@@ -152,13 +168,15 @@ fn decode(ex: &mut LocalExecutor, batch: usize, vocab: usize) -> Result<Decode> 
         }
         let t = Instant::now();
         let out = ex.step(&b)?;
+        next = if on_host {
+            next_tokens_on_host(&out)?
+        } else {
+            next_tokens(&out)?
+        };
         let dt = t.elapsed().as_secs_f64();
         if step >= WARMUP {
             total += dt;
             touched_sum += touched(&out);
-        }
-        for (s, n) in next.iter_mut().enumerate() {
-            *n = argmax(out.logits.row(s));
         }
     }
     Ok(Decode {
@@ -244,7 +262,7 @@ fn main() -> Result<()> {
     println!("\n| batch | ms/step | tokens/s | experts read/step | GB read/step | roofline ms | % of roofline |");
     println!("|---|---|---|---|---|---|---|");
     for &b in &BATCHES {
-        let d = decode(&mut ex, b, c.vocab_size)?;
+        let d = decode(&mut ex, b, c.vocab_size, false)?;
         let bytes = fixed_bytes(&c)
             + d.touched * expert_bytes(&c)
             + b as f64 * d.context * kv_bytes_per_token(&c);
@@ -261,6 +279,19 @@ fn main() -> Result<()> {
         );
     }
 
+    let b = BATCHES[BATCHES.len() - 1];
+    let (device, host) = (
+        decode(&mut ex, b, c.vocab_size, false)?,
+        decode(&mut ex, b, c.vocab_size, true)?,
+    );
+    println!(
+        "\nbatch {b}, same run: {:.2} ms/step picking on the GPU (token ids to the host) vs {:.2} ms/step with the [{b}, {}] f32 logits copied to the host and picked there: {:.2} ms saved per step",
+        device.ms,
+        host.ms,
+        c.vocab_size,
+        host.ms - device.ms
+    );
+
     let prompt: Vec<u32> = (0..TTFT_PROMPT)
         .map(|i| ((i * 2654435761) % c.vocab_size) as u32)
         .collect();
@@ -271,7 +302,7 @@ fn main() -> Result<()> {
         batch.push_sequence(&prompt, 0, table.clone(), false);
         let t = Instant::now();
         let out = ex.step(&batch)?;
-        let _first = argmax(out.logits.row(0));
+        let _first = next_tokens(&out)?;
         times.push(t.elapsed().as_secs_f64());
     }
     let mut timed = times[1..].to_vec();

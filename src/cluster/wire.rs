@@ -312,9 +312,26 @@ fn decode_directive(d: &mut Dec) -> io::Result<Directive> {
 /// One rank's report of a step: its global rank, the step, the bytes its communicators sent
 /// (and how many of them migrated experts), and its output or error.
 pub(crate) fn encode_report(r: &RankReport) -> Vec<u8> {
+    let host;
+    let output = match &r.output {
+        // A GPU rank's logits stay on its device; the wire carries host values.
+        Ok(o) if o.logits.as_ref().is_some_and(|(_, t)| t.is_cuda()) => {
+            let mut o = o.clone();
+            host = match o.logits.take().map(|(i, t)| t.into_cpu().map(|t| (i, t))) {
+                Some(Ok(l)) => {
+                    o.logits = Some(l);
+                    Ok(o)
+                }
+                Some(Err(e)) => Err(format!("copying the logits to the host: {e}")),
+                None => Ok(o),
+            };
+            &host
+        }
+        output => output,
+    };
     let mut e = Enc::default();
     e.usize(r.rank).u64(r.step).u64(r.bytes).u64(r.migrated);
-    match &r.output {
+    match output {
         Err(msg) => {
             e.u8(0).str(msg);
         }

@@ -238,7 +238,9 @@ impl ModelConfig {
     }
 
     fn validate(&self, ctx: &Ctx) -> Result<(), ConfigError> {
-        if self.num_heads == 0 || self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads)
+        if self.num_heads == 0
+            || self.num_kv_heads == 0
+            || !self.num_heads.is_multiple_of(self.num_kv_heads)
         {
             return Err(ctx.invalid(
                 "num_key_value_heads",

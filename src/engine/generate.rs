@@ -8,6 +8,7 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::kv_cache::BlockAllocator;
 use crate::model::{Model, StepBatch};
+use crate::ops;
 use crate::tensor::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -91,7 +92,7 @@ impl Engine {
     }
 
     /// Runs the sequence's uncached tokens as one step; returns the logits of all of them
-    /// (`all_logits`) or of the last.
+    /// (`all_logits`) or of the last, on the device that computed them.
     fn step(&mut self, seq: &mut Sequence, all_logits: bool) -> Result<Tensor> {
         seq.table.reserve(seq.tokens.len())?;
         let mut batch = StepBatch::default();
@@ -110,7 +111,7 @@ impl Engine {
     pub fn score(&mut self, prompt: &[u32]) -> Result<Tensor> {
         self.check_prompt(prompt, 0)?;
         let mut seq = Sequence::new(prompt.to_vec(), &self.allocator);
-        self.step(&mut seq, true)
+        self.step(&mut seq, true)?.into_cpu()
     }
 
     /// Prefills `prompt`, then decodes up to `max_tokens` tokens one step at a time.
@@ -125,10 +126,18 @@ impl Engine {
         };
         while out.tokens.len() < opts.max_tokens {
             let logits = self.step(&mut seq, false)?;
-            let row = logits.as_slice();
-            let next = sample(row, &opts.sampling, rng.random::<f32>());
+            let uniform = rng.random::<f32>();
+            // Greedy picks where the logits are (on a GPU only the token and its margin come
+            // back); sampling reads the one row on the host.
+            let (next, margin) = if opts.sampling.temperature <= 0.0 {
+                ops::greedy_rows(&logits)?[0]
+            } else {
+                let host = logits.into_cpu()?;
+                let row = host.as_slice();
+                (sample(row, &opts.sampling, uniform), top2_margin(row))
+            };
             out.tokens.push(next);
-            out.margins.push(top2_margin(row));
+            out.margins.push(margin);
             seq.tokens.push(next);
             if !opts.ignore_eos && self.executor.config().eos_token_ids.contains(&next) {
                 out.stopped_at_eos = true;

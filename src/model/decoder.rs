@@ -272,9 +272,11 @@ impl Model {
                 norm,
                 self.config.rms_norm_eps,
             )?;
-            out.logits = Some((logit_index, ops::linear(&rows, lm_head, None)?.into_cpu()?));
+            // The logits stay on this rank's device: the sampler copies to the host only what it
+            // needs (token ids on a GPU; see scheduler::sampler::StepLogits).
+            out.logits = Some((logit_index, ops::linear(&rows, lm_head, None)?));
         }
-        // After the logits (the step's one wait for the GPU): the fused blocks' expert counts.
+        // The step's one wait for the GPU before sampling: the fused blocks' expert counts.
         if let Some(scratch) = scratch.as_deref_mut() {
             out.set_expert_counts(scratch.take_counts()?);
         }

@@ -284,17 +284,17 @@ pub fn argmax_rows(x: &Tensor) -> Result<Vec<u32>> {
     let (_, cols) = rows_of(x);
     Ok(cpu_of(x)
         .chunks_exact(cols.max(1))
-        .map(|r| {
-            r.iter()
-                .enumerate()
-                .fold((0usize, f32::NEG_INFINITY), |b, (i, &v)| {
-                    if v > b.1 {
-                        (i, v)
-                    } else {
-                        b
-                    }
-                })
-                .0 as u32
-        })
+        .map(cpu::sample::argmax)
+        .collect())
+}
+
+/// The greedy pick of every logits row and how decisive it was: (argmax, first on ties; largest
+/// minus second largest value). On a GPU only these two numbers per row reach the host.
+pub fn greedy_rows(x: &Tensor) -> Result<Vec<(u32, f32)>> {
+    on_gpu!(x => crate::backend::cuda::sample::argmax_margin_rows(x));
+    let (_, cols) = rows_of(x);
+    Ok(cpu_of(x)
+        .chunks_exact(cols.max(1))
+        .map(|r| (cpu::sample::argmax(r), cpu::sample::top2_margin(r)))
         .collect())
 }

@@ -2,6 +2,7 @@
 //! with chunked prefill, FCFS, preemption by recompute). Readable in one sitting, like
 //! nano-vllm's scheduler.
 
+use super::sampler::StepLogits;
 use super::sequence::{Advance, ServeSequence};
 use crate::kv_cache::BlockAllocator;
 use crate::model::StepBatch;
@@ -202,15 +203,21 @@ impl Batcher {
         Some(Plan { batch, chunks })
     }
 
-    /// Applies a step's logits ([rows, vocab] flattened): advances every chunk's cache, samples
-    /// the next token of each sequence that reached its end, drops finished ones.
-    pub fn complete(
-        &mut self,
-        plan: Plan,
-        logits: &[f32],
-        vocab: usize,
-        eos: &[u32],
-    ) -> StepReport {
+    /// Per logits row of the plan's step: whether its sequence's sampler reads the whole row
+    /// (the rest are picked greedily where the logits are; see [`StepLogits`]).
+    pub fn rows_needed(&self, plan: &Plan, eos: &[u32]) -> Vec<bool> {
+        let mut needs = vec![true; plan.batch.logit_rows.len()];
+        for c in &plan.chunks {
+            if let Some(row) = c.logit_row {
+                needs[row] = self.running[c.seq].needs_row(eos);
+            }
+        }
+        needs
+    }
+
+    /// Applies a step's logits: advances every chunk's cache, samples the next token of each
+    /// sequence that reached its end, drops finished ones.
+    pub fn complete(&mut self, plan: Plan, logits: &StepLogits<'_>, eos: &[u32]) -> StepReport {
         let now = Instant::now();
         let mut report = StepReport {
             preempted: std::mem::take(&mut self.preempted),
@@ -221,7 +228,7 @@ impl Batcher {
             let s = &mut self.running[c.seq];
             s.cached += c.len;
             if let Some(row) = c.logit_row {
-                let adv = s.advance(&logits[row * vocab..][..vocab], eos, now);
+                let adv = s.advance(logits.pick(row), eos, now);
                 if adv.finished.is_some() || adv.cancelled {
                     done.push(c.seq);
                 }

@@ -3,6 +3,7 @@
 
 use super::batcher::Batcher;
 use super::request::GenerationRequest;
+use super::sampler::StepLogits;
 use super::sequence::ServeSequence;
 use crate::engine::Executor;
 use crate::metrics::{LoadBoard, ServingMetrics};
@@ -78,7 +79,6 @@ impl EngineLoop {
     pub fn run(mut self) {
         let _stopped = StoppedOnDrop(self.status.clone());
         let eos = self.executor.config().eos_token_ids.clone();
-        let vocab = self.executor.config().vocab_size;
         let mut open = true;
         loop {
             if self.batcher.is_idle() {
@@ -118,9 +118,21 @@ impl EngineLoop {
                     if let Some(observe) = self.observer.as_mut() {
                         observe(&out);
                     }
-                    let report = self
-                        .batcher
-                        .complete(plan, out.logits.as_slice(), vocab, &eos);
+                    // Logits on a GPU stay there: only token ids (and the rows of sequences
+                    // that sample or ask for logprobs) come to the host.
+                    let needs = self.batcher.rows_needed(&plan, &eos);
+                    let logits = match StepLogits::new(&out.logits, &needs) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!("reading the step's logits failed: {e}");
+                            self.batcher
+                                .fail_plan(plan, &format!("reading the step's logits failed: {e}"));
+                            self.status.steps.fetch_add(1, Ordering::Relaxed);
+                            self.publish();
+                            continue;
+                        }
+                    };
+                    let report = self.batcher.complete(plan, &logits, &eos);
                     self.metrics.record_generated(report.advances.len());
                     self.metrics.record_preemptions(report.preempted);
                     for a in &report.advances {

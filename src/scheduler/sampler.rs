@@ -3,8 +3,12 @@
 
 use super::request::{SamplingConfig, TokenLogprob};
 use crate::backend::cpu::sample::sample;
+use crate::error::Result;
+use crate::ops;
+use crate::tensor::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// The per-sequence sampling state: the seeded generator and the counts of generated tokens.
@@ -29,6 +33,23 @@ impl Sampler {
         }
     }
 
+    /// Whether [`Self::pick`] reads the whole logits row: anything but a plain greedy pick
+    /// (sampling, penalties, end-of-sequence suppression, log-probabilities). Rows that do not
+    /// are picked where the logits are ([`StepLogits`]) and taken with [`Self::take_greedy`].
+    pub fn needs_row(cfg: &SamplingConfig, eos: &[u32], generated: usize) -> bool {
+        let (penalize, suppress_eos) = adjustments(cfg, eos, generated);
+        cfg.params.temperature > 0.0 || penalize || suppress_eos || cfg.logprobs.is_some()
+    }
+
+    /// Takes a greedy pick made elsewhere for a row that does not [need](Self::needs_row) the
+    /// host: the same state changes as [`Self::pick`] (one uniform draw, the token's count), so
+    /// the sequence's generator stream does not depend on where its rows were picked.
+    pub fn take_greedy(&mut self, token: u32) -> (u32, Option<TokenLogprob>) {
+        let _unused: f32 = self.rng.random();
+        *self.counts.entry(token).or_default() += 1;
+        (token, None)
+    }
+
     /// Picks the next token; `generated` is how many tokens the sequence has generated so far.
     pub fn pick(
         &mut self,
@@ -37,8 +58,7 @@ impl Sampler {
         eos: &[u32],
         generated: usize,
     ) -> (u32, Option<TokenLogprob>) {
-        let penalize = cfg.presence_penalty != 0.0 || cfg.frequency_penalty != 0.0;
-        let suppress_eos = !cfg.ignore_eos && generated < cfg.min_tokens && !eos.is_empty();
+        let (penalize, suppress_eos) = adjustments(cfg, eos, generated);
         let mut adjusted;
         let row = if penalize || suppress_eos {
             adjusted = logits.to_vec();
@@ -61,6 +81,79 @@ impl Sampler {
         let token = sample(row, &cfg.params, self.rng.random::<f32>());
         *self.counts.entry(token).or_default() += 1;
         (token, cfg.logprobs.map(|k| logprobs(logits, token, k)))
+    }
+}
+
+/// Whether a pick applies penalties, and whether it suppresses end-of-sequence tokens.
+fn adjustments(cfg: &SamplingConfig, eos: &[u32], generated: usize) -> (bool, bool) {
+    let penalize = cfg.presence_penalty != 0.0 || cfg.frequency_penalty != 0.0;
+    let suppress_eos = !cfg.ignore_eos && generated < cfg.min_tokens && !eos.is_empty();
+    (penalize, suppress_eos)
+}
+
+/// What a sequence's sampler gets from the step for its logits row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pick<'a> {
+    /// The row on the host: the sampler picks from it.
+    Row(&'a [f32]),
+    /// The row's greedy pick, made on the device that holds the logits.
+    Greedy(u32),
+}
+
+/// A step's logits as the samplers read them. Host logits are read in place. Logits on a GPU
+/// stay there: one launch picks every row greedily and only the token ids come back, plus the
+/// few rows whose sequences need more (sampling, penalties, logprobs), gathered on the device.
+#[derive(Debug)]
+pub struct StepLogits<'a> {
+    host: Cow<'a, Tensor>,
+    /// Per logits row: its row in `host`, when it is there.
+    slot: Vec<Option<usize>>,
+    /// Per logits row: its greedy pick (logits on a GPU only).
+    greedy: Vec<u32>,
+}
+
+impl<'a> StepLogits<'a> {
+    /// `logits` is [rows, vocab]; `needs_row[r]` says whether row r's sampler reads the row.
+    pub fn new(logits: &'a Tensor, needs_row: &[bool]) -> Result<Self> {
+        let rows = logits.dims().first().copied().unwrap_or(0);
+        if !logits.is_cuda() {
+            return Ok(Self {
+                host: Cow::Borrowed(logits),
+                slot: (0..rows).map(Some).collect(),
+                greedy: Vec::new(),
+            });
+        }
+        let wanted: Vec<u32> = (0..rows)
+            .filter(|&r| needs_row.get(r).copied().unwrap_or(true))
+            .map(|r| r as u32)
+            .collect();
+        let greedy = if wanted.len() < rows {
+            ops::greedy_rows(logits)?.into_iter().map(|p| p.0).collect()
+        } else {
+            Vec::new()
+        };
+        let mut slot = vec![None; rows];
+        for (k, &r) in wanted.iter().enumerate() {
+            slot[r as usize] = Some(k);
+        }
+        let host = if wanted.is_empty() {
+            Tensor::from_f32([0, logits.dims()[1]], Vec::new())?
+        } else {
+            ops::gather_rows(logits, &wanted, 1)?.into_cpu()?
+        };
+        Ok(Self {
+            host: Cow::Owned(host),
+            slot,
+            greedy,
+        })
+    }
+
+    /// Row `r`'s part: the row on the host, or its greedy pick.
+    pub fn pick(&self, r: usize) -> Pick<'_> {
+        match self.slot[r] {
+            Some(k) => Pick::Row(self.host.row(k)),
+            None => Pick::Greedy(self.greedy[r]),
+        }
     }
 }
 
@@ -120,6 +213,30 @@ mod tests {
             "eos suppressed before min_tokens"
         );
         assert_eq!(Sampler::new(0).pick(&logits, &cfg, &[1], 2).0, 1);
+    }
+
+    #[test]
+    fn host_logits_are_read_in_place_and_plain_greedy_needs_no_row() {
+        let x = Tensor::from_f32([2, 3], vec![0.0, 2.0, 1.0, 5.0, 4.0, 3.0]).unwrap();
+        let l = StepLogits::new(&x, &[false, true]).unwrap();
+        assert_eq!(l.pick(0), Pick::Row(&[0.0, 2.0, 1.0][..]));
+        assert_eq!(l.pick(1), Pick::Row(&[5.0, 4.0, 3.0][..]));
+        let greedy = SamplingConfig::default();
+        assert!(!Sampler::needs_row(&greedy, &[1], 0));
+        let min = SamplingConfig {
+            min_tokens: 1,
+            ..Default::default()
+        };
+        assert!(Sampler::needs_row(&min, &[1], 0) && !Sampler::needs_row(&min, &[1], 1));
+        let lp = SamplingConfig {
+            logprobs: Some(0),
+            ..Default::default()
+        };
+        assert!(Sampler::needs_row(&lp, &[], 0));
+        // A greedy pick taken from elsewhere moves the generator as a host pick does.
+        let (mut a, mut b) = (Sampler::new(9), Sampler::new(9));
+        assert_eq!(a.take_greedy(1), b.pick(&[0.0, 2.0, 1.0], &greedy, &[], 0));
+        assert_eq!(a.rng.random::<u64>(), b.rng.random::<u64>());
     }
 
     #[test]

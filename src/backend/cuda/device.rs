@@ -40,11 +40,13 @@ pub enum Kernel {
     Ops,
     /// Flash-attention prefill over the paged cache on the tensor cores (`kernels/attention.cu`).
     Attention,
+    /// Greedy picks of the step's logits rows: argmax and top-2 margin (`kernels/sample.cu`).
+    Sample,
 }
 
 impl Kernel {
     /// Every kernel module.
-    pub const ALL: [Kernel; 9] = [
+    pub const ALL: [Kernel; 10] = [
         Kernel::Route,
         Kernel::Permute,
         Kernel::GroupedGemm,
@@ -54,6 +56,7 @@ impl Kernel {
         Kernel::Fill,
         Kernel::Ops,
         Kernel::Attention,
+        Kernel::Sample,
     ];
 
     /// The file stem under `kernels/`.
@@ -68,6 +71,7 @@ impl Kernel {
             Kernel::Fill => "fill",
             Kernel::Ops => "ops",
             Kernel::Attention => "attention",
+            Kernel::Sample => "sample",
         }
     }
 
@@ -83,6 +87,7 @@ impl Kernel {
             Kernel::Fill => include_str!("../../../kernels/fill.cu"),
             Kernel::Ops => include_str!("../../../kernels/ops.cu"),
             Kernel::Attention => include_str!("../../../kernels/attention.cu"),
+            Kernel::Sample => include_str!("../../../kernels/sample.cu"),
         }
     }
 }
