@@ -177,31 +177,6 @@ fn nccl_at_world_one_runs_every_collective() {
     assert!(err.contains("counts"), "{err}");
 }
 
-fn layouts(cfg: &ModelConfig) -> Vec<(&'static str, ParallelPlan)> {
-    let n = cfg.moe.as_ref().map_or(1, |m| m.n_experts);
-    let mut v = vec![
-        ("ep2", layout_plan(1, 2, 1, 0, PlacementSpec::Contiguous)),
-        ("ep4", layout_plan(1, 4, 1, 0, PlacementSpec::Contiguous)),
-        ("tp2", layout_plan(2, 2, 1, 0, PlacementSpec::Contiguous)),
-        (
-            "tp2-ep4",
-            layout_plan(2, 4, 1, 0, PlacementSpec::Contiguous),
-        ),
-        ("pp2", layout_plan(1, 1, 2, 0, PlacementSpec::Contiguous)),
-        (
-            "tp2-ep4-pp2",
-            layout_plan(2, 4, 2, 0, PlacementSpec::Contiguous),
-        ),
-    ];
-    if cfg.moe.is_some() {
-        v.push((
-            "ep4-redundant4-scrambled",
-            layout_plan(1, 4, 1, 4, scrambled(n, 4)),
-        ));
-    }
-    v
-}
-
 fn opts() -> GenerateOptions {
     GenerateOptions {
         max_tokens: 12,
@@ -247,7 +222,7 @@ fn check_fixture(name: &str) {
         .map(|p| cpu.generate(p, &opts()).unwrap().tokens)
         .collect();
     let mut failures = Vec::new();
-    for (label, p) in layouts(&cfg) {
+    for (label, p) in every_layout(&cfg) {
         let mut e = gpu_engine(name, &p, None);
         let mut worst = 0.0f64;
         for (prompt, want) in g.prompts.iter().zip(&g.logits) {

@@ -7,7 +7,6 @@ mod common;
 
 use common::*;
 use switchyard::backend::cpu::sample::SamplingParams;
-use switchyard::config::ModelConfig;
 use switchyard::engine::{Engine, GenerateOptions};
 use switchyard::layout::PlacementSpec;
 use switchyard::model::{ModelSource, StepBatch};
@@ -15,31 +14,6 @@ use switchyard::parallel::{ParallelExecutor, ParallelPlan};
 
 const BLOCK: usize = 4;
 const CACHE_TOKENS: usize = 64;
-
-fn layouts(cfg: &ModelConfig) -> Vec<(&'static str, ParallelPlan)> {
-    let n = cfg.moe.as_ref().map_or(1, |m| m.n_experts);
-    let mut v = vec![
-        ("ep2", layout_plan(1, 2, 1, 0, PlacementSpec::Contiguous)),
-        ("ep4", layout_plan(1, 4, 1, 0, PlacementSpec::Contiguous)),
-        ("tp2", layout_plan(2, 2, 1, 0, PlacementSpec::Contiguous)),
-        (
-            "tp2-ep4",
-            layout_plan(2, 4, 1, 0, PlacementSpec::Contiguous),
-        ),
-        ("pp2", layout_plan(1, 1, 2, 0, PlacementSpec::Contiguous)),
-        (
-            "tp2-ep4-pp2",
-            layout_plan(2, 4, 2, 0, PlacementSpec::Contiguous),
-        ),
-    ];
-    if cfg.moe.is_some() {
-        v.push((
-            "ep4-redundant4-scrambled",
-            layout_plan(1, 4, 1, 4, scrambled(n, 4)),
-        ));
-    }
-    v
-}
 
 fn engine(name: &str, p: Option<&ParallelPlan>) -> Engine {
     let source = ModelSource {
@@ -77,7 +51,7 @@ fn check_fixture(name: &str) {
         .iter()
         .map(|p| single.generate(p, &opts).unwrap().tokens)
         .collect();
-    for (label, p) in layouts(&cfg) {
+    for (label, p) in every_layout(&cfg) {
         let mut e = engine(name, Some(&p));
         for (i, prompt) in g.prompts.iter().enumerate() {
             let got = e.score(prompt).unwrap().into_vec();

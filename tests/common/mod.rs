@@ -107,3 +107,28 @@ pub fn scrambled(n: usize, redundant: usize) -> switchyard::layout::PlacementSpe
     slots.reverse();
     switchyard::layout::PlacementSpec::Explicit(vec![slots])
 }
+
+/// The layouts every model is checked under: EP 2 and 4, TP 2, TP 2 x EP 4 (two data-parallel
+/// attention groups), PP 2, all three on 8 ranks, and for MoE models EP 4 with 4 redundant slots
+/// in a scrambled placement.
+pub fn every_layout(
+    cfg: &switchyard::config::ModelConfig,
+) -> Vec<(&'static str, switchyard::parallel::ParallelPlan)> {
+    use switchyard::layout::PlacementSpec::Contiguous;
+    let n = cfg.moe.as_ref().map_or(1, |m| m.n_experts);
+    let mut v = vec![
+        ("ep2", layout_plan(1, 2, 1, 0, Contiguous)),
+        ("ep4", layout_plan(1, 4, 1, 0, Contiguous)),
+        ("tp2", layout_plan(2, 2, 1, 0, Contiguous)),
+        ("tp2-ep4", layout_plan(2, 4, 1, 0, Contiguous)),
+        ("pp2", layout_plan(1, 1, 2, 0, Contiguous)),
+        ("tp2-ep4-pp2", layout_plan(2, 4, 2, 0, Contiguous)),
+    ];
+    if cfg.moe.is_some() {
+        v.push((
+            "ep4-redundant4-scrambled",
+            layout_plan(1, 4, 1, 4, scrambled(n, 4)),
+        ));
+    }
+    v
+}
