@@ -6,6 +6,7 @@ use super::sampler::StepLogits;
 use super::sequence::{Advance, ServeSequence};
 use crate::kv_cache::BlockAllocator;
 use crate::model::StepBatch;
+use rayon::prelude::*;
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -223,17 +224,33 @@ impl Batcher {
             preempted: std::mem::take(&mut self.preempted),
             ..Default::default()
         };
-        let mut done = Vec::new();
+        // Each sequence has at most one chunk in a plan; the sequences that reached their end
+        // sample in parallel (each with its own generator), reported in the plan's order.
+        let mut row_of = vec![None; self.running.len()];
         for c in &plan.chunks {
-            let s = &mut self.running[c.seq];
-            s.cached += c.len;
-            if let Some(row) = c.logit_row {
-                let adv = s.advance(logits.pick(row), eos, now);
-                if adv.finished.is_some() || adv.cancelled {
-                    done.push(c.seq);
-                }
-                report.advances.push(adv);
+            self.running[c.seq].cached += c.len;
+            row_of[c.seq] = c.logit_row;
+        }
+        let mut advances: Vec<(usize, Advance)> = self
+            .running
+            .par_iter_mut()
+            .enumerate()
+            .filter_map(|(i, s)| row_of[i].map(|row| (i, s.advance(logits.pick(row), eos, now))))
+            .collect();
+        let position: Vec<usize> = {
+            let mut p = vec![usize::MAX; self.running.len()];
+            for (k, c) in plan.chunks.iter().enumerate() {
+                p[c.seq] = k;
             }
+            p
+        };
+        advances.sort_by_key(|(i, _)| position[*i]);
+        let mut done = Vec::new();
+        for (seq, adv) in advances {
+            if adv.finished.is_some() || adv.cancelled {
+                done.push(seq);
+            }
+            report.advances.push(adv);
         }
         done.sort_unstable();
         for i in done.into_iter().rev() {
