@@ -387,31 +387,21 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     )
 }
 
-#[test]
-fn serve_reports_unhealthy_when_a_follower_dies_and_fails_requests_without_hanging() {
+/// Two `serve` nodes of one EP 2 job over the mixtral fixture (with `kv` flags), started
+/// together; returns them and node 0's HTTP port once node 0 has printed it (every node has joined
+/// and loaded). Node 0's further output is drained so that it never writes to a closed pipe.
+fn two_serving_nodes(kv: &[&str]) -> (Nodes, u16) {
     let m = fixture("mixtral");
     let rv = free_port();
     let serve = |rank: usize| {
         [
-            strings(&[
-                "serve",
-                "--model",
-                &m,
-                "--port",
-                "0",
-                "--ep",
-                "2",
-                "--kv-blocks",
-                "64",
-                "--kv-block-size",
-                "4",
-            ]),
+            strings(&["serve", "--model", &m, "--port", "0", "--ep", "2"]),
+            strings(kv),
             cluster(2, rank, rv, 30),
         ]
         .concat()
     };
     let mut nodes = Nodes(vec![spawn(&serve(0)), spawn(&serve(1))]);
-    // Node 0 prints its address once every node has joined and loaded.
     let mut lines = BufReader::new(nodes.0[0].stdout.take().unwrap()).lines();
     let port: u16 = loop {
         let line = lines.next().expect("node 0 printed its address").unwrap();
@@ -427,6 +417,13 @@ fn serve_reports_unhealthy_when_a_follower_dies_and_fails_requests_without_hangi
                 .unwrap();
         }
     };
+    std::thread::spawn(move || lines.for_each(drop));
+    (nodes, port)
+}
+
+#[test]
+fn serve_reports_unhealthy_when_a_follower_dies_and_fails_requests_without_hanging() {
+    let (mut nodes, port) = two_serving_nodes(&["--kv-blocks", "64", "--kv-block-size", "4"]);
     let req =
         r#"{"prompt": [0, 17, 250, 3], "max_tokens": 4, "temperature": 0, "ignore_eos": true}"#;
     let (code, body) = http(port, "POST", "/v1/completions", req);
@@ -458,33 +455,7 @@ fn serve_reports_unhealthy_when_a_follower_dies_and_fails_requests_without_hangi
 
 #[test]
 fn a_follower_exits_with_an_error_when_node_0_dies() {
-    let m = fixture("mixtral");
-    let rv = free_port();
-    let serve = |rank: usize| {
-        [
-            strings(&[
-                "serve",
-                "--model",
-                &m,
-                "--port",
-                "0",
-                "--ep",
-                "2",
-                "--kv-blocks",
-                "16",
-            ]),
-            cluster(2, rank, rv, 30),
-        ]
-        .concat()
-    };
-    let mut nodes = Nodes(vec![spawn(&serve(0)), spawn(&serve(1))]);
-    let mut lines = BufReader::new(nodes.0[0].stdout.take().unwrap()).lines();
-    while !lines
-        .next()
-        .expect("node 0 printed its address")
-        .unwrap()
-        .contains("http://")
-    {}
+    let (mut nodes, _) = two_serving_nodes(&["--kv-blocks", "16"]);
     nodes.0[0].kill().unwrap();
     let out = wait_output(&mut nodes.0[1], Duration::from_secs(30))
         .expect("the follower exits within 30 s");
