@@ -59,32 +59,15 @@ fn check_greedy(name: &str) {
     }
 }
 
-macro_rules! golden_tests {
-    ($($name:ident),*) => {$(
-        mod $name {
-            #[test]
-            fn logits_match_transformers() {
-                super::check_logits(stringify!($name));
-            }
-            #[test]
-            fn greedy_tokens_match_transformers() {
-                super::check_greedy(stringify!($name));
-            }
-        }
-    )*};
+mod logits_match_transformers {
+    use super::*;
+    fixture_tests!(check_logits);
 }
 
-golden_tests!(
-    llama_tied,
-    llama_bias_sharded,
-    mistral_window,
-    mixtral,
-    qwen2_moe,
-    qwen3_moe,
-    deepseek_v2,
-    deepseek_v3,
-    deepseek_v3_yarn
-);
+mod greedy_tokens_match_transformers {
+    use super::*;
+    fixture_tests!(check_greedy);
+}
 
 #[test]
 fn tokenizer_matches_transformers() {

@@ -255,26 +255,7 @@ fn check_fixture(name: &str) {
     assert!(failures.is_empty(), "{name}: failing layouts {failures:?}");
 }
 
-macro_rules! layout_tests {
-    ($($name:ident),*) => {$(
-        #[test]
-        fn $name() {
-            check_fixture(stringify!($name));
-        }
-    )*};
-}
-
-layout_tests!(
-    llama_tied,
-    llama_bias_sharded,
-    mistral_window,
-    mixtral,
-    qwen2_moe,
-    qwen3_moe,
-    deepseek_v2,
-    deepseek_v3,
-    deepseek_v3_yarn
-);
+fixture_tests!(check_fixture);
 
 #[test]
 fn experts_migrate_between_gpu_ranks_while_generating() {

@@ -71,26 +71,7 @@ fn check_fixture(name: &str) {
     }
 }
 
-macro_rules! layout_tests {
-    ($($name:ident),*) => {$(
-        #[test]
-        fn $name() {
-            check_fixture(stringify!($name));
-        }
-    )*};
-}
-
-layout_tests!(
-    llama_tied,
-    llama_bias_sharded,
-    mistral_window,
-    mixtral,
-    qwen2_moe,
-    qwen3_moe,
-    deepseek_v2,
-    deepseek_v3,
-    deepseek_v3_yarn
-);
+fixture_tests!(check_fixture);
 
 fn batch_of(prompts: &[Vec<u32>], first_block: u32) -> StepBatch {
     let mut b = StepBatch::default();

@@ -132,3 +132,47 @@ pub fn every_layout(
     }
     v
 }
+
+/// One `#[test]` per golden fixture, named after it, each calling `$check("<fixture>")`.
+macro_rules! fixture_tests {
+    ($check:path) => {
+        #[test]
+        fn llama_tied() {
+            $check("llama_tied")
+        }
+        #[test]
+        fn llama_bias_sharded() {
+            $check("llama_bias_sharded")
+        }
+        #[test]
+        fn mistral_window() {
+            $check("mistral_window")
+        }
+        #[test]
+        fn mixtral() {
+            $check("mixtral")
+        }
+        #[test]
+        fn qwen2_moe() {
+            $check("qwen2_moe")
+        }
+        #[test]
+        fn qwen3_moe() {
+            $check("qwen3_moe")
+        }
+        #[test]
+        fn deepseek_v2() {
+            $check("deepseek_v2")
+        }
+        #[test]
+        fn deepseek_v3() {
+            $check("deepseek_v3")
+        }
+        #[test]
+        fn deepseek_v3_yarn() {
+            $check("deepseek_v3_yarn")
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use fixture_tests;
