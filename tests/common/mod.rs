@@ -134,6 +134,7 @@ pub fn every_layout(
 }
 
 /// One `#[test]` per golden fixture, named after it, each calling `$check("<fixture>")`.
+#[allow(unused_macros)]
 macro_rules! fixture_tests {
     ($check:path) => {
         #[test]
