@@ -144,6 +144,7 @@ fn function(
     gate_up: bool,
     bm: usize,
     bn: &mut usize,
+    smem_bytes: &mut usize,
 ) -> Result<CudaFunction> {
     let wg = wgmma_smem(bm);
     let wide = stream_rows() == 32;
@@ -168,7 +169,27 @@ fn function(
         (Family::Wgmma, true) => 128,
         (Family::Wgmma, false) => 256,
     };
+    *smem_bytes = smem;
     dev.function_with_smem(kernel, name, smem)
+}
+
+/// What differs between the two grouped GEMMs of the layer.
+struct Operands {
+    gate_up: bool,
+    /// Rows of A: the tokens (gate/up, gathered by `order` on load or into `ws.y` first on
+    /// Hopper) or `ws.act` (down).
+    a: u64,
+    /// Stacked weights, [n_experts * n_total, k].
+    w: u64,
+    /// Output rows in sorted order.
+    out: u64,
+    /// Router weight per pair applied in the epilogue (down), or 0.
+    pair_weight: u64,
+    /// Weight rows per expert and the reduction width.
+    n_total: usize,
+    k: usize,
+    /// Output columns (the grid's N extent): inter for gate/up (SiLU·up halves), hidden for down.
+    n_out: usize,
 }
 
 /// Gate/up (+SiLU·up) into `ws.act` for `n_tokens` tokens; the caller checked the sizes.
@@ -181,65 +202,27 @@ pub(super) fn gate_up(
     path: GemmPath,
 ) -> Result<()> {
     let s = ws.shape;
-    let fam = family(dev, path, &s);
     let n_pairs = n_tokens * s.top_k;
-    let bm = wgmma_bm(n_pairs, s.n_experts);
-    let mut bn = 0;
-    let f = function(dev, fam, true, bm, &mut bn)?;
-    let max_tiles = path.max_tiles(n_pairs, s.n_experts);
-    let (ne, nt, k, tk) = (
-        s.n_experts as i32,
-        (2 * s.inter) as i32,
-        s.hidden as i32,
-        s.top_k as i32,
-    );
-    let null = 0u64;
-    if fam == Family::Wgmma {
+    let a = if family(dev, path, &s) == Family::Wgmma {
         gather(dev, ws, x, n_pairs)?;
-        let ta = tensor_map(ptr(dev, &ws.y), n_pairs, s.hidden)?;
-        let tb = tensor_map(ptr(dev, w), s.n_experts * 2 * s.inter, s.hidden)?;
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(&ta)
-            .arg(&tb)
-            .arg(&mut ws.act)
-            .arg(&ws.order)
-            .arg(&null)
-            .arg(&ws.offsets)
-            .arg(&ws.tile_offsets)
-            .arg(&ne)
-            .arg(&nt)
-            .arg(&k);
-        let cfg = wgmma_grid(dev, max_tiles * (128 / bm) * (s.inter / bn), bm)?;
-        // SAFETY: the tensor maps cover xs [n_pairs, hidden] (in ws.y, written by gather) and the
-        // weights [n_experts * 2·inter, hidden] (checked by the caller); tiles come from the tile map
-        // of permute (128-row tiles), stores stop at each expert's last row < n_pairs of act, and
-        // inter % 128 == 0, hidden % 64 == 0 (family()).
-        unsafe { b.launch(cfg) }.map_err(dev_err("launching gate_up_wgmma"))?;
-        return Ok(());
-    }
-    let cfg = LaunchConfig {
-        grid_dim: (max_tiles as u32, (s.inter / bn) as u32, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: if fam == Family::MmaLarge {
-            4 * 256 * 4 * 16
-        } else {
-            0
-        },
+        ptr(dev, &ws.y)
+    } else {
+        ptr(dev, x)
     };
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(x)
-        .arg(w)
-        .arg(&mut ws.act)
-        .arg(&ws.order)
-        .arg(&null)
-        .arg(&ws.offsets)
-        .arg(&ws.tile_offsets);
-    b.arg(&ne).arg(&nt).arg(&k).arg(&tk);
-    // SAFETY: rows come from offsets/order written by permute (< n_pairs, tokens < n_tokens);
-    // weights are n_experts x 2·inter x hidden (checked); act holds n_pairs x inter; hidden is a
-    // multiple of 32 and inter of 64 (MoeShape::validate), as the tiles require.
-    unsafe { b.launch(cfg) }.map_err(dev_err("launching the gate/up grouped GEMM"))?;
-    Ok(())
+    let op = Operands {
+        gate_up: true,
+        a,
+        w: ptr(dev, w),
+        out: ptr(dev, &ws.act),
+        pair_weight: 0,
+        n_total: 2 * s.inter,
+        k: s.hidden,
+        n_out: s.inter,
+    };
+    // SAFETY (for grouped): x holds n_tokens x hidden and the weights n_experts x 2·inter x
+    // hidden (checked by the caller); act holds n_pairs x inter (workspace capacity); on Hopper
+    // ws.y holds the n_pairs gathered rows.
+    grouped(dev, ws, &op, n_pairs, path)
 }
 
 /// Down projection with the router weights into `ws.y`; the caller checked the sizes.
@@ -251,60 +234,75 @@ pub(super) fn down(
     path: GemmPath,
 ) -> Result<()> {
     let s = ws.shape;
+    let op = Operands {
+        gate_up: false,
+        a: ptr(dev, &ws.act),
+        w: ptr(dev, w),
+        out: ptr(dev, &ws.y),
+        pair_weight: ptr(dev, &ws.weights),
+        n_total: s.hidden,
+        k: s.inter,
+        n_out: s.hidden,
+    };
+    // SAFETY (for grouped): act holds n_pairs x inter, the weights n_experts x hidden x inter
+    // (checked by the caller), y n_pairs x hidden (workspace capacity).
+    grouped(dev, ws, &op, n_tokens * s.top_k, path)
+}
+
+/// Launches one grouped GEMM over the tile map of `permute`: rows past each expert's end are
+/// not stored; the widths meet the tiles' divisibility (MoeShape::validate, family()).
+fn grouped(
+    dev: &CudaDevice,
+    ws: &MoeWorkspace,
+    op: &Operands,
+    n_pairs: usize,
+    path: GemmPath,
+) -> Result<()> {
+    let s = ws.shape;
     let fam = family(dev, path, &s);
-    let n_pairs = n_tokens * s.top_k;
     let bm = wgmma_bm(n_pairs, s.n_experts);
-    let mut bn = 0;
-    let f = function(dev, fam, false, bm, &mut bn)?;
+    let (mut bn, mut smem) = (0, 0);
+    let f = function(dev, fam, op.gate_up, bm, &mut bn, &mut smem)?;
     let max_tiles = path.max_tiles(n_pairs, s.n_experts);
     let (ne, nt, k, tk) = (
         s.n_experts as i32,
-        s.hidden as i32,
-        s.inter as i32,
+        op.n_total as i32,
+        op.k as i32,
         s.top_k as i32,
     );
-    if fam == Family::Wgmma {
-        let ta = tensor_map(ptr(dev, &ws.act), n_pairs, s.inter)?;
-        let tb = tensor_map(ptr(dev, w), s.n_experts * s.hidden, s.inter)?;
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(&ta)
-            .arg(&tb)
-            .arg(&mut ws.y)
-            .arg(&ws.order)
-            .arg(&ws.weights)
-            .arg(&ws.offsets)
-            .arg(&ws.tile_offsets)
-            .arg(&ne)
-            .arg(&nt)
-            .arg(&k);
-        let cfg = wgmma_grid(dev, max_tiles * (128 / bm) * (s.hidden / bn), bm)?;
-        // SAFETY: the tensor maps cover act [n_pairs, inter] and the weights [n_experts * hidden,
-        // inter] (checked by the caller); stores stop at each expert's last row < n_pairs of y,
-        // hidden % 256 == 0 and inter % 64 == 0 (family()).
-        unsafe { b.launch(cfg) }.map_err(dev_err("launching down_wgmma"))?;
-        return Ok(());
-    }
-    let cfg = LaunchConfig {
-        grid_dim: (max_tiles as u32, (s.hidden / bn) as u32, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: if fam == Family::MmaLarge {
-            4 * 256 * 4 * 16
-        } else {
-            0
-        },
-    };
     let mut b = dev.stream().launch_builder(&f);
-    b.arg(&ws.act)
-        .arg(w)
-        .arg(&mut ws.y)
+    let (ta, tb);
+    let cfg = if fam == Family::Wgmma {
+        ta = tensor_map(op.a, n_pairs, op.k)?;
+        tb = tensor_map(op.w, s.n_experts * op.n_total, op.k)?;
+        b.arg(&ta).arg(&tb);
+        wgmma_grid(dev, max_tiles * (128 / bm) * (op.n_out / bn), bm)?
+    } else {
+        b.arg(&op.a).arg(&op.w);
+        LaunchConfig {
+            grid_dim: (max_tiles as u32, (op.n_out / bn) as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: smem as u32,
+        }
+    };
+    b.arg(&op.out)
         .arg(&ws.order)
-        .arg(&ws.weights)
+        .arg(&op.pair_weight)
         .arg(&ws.offsets)
-        .arg(&ws.tile_offsets);
-    b.arg(&ne).arg(&nt).arg(&k).arg(&tk);
-    // SAFETY: reads act rows < n_pairs and the checked weights; writes y rows < n_pairs of
-    // hidden columns (hidden a multiple of the 16/32/128-wide N extent).
-    unsafe { b.launch(cfg) }.map_err(dev_err("launching the down grouped GEMM"))?;
+        .arg(&ws.tile_offsets)
+        .arg(&ne)
+        .arg(&nt)
+        .arg(&k);
+    if fam != Family::Wgmma {
+        b.arg(&tk);
+    }
+    // SAFETY: the operands cover what the callers say; tiles come from the tile map of permute
+    // (rows < n_pairs, tokens < n_tokens) and stores stop at each expert's last row.
+    unsafe { b.launch(cfg) }.map_err(dev_err(if op.gate_up {
+        "launching the gate/up grouped GEMM"
+    } else {
+        "launching the down grouped GEMM"
+    }))?;
     Ok(())
 }
 
