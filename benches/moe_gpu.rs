@@ -1,11 +1,12 @@
 //! The MoE layer alone on one GPU: router GEMM (cuBLAS) + fused routing + permutation + grouped
 //! gate/up (SiLU·up fused) + grouped down + combine, at the Mixtral-8x7B and DeepSeek-V3 shapes for
 //! T in {1, 8, 64, 256, 1024, 4096, 16384}. Milliseconds are medians of 20 CUDA-event-timed runs
-//! after 3 warm-ups; the roofline floor is max(touched experts' weight bytes / copy bandwidth,
+//! (100 for T <= 64) after 3 warm-ups; the roofline floor is max(touched experts' weight bytes / copy bandwidth,
 //! flops / cuBLAS bf16 GEMM rate), both ceilings measured at the start of the same run.
 //!
-//! Run: `cargo bench --features cuda --bench moe_gpu -- [--quick] [--json FILE]`, or the built
-//! executable directly. Prints a markdown table; `--json` writes one object per row for
+//! Run: `cargo bench --features cuda --bench moe_gpu -- [--quick] [--json FILE] [--shape NAME]
+//! [--tokens T,T,..]`, or the built executable directly (`--shape` keeps the shapes whose name
+//! contains NAME, `--tokens` only those token counts). Prints a markdown table; `--json` writes one object per row for
 //! benches/moe_peer.py, which times the PyTorch peer and merges both into the table of
 //! benches/RESULTS.md. Without a GPU it prints why and exits 0.
 
@@ -115,11 +116,25 @@ struct Case {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let json_path = args
-        .iter()
-        .position(|a| a == "--json")
-        .and_then(|i| args.get(i + 1))
-        .cloned();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let json_path = value("--json");
+    let shape_filter = value("--shape").unwrap_or_default();
+    let tokens: Vec<usize> = match value("--tokens") {
+        Some(list) => list
+            .split(',')
+            .map(|t| {
+                t.parse().map_err(|_| {
+                    switchyard::Error::Input(format!("--tokens: {t:?} is not a count"))
+                })
+            })
+            .collect::<Result<_>>()?,
+        None => TOKENS.to_vec(),
+    };
     if let Some(why) = unavailable_reason() {
         println!("moe_gpu: skipped: {why}");
         return Ok(());
@@ -159,9 +174,13 @@ fn main() -> Result<()> {
     let mut json = Vec::new();
     println!("| shape | T | path | ms | TFLOP/s | touched experts | floor ms | % of floor | gate/up ms | down ms | other path ms |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    for case in &cases {
+    for case in cases.iter().filter(|c| c.name.contains(&shape_filter)) {
         let s = case.shape;
-        let t_max = if quick { 1024 } else { *TOKENS.last().unwrap() };
+        let t_max = if quick {
+            1024
+        } else {
+            *tokens.iter().max().unwrap_or(&1)
+        };
         let mut gate_up: DeviceBuffer<bf16> = dev.zeros(s.n_experts * 2 * s.inter * s.hidden)?;
         let mut down: DeviceBuffer<bf16> = dev.zeros(s.n_experts * s.hidden * s.inter)?;
         let mut router_w: DeviceBuffer<bf16> = dev.zeros(s.n_experts * s.hidden)?;
@@ -180,8 +199,10 @@ fn main() -> Result<()> {
         let mut ws = MoeWorkspace::new(&dev, s, t_max)?;
         let mut logits: DeviceBuffer<f32> = dev.zeros(t_max * s.n_experts)?;
         let mut out: DeviceBuffer<bf16> = dev.zeros(t_max * s.hidden)?;
-        for &t in TOKENS.iter().filter(|&&t| t <= t_max) {
-            let ms = time_ms(&dev, 3, 20, || {
+        for &t in tokens.iter().filter(|&&t| t <= t_max) {
+            // Small T: more runs, as a few microseconds of jitter move the median there.
+            let reps = if t <= 64 { 100 } else { 20 };
+            let ms = time_ms(&dev, 3, reps, || {
                 blas::linear(&dev, &x, &router_w, &mut logits, t, s.hidden, s.n_experts)?;
                 layer.forward(&dev, &mut ws, &x, &logits, t, None, &mut out)
             })?;

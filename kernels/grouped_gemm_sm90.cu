@@ -34,7 +34,6 @@ struct __align__(64) TmaDesc {
 
 #define BN 256
 #define BK 64
-#define BAND 16
 #define B_STAGE_BYTES (BN * BK * 2)
 
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
@@ -74,6 +73,36 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const TmaDesc* map, unsig
             smem_u32(dst)),
         "l"(reinterpret_cast<unsigned long long>(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1)
         : "memory");
+}
+
+// The same box multicast into the shared memory of every CTA of the cluster in `mask` (same
+// offsets), each completing its bytes on its own mbarrier at `bar`'s offset.
+__device__ __forceinline__ void tma_load_2d_multicast(void* dst, const TmaDesc* map, unsigned long long* bar, int c0,
+                                                      int c1, unsigned short mask) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%3, %4}], [%2], %5;\n" ::"r"(
+            smem_u32(dst)),
+        "l"(reinterpret_cast<unsigned long long>(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "h"(mask)
+        : "memory");
+}
+
+// Arrives on the mbarrier at `bar`'s offset in the shared memory of CTA `cta` of the cluster.
+__device__ __forceinline__ void mbar_arrive_cta(unsigned long long* bar, unsigned cta) {
+    asm volatile(
+        "{\n.reg .b32 remote;\nmapa.shared::cluster.u32 remote, %0, %1;\n"
+        "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n}\n" ::"r"(smem_u32(bar)),
+        "r"(cta)
+        : "memory");
+}
+
+__device__ __forceinline__ unsigned cluster_rank() {
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return r;
+}
+
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 }
 
 // Shared-memory matrix descriptor of a K-major tile with 128-byte rows in the 128B swizzle
@@ -167,33 +196,59 @@ __device__ __forceinline__ void wgmma_m64n128k16(float* d, unsigned long long da
         : "l"(da), "l"(db));
 }
 
-// Unit t of the grouped raster over m_units x n_tiles: bands of BAND M units, N in order inside
+// Unit t of a banded raster over m_units x n_tiles: bands of `band` M units, N in order inside
 // a band, M fastest.
-__device__ __forceinline__ void tile_coords(int t, int m_units, int n_tiles, int& m, int& n) {
-    const int band = t / (BAND * n_tiles);
-    const int first = band * BAND;
-    const int rows = min(BAND, m_units - first);
-    const int idx = t - band * BAND * n_tiles;
+__device__ __forceinline__ void band_coords(int t, int m_units, int n_tiles, int band, int& m, int& n) {
+    const int b = t / (band * n_tiles);
+    const int first = b * band;
+    const int rows = min(band, m_units - first);
+    const int idx = t - b * band * n_tiles;
     m = first + idx % rows;
     n = idx / rows;
 }
 
-// Rows [row0, row_end) of M unit `mu`: unit mu is half (BM_ = 64) or all (BM_ = 128) of the
-// 128-row tile mu / (128 / BM_) of the tile map.
-template <int BM_>
+// Unit t of the schedule: either one banded raster over all M units (expert_major = 0), or the
+// experts in order, each a banded raster of its own M units (expert_major = 1), so that no band
+// straddles two experts and each expert's weights are streamed by one band at a time.
+template <int PER>
+__device__ __forceinline__ void tile_coords(int t, const int* tile_offsets, int n_experts, int n_tiles, int band,
+                                            int expert_major, int& m, int& n) {
+    if (!expert_major) {
+        band_coords(t, tile_offsets[n_experts] * PER, n_tiles, band, m, n);
+        return;
+    }
+    const int e = expert_of_tile(tile_offsets, n_experts, t / (PER * n_tiles));
+    const int first = tile_offsets[e] * PER;
+    band_coords(t - first * n_tiles, tile_offsets[e + 1] * PER - first, n_tiles, band, m, n);
+    m += first;
+}
+
+// Rows [row0, row_end) of M unit `mu`: unit mu is part BM_ / TILE (SPLIT kernels: half) or all
+// of the TILE-row tile mu / (TILE / BM_) of the tile map.
+template <int BM_, int TILE>
 __device__ __forceinline__ void unit_rows(const int* offsets, const int* tile_offsets, int n_experts, int mu,
                                           int& row0, int& row_end) {
-    constexpr int PER = 128 / BM_;
+    constexpr int PER = TILE / BM_;
     const int m = mu / PER;
     const int e = expert_of_tile(tile_offsets, n_experts, m);
-    row0 = offsets[e] + (m - tile_offsets[e]) * 128 + (mu % PER) * BM_;
+    row0 = offsets[e] + (m - tile_offsets[e]) * TILE + (mu % PER) * BM_;
     row_end = offsets[e + 1];
 }
 
-// BM_ = 128: each consumer warpgroup takes 64 rows and all 256 columns (m64n256).
-// BM_ = 64: both take the same 64 rows, each 128 of the 256 columns (m64n128); this wastes less
-// on groups of a few dozen rows (an M unit past its expert's last row is skipped).
-template <int BM_, bool GATE_UP>
+// NC consumer warpgroups share one B tile of BN_ rows (N columns of the output).
+// Not SPLIT: each consumer takes its own 64 rows of an NC * 64-row A tile and all BN_ columns
+//   (m64n{BN_}); a consumer whose 64 rows lie past its expert's last row idles for that tile
+//   (no loads of its A rows, no MMAs), so a ragged expert's last tile costs what it holds, in
+//   steps of 64 rows. 128 x 256 (NC = 2) for many rows an expert; 192 x 128 (NC = 3) for
+//   experts of one to a few hundred rows, whose weights one tile then streams once.
+// SPLIT: both consumers take the same 64 rows, each BN_ / 2 of the columns (m64n128), on half
+//   tiles of the 128-row tile map; this wastes less on groups of a few dozen rows (an M unit
+//   past its expert's last row is skipped).
+// CN > 1 (not SPLIT): clusters of CN CTAs take the same rows and CN neighbouring N tiles; each
+//   CTA loads every CN-th 64-row box of the A tile and multicasts it to the whole cluster, so
+//   the rows cross from L2 once per cluster instead of once per CTA. A stage is refilled only
+//   when the consumers of every CTA of the cluster have released it.
+template <int NC, int BN_, bool SPLIT, bool GATE_UP, int CN = 1>
 __device__ __forceinline__ void wgmma_grouped_gemm(
     const TmaDesc* ta,                        // A: [P, K] rows in sorted order, box 64 x 64
     const TmaDesc* tb,                        // B: [n_experts * n_total, K], box 64 x 64
@@ -201,17 +256,22 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
     const int* __restrict__ order,            // [P] pair of each sorted row
     const float* __restrict__ pair_weight,    // down: router weight of each pair
     const int* offsets,                       // [n_experts + 1]
-    const int* tile_offsets,                  // [n_experts + 1], 128-row tiles
-    int n_experts, int n_total, int k) {
-    constexpr int WN = BM_ == 128 ? BN : BN / 2;  // columns of one consumer
-    constexpr int ST = BM_ == 128 ? 4 : 5;        // pipeline stages
+    const int* tile_offsets,                  // [n_experts + 1], TILE-row tiles
+    int n_experts, int n_total, int k, int band, int expert_major) {
+    constexpr int BM_ = SPLIT ? 64 : 64 * NC;  // rows of an M unit
+    constexpr int TILE = SPLIT ? 128 : BM_;    // rows of a tile of the tile map
+    constexpr int PER = TILE / BM_;
+    constexpr int WN = SPLIT ? BN_ / NC : BN_;  // columns of one consumer
+    constexpr int ST = (NC == 2 && !SPLIT) ? 4 : 5;  // pipeline stages
+    constexpr int A_BOX = 64 * BK * 2;
     constexpr int A_BYTES = BM_ * BK * 2;
+    constexpr int B_BYTES = BN_ * BK * 2;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     // 128B-swizzled tiles need 1024-byte alignment; the host adds 1 KiB of slack.
     unsigned char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
     __nv_bfloat16* sA = reinterpret_cast<__nv_bfloat16*>(smem);
     __nv_bfloat16* sB = reinterpret_cast<__nv_bfloat16*>(smem + ST * A_BYTES);
-    unsigned long long* full = reinterpret_cast<unsigned long long*>(smem + ST * (A_BYTES + B_STAGE_BYTES));
+    unsigned long long* full = reinterpret_cast<unsigned long long*>(smem + ST * (A_BYTES + B_BYTES));
     unsigned long long* empty = full + ST;
     // The tile map and group offsets, cached once: every tile looks its expert up (a binary
     // search of up to 10 steps), which from global memory would stall each tile for microseconds.
@@ -226,106 +286,132 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
 
     const int wg = threadIdx.x / 128;
     const int inter = n_total / 2;
-    const int n_tiles = GATE_UP ? inter / (BN / 2) : n_total / BN;
+    const int n_tiles = GATE_UP ? inter / (BN_ / 2) : n_total / BN_;
     const int k_tiles = k / BK;
 
     if (threadIdx.x == 0) {
         for (int s = 0; s < ST; ++s) {
             mbar_init(&full[s], 1);
-            mbar_init(&empty[s], 8);  // lane 0 of each of the 8 consumer warps
+            mbar_init(&empty[s], 4 * NC * CN);  // lane 0 of each consumer warp of the cluster
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
-    __syncthreads();
-    const int m_units = tile_offsets[n_experts] * (128 / BM_);
-    const int total = m_units * n_tiles;
+    // Every CTA's barriers exist before any CTA of the cluster signals them.
+    if (CN > 1) cluster_sync();
+    else __syncthreads();
+    // Work is walked per cluster: unit u covers M unit mu and N tiles CN * ng ... CN * ng + CN - 1,
+    // of which this CTA takes the rank-th.
+    const int rank = CN > 1 ? (int)cluster_rank() : 0;
+    const int first = blockIdx.x / CN, stride = gridDim.x / CN;
+    const int total = tile_offsets[n_experts] * PER * (n_tiles / CN);
 
     if (wg == 0) {
         // Producer: one thread issues every TMA load.
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
-        if (threadIdx.x != 0) return;
         int it = 0;
-        for (int t = blockIdx.x; t < total; t += gridDim.x) {
-            int mu, n, row0, row_end;
-            tile_coords(t, m_units, n_tiles, mu, n);
-            unit_rows<BM_>(offsets, tile_offsets, n_experts, mu, row0, row_end);
+        for (int t = first; threadIdx.x == 0 && t < total; t += stride) {
+            int mu, ng, row0, row_end;
+            tile_coords<PER>(t, tile_offsets, n_experts, n_tiles / CN, band, expert_major, mu, ng);
+            const int n = ng * CN + rank;
+            unit_rows<BM_, TILE>(offsets, tile_offsets, n_experts, mu, row0, row_end);
             if (row0 >= row_end) continue;  // an empty half tile: the consumers skip it too
-            const int e = expert_of_tile(tile_offsets, n_experts, mu / (128 / BM_));
+            const int e = expert_of_tile(tile_offsets, n_experts, mu / PER);
             const int wrow = e * n_total;
+            // Only the 64-row A boxes that hold rows of this expert (idle consumers read none).
+            const int a_boxes = SPLIT ? 1 : min(NC, (row_end - row0 + 63) / 64);
             for (int kt = 0; kt < k_tiles; ++kt, ++it) {
                 const int s = it % ST;
                 mbar_wait(&empty[s], ((it / ST) & 1) ^ 1);
-                mbar_expect_tx(&full[s], A_BYTES + B_STAGE_BYTES);
+                mbar_expect_tx(&full[s], a_boxes * A_BOX + B_BYTES);
                 __nv_bfloat16* a = sA + s * (BM_ * BK);
-                __nv_bfloat16* b = sB + s * (BN * BK);
+                __nv_bfloat16* b = sB + s * (BN_ * BK);
+                for (int i = 0; i < a_boxes; ++i) {
+                    if (CN == 1) tma_load_2d(a + i * 64 * BK, ta, &full[s], kt * BK, row0 + i * 64);
+                    else if (i % CN == rank)
+                        tma_load_2d_multicast(a + i * 64 * BK, ta, &full[s], kt * BK, row0 + i * 64, (1 << CN) - 1);
+                }
 #pragma unroll
-                for (int i = 0; i < BM_ / 64; ++i) tma_load_2d(a + i * 64 * BK, ta, &full[s], kt * BK, row0 + i * 64);
-#pragma unroll
-                for (int j = 0; j < BN / 64; ++j) {
+                for (int j = 0; j < BN_ / 64; ++j) {
                     int r;
                     if (GATE_UP) {
                         // Each consumer's WN rows: WN/2 gate rows, then the same features' up rows.
                         const int slice = j * 64 / WN, within = j * 64 % WN;
                         const int up = within >= WN / 2;
-                        r = up * inter + n * (BN / 2) + slice * (WN / 2) + within - up * (WN / 2);
+                        r = up * inter + n * (BN_ / 2) + slice * (WN / 2) + within - up * (WN / 2);
                     } else {
-                        r = n * BN + j * 64;
+                        r = n * BN_ + j * 64;
                     }
                     tma_load_2d(b + j * 64 * BK, tb, &full[s], kt * BK, wrow + r);
                 }
             }
         }
+        // No CTA of a cluster leaves while another may still signal its barriers.
+        __syncwarp();
+        if (CN > 1) cluster_sync();
         return;
     }
 
-    // Consumers.
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+    // Consumers: the register file is 64K; the producer keeps 128 x 40 of it.
+    if (NC == 2) asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+    else asm volatile("setmaxnreg.inc.sync.aligned.u32 152;\n");
     const int c = wg - 1;
     const int ct = threadIdx.x - 128 * wg;
     const int warp = ct / 32, lane = ct % 32;
-    const int a_off = BM_ == 128 ? c * 64 * BK : 0;      // this consumer's rows of the A tile
-    const int b_off = BM_ == 128 ? 0 : c * WN * BK;      // its rows of the B tile
-    const int col_off = BM_ == 128 ? 0 : c * WN;         // its first column of the N tile (B rows)
+    const int a_off = SPLIT ? 0 : c * 64 * BK;     // this consumer's rows of the A tile
+    const int b_off = SPLIT ? c * WN * BK : 0;     // its rows of the B tile
+    const int col_off = SPLIT ? c * WN : 0;        // its first column of the N tile (B rows)
     float d[WN / 2];
+    // Releases a stage to every producer that fills it (the cluster's, for multicast A boxes).
+    auto release = [&](int s) {
+        if (CN == 1) mbar_arrive(&empty[s]);
+        else
+            for (int q = 0; q < CN; ++q) mbar_arrive_cta(&empty[s], q);
+    };
     int it = 0;
-    for (int t = blockIdx.x; t < total; t += gridDim.x) {
-        int mu, n, row0, row_end;
-        tile_coords(t, m_units, n_tiles, mu, n);
-        unit_rows<BM_>(offsets, tile_offsets, n_experts, mu, row0, row_end);
+    for (int t = first; t < total; t += stride) {
+        int mu, ng, row0, row_end;
+        tile_coords<PER>(t, tile_offsets, n_experts, n_tiles / CN, band, expert_major, mu, ng);
+        const int n = ng * CN + rank;
+        unit_rows<BM_, TILE>(offsets, tile_offsets, n_experts, mu, row0, row_end);
         if (row0 >= row_end) continue;
+        const int my_row0 = row0 + (SPLIT ? 0 : c * 64);
+        const bool idle = my_row0 >= row_end;
 #pragma unroll
         for (int i = 0; i < WN / 2; ++i) d[i] = 0.0f;
         for (int kt = 0; kt < k_tiles; ++kt, ++it) {
             const int s = it % ST;
             mbar_wait(&full[s], (it / ST) & 1);
-            const __nv_bfloat16* a = sA + s * (BM_ * BK) + a_off;
-            const __nv_bfloat16* b = sB + s * (BN * BK) + b_off;
-            fence_regs<WN / 2>(d);
-            wgmma_fence();
+            if (!idle) {
+                const __nv_bfloat16* a = sA + s * (BM_ * BK) + a_off;
+                const __nv_bfloat16* b = sB + s * (BN_ * BK) + b_off;
+                fence_regs<WN / 2>(d);
+                wgmma_fence();
 #pragma unroll
-            for (int kk = 0; kk < BK / 16; ++kk) {
-                if (WN == 256) wgmma_m64n256k16(d, smem_desc(a + kk * 16), smem_desc(b + kk * 16));
-                else wgmma_m64n128k16(d, smem_desc(a + kk * 16), smem_desc(b + kk * 16));
+                for (int kk = 0; kk < BK / 16; ++kk) {
+                    if (WN == 256) wgmma_m64n256k16(d, smem_desc(a + kk * 16), smem_desc(b + kk * 16));
+                    else wgmma_m64n128k16(d, smem_desc(a + kk * 16), smem_desc(b + kk * 16));
+                }
+                wgmma_commit();
+                // Keep this stage's group in flight; the previous one is done, release its stage.
+                wgmma_wait<1>();
+                fence_regs<WN / 2>(d);
             }
-            wgmma_commit();
-            // Keep this stage's group in flight; the previous one is done, release its stage.
-            wgmma_wait<1>();
-            fence_regs<WN / 2>(d);
-            if (kt > 0 && lane == 0) mbar_arrive(&empty[(it - 1) % ST]);
+            if (kt > 0 && lane == 0) release((it - 1) % ST);
         }
         wgmma_wait<0>();
         fence_regs<WN / 2>(d);
-        if (lane == 0) mbar_arrive(&empty[(it - 1) % ST]);
+        if (lane == 0) release((it - 1) % ST);
+        if (idle) continue;
 
         // Epilogue: d[4j + q] is row 16 * warp + lane / 4 + 8 * (q / 2), column 8j + 2 * (lane % 4) + q % 2.
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-            const int row = row0 + (BM_ == 128 ? c * 64 : 0) + warp * 16 + (lane >> 2) + h * 8;
+            const int row = my_row0 + warp * 16 + (lane >> 2) + h * 8;
             if (row >= row_end) continue;
             if (GATE_UP) {
 #pragma unroll
                 for (int j = 0; j < WN / 16; ++j) {
-                    const int col = n * (BN / 2) + col_off / 2 + j * 8 + 2 * (lane & 3);
+                    const int col = n * (BN_ / 2) + col_off / 2 + j * 8 + 2 * (lane & 3);
                     const float g0 = d[4 * j + 2 * h], g1 = d[4 * j + 2 * h + 1];
                     const float u0 = d[4 * (j + WN / 16) + 2 * h], u1 = d[4 * (j + WN / 16) + 2 * h + 1];
                     *reinterpret_cast<__nv_bfloat162*>(out + (size_t)row * inter + col) =
@@ -335,23 +421,32 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
                 const float w = pair_weight[order[row]];
 #pragma unroll
                 for (int j = 0; j < WN / 8; ++j) {
-                    const int col = n * BN + col_off + j * 8 + 2 * (lane & 3);
+                    const int col = n * BN_ + col_off + j * 8 + 2 * (lane & 3);
                     *reinterpret_cast<__nv_bfloat162*>(out + (size_t)row * n_total + col) =
                         __floats2bfloat162_rn(w * d[4 * j + 2 * h], w * d[4 * j + 2 * h + 1]);
                 }
             }
         }
     }
+    if (CN > 1) cluster_sync();
 }
 
 #define WG_ARGS                                                                                    \
     const __grid_constant__ TmaDesc ta, const __grid_constant__ TmaDesc tb,                        \
         __nv_bfloat16 *__restrict__ out, const int *__restrict__ order,                           \
         const float *__restrict__ pair_weight, const int *__restrict__ offsets,                   \
-        const int *__restrict__ tile_offsets, int n_experts, int n_total, int k
-#define WG_PASS &ta, &tb, out, order, pair_weight, offsets, tile_offsets, n_experts, n_total, k
+        const int *__restrict__ tile_offsets, int n_experts, int n_total, int k, int band, int expert_major
+#define WG_PASS &ta, &tb, out, order, pair_weight, offsets, tile_offsets, n_experts, n_total, k, band, expert_major
 
-extern "C" __global__ void __launch_bounds__(384, 1) gate_up_wgmma(WG_ARGS) { wgmma_grouped_gemm<128, true>(WG_PASS); }
-extern "C" __global__ void __launch_bounds__(384, 1) down_wgmma(WG_ARGS) { wgmma_grouped_gemm<128, false>(WG_PASS); }
-extern "C" __global__ void __launch_bounds__(384, 1) gate_up_wgmma64(WG_ARGS) { wgmma_grouped_gemm<64, true>(WG_PASS); }
-extern "C" __global__ void __launch_bounds__(384, 1) down_wgmma64(WG_ARGS) { wgmma_grouped_gemm<64, false>(WG_PASS); }
+extern "C" __global__ void __launch_bounds__(384, 1) gate_up_wgmma(WG_ARGS) { wgmma_grouped_gemm<2, 256, false, true>(WG_PASS); }
+extern "C" __global__ void __launch_bounds__(384, 1) down_wgmma(WG_ARGS) { wgmma_grouped_gemm<2, 256, false, false>(WG_PASS); }
+extern "C" __global__ void __launch_bounds__(384, 1) gate_up_wgmma64(WG_ARGS) { wgmma_grouped_gemm<2, 256, true, true>(WG_PASS); }
+extern "C" __global__ void __launch_bounds__(384, 1) down_wgmma64(WG_ARGS) { wgmma_grouped_gemm<2, 256, true, false>(WG_PASS); }
+extern "C" __global__ void __launch_bounds__(512, 1) gate_up_wgmma192(WG_ARGS) { wgmma_grouped_gemm<3, 128, false, true>(WG_PASS); }
+extern "C" __global__ void __launch_bounds__(512, 1) down_wgmma192(WG_ARGS) { wgmma_grouped_gemm<3, 128, false, false>(WG_PASS); }
+extern "C" __global__ void __launch_bounds__(384, 1) gate_up_wgmma_c2(WG_ARGS) { wgmma_grouped_gemm<2, 256, false, true, 2>(WG_PASS); }
+extern "C" __global__ void __launch_bounds__(384, 1) down_wgmma_c2(WG_ARGS) { wgmma_grouped_gemm<2, 256, false, false, 2>(WG_PASS); }
+extern "C" __global__ void __launch_bounds__(512, 1) gate_up_wgmma192_c2(WG_ARGS) { wgmma_grouped_gemm<3, 128, false, true, 2>(WG_PASS); }
+extern "C" __global__ void __launch_bounds__(512, 1) down_wgmma192_c2(WG_ARGS) { wgmma_grouped_gemm<3, 128, false, false, 2>(WG_PASS); }
+extern "C" __global__ void __launch_bounds__(512, 1) gate_up_wgmma192_c4(WG_ARGS) { wgmma_grouped_gemm<3, 128, false, true, 4>(WG_PASS); }
+extern "C" __global__ void __launch_bounds__(512, 1) down_wgmma192_c4(WG_ARGS) { wgmma_grouped_gemm<3, 128, false, false, 4>(WG_PASS); }

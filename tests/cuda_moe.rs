@@ -12,6 +12,7 @@ use switchyard::backend::cpu::norm::add_rms_norm as cpu_add_rms_norm;
 use switchyard::backend::cuda::device::unavailable_reason;
 use switchyard::backend::cuda::{
     norm, CudaDevice, DeviceBuffer, GemmPath, MoeLayer, MoeShape, MoeWorkspace, RouterParams,
+    WgmmaTile,
 };
 use switchyard_experts::{route, GroupMask, RoutedScaling, RouterConfig, TopkMethod};
 
@@ -276,7 +277,8 @@ fn permutation_matches_the_counting_sort() {
             let mut acc = 0;
             for e in 0..n_experts {
                 assert_eq!(tiles[e], acc, "tile offset of expert {e}");
-                acc += (want.offsets[e + 1] - want.offsets[e]).div_ceil(path.bm()) as i32;
+                acc += (want.offsets[e + 1] - want.offsets[e]).div_ceil(ws.tile_rows(&dev, t, path))
+                    as i32;
             }
             assert_eq!(tiles[n_experts], acc);
             for (row, &p) in want.order.iter().enumerate() {
@@ -494,7 +496,7 @@ fn grouped_gemms_handle_empty_single_and_ragged_groups() {
     ];
     for (counts, (hidden, inter)) in sets
         .iter()
-        .flat_map(|c| [(256usize, 384usize), (384, 448)].map(|s| (c, s)))
+        .flat_map(|c| [(256usize, 384usize), (384, 448), (512, 512)].map(|s| (c, s)))
     {
         let (h, i, e, k) = (hidden, inter, counts.len(), 1usize);
         let shape = MoeShape {
@@ -534,7 +536,21 @@ fn grouped_gemms_handle_empty_single_and_ragged_groups() {
         let d_x = dev.upload(&to_bf16(&x)).unwrap();
         let mut ws = MoeWorkspace::new(&dev, shape, t).unwrap();
         let e_i32: Vec<i32> = experts.iter().map(|&v| v as i32).collect();
-        for path in [GemmPath::Small, GemmPath::Large] {
+        // The decode path, and every Hopper tile (where the device has none, the mma.sync
+        // kernels run each time).
+        // Clusters of 2 and 4 CTAs where the N tiles divide (512 x 512), else 1.
+        let runs = [
+            (GemmPath::Small, None, None),
+            (GemmPath::Large, Some(WgmmaTile::Rows64), None),
+            (GemmPath::Large, Some(WgmmaTile::Rows128), None),
+            (GemmPath::Large, Some(WgmmaTile::Rows128), Some(2)),
+            (GemmPath::Large, Some(WgmmaTile::Rows192), None),
+            (GemmPath::Large, Some(WgmmaTile::Rows192), Some(2)),
+            (GemmPath::Large, Some(WgmmaTile::Rows192), Some(4)),
+        ];
+        for (path, tile, cluster) in runs {
+            ws.wgmma_tile = tile;
+            ws.wgmma_cluster = cluster;
             dev.stream().memcpy_htod(&e_i32, &mut ws.experts).unwrap();
             dev.stream().memcpy_htod(&weights, &mut ws.weights).unwrap();
             poison(&dev, &mut ws.act);
@@ -546,7 +562,7 @@ fn grouped_gemms_handle_empty_single_and_ragged_groups() {
             ws.combine(&dev, t, None, &mut out).unwrap();
             let got = from_bf16(&dev.download(&out).unwrap());
             assert_close(
-                &format!("groups {counts:?} {h}x{i} {path:?}"),
+                &format!("groups {counts:?} {h}x{i} {path:?} {tile:?} cluster {cluster:?}"),
                 &got,
                 &want,
                 1.5e-2,

@@ -16,6 +16,9 @@ use super::device::{CudaDevice, DeviceBuffer, Kernel};
 use crate::error::{Error, Result};
 
 mod gemm;
+mod wgmma;
+
+pub use wgmma::WgmmaTile;
 
 /// Pairs per chunk of the permutation kernels (`CHUNK` in kernels/permute.cu).
 const CHUNK: usize = 256;
@@ -100,11 +103,6 @@ impl GemmPath {
             GemmPath::Small => 32,
             GemmPath::Large => 128,
         }
-    }
-
-    /// Upper bound of M tiles over all experts (the grid's x; surplus blocks exit at once).
-    fn max_tiles(self, n_pairs: usize, n_experts: usize) -> usize {
-        n_pairs.div_ceil(self.bm()) + n_experts.min(n_pairs)
     }
 }
 
@@ -220,6 +218,11 @@ pub struct MoeWorkspace {
     /// [P, hidden] down projections, scaled by the router weights (between gate/up and down on
     /// the Hopper path: the token rows in sorted order).
     pub y: DeviceBuffer<bf16>,
+    /// Forces the Hopper kernels' tile (None: by load, [`WgmmaTile::for_load`]); starts as
+    /// [`WgmmaTile::from_env`].
+    pub wgmma_tile: Option<WgmmaTile>,
+    /// CTAs per cluster of the Hopper kernels (None: 1); starts as `SWITCHYARD_WGMMA_CLUSTER`.
+    pub wgmma_cluster: Option<u32>,
 }
 
 impl MoeWorkspace {
@@ -240,6 +243,10 @@ impl MoeWorkspace {
             row_of_pair: dev.zeros(p.max(1))?,
             act: dev.zeros(p.max(1) * shape.inter)?,
             y: dev.zeros(p.max(1) * shape.hidden)?,
+            wgmma_tile: WgmmaTile::from_env(),
+            wgmma_cluster: std::env::var("SWITCHYARD_WGMMA_CLUSTER")
+                .ok()
+                .and_then(|v| v.parse().ok()),
         })
     }
 
@@ -303,6 +310,12 @@ impl MoeWorkspace {
         Ok(())
     }
 
+    /// Rows of a tile of the GEMM tile map for `n_tokens` on `path` (the kernels that will run
+    /// decide it: the Hopper tiles by load, see [`WgmmaTile`]).
+    pub fn tile_rows(&self, dev: &CudaDevice, n_tokens: usize, path: GemmPath) -> usize {
+        gemm::map_rows(dev, self, path, n_tokens * self.shape.top_k)
+    }
+
     /// Sorts the pairs of [`Self::experts`] by expert (stable in token order), filling
     /// [`Self::order`], [`Self::row_of_pair`], [`Self::offsets`] and the tile map for `path`.
     pub fn permute(&mut self, dev: &CudaDevice, n_tokens: usize, path: GemmPath) -> Result<()> {
@@ -313,7 +326,7 @@ impl MoeWorkspace {
             n_pairs as i32,
             self.shape.n_experts as i32,
             n_chunks as i32,
-            path.bm() as i32,
+            self.tile_rows(dev, n_tokens, path) as i32,
         );
         if n_chunks == 1 {
             // One block does histogram, offsets and scatter: decode batches save two launches.

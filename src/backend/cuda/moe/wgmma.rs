@@ -1,0 +1,295 @@
+//! The Hopper grouped GEMMs (kernels/grouped_gemm_sm90.cu): which tile and cluster run for a
+//! load, their TMA descriptors, and the launch (persistent grid, clusters of CTAs that share
+//! multicast A boxes).
+
+use std::ffi::c_void;
+
+use cudarc::driver::sys;
+
+use super::gemm::{ptr, Operands};
+use super::{MoeShape, MoeWorkspace};
+use crate::backend::cuda::device::{CudaDevice, Kernel};
+use crate::error::{Error, Result};
+
+/// The tile shape of the Hopper kernels (kernels/grouped_gemm_sm90.cu).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WgmmaTile {
+    /// 64 x 256 units, halves of the 128-row tile map (both consumers on the same 64 rows, each
+    /// on half the columns): for experts of a few dozen rows.
+    Rows64,
+    /// 128 x 256 (two consumers of 64 rows): for experts of many rows.
+    Rows128,
+    /// 192 x 128 (three consumers of 64 rows): for experts of one to a few hundred rows, which
+    /// one tile covers, so that each weight tile is streamed once, and whose ragged end costs
+    /// 64-row steps (idle consumers).
+    Rows192,
+}
+
+impl WgmmaTile {
+    /// Set to 64, 128 or 192 to force the tile: a diagnostic switch for the benchmark.
+    const ENV: &'static str = "SWITCHYARD_WGMMA_BM";
+
+    /// The forced tile of [`Self::ENV`], if any.
+    pub fn from_env() -> Option<Self> {
+        match std::env::var(Self::ENV).ok().as_deref() {
+            Some("64") => Some(Self::Rows64),
+            Some("128") => Some(Self::Rows128),
+            Some("192") => Some(Self::Rows192),
+            _ => None,
+        }
+    }
+
+    /// The tile for `n_pairs` rows of a layer of `shape`, by the rows an expert averages: the
+    /// wider tiles stream each weight tile for more rows, the narrower ones waste less of each
+    /// expert's ragged last tile. 192 x 128 covers experts of up to 192 rows in one tile, and
+    /// fine-grained experts (intermediate at most half the hidden width, e.g. DeepSeek-V3's)
+    /// up to 1024 rows; measured on the H200 (benches/RESULTS.md).
+    pub fn for_load(n_pairs: usize, shape: &MoeShape) -> Self {
+        let fine = 2 * shape.inter <= shape.hidden;
+        match n_pairs / shape.n_experts.max(1) {
+            0..=48 => Self::Rows64,
+            65..=192 => Self::Rows192,
+            193..=1024 if fine => Self::Rows192,
+            _ => Self::Rows128,
+        }
+    }
+
+    /// Rows of a tile of the tile map (`permute`'s bm).
+    pub(super) fn map_rows(self) -> usize {
+        match self {
+            Self::Rows64 | Self::Rows128 => 128,
+            Self::Rows192 => 192,
+        }
+    }
+
+    /// Units the kernel walks per tile of the tile map.
+    fn units_per_tile(self) -> usize {
+        match self {
+            Self::Rows64 => 2,
+            Self::Rows128 | Self::Rows192 => 1,
+        }
+    }
+
+    /// N extent of a tile: act columns (gate/up: half the B rows) or output columns (down).
+    pub(super) fn bn(self, gate_up: bool) -> usize {
+        let b_rows = match self {
+            Self::Rows64 | Self::Rows128 => 256,
+            Self::Rows192 => 128,
+        };
+        if gate_up {
+            b_rows / 2
+        } else {
+            b_rows
+        }
+    }
+
+    fn threads(self) -> u32 {
+        match self {
+            Self::Rows64 | Self::Rows128 => 384,
+            Self::Rows192 => 512,
+        }
+    }
+
+    /// Shared memory: the pipeline stages of an A tile (the unit's rows x 64) and a B tile (the
+    /// B rows x 64, bf16), their mbarriers, a copy of the tile map and group offsets (up to 1025
+    /// entries each), and 1 KiB of slack to align the tiles to the 128B swizzle's 1024 bytes.
+    /// Stages and sizes as in kernels/grouped_gemm_sm90.cu.
+    fn smem(self) -> usize {
+        let (stages, a_rows, b_rows) = match self {
+            Self::Rows64 => (5, 64, 256),
+            Self::Rows128 => (4, 128, 256),
+            Self::Rows192 => (5, 192, 128),
+        };
+        stages * ((a_rows * 64 + b_rows * 64) * 2 + 16) + 2 * 1025 * 4 + 1024
+    }
+
+    /// The kernel for this tile and cluster size (one of [`Self::clusters`]).
+    fn kernel(self, gate_up: bool, cluster: u32) -> &'static str {
+        match (self, cluster, gate_up) {
+            (Self::Rows64, _, true) => "gate_up_wgmma64",
+            (Self::Rows64, _, false) => "down_wgmma64",
+            (Self::Rows128, 2, true) => "gate_up_wgmma_c2",
+            (Self::Rows128, 2, false) => "down_wgmma_c2",
+            (Self::Rows128, _, true) => "gate_up_wgmma",
+            (Self::Rows128, _, false) => "down_wgmma",
+            (Self::Rows192, 2, true) => "gate_up_wgmma192_c2",
+            (Self::Rows192, 2, false) => "down_wgmma192_c2",
+            (Self::Rows192, 4, true) => "gate_up_wgmma192_c4",
+            (Self::Rows192, 4, false) => "down_wgmma192_c4",
+            (Self::Rows192, _, true) => "gate_up_wgmma192",
+            (Self::Rows192, _, false) => "down_wgmma192",
+        }
+    }
+
+    /// Cluster sizes this tile has kernels for (CTAs sharing multicast A boxes).
+    fn clusters(self) -> &'static [u32] {
+        match self {
+            Self::Rows64 => &[1],
+            Self::Rows128 => &[1, 2],
+            Self::Rows192 => &[1, 2, 4],
+        }
+    }
+}
+
+/// CTAs per cluster: `SWITCHYARD_WGMMA_CLUSTER` (1, 2 or 4, where the tile has such a kernel and
+/// the cluster divides the N tiles), else 1: a diagnostic switch for the benchmark.
+fn cluster(ws: &MoeWorkspace, tile: WgmmaTile, n_tiles: usize) -> u32 {
+    let want = ws.wgmma_cluster.unwrap_or(1);
+    if tile.clusters().contains(&want) && n_tiles.is_multiple_of(want as usize) {
+        want
+    } else {
+        1
+    }
+}
+
+/// A TMA descriptor of a row-major bf16 matrix [rows, k] in 64 x 64 boxes with the 128-byte
+/// swizzle the wgmma descriptors expect; rows past the end read as zeros.
+fn tensor_map(base: u64, rows: usize, k: usize) -> Result<[u64; 16]> {
+    use sys::{
+        CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave,
+        CUtensorMapL2promotion, CUtensorMapSwizzle,
+    };
+    // SAFETY: only probes for the driver library.
+    if !unsafe { sys::is_culib_present() } {
+        return Err(Error::Device("no CUDA driver".into()));
+    }
+    let mut map = sys::CUtensorMap { opaque: [0; 16] };
+    let dims = [k as u64, rows as u64];
+    let strides = [(k * 2) as u64];
+    let boxes = [64u32, 64];
+    let elem = [1u32, 1];
+    // SAFETY: every pointer is to a live local array of the length the rank (2) requires; the
+    // driver only encodes the descriptor (it does not touch device memory).
+    let r = unsafe {
+        sys::cuTensorMapEncodeTiled(
+            &mut map,
+            CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            2,
+            base as *mut c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            elem.as_ptr(),
+            CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        return Err(Error::Device(format!(
+            "cuTensorMapEncodeTiled ({rows} x {k} bf16): {r:?}"
+        )));
+    }
+    Ok(map.opaque)
+}
+
+/// The wgmma schedule: `SWITCHYARD_BAND` M units a band (default 8) and `SWITCHYARD_RASTER`
+/// `expert` (bands inside each expert's tiles) or `global` (one banded raster over all tiles):
+/// diagnostic switches for the benchmark.
+fn raster() -> (i32, i32) {
+    let band = std::env::var("SWITCHYARD_BAND")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&b: &i32| b > 0)
+        .unwrap_or(8);
+    let expert_major = i32::from(std::env::var("SWITCHYARD_RASTER").as_deref() == Ok("expert"));
+    (band, expert_major)
+}
+
+/// Launches the wgmma kernel of `tile` for `op` over `n_pairs` sorted rows and at most
+/// `max_tiles` tiles of the tile map.
+pub(super) fn launch(
+    dev: &CudaDevice,
+    ws: &MoeWorkspace,
+    op: &Operands,
+    n_pairs: usize,
+    tile: WgmmaTile,
+    max_tiles: usize,
+) -> Result<()> {
+    let s = ws.shape;
+    let n_tiles = op.n_out / tile.bn(op.gate_up);
+    let cl = cluster(ws, tile, n_tiles);
+    let f = dev.function_with_smem(
+        Kernel::GroupedGemmSm90,
+        tile.kernel(op.gate_up, cl),
+        tile.smem(),
+    )?;
+    let units = max_tiles * tile.units_per_tile() * n_tiles;
+    let mut ta = tensor_map(op.a, n_pairs, op.k)?;
+    let mut tb = tensor_map(op.w, s.n_experts * op.n_total, op.k)?;
+    let (mut out, mut order, mut pw) = (op.out, ptr(dev, &ws.order), op.pair_weight);
+    let (mut offs, mut tiles) = (ptr(dev, &ws.offsets), ptr(dev, &ws.tile_offsets));
+    let (mut ne, mut nt, mut k) = (s.n_experts as i32, op.n_total as i32, op.k as i32);
+    let (mut band, mut expert_major) = raster();
+    let mut params: [*mut c_void; 13] = [
+        (&mut ta as *mut [u64; 16]).cast(),
+        (&mut tb as *mut [u64; 16]).cast(),
+        (&mut out as *mut u64).cast(),
+        (&mut order as *mut u64).cast(),
+        (&mut pw as *mut u64).cast(),
+        (&mut offs as *mut u64).cast(),
+        (&mut tiles as *mut u64).cast(),
+        (&mut ne as *mut i32).cast(),
+        (&mut nt as *mut i32).cast(),
+        (&mut k as *mut i32).cast(),
+        (&mut band as *mut i32).cast(),
+        (&mut expert_major as *mut i32).cast(),
+        std::ptr::null_mut(),
+    ];
+    // SAFETY: a zeroed launch-attribute value is valid (plain integers); only the cluster
+    // dimension is set.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attr.value.clusterDim.x = cl;
+    attr.value.clusterDim.y = 1;
+    attr.value.clusterDim.z = 1;
+    let mut cfg = sys::CUlaunchConfig {
+        gridDimX: dev.sm_count()? as u32,
+        gridDimY: 1,
+        gridDimZ: 1,
+        blockDimX: tile.threads(),
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: tile.smem() as u32,
+        hStream: dev.stream().cu_stream(),
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    // Persistent: one CTA per SM, fewer when there are fewer units, and in clusters only as
+    // many as fit at once (a cluster that waits for a whole other one to finish its share would
+    // double the time).
+    let mut grid = (dev.sm_count()?.min(units) as u32 / cl).max(1) * cl;
+    if cl > 1 {
+        let mut fit = 0;
+        // SAFETY: cfg (with its cluster attribute) and fit are live locals; the driver only
+        // reads the configuration.
+        let r = unsafe { sys::cuOccupancyMaxActiveClusters(&mut fit, f.cu_function(), &cfg) };
+        if r != sys::CUresult::CUDA_SUCCESS || fit < 1 {
+            return Err(Error::Device(format!(
+                "no cluster of {cl} CTAs of {tile:?} fits on the GPU: {r:?}"
+            )));
+        }
+        grid = grid.min(fit as u32 * cl);
+    }
+    cfg.gridDimX = grid;
+    // SAFETY: the 12 parameters match the kernel's signature (WG_ARGS) in order and type and
+    // live until the call returns (the driver copies them); the operands cover what the callers
+    // say; tiles come from the tile map of permute (rows < n_pairs) and stores stop at each
+    // expert's last row.
+    let r = unsafe {
+        sys::cuLaunchKernelEx(
+            &cfg,
+            f.cu_function(),
+            params.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        let what = if op.gate_up { "gate/up" } else { "down" };
+        return Err(Error::Device(format!(
+            "launching the {what} grouped GEMM ({tile:?}, cluster {cl}, grid {grid}): {r:?}"
+        )));
+    }
+    Ok(())
+}
