@@ -75,36 +75,6 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const TmaDesc* map, unsig
         : "memory");
 }
 
-// The same box multicast into the shared memory of every CTA of the cluster in `mask` (same
-// offsets), each completing its bytes on its own mbarrier at `bar`'s offset.
-__device__ __forceinline__ void tma_load_2d_multicast(void* dst, const TmaDesc* map, unsigned long long* bar, int c0,
-                                                      int c1, unsigned short mask) {
-    asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%3, %4}], [%2], %5;\n" ::"r"(
-            smem_u32(dst)),
-        "l"(reinterpret_cast<unsigned long long>(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "h"(mask)
-        : "memory");
-}
-
-// Arrives on the mbarrier at `bar`'s offset in the shared memory of CTA `cta` of the cluster.
-__device__ __forceinline__ void mbar_arrive_cta(unsigned long long* bar, unsigned cta) {
-    asm volatile(
-        "{\n.reg .b32 remote;\nmapa.shared::cluster.u32 remote, %0, %1;\n"
-        "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n}\n" ::"r"(smem_u32(bar)),
-        "r"(cta)
-        : "memory");
-}
-
-__device__ __forceinline__ unsigned cluster_rank() {
-    unsigned r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-    return r;
-}
-
-__device__ __forceinline__ void cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-
 // Shared-memory matrix descriptor of a K-major tile with 128-byte rows in the 128B swizzle
 // (8-row atoms of 1024 bytes: stride byte offset 1024, leading byte offset unused = 1).
 __device__ __forceinline__ unsigned long long smem_desc(const void* p) {
@@ -244,11 +214,7 @@ __device__ __forceinline__ void unit_rows(const int* offsets, const int* tile_of
 // SPLIT: both consumers take the same 64 rows, each BN_ / 2 of the columns (m64n128), on half
 //   tiles of the 128-row tile map; this wastes less on groups of a few dozen rows (an M unit
 //   past its expert's last row is skipped).
-// CN > 1 (not SPLIT): clusters of CN CTAs take the same rows and CN neighbouring N tiles; each
-//   CTA loads every CN-th 64-row box of the A tile and multicasts it to the whole cluster, so
-//   the rows cross from L2 once per cluster instead of once per CTA. A stage is refilled only
-//   when the consumers of every CTA of the cluster have released it.
-template <int NC, int BN_, bool SPLIT, bool GATE_UP, int CN = 1>
+template <int NC, int BN_, bool SPLIT, bool GATE_UP>
 __device__ __forceinline__ void wgmma_grouped_gemm(
     const TmaDesc* ta,                        // A: [P, K] rows in sorted order, box 64 x 64
     const TmaDesc* tb,                        // B: [n_experts * n_total, K], box 64 x 64
@@ -292,27 +258,21 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
     if (threadIdx.x == 0) {
         for (int s = 0; s < ST; ++s) {
             mbar_init(&full[s], 1);
-            mbar_init(&empty[s], 4 * NC * CN);  // lane 0 of each consumer warp of the cluster
+            mbar_init(&empty[s], 4 * NC);  // lane 0 of each consumer warp
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
-    // Every CTA's barriers exist before any CTA of the cluster signals them.
-    if (CN > 1) cluster_sync();
-    else __syncthreads();
-    // Work is walked per cluster: unit u covers M unit mu and N tiles CN * ng ... CN * ng + CN - 1,
-    // of which this CTA takes the rank-th.
-    const int rank = CN > 1 ? (int)cluster_rank() : 0;
-    const int first = blockIdx.x / CN, stride = gridDim.x / CN;
-    const int total = tile_offsets[n_experts] * PER * (n_tiles / CN);
+    __syncthreads();
+    const int total = tile_offsets[n_experts] * PER * n_tiles;
 
     if (wg == 0) {
         // Producer: one thread issues every TMA load.
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+        if (threadIdx.x != 0) return;
         int it = 0;
-        for (int t = first; threadIdx.x == 0 && t < total; t += stride) {
-            int mu, ng, row0, row_end;
-            tile_coords<PER>(t, tile_offsets, n_experts, n_tiles / CN, band, expert_major, mu, ng);
-            const int n = ng * CN + rank;
+        for (int t = blockIdx.x; t < total; t += gridDim.x) {
+            int mu, n, row0, row_end;
+            tile_coords<PER>(t, tile_offsets, n_experts, n_tiles, band, expert_major, mu, n);
             unit_rows<BM_, TILE>(offsets, tile_offsets, n_experts, mu, row0, row_end);
             if (row0 >= row_end) continue;  // an empty half tile: the consumers skip it too
             const int e = expert_of_tile(tile_offsets, n_experts, mu / PER);
@@ -325,11 +285,7 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
                 mbar_expect_tx(&full[s], a_boxes * A_BOX + B_BYTES);
                 __nv_bfloat16* a = sA + s * (BM_ * BK);
                 __nv_bfloat16* b = sB + s * (BN_ * BK);
-                for (int i = 0; i < a_boxes; ++i) {
-                    if (CN == 1) tma_load_2d(a + i * 64 * BK, ta, &full[s], kt * BK, row0 + i * 64);
-                    else if (i % CN == rank)
-                        tma_load_2d_multicast(a + i * 64 * BK, ta, &full[s], kt * BK, row0 + i * 64, (1 << CN) - 1);
-                }
+                for (int i = 0; i < a_boxes; ++i) tma_load_2d(a + i * 64 * BK, ta, &full[s], kt * BK, row0 + i * 64);
 #pragma unroll
                 for (int j = 0; j < BN_ / 64; ++j) {
                     int r;
@@ -345,9 +301,6 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
                 }
             }
         }
-        // No CTA of a cluster leaves while another may still signal its barriers.
-        __syncwarp();
-        if (CN > 1) cluster_sync();
         return;
     }
 
@@ -361,17 +314,10 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
     const int b_off = SPLIT ? c * WN * BK : 0;     // its rows of the B tile
     const int col_off = SPLIT ? c * WN : 0;        // its first column of the N tile (B rows)
     float d[WN / 2];
-    // Releases a stage to every producer that fills it (the cluster's, for multicast A boxes).
-    auto release = [&](int s) {
-        if (CN == 1) mbar_arrive(&empty[s]);
-        else
-            for (int q = 0; q < CN; ++q) mbar_arrive_cta(&empty[s], q);
-    };
     int it = 0;
-    for (int t = first; t < total; t += stride) {
-        int mu, ng, row0, row_end;
-        tile_coords<PER>(t, tile_offsets, n_experts, n_tiles / CN, band, expert_major, mu, ng);
-        const int n = ng * CN + rank;
+    for (int t = blockIdx.x; t < total; t += gridDim.x) {
+        int mu, n, row0, row_end;
+        tile_coords<PER>(t, tile_offsets, n_experts, n_tiles, band, expert_major, mu, n);
         unit_rows<BM_, TILE>(offsets, tile_offsets, n_experts, mu, row0, row_end);
         if (row0 >= row_end) continue;
         const int my_row0 = row0 + (SPLIT ? 0 : c * 64);
@@ -396,11 +342,11 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
                 wgmma_wait<1>();
                 fence_regs<WN / 2>(d);
             }
-            if (kt > 0 && lane == 0) release((it - 1) % ST);
+            if (kt > 0 && lane == 0) mbar_arrive(&empty[(it - 1) % ST]);
         }
         wgmma_wait<0>();
         fence_regs<WN / 2>(d);
-        if (lane == 0) release((it - 1) % ST);
+        if (lane == 0) mbar_arrive(&empty[(it - 1) % ST]);
         if (idle) continue;
 
         // Epilogue: d[4j + q] is row 16 * warp + lane / 4 + 8 * (q / 2), column 8j + 2 * (lane % 4) + q % 2.
@@ -428,7 +374,6 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
             }
         }
     }
-    if (CN > 1) cluster_sync();
 }
 
 #define WG_ARGS                                                                                    \
@@ -444,9 +389,3 @@ extern "C" __global__ void __launch_bounds__(384, 1) gate_up_wgmma64(WG_ARGS) { 
 extern "C" __global__ void __launch_bounds__(384, 1) down_wgmma64(WG_ARGS) { wgmma_grouped_gemm<2, 256, true, false>(WG_PASS); }
 extern "C" __global__ void __launch_bounds__(512, 1) gate_up_wgmma192(WG_ARGS) { wgmma_grouped_gemm<3, 128, false, true>(WG_PASS); }
 extern "C" __global__ void __launch_bounds__(512, 1) down_wgmma192(WG_ARGS) { wgmma_grouped_gemm<3, 128, false, false>(WG_PASS); }
-extern "C" __global__ void __launch_bounds__(384, 1) gate_up_wgmma_c2(WG_ARGS) { wgmma_grouped_gemm<2, 256, false, true, 2>(WG_PASS); }
-extern "C" __global__ void __launch_bounds__(384, 1) down_wgmma_c2(WG_ARGS) { wgmma_grouped_gemm<2, 256, false, false, 2>(WG_PASS); }
-extern "C" __global__ void __launch_bounds__(512, 1) gate_up_wgmma192_c2(WG_ARGS) { wgmma_grouped_gemm<3, 128, false, true, 2>(WG_PASS); }
-extern "C" __global__ void __launch_bounds__(512, 1) down_wgmma192_c2(WG_ARGS) { wgmma_grouped_gemm<3, 128, false, false, 2>(WG_PASS); }
-extern "C" __global__ void __launch_bounds__(512, 1) gate_up_wgmma192_c4(WG_ARGS) { wgmma_grouped_gemm<3, 128, false, true, 4>(WG_PASS); }
-extern "C" __global__ void __launch_bounds__(512, 1) down_wgmma192_c4(WG_ARGS) { wgmma_grouped_gemm<3, 128, false, false, 4>(WG_PASS); }

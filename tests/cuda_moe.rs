@@ -538,19 +538,14 @@ fn grouped_gemms_handle_empty_single_and_ragged_groups() {
         let e_i32: Vec<i32> = experts.iter().map(|&v| v as i32).collect();
         // The decode path, and every Hopper tile (where the device has none, the mma.sync
         // kernels run each time).
-        // Clusters of 2 and 4 CTAs where the N tiles divide (512 x 512), else 1.
         let runs = [
-            (GemmPath::Small, None, None),
-            (GemmPath::Large, Some(WgmmaTile::Rows64), None),
-            (GemmPath::Large, Some(WgmmaTile::Rows128), None),
-            (GemmPath::Large, Some(WgmmaTile::Rows128), Some(2)),
-            (GemmPath::Large, Some(WgmmaTile::Rows192), None),
-            (GemmPath::Large, Some(WgmmaTile::Rows192), Some(2)),
-            (GemmPath::Large, Some(WgmmaTile::Rows192), Some(4)),
+            (GemmPath::Small, None),
+            (GemmPath::Large, Some(WgmmaTile::Rows64)),
+            (GemmPath::Large, Some(WgmmaTile::Rows128)),
+            (GemmPath::Large, Some(WgmmaTile::Rows192)),
         ];
-        for (path, tile, cluster) in runs {
+        for (path, tile) in runs {
             ws.wgmma_tile = tile;
-            ws.wgmma_cluster = cluster;
             dev.stream().memcpy_htod(&e_i32, &mut ws.experts).unwrap();
             dev.stream().memcpy_htod(&weights, &mut ws.weights).unwrap();
             poison(&dev, &mut ws.act);
@@ -562,7 +557,7 @@ fn grouped_gemms_handle_empty_single_and_ragged_groups() {
             ws.combine(&dev, t, None, &mut out).unwrap();
             let got = from_bf16(&dev.download(&out).unwrap());
             assert_close(
-                &format!("groups {counts:?} {h}x{i} {path:?} {tile:?} cluster {cluster:?}"),
+                &format!("groups {counts:?} {h}x{i} {path:?} {tile:?}"),
                 &got,
                 &want,
                 1.5e-2,

@@ -43,7 +43,7 @@ fn family(dev: &CudaDevice, path: GemmPath, s: &MoeShape) -> Family {
     }
 }
 
-pub(super) fn ptr<T>(dev: &CudaDevice, b: &DeviceBuffer<T>) -> u64 {
+fn ptr<T>(dev: &CudaDevice, b: &DeviceBuffer<T>) -> u64 {
     // Single stream: dropping the guard at once keeps the ordering (see moe.rs `addr`).
     b.device_ptr(dev.stream()).0
 }

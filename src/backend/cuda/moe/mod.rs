@@ -221,8 +221,6 @@ pub struct MoeWorkspace {
     /// Forces the Hopper kernels' tile (None: by load, [`WgmmaTile::for_load`]); starts as
     /// [`WgmmaTile::from_env`].
     pub wgmma_tile: Option<WgmmaTile>,
-    /// CTAs per cluster of the Hopper kernels (None: 1); starts as `SWITCHYARD_WGMMA_CLUSTER`.
-    pub wgmma_cluster: Option<u32>,
 }
 
 impl MoeWorkspace {
@@ -244,9 +242,6 @@ impl MoeWorkspace {
             act: dev.zeros(p.max(1) * shape.inter)?,
             y: dev.zeros(p.max(1) * shape.hidden)?,
             wgmma_tile: WgmmaTile::from_env(),
-            wgmma_cluster: std::env::var("SWITCHYARD_WGMMA_CLUSTER")
-                .ok()
-                .and_then(|v| v.parse().ok()),
         })
     }
 

@@ -1,13 +1,13 @@
-//! The Hopper grouped GEMMs (kernels/grouped_gemm_sm90.cu): which tile and cluster run for a
-//! load, their TMA descriptors, and the launch (persistent grid, clusters of CTAs that share
-//! multicast A boxes).
+//! The Hopper grouped GEMMs (kernels/grouped_gemm_sm90.cu): which tile runs for a load, their
+//! TMA descriptors, and the persistent launch.
 
 use std::ffi::c_void;
 
-use cudarc::driver::sys;
+use cudarc::driver::{sys, LaunchConfig, PushKernelArg};
 
-use super::gemm::{ptr, Operands};
+use super::gemm::Operands;
 use super::{MoeShape, MoeWorkspace};
+use crate::backend::cuda::dev_err;
 use crate::backend::cuda::device::{CudaDevice, Kernel};
 use crate::error::{Error, Result};
 
@@ -103,42 +103,15 @@ impl WgmmaTile {
         stages * ((a_rows * 64 + b_rows * 64) * 2 + 16) + 2 * 1025 * 4 + 1024
     }
 
-    /// The kernel for this tile and cluster size (one of [`Self::clusters`]).
-    fn kernel(self, gate_up: bool, cluster: u32) -> &'static str {
-        match (self, cluster, gate_up) {
-            (Self::Rows64, _, true) => "gate_up_wgmma64",
-            (Self::Rows64, _, false) => "down_wgmma64",
-            (Self::Rows128, 2, true) => "gate_up_wgmma_c2",
-            (Self::Rows128, 2, false) => "down_wgmma_c2",
-            (Self::Rows128, _, true) => "gate_up_wgmma",
-            (Self::Rows128, _, false) => "down_wgmma",
-            (Self::Rows192, 2, true) => "gate_up_wgmma192_c2",
-            (Self::Rows192, 2, false) => "down_wgmma192_c2",
-            (Self::Rows192, 4, true) => "gate_up_wgmma192_c4",
-            (Self::Rows192, 4, false) => "down_wgmma192_c4",
-            (Self::Rows192, _, true) => "gate_up_wgmma192",
-            (Self::Rows192, _, false) => "down_wgmma192",
+    fn kernel(self, gate_up: bool) -> &'static str {
+        match (self, gate_up) {
+            (Self::Rows64, true) => "gate_up_wgmma64",
+            (Self::Rows64, false) => "down_wgmma64",
+            (Self::Rows128, true) => "gate_up_wgmma",
+            (Self::Rows128, false) => "down_wgmma",
+            (Self::Rows192, true) => "gate_up_wgmma192",
+            (Self::Rows192, false) => "down_wgmma192",
         }
-    }
-
-    /// Cluster sizes this tile has kernels for (CTAs sharing multicast A boxes).
-    fn clusters(self) -> &'static [u32] {
-        match self {
-            Self::Rows64 => &[1],
-            Self::Rows128 => &[1, 2],
-            Self::Rows192 => &[1, 2, 4],
-        }
-    }
-}
-
-/// CTAs per cluster: `SWITCHYARD_WGMMA_CLUSTER` (1, 2 or 4, where the tile has such a kernel and
-/// the cluster divides the N tiles), else 1: a diagnostic switch for the benchmark.
-fn cluster(ws: &MoeWorkspace, tile: WgmmaTile, n_tiles: usize) -> u32 {
-    let want = ws.wgmma_cluster.unwrap_or(1);
-    if tile.clusters().contains(&want) && n_tiles.is_multiple_of(want as usize) {
-        want
-    } else {
-        1
     }
 }
 
@@ -209,87 +182,42 @@ pub(super) fn launch(
 ) -> Result<()> {
     let s = ws.shape;
     let n_tiles = op.n_out / tile.bn(op.gate_up);
-    let cl = cluster(ws, tile, n_tiles);
     let f = dev.function_with_smem(
         Kernel::GroupedGemmSm90,
-        tile.kernel(op.gate_up, cl),
+        tile.kernel(op.gate_up),
         tile.smem(),
     )?;
+    // Persistent: one CTA per SM, fewer when there are fewer units.
     let units = max_tiles * tile.units_per_tile() * n_tiles;
-    let mut ta = tensor_map(op.a, n_pairs, op.k)?;
-    let mut tb = tensor_map(op.w, s.n_experts * op.n_total, op.k)?;
-    let (mut out, mut order, mut pw) = (op.out, ptr(dev, &ws.order), op.pair_weight);
-    let (mut offs, mut tiles) = (ptr(dev, &ws.offsets), ptr(dev, &ws.tile_offsets));
-    let (mut ne, mut nt, mut k) = (s.n_experts as i32, op.n_total as i32, op.k as i32);
-    let (mut band, mut expert_major) = raster();
-    let mut params: [*mut c_void; 13] = [
-        (&mut ta as *mut [u64; 16]).cast(),
-        (&mut tb as *mut [u64; 16]).cast(),
-        (&mut out as *mut u64).cast(),
-        (&mut order as *mut u64).cast(),
-        (&mut pw as *mut u64).cast(),
-        (&mut offs as *mut u64).cast(),
-        (&mut tiles as *mut u64).cast(),
-        (&mut ne as *mut i32).cast(),
-        (&mut nt as *mut i32).cast(),
-        (&mut k as *mut i32).cast(),
-        (&mut band as *mut i32).cast(),
-        (&mut expert_major as *mut i32).cast(),
-        std::ptr::null_mut(),
-    ];
-    // SAFETY: a zeroed launch-attribute value is valid (plain integers); only the cluster
-    // dimension is set.
-    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-    attr.value.clusterDim.x = cl;
-    attr.value.clusterDim.y = 1;
-    attr.value.clusterDim.z = 1;
-    let mut cfg = sys::CUlaunchConfig {
-        gridDimX: dev.sm_count()? as u32,
-        gridDimY: 1,
-        gridDimZ: 1,
-        blockDimX: tile.threads(),
-        blockDimY: 1,
-        blockDimZ: 1,
-        sharedMemBytes: tile.smem() as u32,
-        hStream: dev.stream().cu_stream(),
-        attrs: &mut attr,
-        numAttrs: 1,
+    let cfg = LaunchConfig {
+        grid_dim: (dev.sm_count()?.min(units).max(1) as u32, 1, 1),
+        block_dim: (tile.threads(), 1, 1),
+        shared_mem_bytes: tile.smem() as u32,
     };
-    // Persistent: one CTA per SM, fewer when there are fewer units, and in clusters only as
-    // many as fit at once (a cluster that waits for a whole other one to finish its share would
-    // double the time).
-    let mut grid = (dev.sm_count()?.min(units) as u32 / cl).max(1) * cl;
-    if cl > 1 {
-        let mut fit = 0;
-        // SAFETY: cfg (with its cluster attribute) and fit are live locals; the driver only
-        // reads the configuration.
-        let r = unsafe { sys::cuOccupancyMaxActiveClusters(&mut fit, f.cu_function(), &cfg) };
-        if r != sys::CUresult::CUDA_SUCCESS || fit < 1 {
-            return Err(Error::Device(format!(
-                "no cluster of {cl} CTAs of {tile:?} fits on the GPU: {r:?}"
-            )));
-        }
-        grid = grid.min(fit as u32 * cl);
-    }
-    cfg.gridDimX = grid;
-    // SAFETY: the 12 parameters match the kernel's signature (WG_ARGS) in order and type and
-    // live until the call returns (the driver copies them); the operands cover what the callers
-    // say; tiles come from the tile map of permute (rows < n_pairs) and stores stop at each
-    // expert's last row.
-    let r = unsafe {
-        sys::cuLaunchKernelEx(
-            &cfg,
-            f.cu_function(),
-            params.as_mut_ptr(),
-            std::ptr::null_mut(),
-        )
-    };
-    if r != sys::CUresult::CUDA_SUCCESS {
-        let what = if op.gate_up { "gate/up" } else { "down" };
-        return Err(Error::Device(format!(
-            "launching the {what} grouped GEMM ({tile:?}, cluster {cl}, grid {grid}): {r:?}"
-        )));
-    }
+    let ta = tensor_map(op.a, n_pairs, op.k)?;
+    let tb = tensor_map(op.w, s.n_experts * op.n_total, op.k)?;
+    let (ne, nt, k) = (s.n_experts as i32, op.n_total as i32, op.k as i32);
+    let (band, expert_major) = raster();
+    let mut b = dev.stream().launch_builder(&f);
+    b.arg(&ta)
+        .arg(&tb)
+        .arg(&op.out)
+        .arg(&ws.order)
+        .arg(&op.pair_weight)
+        .arg(&ws.offsets)
+        .arg(&ws.tile_offsets)
+        .arg(&ne)
+        .arg(&nt)
+        .arg(&k)
+        .arg(&band)
+        .arg(&expert_major);
+    // SAFETY: the arguments match the kernel's signature (WG_ARGS); the operands cover what the
+    // callers say; tiles come from the tile map of permute (rows < n_pairs) and stores stop at
+    // each expert's last row.
+    unsafe { b.launch(cfg) }.map_err(dev_err(if op.gate_up {
+        "launching the gate/up grouped GEMM"
+    } else {
+        "launching the down grouped GEMM"
+    }))?;
     Ok(())
 }
