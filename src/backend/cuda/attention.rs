@@ -198,10 +198,14 @@ impl StepIndex {
         self.base + 4 * s.at as u64
     }
 
-    /// Whether `t` lives where this index can serve it: on the same stream, so that the index's
-    /// upload is ordered before the kernels that read it.
+    /// Whether `t` lives where this index can serve it: in the same context and on the same
+    /// stream, so that the index's upload is ordered before the kernels that read it.
     pub fn serves(&self, t: &Tensor) -> bool {
-        gpu(t).is_ok_and(|s| s.device().stream().cu_stream() == self.dev.stream().cu_stream())
+        gpu(t).is_ok_and(|s| {
+            let d = s.device();
+            d.context().cu_ctx() == self.dev.context().cu_ctx()
+                && d.stream().cu_stream() == self.dev.stream().cu_stream()
+        })
     }
 
     fn check_serves(&self, t: &Tensor) -> Result<()> {
