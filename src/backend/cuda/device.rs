@@ -126,42 +126,6 @@ pub fn unavailable_reason() -> Option<String> {
     }
 }
 
-/// Bytes of freed memory the device's default pool keeps across synchronisations.
-///
-/// Every op allocates its outputs stream-ordered from that pool (`cuMemAllocAsync`). The pool's
-/// default release threshold is 0: at every synchronisation (once per decode step, when the
-/// sampled tokens come back) it returns all freed memory to the driver, and the next step grows
-/// it again, mapping fresh pages. Keeping a step's worth of temporaries (tens of MB at decode,
-/// a few hundred MB for a 2048-token prefill) makes the pool a per-step workspace; the bound
-/// leaves memory to allocations outside the pool (NCCL, cuBLAS, modules).
-const POOL_KEEP_BYTES: u64 = 2 << 30;
-
-/// Raises the release threshold of the device's default memory pool to [`POOL_KEEP_BYTES`].
-fn keep_pool_memory(ctx: &CudaContext) -> Result<()> {
-    use cudarc::driver::sys;
-    if !ctx.has_async_alloc() {
-        return Ok(());
-    }
-    ctx.bind_to_thread()
-        .map_err(dev_err("binding the GPU context"))?;
-    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
-    let mut keep = POOL_KEEP_BYTES;
-    // SAFETY: `pool` receives the default pool of the context's device; the attribute takes a
-    // pointer to a u64 that lives across the call.
-    unsafe {
-        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
-            .result()
-            .map_err(dev_err("reading the default memory pool"))?;
-        sys::cuMemPoolSetAttribute(
-            pool,
-            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-            &mut keep as *mut u64 as *mut std::ffi::c_void,
-        )
-        .result()
-        .map_err(dev_err("setting the memory pool's release threshold"))
-    }
-}
-
 impl CudaDevice {
     /// Opens GPU `ordinal`: context, stream and cuBLAS. Fails with [`Error::Device`] when there is
     /// no driver, no such GPU, or no cuBLAS.
@@ -170,7 +134,6 @@ impl CudaDevice {
             return Err(Error::Device(why));
         }
         let ctx = CudaContext::new(ordinal).map_err(dev_err("opening the GPU"))?;
-        keep_pool_memory(&ctx)?;
         let stream = ctx.default_stream();
         // SAFETY: only probes whether the cuBLAS library can be loaded.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
