@@ -5,10 +5,12 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use switchyard::attention::AttentionStep;
 use switchyard::backend::cuda::attention;
 use switchyard::backend::cuda::storage::set_poison;
 use switchyard::backend::Device;
 use switchyard::config::{RopeConfig, RopeScaling};
+use switchyard::model::StepBatch;
 use switchyard::ops::{self, Heads, PagedCache, QueryPos, Rotary};
 use switchyard::tensor::Tensor;
 
@@ -464,4 +466,94 @@ fn attention_plan_cuts_runs_into_tiles() {
     let p = attention::plan(&[q(0, 0), q(0, 2), q(1, 3), q(1, 4)], true, 2);
     assert_eq!(p.tiles, vec![2, 2, 1, 3]);
     assert_eq!(p.rows, vec![0, 1]);
+}
+
+/// One step's index serving several "layers" as a model step does: RoPE from the uploaded tables
+/// (and, for a rotary the step lacks, from the host), cache writes at the uploaded slots, and
+/// attention through both kernels (head dim 64: flash tiles + per-query rows) and the per-query
+/// kernel alone (head dim 32), all against the CPU step on the same inputs.
+#[test]
+fn step_index_serves_every_layer() {
+    let Some(d) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let bs = 16;
+    let mut free: Vec<u32> = (0..40).map(|b| (b * 13) % 40).collect();
+    let mut batch = StepBatch::default();
+    // (first new position, new tokens): a prefill, a decode row, a short chunk, a long chunk.
+    for (start, n) in [(0usize, 40usize), (100, 1), (20, 3), (5, 12)] {
+        let table = (0..(start + n).div_ceil(bs))
+            .map(|_| free.pop().unwrap())
+            .collect();
+        let tokens = vec![1u32; n];
+        batch.push_sequence(&tokens, start, table, false);
+    }
+    let t = batch.tokens.len();
+    let rope_cfg = |theta| RopeConfig {
+        theta,
+        scaling: RopeScaling::None,
+        interleaved: false,
+    };
+    let (r1, r2) = (
+        Rotary::new(&rope_cfg(10000.0), 64),
+        Rotary::new(&rope_cfg(500.0), 32),
+    );
+    let cpu_step = AttentionStep::new(&batch, bs, &Device::Cpu, &[&r1]).unwrap();
+    let gpu_step = AttentionStep::new(&batch, bs, &d, &[&r1]).unwrap();
+    for (dim, rotary) in [(64, &r1), (32, &r2)] {
+        let (nh, nkv) = (8, 2);
+        let kv_w = nkv * dim;
+        let slots = 40 * bs;
+        let (mut kc, mut vc) = (
+            rand_t(&mut rng, &[slots * kv_w], 1.0),
+            rand_t(&mut rng, &[slots * kv_w], 1.0),
+        );
+        let (mut kg, mut vg) = (kc.to_device(&d).unwrap(), vc.to_device(&d).unwrap());
+        let q = rand_t(&mut rng, &[t, nh * dim], 1.0);
+        let k = rand_t(&mut rng, &[t, kv_w], 1.0);
+        let v = rand_t(&mut rng, &[t, kv_w], 1.0);
+        let (mut qc, mut qg) = (q.clone(), q.to_device(&d).unwrap());
+        let (mut kk, mut kd) = (k.clone(), k.to_device(&d).unwrap());
+        cpu_step.rope(&mut qc, rotary).unwrap();
+        gpu_step.rope(&mut qg, rotary).unwrap();
+        cpu_step.rope(&mut kk, rotary).unwrap();
+        gpu_step.rope(&mut kd, rotary).unwrap();
+        close(&format!("step rope dim {dim}"), &qg, &qc, 1e-6);
+        close(&format!("step rope k dim {dim}"), &kd, &kk, 1e-6);
+        // Exact on the GPU side: write the CPU-roped keys so both caches hold the same rows.
+        let kh = kk.to_device(&d).unwrap();
+        cpu_step.write_rows(&mut kc, kv_w, 0, &kk).unwrap();
+        gpu_step.write_rows(&mut kg, kv_w, 0, &kh).unwrap();
+        cpu_step.write_rows(&mut vc, kv_w, 0, &v).unwrap();
+        gpu_step
+            .write_rows(&mut vg, kv_w, 0, &v.to_device(&d).unwrap())
+            .unwrap();
+        close("step cache write (keys)", &kg, &kc, 0.0);
+        close("step cache write (values)", &vg, &vc, 0.0);
+        let heads = Heads {
+            n_heads: nh,
+            n_kv_heads: nkv,
+            qk_dim: dim,
+            v_dim: dim,
+            scale: 1.0 / (dim as f32).sqrt(),
+            window: None,
+        };
+        let cache = |data| PagedCache {
+            data,
+            width: kv_w,
+            block_size: bs,
+        };
+        let want = cpu_step
+            .paged_attention(&qc, cache(&kc), cache(&vc), heads)
+            .unwrap();
+        let qh = qc.to_device(&d).unwrap();
+        let got = gpu_step
+            .paged_attention(&qh, cache(&kg), cache(&vg), heads)
+            .unwrap();
+        close(&format!("step attention dim {dim}"), &got, &want, 1e-2);
+    }
+    // A position past its table is an error on both devices, not a panic.
+    let mut bad = batch.clone();
+    bad.queries[0].pos = 10_000;
+    assert!(AttentionStep::new(&bad, bs, &Device::Cpu, &[]).is_err());
+    assert!(AttentionStep::new(&bad, bs, &d, &[]).is_err());
 }

@@ -1,11 +1,12 @@
 //! Grouped-query attention (Ainslie et al. 2023): fused QKV projection, optional per-head
 //! q/k RMSNorm (Qwen3), RoPE, paged causal attention, output projection.
 
+use super::AttentionStep;
 use crate::checkpoint::WeightSource;
 use crate::config::{AttentionKind, ModelConfig};
 use crate::error::Result;
 use crate::kv_cache::LayerCache;
-use crate::model::{Linear, StepBatch};
+use crate::model::Linear;
 use crate::ops::{self, Heads, PagedCache, Rotary};
 use crate::parallel::Shard;
 use crate::tensor::Tensor;
@@ -100,15 +101,20 @@ impl GqaAttention {
         )
     }
 
-    /// Attention of the batch's new tokens `x` [T, hidden]; writes their K/V into `cache`.
+    /// The rotary position embedding of the q/k heads.
+    pub fn rotary(&self) -> &Rotary {
+        &self.rotary
+    }
+
+    /// Attention of the step's new tokens `x` [T, hidden]; writes their K/V into `cache`.
     /// Under TP the result is this rank's partial sum (the group reduces it).
     pub fn forward(
         &self,
         x: &Tensor,
-        batch: &StepBatch,
+        step: &AttentionStep,
         cache: &mut LayerCache,
-        block_size: usize,
     ) -> Result<Tensor> {
+        let block_size = step.block_size();
         let (q_w, kv_w) = (
             self.n_heads * self.head_dim,
             self.n_kv_heads * self.head_dim,
@@ -121,16 +127,10 @@ impl GqaAttention {
             ops::rms_norm_chunks(&mut q, qn, self.eps)?;
             ops::rms_norm_chunks(&mut k, kn, self.eps)?;
         }
-        let positions = batch.positions();
-        ops::rope(&mut q, &self.rotary, &positions)?;
-        ops::rope(&mut k, &self.rotary, &positions)?;
-        let slots: Vec<usize> = batch
-            .queries
-            .iter()
-            .map(|qp| ops::cache_slot(&batch.tables[qp.seq], block_size, qp.pos))
-            .collect();
-        ops::scatter_rows(&mut cache.keys, kv_w, 0, &slots, &k)?;
-        ops::scatter_rows(&mut cache.values, kv_w, 0, &slots, &v)?;
+        step.rope(&mut q, &self.rotary)?;
+        step.rope(&mut k, &self.rotary)?;
+        step.write_rows(&mut cache.keys, kv_w, 0, &k)?;
+        step.write_rows(&mut cache.values, kv_w, 0, &v)?;
         let heads = Heads {
             n_heads: self.n_heads,
             n_kv_heads: self.n_kv_heads,
@@ -149,8 +149,7 @@ impl GqaAttention {
             width: kv_w,
             block_size,
         };
-        let attn =
-            ops::paged_attention(&q, &batch.queries, &batch.table_refs(), keys, values, heads)?;
+        let attn = step.paged_attention(&q, keys, values, heads)?;
         self.o.forward(&attn)
     }
 }

@@ -6,11 +6,12 @@
 //! q̃_h = W_UK,hᵀ q_nope,h, so scores are q̃_h·c + q_rope,h·k_r, and W_UV is applied after the
 //! attention: o_h = W_UV,h Σ_j p_j c_j. Both forms are implemented; they agree to rounding.
 
+use super::AttentionStep;
 use crate::checkpoint::WeightSource;
 use crate::config::{AttentionKind, MlaConfig, ModelConfig};
 use crate::error::Result;
 use crate::kv_cache::LayerCache;
-use crate::model::{Linear, StepBatch};
+use crate::model::Linear;
 use crate::ops::{self, Heads, PagedCache, Rotary};
 use crate::parallel::Shard;
 use crate::tensor::Tensor;
@@ -134,21 +135,24 @@ impl MlaAttention {
         (self.dims.kv_lora_rank + self.dims.qk_rope_head_dim, 0)
     }
 
-    /// Attention of the batch's new tokens; writes their (c, k_r) rows into `cache`.
+    /// The rotary position embedding of the rope parts of queries and keys.
+    pub fn rotary(&self) -> &Rotary {
+        &self.rotary
+    }
+
+    /// Attention of the step's new tokens; writes their (c, k_r) rows into `cache`.
     pub fn forward(
         &self,
         x: &Tensor,
-        batch: &StepBatch,
+        step: &AttentionStep,
         cache: &mut LayerCache,
-        block_size: usize,
     ) -> Result<Tensor> {
         let (nope, rope, lora) = (
             self.dims.qk_nope_head_dim,
             self.dims.qk_rope_head_dim,
             self.dims.kv_lora_rank,
         );
-        let t = batch.tokens.len();
-        let positions = batch.positions();
+        let t = step.batch().tokens.len();
         // Queries, split into the no-position and the rotary parts per head.
         let q = match &self.q {
             QueryProj::Full(p) => p.forward(x)?,
@@ -157,22 +161,17 @@ impl MlaAttention {
             }
         };
         let (q_nope, mut q_rot) = split_heads(&q, self.n_heads, nope, rope)?;
-        ops::rope(&mut q_rot, &self.rotary, &positions)?;
+        step.rope(&mut q_rot, &self.rotary)?;
         // The latent and the rope key, into the cache.
         let kv = self.kv_down.forward(x)?;
         let (latent, mut k_rot) = split_heads(&kv, 1, lora, rope)?;
         let latent = ops::rms_norm(&latent, &self.kv_norm, self.eps)?;
-        ops::rope(&mut k_rot, &self.rotary, &positions)?;
-        let slots: Vec<usize> = batch
-            .queries
-            .iter()
-            .map(|qp| ops::cache_slot(&batch.tables[qp.seq], block_size, qp.pos))
-            .collect();
-        ops::scatter_rows(&mut cache.keys, lora + rope, 0, &slots, &latent)?;
-        ops::scatter_rows(&mut cache.keys, lora + rope, lora, &slots, &k_rot)?;
+        step.rope(&mut k_rot, &self.rotary)?;
+        step.write_rows(&mut cache.keys, lora + rope, 0, &latent)?;
+        step.write_rows(&mut cache.keys, lora + rope, lora, &k_rot)?;
         let heads_out = match self.form {
-            MlaForm::Absorbed => self.attend_absorbed(&q_nope, &q_rot, batch, cache, block_size)?,
-            MlaForm::Naive => self.attend_naive(&q_nope, &q_rot, batch, cache, block_size)?,
+            MlaForm::Absorbed => self.attend_absorbed(&q_nope, &q_rot, step, cache)?,
+            MlaForm::Naive => self.attend_naive(&q_nope, &q_rot, step, cache)?,
         };
         debug_assert_eq!(heads_out.dims(), &[t, self.n_heads * self.dims.v_head_dim]);
         self.o.forward(&heads_out)
@@ -183,10 +182,10 @@ impl MlaAttention {
         &self,
         q_nope: &Tensor,
         q_rot: &Tensor,
-        batch: &StepBatch,
+        step: &AttentionStep,
         cache: &LayerCache,
-        block_size: usize,
     ) -> Result<Tensor> {
+        let block_size = step.block_size();
         let (nope, rope, lora) = (
             self.dims.qk_nope_head_dim,
             self.dims.qk_rope_head_dim,
@@ -214,8 +213,7 @@ impl MlaAttention {
             scale: self.scale,
             window: None,
         };
-        let o_lat =
-            ops::paged_attention(&q, &batch.queries, &batch.table_refs(), rows, rows, heads)?;
+        let o_lat = step.paged_attention(&q, rows, rows, heads)?;
         self.project_values(&o_lat, lora)
     }
 
@@ -224,10 +222,10 @@ impl MlaAttention {
         &self,
         q_nope: &Tensor,
         q_rot: &Tensor,
-        batch: &StepBatch,
+        step: &AttentionStep,
         cache: &LayerCache,
-        block_size: usize,
     ) -> Result<Tensor> {
+        let (batch, block_size) = (step.batch(), step.block_size());
         let (nope, rope, lora, vd) = (
             self.dims.qk_nope_head_dim,
             self.dims.qk_rope_head_dim,

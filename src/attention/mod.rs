@@ -4,15 +4,17 @@
 
 mod gqa;
 mod mla;
+mod step;
 
 pub use gqa::GqaAttention;
 pub use mla::{MlaAttention, MlaForm};
+pub use step::AttentionStep;
 
 use crate::checkpoint::WeightSource;
 use crate::config::{AttentionKind, ModelConfig};
 use crate::error::Result;
 use crate::kv_cache::LayerCache;
-use crate::model::StepBatch;
+use crate::ops::Rotary;
 use crate::parallel::Shard;
 use crate::tensor::Tensor;
 
@@ -58,17 +60,25 @@ impl Attention {
         }
     }
 
-    /// Attention of the batch's new tokens `x`, writing their cache rows.
+    /// The rotary position embedding the layer applies (a step builds its tables once for
+    /// every layer that shares it).
+    pub fn rotary(&self) -> &Rotary {
+        match self {
+            Attention::Gqa(a) => a.rotary(),
+            Attention::Mla(a) => a.rotary(),
+        }
+    }
+
+    /// Attention of the step's new tokens `x`, writing their cache rows.
     pub fn forward(
         &self,
         x: &Tensor,
-        batch: &StepBatch,
+        step: &AttentionStep,
         cache: &mut LayerCache,
-        block_size: usize,
     ) -> Result<Tensor> {
         match self {
-            Attention::Gqa(a) => a.forward(x, batch, cache, block_size),
-            Attention::Mla(a) => a.forward(x, batch, cache, block_size),
+            Attention::Gqa(a) => a.forward(x, step, cache),
+            Attention::Mla(a) => a.forward(x, step, cache),
         }
     }
 }

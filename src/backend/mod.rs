@@ -12,12 +12,19 @@ pub mod cuda;
 use crate::error::Result;
 
 #[cfg(feature = "cuda")]
+pub use cuda::attention::StepIndex;
+#[cfg(feature = "cuda")]
 pub use cuda::moe_block::{FusedMoe, MoeScratch};
 #[cfg(feature = "cuda")]
 pub use cuda::storage::{CudaHandle, CudaStorage};
 
 #[cfg(not(feature = "cuda"))]
 mod no_cuda {
+    use crate::backend::cpu::attention::Heads;
+    use crate::backend::cpu::rope::Rotary;
+    use crate::error::Result;
+    use crate::tensor::Tensor;
+
     /// A GPU tensor's memory: uninhabited in a build without the `cuda` feature.
     #[derive(Debug, Clone, PartialEq)]
     pub enum CudaStorage {}
@@ -41,6 +48,45 @@ mod no_cuda {
         }
     }
 
+    /// A step's attention indexing on a GPU: uninhabited without the `cuda` feature.
+    #[derive(Debug)]
+    pub enum StepIndex {}
+
+    impl StepIndex {
+        /// Never called: no value exists.
+        pub fn serves(&self, _t: &Tensor) -> bool {
+            match *self {}
+        }
+
+        /// Never called: no value exists.
+        pub fn has_rotary(&self, _rotary: &Rotary) -> bool {
+            match *self {}
+        }
+
+        /// Never called: no value exists.
+        pub fn rope(&self, _x: &mut Tensor, _rotary: &Rotary) -> Result<()> {
+            match *self {}
+        }
+
+        /// Never called: no value exists.
+        pub fn write_rows(&self, _: &mut Tensor, _: usize, _: usize, _: &Tensor) -> Result<()> {
+            match *self {}
+        }
+
+        /// Never called: no value exists.
+        pub fn paged_attention(
+            &self,
+            _q: &Tensor,
+            _keys: &Tensor,
+            _k_width: usize,
+            _values: &Tensor,
+            _v_width: usize,
+            _h: Heads,
+        ) -> Result<Tensor> {
+            match *self {}
+        }
+    }
+
     /// The fused blocks' shared GPU buffers: uninhabited without the `cuda` feature.
     #[derive(Debug)]
     pub enum MoeScratch {}
@@ -53,7 +99,7 @@ mod no_cuda {
     }
 }
 #[cfg(not(feature = "cuda"))]
-pub use no_cuda::{CudaHandle, CudaStorage, FusedMoe, MoeScratch};
+pub use no_cuda::{CudaHandle, CudaStorage, FusedMoe, MoeScratch, StepIndex};
 
 /// GPUs the CUDA driver sees (an error when this build or machine has no CUDA).
 #[cfg(feature = "cuda")]

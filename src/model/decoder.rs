@@ -9,7 +9,7 @@
 //! the tokens for the MoE block, then all-gathers them back.
 
 use super::rank_output::RankOutput;
-use crate::attention::{Attention, MlaForm};
+use crate::attention::{Attention, AttentionStep, MlaForm};
 use crate::backend::{Device, MoeScratch};
 use crate::checkpoint::WeightSource;
 use crate::comm::even_counts;
@@ -236,7 +236,15 @@ impl Model {
             ep_rank: s.ep_rank,
             ..RankOutput::default()
         };
-        let block_size = cache.block_size();
+        // Positions, cache slots, block tables and the attention plan are the same for every
+        // layer: built (and on a GPU uploaded) once for the step.
+        let mut rotaries: Vec<&ops::Rotary> = Vec::new();
+        for r in self.layers.iter().map(|l| l.attention.rotary()) {
+            if !rotaries.contains(&r) {
+                rotaries.push(r);
+            }
+        }
+        let step = AttentionStep::new(&sub, cache.block_size(), &self.device, &rotaries)?;
         let mut scratch = self
             .moe_scratch
             .as_ref()
@@ -248,9 +256,8 @@ impl Model {
                 layer,
                 layer_index,
                 residual,
-                &sub,
+                &step,
                 layer_cache,
-                block_size,
                 ctx,
                 &mut out,
                 scratch.as_deref_mut(),
@@ -290,18 +297,17 @@ impl Model {
         layer: &DecoderLayer,
         layer_index: usize,
         mut residual: Tensor,
-        sub: &StepBatch,
+        step: &AttentionStep,
         cache: &mut crate::kv_cache::LayerCache,
-        block_size: usize,
         ctx: &RankContext,
         out: &mut RankOutput,
         scratch: Option<&mut MoeScratch>,
     ) -> Result<Tensor> {
         let eps = self.config.rms_norm_eps;
         let h = self.config.hidden_size;
-        let t = sub.tokens.len();
+        let t = step.batch().tokens.len();
         let x = ops::rms_norm(&residual, &layer.input_norm, eps)?;
-        let partial = layer.attention.forward(&x, sub, cache, block_size)?;
+        let partial = layer.attention.forward(&x, step, cache)?;
         let tp = ctx.tp.size();
         let (mut res_slice, attn) = if tp == 1 {
             // One TP rank: nothing to reduce or gather (and the tensors may live on a GPU).

@@ -223,6 +223,28 @@ pub fn paged_attention(
     Tensor::from_f32([queries.len(), heads.n_heads * heads.v_dim], out)
 }
 
+/// Fails unless every query's position has a block in its sequence's table (`block_size` slots
+/// each), so that no backend indexes past a table.
+pub fn check_query_blocks(
+    queries: &[QueryPos],
+    tables: &[&[u32]],
+    block_size: usize,
+) -> Result<()> {
+    for q in queries {
+        if block_size == 0
+            || tables
+                .get(q.seq)
+                .is_none_or(|t| q.pos / block_size >= t.len())
+        {
+            return Err(Error::Shape(format!(
+                "paged attention: position {} of sequence {} has no block",
+                q.pos, q.seq
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Groups (token, k) pairs by expert.
 pub fn permute_by_expert(experts: &[u32], n_experts: usize) -> Permutation {
     cpu::moe::permute_by_expert(experts, n_experts)

@@ -3,7 +3,7 @@
 use crate::config::RopeConfig;
 
 /// Precomputed inverse frequencies of one rotary dimension.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Rotary {
     inv_freq: Vec<f32>,
     attention_factor: f32,

@@ -4,12 +4,19 @@
 //! (`kernels/attention.cu`) when the head dims fit it (qk = v = 64 or 128); every other query
 //! (decode rows, short runs, MLA's wide latent heads) goes to the per-query f32 kernel
 //! (`kernels/ops.cu` `paged_attention_f32`). Both write disjoint rows of one output.
+//!
+//! What the kernels index by (each query's sequence, position and cache slot, the block tables,
+//! the plan, the rotary tables) is the same for every layer of a step: [`StepIndex`] builds it
+//! once per step and uploads it in one copy, and every layer's RoPE, cache write and attention
+//! read it there, so a layer copies nothing from the host.
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
-use super::ops::{empty, f32_ptr, gpu, raw, upload_i32};
+use super::ops::{empty, f32_ptr, gpu, raw, rope_with, scatter_rows_at, upload_i32};
+use super::storage::CudaHandle;
 use super::{dev_err, Kernel};
-use crate::backend::cpu::attention::{Heads, QueryPos};
+use crate::backend::cpu::attention::{cache_slot, Heads, QueryPos};
+use crate::backend::cpu::rope::Rotary;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -57,8 +64,342 @@ pub fn plan(queries: &[QueryPos], flash: bool, min_run: usize) -> AttentionPlan 
     p
 }
 
+/// Words `at..at + len` of a [`StepIndex`]'s buffer.
+#[derive(Debug, Clone, Copy, Default)]
+struct Section {
+    at: usize,
+    len: usize,
+}
+
+/// Appends `values` to `words` and returns where they went.
+fn push(words: &mut Vec<i32>, values: impl IntoIterator<Item = i32>) -> Section {
+    let at = words.len();
+    words.extend(values);
+    Section {
+        at,
+        len: words.len() - at,
+    }
+}
+
+/// One step's attention indexing on one GPU, in one buffer uploaded with one copy: each query's
+/// sequence, position and cache slot; the block tables (flattened, with each sequence's first
+/// entry); the plan (flash tiles and the per-query kernel's rows, and every row for layers the
+/// flash kernel cannot serve); and the cos/sin tables of the rotaries the step was built for.
+/// Every layer of the step reads it; none copies anything from the host.
+#[derive(Debug)]
+pub struct StepIndex {
+    dev: CudaHandle,
+    /// 32-bit words: i32 indices, and the rotary tables as f32 bit patterns (owned here; the
+    /// kernels get addresses from `base`).
+    _buf: CudaSlice<i32>,
+    /// Device address of word 0.
+    base: u64,
+    queries: usize,
+    block_size: usize,
+    seq: Section,
+    pos: Section,
+    slot: Section,
+    table_off: Section,
+    tables: Section,
+    tiles: Section,
+    flash_rows: Section,
+    all_rows: Section,
+    /// One past the largest slot a query writes, and one past the largest block a table names
+    /// (each cache an op touches is checked against them).
+    slot_end: usize,
+    block_end: usize,
+    /// Each registered rotary and its table ([queries, dim] f32: cos then sin per query).
+    rotaries: Vec<(Rotary, Section)>,
+}
+
+impl StepIndex {
+    /// The index of `queries` over `tables` (cache blocks of `block_size` slots) on `dev`, with
+    /// the RoPE tables of `rotaries`. Fails when a query's position has no block in its table.
+    pub fn new(
+        dev: &CudaHandle,
+        queries: &[QueryPos],
+        tables: &[&[u32]],
+        block_size: usize,
+        rotaries: &[&Rotary],
+    ) -> Result<Self> {
+        crate::ops::check_query_blocks(queries, tables, block_size)?;
+        let block_end = tables
+            .iter()
+            .flat_map(|t| t.iter())
+            .map(|&b| b as usize + 1)
+            .max()
+            .unwrap_or(0);
+        if block_end.saturating_mul(block_size) > i32::MAX as usize {
+            return Err(Error::Shape(format!(
+                "paged attention: block {} of {block_size} slots is past the GPU kernels' i32 indexing",
+                block_end - 1
+            )));
+        }
+        let slots: Vec<i32> = queries
+            .iter()
+            .map(|q| cache_slot(tables[q.seq], block_size, q.pos) as i32)
+            .collect();
+        let slot_end = slots.iter().map(|&s| s as usize + 1).max().unwrap_or(0);
+        let plan = plan(queries, true, MIN_FLASH_RUN);
+        let n = queries.len();
+        let mut words = Vec::with_capacity(
+            6 * n + tables.iter().map(|t| t.len() + 1).sum::<usize>() + plan.tiles.len(),
+        );
+        let w = &mut words;
+        let seq = push(w, queries.iter().map(|q| q.seq as i32));
+        let pos = push(w, queries.iter().map(|q| q.pos as i32));
+        let slot = push(w, slots);
+        let table_off = push(
+            w,
+            tables.iter().scan(0i32, |off, t| {
+                let first = *off;
+                *off += t.len() as i32;
+                Some(first)
+            }),
+        );
+        let tables_at = push(w, tables.iter().flat_map(|t| t.iter().map(|&b| b as i32)));
+        let tiles = push(w, plan.tiles);
+        let flash_rows = push(w, plan.rows);
+        let all_rows = push(w, 0..n as i32);
+        let rotaries = rotaries
+            .iter()
+            .map(|r| {
+                let table = queries
+                    .iter()
+                    .flat_map(|q| r.cos_sin(q.pos))
+                    .map(|v| v.to_bits() as i32);
+                ((*r).clone(), push(w, table))
+            })
+            .collect();
+        let buf = upload_i32(dev, &words)?;
+        let base = raw(dev, &buf);
+        Ok(Self {
+            dev: dev.clone(),
+            _buf: buf,
+            base,
+            queries: n,
+            block_size,
+            seq,
+            pos,
+            slot,
+            table_off,
+            tables: tables_at,
+            tiles,
+            flash_rows,
+            all_rows,
+            slot_end,
+            block_end,
+            rotaries,
+        })
+    }
+
+    /// The device address of a section.
+    fn at(&self, s: Section) -> u64 {
+        self.base + 4 * s.at as u64
+    }
+
+    /// Whether `t` lives where this index can serve it: in the same context and on the same
+    /// stream, so that the index's upload is ordered before the kernels that read it.
+    pub fn serves(&self, t: &Tensor) -> bool {
+        gpu(t).is_ok_and(|s| {
+            let d = s.device();
+            d.context().cu_ctx() == self.dev.context().cu_ctx()
+                && d.stream().cu_stream() == self.dev.stream().cu_stream()
+        })
+    }
+
+    fn check_serves(&self, t: &Tensor) -> Result<()> {
+        if self.serves(t) {
+            return Ok(());
+        }
+        Err(Error::Device(
+            "a step index was used with a tensor of another GPU stream".into(),
+        ))
+    }
+
+    /// The number of queries.
+    pub fn len(&self) -> usize {
+        self.queries
+    }
+
+    /// Whether the step has no queries.
+    pub fn is_empty(&self) -> bool {
+        self.queries == 0
+    }
+
+    /// Whether RoPE tables of `rotary` were built into the index.
+    pub fn has_rotary(&self, rotary: &Rotary) -> bool {
+        self.rotaries.iter().any(|(r, _)| r == rotary)
+    }
+
+    /// RoPE in place on `x` (one row per query) with the index's tables for `rotary` (an error
+    /// when the index was not built for it; see [`Self::has_rotary`]).
+    pub fn rope(&self, x: &mut Tensor, rotary: &Rotary) -> Result<()> {
+        self.check_serves(x)?;
+        let (_, table) = self
+            .rotaries
+            .iter()
+            .find(|(r, _)| r == rotary)
+            .ok_or_else(|| Error::Shape("RoPE with a rotary the step index lacks".into()))?;
+        rope_with(x, rotary, self.queries, self.at(*table))
+    }
+
+    /// Writes row i of `src` into the cache `dst` (rows of `dst_w`) at query i's slot, from
+    /// column `col` on.
+    pub fn write_rows(
+        &self,
+        dst: &mut Tensor,
+        dst_w: usize,
+        col: usize,
+        src: &Tensor,
+    ) -> Result<()> {
+        self.check_serves(src)?;
+        scatter_rows_at(
+            dst,
+            dst_w,
+            col,
+            self.at(self.slot),
+            self.queries,
+            self.slot_end,
+            src,
+        )
+    }
+
+    /// Causal paged attention of `q` [queries, n_heads·qk_dim] over GPU caches of
+    /// `k_width`/`v_width`-wide rows (f32); returns [queries, n_heads·v_dim].
+    pub fn paged_attention(
+        &self,
+        q: &Tensor,
+        keys: &Tensor,
+        k_width: usize,
+        values: &Tensor,
+        v_width: usize,
+        h: Heads,
+    ) -> Result<Tensor> {
+        self.check_serves(q)?;
+        let dev = &self.dev;
+        let out = empty(dev, [self.queries, h.n_heads * h.v_dim])?;
+        if self.queries == 0 {
+            return Ok(out);
+        }
+        if h.v_dim > 8 * THREADS_ATT || h.n_kv_heads == 0 || !h.n_heads.is_multiple_of(h.n_kv_heads)
+        {
+            return Err(Error::Shape(format!(
+                "paged attention: {h:?} is not supported on the GPU"
+            )));
+        }
+        let slots = self.block_end * self.block_size;
+        if q.numel() != self.queries * h.n_heads * h.qk_dim
+            || keys.numel() < slots * k_width
+            || values.numel() < slots * v_width
+        {
+            return Err(Error::Shape(format!(
+                "paged attention: q {} for {} queries of {h:?}, or caches of {} / {} values for \
+                 {slots} slots of {k_width} / {v_width}",
+                q.shape(),
+                self.queries,
+                keys.numel(),
+                values.numel()
+            )));
+        }
+        let (qp, kp, vp, outp) = (
+            f32_ptr(q)?,
+            f32_ptr(keys)?,
+            f32_ptr(values)?,
+            gpu(&out)?.ptr(),
+        );
+        // The flash kernel reads (key, head) rows as float4: every row must start 16-byte aligned.
+        let flash = h.qk_dim == h.v_dim
+            && matches!(h.qk_dim, 64 | 128)
+            && k_width.is_multiple_of(4)
+            && v_width.is_multiple_of(4)
+            && kp.is_multiple_of(16)
+            && vp.is_multiple_of(16);
+        let (tiles, rows) = if flash {
+            (self.tiles, self.flash_rows)
+        } else {
+            (Section::default(), self.all_rows)
+        };
+        let (op, tp) = (self.at(self.table_off), self.at(self.tables));
+        let group = (h.n_heads / h.n_kv_heads) as i32;
+        let window = h.window.map_or(0, |w| w as i32);
+        let (nh, kw, vw, bs) = (
+            h.n_heads as i32,
+            k_width as i32,
+            v_width as i32,
+            self.block_size as i32,
+        );
+        if tiles.len > 0 {
+            let name = if h.qk_dim == 64 {
+                "flash_prefill_d64"
+            } else {
+                "flash_prefill_d128"
+            };
+            let tl = self.at(tiles);
+            let f = dev.function(Kernel::Attention, name)?;
+            let mut b = dev.stream().launch_builder(&f);
+            b.arg(&qp)
+                .arg(&kp)
+                .arg(&vp)
+                .arg(&outp)
+                .arg(&tl)
+                .arg(&op)
+                .arg(&tp);
+            b.arg(&nh)
+                .arg(&group)
+                .arg(&kw)
+                .arg(&vw)
+                .arg(&bs)
+                .arg(&h.scale)
+                .arg(&window);
+            let cfg = LaunchConfig {
+                grid_dim: ((tiles.len / 4) as u32, h.n_heads as u32, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: q/out have `queries` rows of n_heads heads (checked above), every tile's
+            // rows and positions come from the queries (checked against the tables when the
+            // index was built), the caches hold every slot the tables name (checked above), and
+            // the rows are 16-byte aligned (checked above).
+            unsafe { b.launch(cfg) }.map_err(dev_err("launching flash_prefill"))?;
+        }
+        if rows.len > 0 {
+            let (sp, pp, rp) = (self.at(self.seq), self.at(self.pos), self.at(rows));
+            let (qk, vd) = (h.qk_dim as i32, h.v_dim as i32);
+            let f = dev.function(Kernel::Ops, "paged_attention_f32")?;
+            let mut b = dev.stream().launch_builder(&f);
+            b.arg(&qp)
+                .arg(&kp)
+                .arg(&vp)
+                .arg(&outp)
+                .arg(&sp)
+                .arg(&pp)
+                .arg(&op)
+                .arg(&tp);
+            b.arg(&rp)
+                .arg(&nh)
+                .arg(&group)
+                .arg(&qk)
+                .arg(&vd)
+                .arg(&kw)
+                .arg(&vw)
+                .arg(&bs);
+            b.arg(&h.scale).arg(&window);
+            let cfg = LaunchConfig {
+                grid_dim: ((rows.len * h.n_heads) as u32, 1, 1),
+                block_dim: (THREADS_ATT as u32, 1, 1),
+                shared_mem_bytes: ((h.qk_dim + 256) * 4) as u32,
+            };
+            // SAFETY: as above; `rows` indexes the queries, whose seq/pos sections are whole.
+            unsafe { b.launch(cfg) }.map_err(dev_err("launching paged_attention_f32"))?;
+        }
+        Ok(out)
+    }
+}
+
 /// Causal paged attention over GPU caches of `k_width`/`v_width`-wide rows (f32), `q` [T,
-/// n_heads·qk_dim] on the same GPU; returns [T, n_heads·v_dim].
+/// n_heads·qk_dim] on the same GPU; returns [T, n_heads·v_dim]. Builds a [`StepIndex`] for this
+/// one call; a model step builds one for all its layers.
 #[allow(clippy::too_many_arguments)]
 pub fn paged_attention(
     q: &Tensor,
@@ -72,126 +413,6 @@ pub fn paged_attention(
     h: Heads,
 ) -> Result<Tensor> {
     let dev = gpu(q)?.device().clone();
-    let out = empty(&dev, [queries.len(), h.n_heads * h.v_dim])?;
-    if queries.is_empty() {
-        return Ok(out);
-    }
-    if h.v_dim > 8 * THREADS_ATT || h.n_kv_heads == 0 || !h.n_heads.is_multiple_of(h.n_kv_heads) {
-        return Err(Error::Shape(format!(
-            "paged attention: {h:?} is not supported on the GPU"
-        )));
-    }
-    let mut offs = Vec::with_capacity(tables.len());
-    let mut flat: Vec<i32> = Vec::new();
-    for t in tables {
-        offs.push(flat.len() as i32);
-        flat.extend(t.iter().map(|&b| b as i32));
-    }
-    for qp in queries {
-        if qp.seq >= tables.len() || qp.pos / block_size >= tables[qp.seq].len() {
-            return Err(Error::Shape(format!(
-                "paged attention: position {} of sequence {} has no block",
-                qp.pos, qp.seq
-            )));
-        }
-    }
-    let (qp, kp, vp, outp) = (
-        f32_ptr(q)?,
-        f32_ptr(keys)?,
-        f32_ptr(values)?,
-        gpu(&out)?.ptr(),
-    );
-    // The flash kernel reads (key, head) rows as float4: every row must start 16-byte aligned.
-    let flash = h.qk_dim == h.v_dim
-        && matches!(h.qk_dim, 64 | 128)
-        && k_width.is_multiple_of(4)
-        && v_width.is_multiple_of(4)
-        && kp.is_multiple_of(16)
-        && vp.is_multiple_of(16);
-    let plan = plan(queries, flash, MIN_FLASH_RUN);
-    let (ob, tb) = (upload_i32(&dev, &offs)?, upload_i32(&dev, &flat)?);
-    let (op, tp) = (raw(&dev, &ob), raw(&dev, &tb));
-    let group = (h.n_heads / h.n_kv_heads) as i32;
-    let window = h.window.map_or(0, |w| w as i32);
-    let (nh, kw, vw, bs) = (
-        h.n_heads as i32,
-        k_width as i32,
-        v_width as i32,
-        block_size as i32,
-    );
-    if !plan.tiles.is_empty() {
-        let name = if h.qk_dim == 64 {
-            "flash_prefill_d64"
-        } else {
-            "flash_prefill_d128"
-        };
-        let tiles = upload_i32(&dev, &plan.tiles)?;
-        let tl = raw(&dev, &tiles);
-        let f = dev.function(Kernel::Attention, name)?;
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(&qp)
-            .arg(&kp)
-            .arg(&vp)
-            .arg(&outp)
-            .arg(&tl)
-            .arg(&op)
-            .arg(&tp);
-        b.arg(&nh)
-            .arg(&group)
-            .arg(&kw)
-            .arg(&vw)
-            .arg(&bs)
-            .arg(&h.scale)
-            .arg(&window);
-        let cfg = LaunchConfig {
-            grid_dim: ((plan.tiles.len() / 4) as u32, h.n_heads as u32, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: q/out have T rows of n_heads heads, every tile's rows and positions come from
-        // `queries` (checked against the tables above), the caches hold every slot the tables
-        // name, and the rows are 16-byte aligned (checked above).
-        unsafe { b.launch(cfg) }.map_err(dev_err("launching flash_prefill"))?;
-        drop(tiles);
-    }
-    if !plan.rows.is_empty() {
-        let seqs: Vec<i32> = queries.iter().map(|q| q.seq as i32).collect();
-        let poss: Vec<i32> = queries.iter().map(|q| q.pos as i32).collect();
-        let (sb, pb, rb) = (
-            upload_i32(&dev, &seqs)?,
-            upload_i32(&dev, &poss)?,
-            upload_i32(&dev, &plan.rows)?,
-        );
-        let (sp, pp, rp) = (raw(&dev, &sb), raw(&dev, &pb), raw(&dev, &rb));
-        let (qk, vd) = (h.qk_dim as i32, h.v_dim as i32);
-        let f = dev.function(Kernel::Ops, "paged_attention_f32")?;
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(&qp)
-            .arg(&kp)
-            .arg(&vp)
-            .arg(&outp)
-            .arg(&sp)
-            .arg(&pp)
-            .arg(&op)
-            .arg(&tp);
-        b.arg(&rp)
-            .arg(&nh)
-            .arg(&group)
-            .arg(&qk)
-            .arg(&vd)
-            .arg(&kw)
-            .arg(&vw)
-            .arg(&bs);
-        b.arg(&h.scale).arg(&window);
-        let cfg = LaunchConfig {
-            grid_dim: ((plan.rows.len() * h.n_heads) as u32, 1, 1),
-            block_dim: (THREADS_ATT as u32, 1, 1),
-            shared_mem_bytes: ((h.qk_dim + 256) * 4) as u32,
-        };
-        // SAFETY: as above; `rows` indexes `queries`, whose seq/pos arrays are uploaded whole.
-        unsafe { b.launch(cfg) }.map_err(dev_err("launching paged_attention_f32"))?;
-        drop((sb, pb, rb));
-    }
-    drop((ob, tb));
-    Ok(out)
+    StepIndex::new(&dev, queries, tables, block_size, &[])?
+        .paged_attention(q, keys, k_width, values, v_width, h)
 }

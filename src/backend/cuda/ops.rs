@@ -292,47 +292,56 @@ pub fn add_in_place(x: &mut Tensor, y: &Tensor) -> Result<()> {
 /// RoPE on every row of `x` at that row's position; cos and sin are computed on the host exactly
 /// as the CPU reference computes them.
 pub fn rope(x: &mut Tensor, rotary: &Rotary, positions: &[usize]) -> Result<()> {
+    let cs: Vec<f32> = positions.iter().flat_map(|&p| rotary.cos_sin(p)).collect();
+    let dev = gpu(x)?.device().clone();
+    let csb = if cs.is_empty() {
+        None
+    } else {
+        Some(dev.upload(&cs)?)
+    };
+    rope_with(
+        x,
+        rotary,
+        positions.len(),
+        csb.as_ref().map_or(0, |b| raw(&dev, b)),
+    )
+}
+
+/// RoPE with the cos/sin table at `cs` on the device: one row (cos then sin) for each of the
+/// `n_pos` rows of `x`.
+pub(crate) fn rope_with(x: &mut Tensor, rotary: &Rotary, n_pos: usize, cs: u64) -> Result<()> {
     let (rows, cols) = rows_of(x);
     let half = rotary.dim() / 2;
-    if rows != positions.len() || half == 0 || cols % (2 * half) != 0 {
+    if rows != n_pos || half == 0 || cols % (2 * half) != 0 {
         return Err(Error::Shape(format!(
-            "rope over {} with {} positions and dim {}",
+            "rope over {} with {n_pos} positions and dim {}",
             x.shape(),
-            positions.len(),
             rotary.dim()
         )));
     }
-    let cs: Vec<f32> = positions.iter().flat_map(|&p| rotary.cos_sin(p)).collect();
     let s = gpu_mut(x)?;
     let (dev, xp) = (s.device().clone(), s.ptr());
     if rows == 0 {
         return Ok(());
     }
-    let csb = dev.upload(&cs)?;
-    let (cp, c, h, il) = (
-        raw(&dev, &csb),
-        cols as i32,
-        half as i32,
-        rotary.interleaved() as i32,
-    );
-    launch!(dev, "rope_f32", rows, 128, 0; a = xp, b = cp, cc = c, d = h, e = il);
-    drop(csb);
+    let (c, h, il) = (cols as i32, half as i32, rotary.interleaved() as i32);
+    launch!(dev, "rope_f32", rows, 128, 0; a = xp, b = cs, cc = c, d = h, e = il);
     Ok(())
 }
 
-/// `dst[dst_rows[i]][dst_off..][..len] = src[src_rows[i] / div][src_off..][..len]` for `n` rows
-/// (an absent index list means row i).
+/// `dst[dst_rows[i]][dst_off..][..len] = src[src_rows[i] / div][src_off..][..len]` for `n` rows;
+/// the index lists are device addresses of i32s (0: row i).
 #[allow(clippy::too_many_arguments)]
 fn copy_rows(
     src: &Tensor,
     src_w: usize,
     src_off: usize,
-    src_rows: Option<&[i32]>,
+    src_rows: u64,
     div: usize,
     dst: u64,
     dst_w: usize,
     dst_off: usize,
-    dst_rows: Option<&[i32]>,
+    dst_rows: u64,
     len: usize,
     n: usize,
 ) -> Result<()> {
@@ -340,10 +349,6 @@ fn copy_rows(
     if n == 0 || len == 0 {
         return Ok(());
     }
-    let sr = src_rows.map(|r| upload_i32(&dev, r)).transpose()?;
-    let dr = dst_rows.map(|r| upload_i32(&dev, r)).transpose()?;
-    let srp = sr.as_ref().map_or(0, |b| raw(&dev, b));
-    let drp = dr.as_ref().map_or(0, |b| raw(&dev, b));
     let sp = f32_ptr(src)?;
     let (sw, so, dv, dw, dof, l) = (
         src_w as i32,
@@ -353,8 +358,7 @@ fn copy_rows(
         dst_off as i32,
         len as i32,
     );
-    launch!(dev, "copy_rows", n, 128, 0; a = sp, b = sw, c = so, d = srp, e = dv, f2 = dst, g = dw, h = dof, i = drp, j = l);
-    drop((sr, dr));
+    launch!(dev, "copy_rows", n, 128, 0; a = sp, b = sw, c = so, d = src_rows, e = dv, f2 = dst, g = dw, h = dof, i = dst_rows, j = l);
     Ok(())
 }
 
@@ -369,19 +373,10 @@ pub fn gather_rows(x: &Tensor, order: &[u32], top_k: usize) -> Result<Tensor> {
     let dev = gpu(x)?.device().clone();
     let out = empty(&dev, [order.len(), h])?;
     let idx: Vec<i32> = order.iter().map(|&p| p as i32).collect();
-    copy_rows(
-        x,
-        h,
-        0,
-        Some(&idx),
-        top_k,
-        gpu(&out)?.ptr(),
-        h,
-        0,
-        None,
-        h,
-        order.len(),
-    )?;
+    let ib = upload_i32(&dev, &idx)?;
+    let (ip, op) = (raw(&dev, &ib), gpu(&out)?.ptr());
+    copy_rows(x, h, 0, ip, top_k, op, h, 0, 0, h, order.len())?;
+    drop(ib);
     Ok(out)
 }
 
@@ -397,19 +392,7 @@ pub fn narrow_cols(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
     }
     let dev = gpu(x)?.device().clone();
     let out = empty(&dev, [rows, len])?;
-    copy_rows(
-        x,
-        cols,
-        start,
-        None,
-        1,
-        gpu(&out)?.ptr(),
-        len,
-        0,
-        None,
-        len,
-        rows,
-    )?;
+    copy_rows(x, cols, start, 0, 1, gpu(&out)?.ptr(), len, 0, 0, len, rows)?;
     Ok(out)
 }
 
@@ -429,7 +412,7 @@ pub fn concat_cols(parts: &[&Tensor]) -> Result<Tensor> {
                 r
             )));
         }
-        copy_rows(p, c, 0, None, 1, op, width, off, None, c, rows)?;
+        copy_rows(p, c, 0, 0, 1, op, width, off, 0, c, rows)?;
         off += c;
     }
     Ok(out)
@@ -443,17 +426,32 @@ pub fn scatter_rows(
     slots: &[usize],
     src: &Tensor,
 ) -> Result<()> {
+    let dev = gpu(src)?.device().clone();
+    let idx: Vec<i32> = slots.iter().map(|&s| s as i32).collect();
+    let ib = upload_i32(&dev, &idx)?;
+    let end = slots.iter().map(|&s| s + 1).max().unwrap_or(0);
+    scatter_rows_at(dst, dst_w, col, raw(&dev, &ib), slots.len(), end, src)
+}
+
+/// [`scatter_rows`] with the `n` slots already on the device at `slots`, all below `slot_end`.
+pub(crate) fn scatter_rows_at(
+    dst: &mut Tensor,
+    dst_w: usize,
+    col: usize,
+    slots: u64,
+    n: usize,
+    slot_end: usize,
+    src: &Tensor,
+) -> Result<()> {
     let (rows, w) = rows_of(src);
-    let total = dst.numel() / dst_w.max(1);
-    if rows != slots.len() || col + w > dst_w || slots.iter().any(|&s| s >= total) {
+    if rows != n || col + w > dst_w || slot_end > dst.numel() / dst_w.max(1) {
         return Err(Error::Shape(format!(
             "scatter_rows: {} into rows of {dst_w} at column {col}",
             src.shape()
         )));
     }
-    let idx: Vec<i32> = slots.iter().map(|&s| s as i32).collect();
     let dp = gpu_mut(dst)?.ptr();
-    copy_rows(src, w, 0, None, 1, dp, dst_w, col, Some(&idx), w, rows)
+    copy_rows(src, w, 0, 0, 1, dp, dst_w, col, slots, w, rows)
 }
 
 /// Grouped SwiGLU: rows `offsets[e]..offsets[e+1]` of `x` through expert e (naive kernels, one
