@@ -320,3 +320,54 @@ pub fn greedy_rows(x: &Tensor) -> Result<Vec<(u32, f32)>> {
         .map(|r| (cpu::sample::argmax(r), cpu::sample::top2_margin(r)))
         .collect())
 }
+
+/// [`cpu::sample::sample`] of the given rows of `x` ([rows, vocab]), one token per draw. On a GPU
+/// one launch samples every row where the logits are and only the tokens reach the host.
+pub fn sample_rows(x: &Tensor, draws: &[cpu::sample::RowDraw]) -> Result<Vec<u32>> {
+    on_gpu!(x => crate::backend::cuda::sample::sample_rows(x, draws));
+    let (rows, cols) = rows_of(x);
+    draws
+        .iter()
+        .map(|d| {
+            if d.row >= rows || cols == 0 {
+                return Err(Error::Shape(format!(
+                    "sampling row {} of logits {}",
+                    d.row,
+                    x.shape()
+                )));
+            }
+            Ok(cpu::sample::sample(x.row(d.row), &d.params, d.uniform))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cpu::sample::{sample, RowDraw, SamplingParams};
+
+    #[test]
+    fn sample_rows_on_the_host_is_sample_per_draw_and_rejects_a_missing_row() {
+        let x = Tensor::from_f32([2, 3], vec![0.0, 2.0, 1.0, 5.0, 4.0, 3.0]).unwrap();
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.9,
+            top_k: 2,
+        };
+        let draws: Vec<RowDraw> = [(1, 0.1), (0, 0.99), (1, 0.95)]
+            .iter()
+            .map(|&(row, uniform)| RowDraw {
+                row,
+                params,
+                uniform,
+            })
+            .collect();
+        let want: Vec<u32> = draws
+            .iter()
+            .map(|d| sample(x.row(d.row), &d.params, d.uniform))
+            .collect();
+        assert_eq!(sample_rows(&x, &draws).unwrap(), want);
+        let bad = RowDraw { row: 2, ..draws[0] };
+        assert!(sample_rows(&x, &[bad]).is_err());
+    }
+}

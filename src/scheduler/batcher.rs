@@ -2,7 +2,7 @@
 //! with chunked prefill, FCFS, preemption by recompute). Readable in one sitting, like
 //! nano-vllm's scheduler.
 
-use super::sampler::StepLogits;
+use super::sampler::{Need, StepLogits};
 use super::sequence::{Advance, ServeSequence};
 use crate::kv_cache::BlockAllocator;
 use crate::model::StepBatch;
@@ -204,13 +204,13 @@ impl Batcher {
         Some(Plan { batch, chunks })
     }
 
-    /// Per logits row of the plan's step: whether its sequence's sampler reads the whole row
-    /// (the rest are picked greedily where the logits are; see [`StepLogits`]).
-    pub fn rows_needed(&self, plan: &Plan, eos: &[u32]) -> Vec<bool> {
-        let mut needs = vec![true; plan.batch.logit_rows.len()];
+    /// Per logits row of the plan's step: what its sequence's sampler needs of it (the whole
+    /// row, or a greedy pick or a draw made where the logits are; see [`StepLogits`]).
+    pub fn rows_needed(&self, plan: &Plan, eos: &[u32]) -> Vec<Need> {
+        let mut needs = vec![Need::Row; plan.batch.logit_rows.len()];
         for c in &plan.chunks {
             if let Some(row) = c.logit_row {
-                needs[row] = self.running[c.seq].needs_row(eos);
+                needs[row] = self.running[c.seq].need(eos);
             }
         }
         needs

@@ -21,5 +21,5 @@ pub use handle::{EngineHandle, EngineStatus, StepObserver, SubmitError};
 pub use request::{
     Event, FinishReason, GeneratedToken, GenerationRequest, SamplingConfig, TokenLogprob,
 };
-pub use sampler::{Pick, Sampler, StepLogits};
+pub use sampler::{Need, Pick, Sampler, StepLogits};
 pub use sequence::ServeSequence;

@@ -2,7 +2,7 @@
 //! suppression (min_tokens), then greedy or seeded sampling, and the log-probabilities.
 
 use super::request::{SamplingConfig, TokenLogprob};
-use crate::backend::cpu::sample::sample;
+use crate::backend::cpu::sample::{sample, RowDraw, SamplingParams};
 use crate::error::Result;
 use crate::ops;
 use crate::tensor::Tensor;
@@ -33,19 +33,28 @@ impl Sampler {
         }
     }
 
-    /// Whether [`Self::pick`] reads the whole logits row: anything but a plain greedy pick
-    /// (sampling, penalties, end-of-sequence suppression, log-probabilities). Rows that do not
-    /// are picked where the logits are ([`StepLogits`]) and taken with [`Self::take_greedy`].
-    pub fn needs_row(cfg: &SamplingConfig, eos: &[u32], generated: usize) -> bool {
+    /// What [`Self::pick`] needs of this step's logits row: the whole row on the host for
+    /// penalties, end-of-sequence suppression and log-probabilities; for a plain temperature /
+    /// top-k / top-p draw only the parameters and the uniform this step's pick draws (peeked from
+    /// a copy of the generator, so the draw itself still happens once, in [`Self::pick`] or
+    /// [`Self::take`]); for a plain greedy pick nothing. [`StepLogits`] decides from this where
+    /// the row is picked.
+    pub fn need(&self, cfg: &SamplingConfig, eos: &[u32], generated: usize) -> Need {
         let (penalize, suppress_eos) = adjustments(cfg, eos, generated);
-        cfg.params.temperature > 0.0 || penalize || suppress_eos || cfg.logprobs.is_some()
+        if penalize || suppress_eos || cfg.logprobs.is_some() {
+            Need::Row
+        } else if cfg.params.temperature > 0.0 {
+            Need::Draw(cfg.params, self.rng.clone().random::<f32>())
+        } else {
+            Need::Greedy
+        }
     }
 
-    /// Takes a greedy pick made elsewhere for a row that does not [need](Self::needs_row) the
-    /// host: the same state changes as [`Self::pick`] (one uniform draw, the token's count), so
-    /// the sequence's generator stream does not depend on where its rows were picked.
-    pub fn take_greedy(&mut self, token: u32) -> (u32, Option<TokenLogprob>) {
-        let _unused: f32 = self.rng.random();
+    /// Takes a pick made elsewhere (on the device that holds the logits) for a row that did not
+    /// need the host: the same state changes as [`Self::pick`] (one uniform draw, the token's
+    /// count), so the sequence's generator stream does not depend on where its rows were picked.
+    pub fn take(&mut self, token: u32) -> (u32, Option<TokenLogprob>) {
+        let _drawn: f32 = self.rng.random();
         *self.counts.entry(token).or_default() += 1;
         (token, None)
     }
@@ -91,47 +100,76 @@ fn adjustments(cfg: &SamplingConfig, eos: &[u32], generated: usize) -> (bool, bo
     (penalize, suppress_eos)
 }
 
+/// What a sequence's pick needs of a step's logits row (see [`Sampler::need`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Need {
+    /// The greedy pick only.
+    Greedy,
+    /// A plain draw with these parameters and this uniform (temperature > 0).
+    Draw(SamplingParams, f32),
+    /// The whole row (penalties, end-of-sequence suppression, log-probabilities).
+    Row,
+}
+
 /// What a sequence's sampler gets from the step for its logits row.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Pick<'a> {
     /// The row on the host: the sampler picks from it.
     Row(&'a [f32]),
-    /// The row's greedy pick, made on the device that holds the logits.
-    Greedy(u32),
+    /// The row's token, picked (greedily or by the row's draw) on the device that holds the
+    /// logits.
+    Token(u32),
 }
 
-/// A step's logits as the samplers read them. Host logits are read in place. Logits on a GPU
-/// stay there: one launch picks every row greedily and only the token ids come back, plus the
-/// few rows whose sequences need more (sampling, penalties, logprobs), gathered on the device.
+/// A step's logits as the samplers read them; the one place that decides where a row is picked.
+/// Host logits are read in place. Logits on a GPU stay there: one launch picks the greedy rows,
+/// one samples the rows that draw, and only their token ids come back, plus the few rows whose
+/// sequences need the whole row (penalties, logprobs), gathered on the device.
 #[derive(Debug)]
 pub struct StepLogits<'a> {
     host: Cow<'a, Tensor>,
     /// Per logits row: its row in `host`, when it is there.
     slot: Vec<Option<usize>>,
-    /// Per logits row: its greedy pick (logits on a GPU only).
-    greedy: Vec<u32>,
+    /// Per logits row: its token when it was picked on the device (logits on a GPU only).
+    token: Vec<u32>,
 }
 
 impl<'a> StepLogits<'a> {
-    /// `logits` is [rows, vocab]; `needs_row[r]` says whether row r's sampler reads the row.
-    pub fn new(logits: &'a Tensor, needs_row: &[bool]) -> Result<Self> {
+    /// `logits` is [rows, vocab]; `needs[r]` says what row r's sampler needs (a missing entry
+    /// means the whole row).
+    pub fn new(logits: &'a Tensor, needs: &[Need]) -> Result<Self> {
         let rows = logits.dims().first().copied().unwrap_or(0);
         if !logits.is_cuda() {
             return Ok(Self {
                 host: Cow::Borrowed(logits),
                 slot: (0..rows).map(Some).collect(),
-                greedy: Vec::new(),
+                token: Vec::new(),
             });
         }
+        let need = |r: usize| needs.get(r).copied().unwrap_or(Need::Row);
+        let mut token = vec![0; rows];
+        if (0..rows).any(|r| need(r) == Need::Greedy) {
+            for (t, p) in token.iter_mut().zip(ops::greedy_rows(logits)?) {
+                *t = p.0;
+            }
+        }
+        let draws: Vec<RowDraw> = (0..rows)
+            .filter_map(|row| match need(row) {
+                Need::Draw(params, uniform) => Some(RowDraw {
+                    row,
+                    params,
+                    uniform,
+                }),
+                _ => None,
+            })
+            .collect();
+        for (d, t) in draws.iter().zip(ops::sample_rows(logits, &draws)?) {
+            token[d.row] = t;
+        }
         let wanted: Vec<u32> = (0..rows)
-            .filter(|&r| needs_row.get(r).copied().unwrap_or(true))
+            .filter(|&r| need(r) == Need::Row)
             .map(|r| r as u32)
             .collect();
-        let greedy = if wanted.len() < rows {
-            ops::greedy_rows(logits)?.into_iter().map(|p| p.0).collect()
-        } else {
-            Vec::new()
-        };
         let mut slot = vec![None; rows];
         for (k, &r) in wanted.iter().enumerate() {
             slot[r as usize] = Some(k);
@@ -144,15 +182,15 @@ impl<'a> StepLogits<'a> {
         Ok(Self {
             host: Cow::Owned(host),
             slot,
-            greedy,
+            token,
         })
     }
 
-    /// Row `r`'s part: the row on the host, or its greedy pick.
+    /// Row `r`'s part: the row on the host, or its token picked on the device.
     pub fn pick(&self, r: usize) -> Pick<'_> {
         match self.slot[r] {
             Some(k) => Pick::Row(self.host.row(k)),
-            None => Pick::Greedy(self.greedy[r]),
+            None => Pick::Token(self.token[r]),
         }
     }
 }
@@ -187,7 +225,6 @@ fn logprobs(logits: &[f32], token: u32, k: usize) -> TokenLogprob {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::sample::SamplingParams;
 
     #[test]
     fn penalties_and_min_tokens_change_the_greedy_pick() {
@@ -216,26 +253,52 @@ mod tests {
     }
 
     #[test]
-    fn host_logits_are_read_in_place_and_plain_greedy_needs_no_row() {
+    fn host_logits_are_read_in_place_and_needs_follow_the_config() {
         let x = Tensor::from_f32([2, 3], vec![0.0, 2.0, 1.0, 5.0, 4.0, 3.0]).unwrap();
-        let l = StepLogits::new(&x, &[false, true]).unwrap();
+        let l = StepLogits::new(&x, &[Need::Greedy, Need::Row]).unwrap();
         assert_eq!(l.pick(0), Pick::Row(&[0.0, 2.0, 1.0][..]));
         assert_eq!(l.pick(1), Pick::Row(&[5.0, 4.0, 3.0][..]));
+        let s = Sampler::new(9);
         let greedy = SamplingConfig::default();
-        assert!(!Sampler::needs_row(&greedy, &[1], 0));
+        assert_eq!(s.need(&greedy, &[1], 0), Need::Greedy);
         let min = SamplingConfig {
             min_tokens: 1,
             ..Default::default()
         };
-        assert!(Sampler::needs_row(&min, &[1], 0) && !Sampler::needs_row(&min, &[1], 1));
+        assert_eq!(s.need(&min, &[1], 0), Need::Row);
+        assert_eq!(s.need(&min, &[1], 1), Need::Greedy);
         let lp = SamplingConfig {
             logprobs: Some(0),
             ..Default::default()
         };
-        assert!(Sampler::needs_row(&lp, &[], 0));
-        // A greedy pick taken from elsewhere moves the generator as a host pick does.
+        assert_eq!(s.need(&lp, &[], 0), Need::Row);
+        let hot = SamplingConfig {
+            params: SamplingParams {
+                temperature: 0.7,
+                top_p: 0.9,
+                top_k: 20,
+            },
+            ..Default::default()
+        };
+        let penalized = SamplingConfig {
+            presence_penalty: 0.5,
+            ..hot.clone()
+        };
+        assert_eq!(s.need(&penalized, &[], 0), Need::Row);
+        // A draw's uniform is the one the host pick would draw, and taking a token picked
+        // elsewhere moves the generator as a host pick does.
         let (mut a, mut b) = (Sampler::new(9), Sampler::new(9));
-        assert_eq!(a.take_greedy(1), b.pick(&[0.0, 2.0, 1.0], &greedy, &[], 0));
+        let Need::Draw(params, u) = a.need(&hot, &[], 0) else {
+            panic!("a plain temperature draw needs no row")
+        };
+        assert_eq!(params, hot.params);
+        assert_eq!(u, Sampler::new(9).rng.random::<f32>());
+        let row = [0.0, 2.0, 1.0];
+        let host = b.pick(&row, &hot, &[], 0);
+        assert_eq!(host.0, sample(&row, &params, u));
+        assert_eq!(a.take(host.0), host);
+        assert_eq!(a.rng.random::<u64>(), b.rng.random::<u64>());
+        assert_eq!(a.take(1), b.pick(&row, &greedy, &[], 1));
         assert_eq!(a.rng.random::<u64>(), b.rng.random::<u64>());
     }
 

@@ -2,7 +2,7 @@
 //! tokens go out on.
 
 use super::request::{Event, FinishReason, GeneratedToken, GenerationRequest, SamplingConfig};
-use super::sampler::{Pick, Sampler};
+use super::sampler::{Need, Pick, Sampler};
 use crate::kv_cache::{BlockAllocator, BlockTable};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
@@ -87,20 +87,19 @@ impl ServeSequence {
         let _ = self.events.send(Event::Failed(why.to_string()));
     }
 
-    /// Whether picking this sequence's next token reads its whole logits row (see
-    /// [`Sampler::needs_row`]).
-    pub fn needs_row(&self, eos: &[u32]) -> bool {
-        Sampler::needs_row(&self.sampling, eos, self.generated())
+    /// What picking this sequence's next token needs of its logits row (see [`Sampler::need`]).
+    pub fn need(&self, eos: &[u32]) -> Need {
+        self.sampler.need(&self.sampling, eos, self.generated())
     }
 
-    /// Samples the next token from the logits of the last cached token (or takes its greedy
-    /// pick), sends it, and says whether the sequence is done.
+    /// Samples the next token from the logits of the last cached token (or takes the token picked
+    /// on the device), sends it, and says whether the sequence is done.
     pub fn advance(&mut self, pick: Pick<'_>, eos: &[u32], now: Instant) -> Advance {
         let (id, logprob) = match pick {
             Pick::Row(logits) => self
                 .sampler
                 .pick(logits, &self.sampling, eos, self.generated()),
-            Pick::Greedy(token) => self.sampler.take_greedy(token),
+            Pick::Token(token) => self.sampler.take(token),
         };
         self.tokens.push(id);
         let ttft = match self.first_token {

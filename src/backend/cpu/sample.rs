@@ -46,6 +46,18 @@ impl Default for SamplingParams {
     }
 }
 
+/// One row's draw in a batch of logits rows: which row, how to sample it, and the uniform the
+/// row's sequence drew for this step (the generator stays on the host; see `scheduler::Sampler`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RowDraw {
+    /// The logits row.
+    pub row: usize,
+    /// Temperature, top-k, top-p.
+    pub params: SamplingParams,
+    /// A draw from [0, 1).
+    pub uniform: f32,
+}
+
 /// Samples a token; `uniform` is a draw from [0, 1) (the caller owns the seeded generator).
 ///
 /// Tokens are taken in descending order of logit (ties: the lower id first); top-k keeps the first
