@@ -9,21 +9,22 @@
 //            hold both the gate and the up value of an output element.
 //   down:    y[r, n] = w[order[r]] * (act[r] . down_e[n]), the router weight in the epilogue.
 //
-// Tiles are 128 x 256 (x 64 of K per stage). One CTA per SM runs three warpgroups: warpgroup 0
-// is the producer (one thread issues TMA loads of A and B into a 4-stage ring of 128B-swizzled
-// shared memory, each stage guarded by a "full" and an "empty" mbarrier; it gives its registers
-// back with setmaxnreg), warpgroups 1 and 2 are consumers, each multiplying its 64 rows of the A
-// tile by the whole 256-row B tile (wgmma m64n256k16, 128 f32 accumulators a thread) and storing
-// the result straight from registers. The schedule is persistent: each CTA walks tiles
-// blockIdx.x, +gridDim.x, ... of a grouped raster (bands of 16 M tiles, N inside a band) so that
-// the CTAs in flight share A and B tiles in L2; the producer runs ahead into the next tile while
-// the consumers store the previous one.
+// Tiles are 128 x 256 or 192 x 128 (x 64 of K per stage; see wgmma_grouped_gemm). One CTA per
+// SM: warpgroup 0 is the producer (one thread issues TMA loads of A and B into a ring of
+// 128B-swizzled shared memory, each stage guarded by a "full" and an "empty" mbarrier; it gives
+// its registers back with setmaxnreg), warpgroups 1.. are consumers, each multiplying its 64
+// rows of the A tile by the B tile (wgmma m64n256k16 or m64n128k16, f32 accumulators in
+// registers) and storing the result straight from registers. The schedule is persistent: each
+// CTA walks units blockIdx.x, +gridDim.x, ... of a banded raster (bands of `band` M units, N
+// inside a band) so that the CTAs in flight share A and B tiles in L2; the producer runs ahead
+// into the next tile while the consumers store the previous one.
 //
-// Variable groups come from the device tile map (tile_offsets, from kernels/permute.cu with
-// bm = 128): M tile m belongs to expert e with tile_offsets[e] <= m < tile_offsets[e+1]; its rows
-// start at offsets[e] + 128 * (m - tile_offsets[e]); rows past the expert's end (or past the
-// matrix, which TMA fills with zeros) are computed but never stored. The host checks that K is a
-// multiple of 64 and the N tiles divide N.
+// Variable groups come from the device tile map (tile_offsets, from kernels/permute.cu with bm
+// = the tile map's rows, 128 or 192): tile m belongs to expert e with tile_offsets[e] <= m <
+// tile_offsets[e+1]; its rows start at offsets[e] + bm * (m - tile_offsets[e]); rows past the
+// expert's end (or past the matrix, which TMA fills with zeros) are never stored, and a
+// consumer whose 64 rows all lie past it neither loads nor multiplies. The host checks that K is
+// a multiple of 64 and the N tiles divide N.
 
 #include <cuda_bf16.h>
 

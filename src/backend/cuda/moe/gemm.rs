@@ -4,10 +4,10 @@
 //! - [`GemmPath::Small`] (decode): `gate_up_stream32` / `down_stream32` (kernels/grouped_gemm.cu)
 //!   stream each touched expert's weights once, 32 weight rows per block, K split over 8 warps.
 //! - [`GemmPath::Large`] on Hopper (sm_90a) when the N tiles divide the shape: `gate_up_wgmma` /
-//!   `down_wgmma` (kernels/grouped_gemm_sm90.cu), TMA + wgmma, persistent, 128 x 256 tiles (64 x
-//!   256, `*_wgmma64`, while experts average at most 48 rows); the
-//!   token rows are first gathered into sorted order (`gather_rows`, into [`MoeWorkspace::y`],
-//!   which is free until the down projection writes it).
+//!   `down_wgmma` (kernels/grouped_gemm_sm90.cu, launched by moe/wgmma.rs), TMA + wgmma,
+//!   persistent, 128 x 256 or 192 x 128 tiles by load ([`WgmmaTile`]); the token rows are first
+//!   gathered into sorted order (`gather_rows`, into [`MoeWorkspace::y`], which is free until
+//!   the down projection writes it).
 //! - [`GemmPath::Large`] elsewhere: the mma.sync 128 x 128 kernels (`gate_up_large` / `down_large`).
 
 use cudarc::driver::{CudaFunction, DevicePtr, LaunchConfig, PushKernelArg};

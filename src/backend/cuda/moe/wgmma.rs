@@ -39,15 +39,15 @@ impl WgmmaTile {
         }
     }
 
-    /// The tile for `n_pairs` rows of a layer of `shape`, by the rows an expert averages: the
-    /// wider tiles stream each weight tile for more rows, the narrower ones waste less of each
-    /// expert's ragged last tile. 192 x 128 covers experts of up to 192 rows in one tile, and
-    /// fine-grained experts (intermediate at most half the hidden width, e.g. DeepSeek-V3's)
-    /// up to 1024 rows; measured on the H200 (benches/RESULTS.md).
+    /// The tile for `n_pairs` rows of a layer of `shape`, by the rows an expert averages:
+    /// 192 x 128 covers experts of 65 to 192 rows in one tile (each weight tile streamed once),
+    /// and fine-grained experts (intermediate at most half the hidden width, e.g. DeepSeek-V3's)
+    /// up to 1024 rows; 128 x 256 otherwise, also for experts of a few rows, where its idle
+    /// consumer costs less than [`Self::Rows64`]'s second B pass. Measured on the H200
+    /// (benches/RESULTS.md, 2026-11-29 sections); [`Self::Rows64`] is kept for comparison.
     pub fn for_load(n_pairs: usize, shape: &MoeShape) -> Self {
         let fine = 2 * shape.inter <= shape.hidden;
         match n_pairs / shape.n_experts.max(1) {
-            0..=48 => Self::Rows64,
             65..=192 => Self::Rows192,
             193..=1024 if fine => Self::Rows192,
             _ => Self::Rows128,
