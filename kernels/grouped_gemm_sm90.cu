@@ -224,12 +224,14 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
     const float* __restrict__ pair_weight,    // down: router weight of each pair
     const int* offsets,                       // [n_experts + 1]
     const int* tile_offsets,                  // [n_experts + 1], TILE-row tiles
-    int n_experts, int n_total, int k, int band, int expert_major) {
+    int n_experts, int n_total, int k, int band, int expert_major,
+    int* counter) {                           // zeroed: units taken past the first wave, or null
     constexpr int BM_ = SPLIT ? 64 : 64 * NC;  // rows of an M unit
     constexpr int TILE = SPLIT ? 128 : BM_;    // rows of a tile of the tile map
     constexpr int PER = TILE / BM_;
     constexpr int WN = SPLIT ? BN_ / NC : BN_;  // columns of one consumer
     constexpr int ST = (NC == 2 && !SPLIT) ? 4 : 5;  // pipeline stages
+    constexpr int TS = 4;                            // units handed ahead
     constexpr int A_BOX = 64 * BK * 2;
     constexpr int A_BYTES = BM_ * BK * 2;
     constexpr int B_BYTES = BN_ * BK * 2;
@@ -242,7 +244,11 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
     unsigned long long* empty = full + ST;
     // The tile map and group offsets, cached once: every tile looks its expert up (a binary
     // search of up to 10 steps), which from global memory would stall each tile for microseconds.
-    int* s_tiles = reinterpret_cast<int*>(empty + ST);
+    // The tile ring: the producer hands each unit it takes to the consumers (TS deep).
+    unsigned long long* tfull = empty + ST;
+    unsigned long long* tempty = tfull + TS;
+    int* s_unit = reinterpret_cast<int*>(tempty + TS);
+    int* s_tiles = s_unit + TS;
     int* s_offs = s_tiles + 1025;
     for (int i = threadIdx.x; i <= n_experts; i += blockDim.x) {
         s_tiles[i] = tile_offsets[i];
@@ -261,6 +267,10 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
             mbar_init(&full[s], 1);
             mbar_init(&empty[s], 4 * NC);  // lane 0 of each consumer warp
         }
+        for (int s = 0; s < TS; ++s) {
+            mbar_init(&tfull[s], 1);
+            mbar_init(&tempty[s], 4 * NC);
+        }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
@@ -271,7 +281,16 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
         if (threadIdx.x != 0) return;
         int it = 0;
-        for (int t = blockIdx.x; t < total; t += gridDim.x) {
+        for (int u = 0, t = blockIdx.x;; ++u) {
+            // Units in the order CTAs come free (a counter), so the units in flight at any time
+            // are neighbours in the raster and share their A and B tiles in L2 however the
+            // CTAs have drifted; or a fixed stride when there is no counter.
+            if (u > 0) t = counter ? atomicAdd(counter, 1) + gridDim.x : t + gridDim.x;
+            const int slot = u % TS;
+            mbar_wait(&tempty[slot], ((u / TS) & 1) ^ 1);
+            s_unit[slot] = t;
+            mbar_arrive(&tfull[slot]);
+            if (t >= total) break;
             int mu, n, row0, row_end;
             tile_coords<PER>(t, tile_offsets, n_experts, n_tiles, band, expert_major, mu, n);
             unit_rows<BM_, TILE>(offsets, tile_offsets, n_experts, mu, row0, row_end);
@@ -316,7 +335,13 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
     const int col_off = SPLIT ? c * WN : 0;        // its first column of the N tile (B rows)
     float d[WN / 2];
     int it = 0;
-    for (int t = blockIdx.x; t < total; t += gridDim.x) {
+    for (int u = 0;; ++u) {
+        const int slot = u % TS;
+        mbar_wait(&tfull[slot], (u / TS) & 1);
+        const int t = s_unit[slot];
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&tempty[slot]);
+        if (t >= total) break;
         int mu, n, row0, row_end;
         tile_coords<PER>(t, tile_offsets, n_experts, n_tiles, band, expert_major, mu, n);
         unit_rows<BM_, TILE>(offsets, tile_offsets, n_experts, mu, row0, row_end);
@@ -381,8 +406,8 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
     const __grid_constant__ TmaDesc ta, const __grid_constant__ TmaDesc tb,                        \
         __nv_bfloat16 *__restrict__ out, const int *__restrict__ order,                           \
         const float *__restrict__ pair_weight, const int *__restrict__ offsets,                   \
-        const int *__restrict__ tile_offsets, int n_experts, int n_total, int k, int band, int expert_major
-#define WG_PASS &ta, &tb, out, order, pair_weight, offsets, tile_offsets, n_experts, n_total, k, band, expert_major
+        const int *__restrict__ tile_offsets, int n_experts, int n_total, int k, int band, int expert_major, int *counter
+#define WG_PASS &ta, &tb, out, order, pair_weight, offsets, tile_offsets, n_experts, n_total, k, band, expert_major, counter
 
 extern "C" __global__ void __launch_bounds__(384, 1) gate_up_wgmma(WG_ARGS) { wgmma_grouped_gemm<2, 256, false, true>(WG_PASS); }
 extern "C" __global__ void __launch_bounds__(384, 1) down_wgmma(WG_ARGS) { wgmma_grouped_gemm<2, 256, false, false>(WG_PASS); }

@@ -277,7 +277,7 @@ fn permutation_matches_the_counting_sort() {
             let mut acc = 0;
             for e in 0..n_experts {
                 assert_eq!(tiles[e], acc, "tile offset of expert {e}");
-                acc += (want.offsets[e + 1] - want.offsets[e]).div_ceil(ws.tile_rows(&dev, t, path))
+                acc += (want.offsets[e + 1] - want.offsets[e]).div_ceil(ws.tile_rows(&dev, path))
                     as i32;
             }
             assert_eq!(tiles[n_experts], acc);

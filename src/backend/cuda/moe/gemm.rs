@@ -94,21 +94,18 @@ fn function(dev: &CudaDevice, fam: Family, gate_up: bool) -> Result<(CudaFunctio
 }
 
 /// Rows of a tile of the tile map the kernels of `path` read (`permute`'s bm).
-pub(super) fn map_rows(
-    dev: &CudaDevice,
-    ws: &MoeWorkspace,
-    path: GemmPath,
-    n_pairs: usize,
-) -> usize {
+pub(super) fn map_rows(dev: &CudaDevice, ws: &MoeWorkspace, path: GemmPath) -> usize {
     match family(dev, path, &ws.shape) {
-        Family::Wgmma => wgmma_tile(ws, n_pairs).map_rows(),
+        Family::Wgmma => wgmma_tile(ws).map_rows(),
         _ => path.bm(),
     }
 }
 
-fn wgmma_tile(ws: &MoeWorkspace, n_pairs: usize) -> WgmmaTile {
-    ws.wgmma_tile
-        .unwrap_or_else(|| WgmmaTile::for_load(n_pairs, &ws.shape))
+/// The Hopper tile: 128 x 256 unless forced ([`MoeWorkspace::wgmma_tile`]). With units taken
+/// in the order CTAs come free it measured best at every load of both benchmark shapes on the
+/// H200 (benches/RESULTS.md); the others stay for comparison.
+fn wgmma_tile(ws: &MoeWorkspace) -> WgmmaTile {
+    ws.wgmma_tile.unwrap_or(WgmmaTile::Rows128)
 }
 
 /// What differs between the two grouped GEMMs of the layer.
@@ -191,18 +188,18 @@ pub(super) fn down(
 /// not stored; the widths meet the tiles' divisibility (MoeShape::validate, family()).
 fn grouped(
     dev: &CudaDevice,
-    ws: &MoeWorkspace,
+    ws: &mut MoeWorkspace,
     op: &Operands,
     n_pairs: usize,
     path: GemmPath,
 ) -> Result<()> {
     let s = ws.shape;
     let fam = family(dev, path, &s);
-    let map_rows = map_rows(dev, ws, path, n_pairs);
+    let map_rows = map_rows(dev, ws, path);
     // Upper bound of tiles over all experts (surplus blocks exit at once).
     let max_tiles = n_pairs.div_ceil(map_rows) + s.n_experts.min(n_pairs);
     if fam == Family::Wgmma {
-        return wgmma::launch(dev, ws, op, n_pairs, wgmma_tile(ws, n_pairs), max_tiles);
+        return wgmma::launch(dev, ws, op, n_pairs, wgmma_tile(ws), max_tiles);
     }
     let (f, bn, smem) = function(dev, fam, op.gate_up)?;
     let (ne, nt, k, tk) = (

@@ -218,9 +218,10 @@ pub struct MoeWorkspace {
     /// [P, hidden] down projections, scaled by the router weights (between gate/up and down on
     /// the Hopper path: the token rows in sorted order).
     pub y: DeviceBuffer<bf16>,
-    /// Forces the Hopper kernels' tile (None: by load, [`WgmmaTile::for_load`]); starts as
-    /// [`WgmmaTile::from_env`].
+    /// Forces the Hopper kernels' tile (None: 128 x 256); starts as [`WgmmaTile::from_env`].
     pub wgmma_tile: Option<WgmmaTile>,
+    /// The Hopper kernels' unit counter (zeroed before each launch).
+    tile_counter: DeviceBuffer<i32>,
 }
 
 impl MoeWorkspace {
@@ -242,6 +243,7 @@ impl MoeWorkspace {
             act: dev.zeros(p.max(1) * shape.inter)?,
             y: dev.zeros(p.max(1) * shape.hidden)?,
             wgmma_tile: WgmmaTile::from_env(),
+            tile_counter: dev.zeros(1)?,
         })
     }
 
@@ -305,10 +307,10 @@ impl MoeWorkspace {
         Ok(())
     }
 
-    /// Rows of a tile of the GEMM tile map for `n_tokens` on `path` (the kernels that will run
-    /// decide it: the Hopper tiles by load, see [`WgmmaTile`]).
-    pub fn tile_rows(&self, dev: &CudaDevice, n_tokens: usize, path: GemmPath) -> usize {
-        gemm::map_rows(dev, self, path, n_tokens * self.shape.top_k)
+    /// Rows of a tile of the GEMM tile map on `path` (the kernels that will run decide it, see
+    /// [`WgmmaTile`]).
+    pub fn tile_rows(&self, dev: &CudaDevice, path: GemmPath) -> usize {
+        gemm::map_rows(dev, self, path)
     }
 
     /// Sorts the pairs of [`Self::experts`] by expert (stable in token order), filling
@@ -321,7 +323,7 @@ impl MoeWorkspace {
             n_pairs as i32,
             self.shape.n_experts as i32,
             n_chunks as i32,
-            self.tile_rows(dev, n_tokens, path) as i32,
+            self.tile_rows(dev, path) as i32,
         );
         if n_chunks == 1 {
             // One block does histogram, offsets and scatter: decode batches save two launches.

@@ -3,27 +3,31 @@
 
 use std::ffi::c_void;
 
-use cudarc::driver::{sys, LaunchConfig, PushKernelArg};
+use cudarc::driver::{sys, DevicePtr, LaunchConfig, PushKernelArg};
 
 use super::gemm::Operands;
-use super::{MoeShape, MoeWorkspace};
+use super::MoeWorkspace;
 use crate::backend::cuda::dev_err;
 use crate::backend::cuda::device::{CudaDevice, Kernel};
 use crate::error::{Error, Result};
 
-/// The tile shape of the Hopper kernels (kernels/grouped_gemm_sm90.cu).
+/// The tile shape of the Hopper kernels (kernels/grouped_gemm_sm90.cu). 128 x 256 runs by
+/// default; the other two are kept to compare against on new shapes and GPUs (each lost to it
+/// at every load of the benchmark on the H200, see benches/RESULTS.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WgmmaTile {
     /// 64 x 256 units, halves of the 128-row tile map (both consumers on the same 64 rows, each
-    /// on half the columns): for experts of a few dozen rows.
+    /// on half the columns).
     Rows64,
-    /// 128 x 256 (two consumers of 64 rows): for experts of many rows.
+    /// 128 x 256 (two consumers of 64 rows; the second idles on an expert's last 64 rows or
+    /// fewer).
     Rows128,
-    /// 192 x 128 (three consumers of 64 rows): for experts of one to a few hundred rows, which
-    /// one tile covers, so that each weight tile is streamed once, and whose ragged end costs
-    /// 64-row steps (idle consumers).
+    /// 192 x 128 (three consumers of 64 rows): covers an expert of up to 192 rows in one tile.
     Rows192,
 }
+
+/// Bytes of the kernels' unit ring (TS = 4 slots: two mbarriers and an int each).
+const TILE_RING: usize = 4 * (8 + 8 + 4);
 
 impl WgmmaTile {
     /// Set to 64, 128 or 192 to force the tile: a diagnostic switch for the benchmark.
@@ -36,21 +40,6 @@ impl WgmmaTile {
             Some("128") => Some(Self::Rows128),
             Some("192") => Some(Self::Rows192),
             _ => None,
-        }
-    }
-
-    /// The tile for `n_pairs` rows of a layer of `shape`, by the rows an expert averages:
-    /// 192 x 128 covers experts of 65 to 192 rows in one tile (each weight tile streamed once),
-    /// and fine-grained experts (intermediate at most half the hidden width, e.g. DeepSeek-V3's)
-    /// up to 1024 rows; 128 x 256 otherwise, also for experts of a few rows, where its idle
-    /// consumer costs less than [`Self::Rows64`]'s second B pass. Measured on the H200
-    /// (benches/RESULTS.md, 2026-11-29 sections); [`Self::Rows64`] is kept for comparison.
-    pub fn for_load(n_pairs: usize, shape: &MoeShape) -> Self {
-        let fine = 2 * shape.inter <= shape.hidden;
-        match n_pairs / shape.n_experts.max(1) {
-            65..=192 => Self::Rows192,
-            193..=1024 if fine => Self::Rows192,
-            _ => Self::Rows128,
         }
     }
 
@@ -91,7 +80,7 @@ impl WgmmaTile {
     }
 
     /// Shared memory: the pipeline stages of an A tile (the unit's rows x 64) and a B tile (the
-    /// B rows x 64, bf16), their mbarriers, a copy of the tile map and group offsets (up to 1025
+    /// B rows x 64, bf16), their mbarriers, the ring of units handed to the consumers, a copy of the tile map and group offsets (up to 1025
     /// entries each), and 1 KiB of slack to align the tiles to the 128B swizzle's 1024 bytes.
     /// Stages and sizes as in kernels/grouped_gemm_sm90.cu.
     fn smem(self) -> usize {
@@ -100,7 +89,7 @@ impl WgmmaTile {
             Self::Rows128 => (4, 128, 256),
             Self::Rows192 => (5, 192, 128),
         };
-        stages * ((a_rows * 64 + b_rows * 64) * 2 + 16) + 2 * 1025 * 4 + 1024
+        stages * ((a_rows * 64 + b_rows * 64) * 2 + 16) + TILE_RING + 2 * 1025 * 4 + 1024
     }
 
     fn kernel(self, gate_up: bool) -> &'static str {
@@ -174,7 +163,7 @@ fn raster() -> (i32, i32) {
 /// `max_tiles` tiles of the tile map.
 pub(super) fn launch(
     dev: &CudaDevice,
-    ws: &MoeWorkspace,
+    ws: &mut MoeWorkspace,
     op: &Operands,
     n_pairs: usize,
     tile: WgmmaTile,
@@ -198,6 +187,17 @@ pub(super) fn launch(
     let tb = tensor_map(op.w, s.n_experts * op.n_total, op.k)?;
     let (ne, nt, k) = (s.n_experts as i32, op.n_total as i32, op.k as i32);
     let (band, expert_major) = raster();
+    // Units past the first wave are taken in the order CTAs come free, from a counter zeroed
+    // here; `SWITCHYARD_STATIC_TILES` (a diagnostic switch) walks them by a fixed stride instead.
+    let counter = if std::env::var_os("SWITCHYARD_STATIC_TILES").is_some() {
+        0u64
+    } else {
+        dev.stream()
+            .memset_zeros(&mut ws.tile_counter)
+            .map_err(dev_err("zeroing the tile counter"))?;
+        // Single stream: dropping the guard at once keeps the ordering (see gemm.rs `ptr`).
+        ws.tile_counter.device_ptr(dev.stream()).0
+    };
     let mut b = dev.stream().launch_builder(&f);
     b.arg(&ta)
         .arg(&tb)
@@ -210,7 +210,8 @@ pub(super) fn launch(
         .arg(&nt)
         .arg(&k)
         .arg(&band)
-        .arg(&expert_major);
+        .arg(&expert_major)
+        .arg(&counter);
     // SAFETY: the arguments match the kernel's signature (WG_ARGS); the operands cover what the
     // callers say; tiles come from the tile map of permute (rows < n_pairs) and stores stop at
     // each expert's last row.
