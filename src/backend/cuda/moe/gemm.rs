@@ -10,7 +10,7 @@
 //!   the down projection writes it).
 //! - [`GemmPath::Large`] elsewhere: the mma.sync 128 x 128 kernels (`gate_up_large` / `down_large`).
 
-use cudarc::driver::{CudaFunction, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, DevicePtr, LaunchArgs, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 use super::wgmma::{self, WgmmaTile};
@@ -127,6 +127,40 @@ pub(super) struct Operands {
     pub(super) n_out: usize,
 }
 
+impl Operands {
+    /// The widths every kernel takes: experts, weight rows per expert, reduction.
+    pub(super) fn dims(&self, s: &MoeShape) -> [i32; 3] {
+        [s.n_experts as i32, self.n_total as i32, self.k as i32]
+    }
+
+    /// Pushes the arguments both kernel families take after A and B: the output, the sorted
+    /// order, the router weights, the group offsets and tile map, and `dims`.
+    pub(super) fn push_args<'a>(
+        &'a self,
+        b: &mut LaunchArgs<'a>,
+        ws: &'a MoeWorkspace,
+        dims: &'a [i32; 3],
+    ) {
+        b.arg(&self.out)
+            .arg(&ws.order)
+            .arg(&self.pair_weight)
+            .arg(&ws.offsets)
+            .arg(&ws.tile_offsets)
+            .arg(&dims[0])
+            .arg(&dims[1])
+            .arg(&dims[2]);
+    }
+
+    /// What a failed launch was doing.
+    pub(super) fn launching(&self) -> &'static str {
+        if self.gate_up {
+            "launching the gate/up grouped GEMM"
+        } else {
+            "launching the down grouped GEMM"
+        }
+    }
+}
+
 /// Gate/up (+SiLU·up) into `ws.act` for `n_tokens` tokens; the caller checked the sizes.
 pub(super) fn gate_up(
     dev: &CudaDevice,
@@ -202,24 +236,12 @@ fn grouped(
         return wgmma::launch(dev, ws, op, n_pairs, wgmma_tile(ws), max_tiles);
     }
     let (f, bn, smem) = function(dev, fam, op.gate_up)?;
-    let (ne, nt, k, tk) = (
-        s.n_experts as i32,
-        op.n_total as i32,
-        op.k as i32,
-        s.top_k as i32,
-    );
+    let dims = op.dims(&s);
+    let tk = s.top_k as i32;
     let mut b = dev.stream().launch_builder(&f);
-    b.arg(&op.a)
-        .arg(&op.w)
-        .arg(&op.out)
-        .arg(&ws.order)
-        .arg(&op.pair_weight)
-        .arg(&ws.offsets)
-        .arg(&ws.tile_offsets)
-        .arg(&ne)
-        .arg(&nt)
-        .arg(&k)
-        .arg(&tk);
+    b.arg(&op.a).arg(&op.w);
+    op.push_args(&mut b, ws, &dims);
+    b.arg(&tk);
     let cfg = LaunchConfig {
         grid_dim: (max_tiles as u32, (op.n_out / bn) as u32, 1),
         block_dim: (256, 1, 1),
@@ -227,11 +249,7 @@ fn grouped(
     };
     // SAFETY: the operands cover what the callers say; tiles come from the tile map of permute
     // (rows < n_pairs, tokens < n_tokens) and stores stop at each expert's last row.
-    unsafe { b.launch(cfg) }.map_err(dev_err(if op.gate_up {
-        "launching the gate/up grouped GEMM"
-    } else {
-        "launching the down grouped GEMM"
-    }))?;
+    unsafe { b.launch(cfg) }.map_err(dev_err(op.launching()))?;
     Ok(())
 }
 

@@ -185,7 +185,7 @@ pub(super) fn launch(
     };
     let ta = tensor_map(op.a, n_pairs, op.k)?;
     let tb = tensor_map(op.w, s.n_experts * op.n_total, op.k)?;
-    let (ne, nt, k) = (s.n_experts as i32, op.n_total as i32, op.k as i32);
+    let dims = op.dims(&s);
     let (band, expert_major) = raster();
     // Units past the first wave are taken in the order CTAs come free, from a counter zeroed
     // here; `SWITCHYARD_STATIC_TILES` (a diagnostic switch) walks them by a fixed stride instead.
@@ -198,27 +198,14 @@ pub(super) fn launch(
         // Single stream: dropping the guard at once keeps the ordering (see gemm.rs `ptr`).
         ws.tile_counter.device_ptr(dev.stream()).0
     };
+    let ws: &MoeWorkspace = ws;
     let mut b = dev.stream().launch_builder(&f);
-    b.arg(&ta)
-        .arg(&tb)
-        .arg(&op.out)
-        .arg(&ws.order)
-        .arg(&op.pair_weight)
-        .arg(&ws.offsets)
-        .arg(&ws.tile_offsets)
-        .arg(&ne)
-        .arg(&nt)
-        .arg(&k)
-        .arg(&band)
-        .arg(&expert_major)
-        .arg(&counter);
+    b.arg(&ta).arg(&tb);
+    op.push_args(&mut b, ws, &dims);
+    b.arg(&band).arg(&expert_major).arg(&counter);
     // SAFETY: the arguments match the kernel's signature (WG_ARGS); the operands cover what the
     // callers say; tiles come from the tile map of permute (rows < n_pairs) and stores stop at
     // each expert's last row.
-    unsafe { b.launch(cfg) }.map_err(dev_err(if op.gate_up {
-        "launching the gate/up grouped GEMM"
-    } else {
-        "launching the down grouped GEMM"
-    }))?;
+    unsafe { b.launch(cfg) }.map_err(dev_err(op.launching()))?;
     Ok(())
 }
