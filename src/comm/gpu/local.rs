@@ -239,6 +239,35 @@ impl GpuLocalComm {
         .map_err(dev_err("copying between ranks' GPU buffers"))
     }
 
+    /// Takes the part `src` posted for `op` as rows of `cols` values, copied into new rows on
+    /// this rank's GPU, and tells `src` it is queued; `whose` names the sender in the error.
+    fn receive_rows(&self, op: Op, src: usize, cols: usize, whose: &str) -> Result<Tensor> {
+        let part = self.take(op, src)?;
+        if cols == 0 || !part.len.is_multiple_of(cols) {
+            return Err(self
+                .host
+                .bad(
+                    op,
+                    format!(
+                        "{} values from rank {src}{whose} are not rows of {cols}",
+                        part.len
+                    ),
+                )
+                .into());
+        }
+        let out = empty_rows(&self.dev, part.len / cols, cols)?;
+        self.copy(
+            &part.data,
+            part.offset,
+            part.len,
+            &out,
+            0,
+            Some(&part.ready),
+        )?;
+        self.ack(vec![(src, part)])?;
+        Ok(out)
+    }
+
     /// Tells the senders of `parts` that their copies are queued.
     fn ack(&self, parts: Vec<(usize, Part)>) -> Result<()> {
         if parts.is_empty() {
@@ -465,27 +494,7 @@ impl Communicator for GpuLocalComm {
                 "a GPU rank receives onto its own GPU stream".into(),
             ));
         }
-        let part = self.take(Op::PointToPoint, src)?;
-        if cols == 0 || !part.len.is_multiple_of(cols) {
-            return Err(self
-                .host
-                .bad(
-                    Op::PointToPoint,
-                    format!("{} values from rank {src} are not rows of {cols}", part.len),
-                )
-                .into());
-        }
-        let out = empty_rows(&self.dev, part.len / cols, cols)?;
-        self.copy(
-            &part.data,
-            part.offset,
-            part.len,
-            &out,
-            0,
-            Some(&part.ready),
-        )?;
-        self.ack(vec![(src, part)])?;
-        Ok(out)
+        self.receive_rows(Op::PointToPoint, src, cols, "")
     }
 
     fn broadcast_rows(&self, x: &mut Tensor, root: usize) -> Result<()> {
@@ -507,28 +516,7 @@ impl Communicator for GpuLocalComm {
             }
             return self.await_acks(Op::Broadcast, &others);
         }
-        let cols = cols_of(x);
-        let part = self.take(Op::Broadcast, root)?;
-        if cols == 0 || !part.len.is_multiple_of(cols) {
-            return Err(self
-                .host
-                .bad(
-                    Op::Broadcast,
-                    format!("{} values from the root are not rows of {cols}", part.len),
-                )
-                .into());
-        }
-        let out = empty_rows(&self.dev, part.len / cols, cols)?;
-        self.copy(
-            &part.data,
-            part.offset,
-            part.len,
-            &out,
-            0,
-            Some(&part.ready),
-        )?;
-        self.ack(vec![(root, part)])?;
-        *x = out;
+        *x = self.receive_rows(Op::Broadcast, root, cols_of(x), " (the root)")?;
         Ok(())
     }
 }

@@ -178,41 +178,24 @@ impl NcclComm {
     ) -> Result<()> {
         self.bind()?;
         nccl::group_start().map_err(nccl_err("group start"))?;
+        // Sends first, then receives, each only where there is something to move.
+        let sends = sends.iter().filter(|s| s.2 > 0).map(|&s| (true, s));
+        let recvs = recvs.iter().filter(|r| r.2 > 0).map(|&r| (false, r));
         let mut queued = Ok(());
-        for &(peer, ptr, n) in sends.iter().filter(|s| s.2 > 0) {
-            // SAFETY: `ptr` addresses `n` live elements of `dtype` on this rank's GPU.
+        for (send, (peer, ptr, n)) in sends.chain(recvs) {
+            let (peer, comm, stream) = (peer as i32, self.comm.0, self.stream());
+            // SAFETY: `ptr` addresses `n` live elements of `dtype` on this rank's GPU (sends) or
+            // room for them (receives).
             queued = unsafe {
-                nccl::send(
-                    ptr as *const c_void,
-                    n,
-                    dtype,
-                    peer as i32,
-                    self.comm.0,
-                    self.stream(),
-                )
+                if send {
+                    nccl::send(ptr as *const c_void, n, dtype, peer, comm, stream)
+                } else {
+                    nccl::recv(ptr as *mut c_void, n, dtype, peer, comm, stream)
+                }
             }
             .map(|_| ());
             if queued.is_err() {
                 break;
-            }
-        }
-        if queued.is_ok() {
-            for &(peer, ptr, n) in recvs.iter().filter(|r| r.2 > 0) {
-                // SAFETY: `ptr` addresses room for `n` elements of `dtype` on this rank's GPU.
-                queued = unsafe {
-                    nccl::recv(
-                        ptr as *mut c_void,
-                        n,
-                        dtype,
-                        peer as i32,
-                        self.comm.0,
-                        self.stream(),
-                    )
-                }
-                .map(|_| ());
-                if queued.is_err() {
-                    break;
-                }
             }
         }
         let ended = nccl::group_end();
