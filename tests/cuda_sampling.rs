@@ -510,3 +510,56 @@ fn device_draw_frequencies_match_the_exact_probabilities() {
         }
     }
 }
+
+/// `switchyard generate` with `args` on the mixtral fixture; its tokens.
+fn generate_tokens(args: &[&str]) -> Vec<u32> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mixtral");
+    let mut all = vec![
+        "generate",
+        "--model",
+        dir,
+        "--tokens",
+        "5,17,42",
+        "--max-tokens",
+        "16",
+        "--ignore-eos",
+        "--json",
+    ];
+    all.extend_from_slice(args);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(&all)
+        .output()
+        .expect("running switchyard");
+    assert!(
+        out.status.success(),
+        "{all:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("generate --json");
+    v["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|t| t.as_u64().expect("a token id") as u32)
+        .collect()
+}
+
+/// `generate --device cuda` draws on the device: a seed repeats its tokens, another seed draws
+/// others, and top-k 1 is the greedy pick.
+#[test]
+fn generate_samples_on_the_gpu_repeatably() {
+    if gpu().is_none() {
+        return;
+    }
+    let hot = ["--device", "cuda", "--temperature", "1.5"];
+    let seeded = |seed: &str| generate_tokens(&[&hot[..], &["--seed", seed]].concat());
+    let (a, b, c) = (seeded("7"), seeded("7"), seeded("8"));
+    assert_eq!(a, b, "the same seed draws the same tokens");
+    assert_ne!(
+        a, c,
+        "another seed draws other tokens (16 draws at temperature 1.5)"
+    );
+    let greedy = generate_tokens(&["--device", "cuda", "--temperature", "0"]);
+    let top1 = generate_tokens(&[&hot[..], &["--top-k", "1", "--seed", "7"]].concat());
+    assert_eq!(top1, greedy, "top-k 1 keeps only the argmax");
+}

@@ -3,7 +3,7 @@
 
 use super::executor::{Executor, LocalExecutor};
 use super::Sequence;
-use crate::backend::cpu::sample::{sample, top2_margin, SamplingParams};
+use crate::backend::cpu::sample::{RowDraw, SamplingParams};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::kv_cache::BlockAllocator;
@@ -127,14 +127,18 @@ impl Engine {
         while out.tokens.len() < opts.max_tokens {
             let logits = self.step(&mut seq, false)?;
             let uniform = rng.random::<f32>();
-            // Greedy picks where the logits are (on a GPU only the token and its margin come
-            // back); sampling reads the one row on the host.
-            let (next, margin) = if opts.sampling.temperature <= 0.0 {
-                ops::greedy_rows(&logits)?[0]
+            // Picks where the logits are: on a GPU only the token and the greedy margin come
+            // back, for sampled steps too (the draw uses this host generator's uniform).
+            let (greedy, margin) = ops::greedy_rows(&logits)?[0];
+            let next = if opts.sampling.temperature <= 0.0 {
+                greedy
             } else {
-                let host = logits.into_cpu()?;
-                let row = host.as_slice();
-                (sample(row, &opts.sampling, uniform), top2_margin(row))
+                let draw = RowDraw {
+                    row: 0,
+                    params: opts.sampling,
+                    uniform,
+                };
+                ops::sample_rows(&logits, &[draw])?[0]
             };
             out.tokens.push(next);
             out.margins.push(margin);
