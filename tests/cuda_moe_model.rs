@@ -26,7 +26,7 @@
 
 mod common;
 
-use common::{rel_l2, SMALL_MARGIN};
+use common::{gpu, rel_l2, SMALL_MARGIN};
 use std::path::Path;
 use switchyard::backend::cpu::sample::SamplingParams;
 use switchyard::backend::cuda::weights::GpuRandomWeights;
@@ -37,16 +37,6 @@ use switchyard::engine::{Engine, Executor, GenerateOptions, LocalExecutor};
 use switchyard::model::{Model, ModelSource, StepBatch};
 use switchyard::parallel::RankContext;
 use switchyard::tensor::Tensor;
-
-fn gpu() -> Option<Device> {
-    match Device::cuda(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            eprintln!("skipped: no GPU here ({e})");
-            None
-        }
-    }
-}
 
 /// A fixture's config.json with `overrides`, written to a temporary directory.
 fn config_dir(fixture: &str, overrides: serde_json::Value) -> tempfile::TempDir {

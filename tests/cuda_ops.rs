@@ -3,29 +3,18 @@
 //! no GPU (CI). Built only with `--features cuda`.
 #![cfg(feature = "cuda")]
 
+mod common;
+
+use common::gpu;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use switchyard::attention::AttentionStep;
 use switchyard::backend::cuda::attention;
-use switchyard::backend::cuda::storage::set_poison;
 use switchyard::backend::Device;
 use switchyard::config::{RopeConfig, RopeScaling};
 use switchyard::model::StepBatch;
 use switchyard::ops::{self, Heads, PagedCache, QueryPos, Rotary};
 use switchyard::tensor::Tensor;
-
-fn gpu() -> Option<Device> {
-    match Device::cuda(0) {
-        Ok(d) => {
-            set_poison(true);
-            Some(d)
-        }
-        Err(e) => {
-            eprintln!("skipped: no GPU here ({e})");
-            None
-        }
-    }
-}
 
 /// Random values already representable in bf16, so uploading a weight as bf16 is exact.
 fn rand_t(rng: &mut ChaCha8Rng, dims: &[usize], scale: f32) -> Tensor {

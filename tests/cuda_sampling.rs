@@ -9,27 +9,16 @@
 //! Skips, saying so, where there is no GPU.
 #![cfg(feature = "cuda")]
 
+mod common;
+
+use common::gpu;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use switchyard::backend::cpu::sample::{argmax, sample, top2_margin, RowDraw, SamplingParams};
-use switchyard::backend::cuda::storage::set_poison;
 use switchyard::backend::Device;
 use switchyard::ops;
 use switchyard::scheduler::{Need, Pick, Sampler, SamplingConfig, StepLogits};
 use switchyard::tensor::Tensor;
-
-fn gpu() -> Option<Device> {
-    match Device::cuda(0) {
-        Ok(d) => {
-            set_poison(true);
-            Some(d)
-        }
-        Err(e) => {
-            eprintln!("skipped: no GPU here ({e})");
-            None
-        }
-    }
-}
 
 /// Random logits with the hard cases planted: ties of the maximum in one thread's columns, in
 /// different warps and at the row's ends; a tie for second place; a row of -inf; a row whose

@@ -177,3 +177,19 @@ macro_rules! fixture_tests {
 }
 #[allow(unused_imports)]
 pub(crate) use fixture_tests;
+
+/// GPU 0 with new device buffers poisoned (NaN / -1), so an element a kernel fails to write
+/// fails the comparison; `None`, after saying why, where there is no GPU (CI).
+#[cfg(feature = "cuda")]
+pub fn gpu() -> Option<switchyard::backend::Device> {
+    match switchyard::backend::Device::cuda(0) {
+        Ok(d) => {
+            switchyard::backend::cuda::storage::set_poison(true);
+            Some(d)
+        }
+        Err(e) => {
+            eprintln!("skipped: no GPU here ({e})");
+            None
+        }
+    }
+}
