@@ -484,8 +484,9 @@ fn rms_norm_with_residual_matches_the_reference() {
 /// The grouped GEMMs of both paths over groups chosen to hit the tile edges: experts with 0, 1,
 /// 31, 33, 63, 65, 127, 129, 255, 257 rows and more (the 8-row passes and 32-row tiles of the
 /// decode kernels, the 64- and 128-row wgmma tiles: the first set averages under 192 rows an
-/// expert, which picks 64-row tiles, the second over), an empty group between full ones, routed
-/// explicitly (top-1, shuffled tokens), against the CPU path.
+/// expert, which picks 64-row tiles, the second over; the cluster pairs' 256-row super tiles
+/// with tails of 1, 44 and 188 rows), an empty group between full ones, routed explicitly
+/// (top-1, shuffled tokens), against the CPU path.
 #[test]
 fn grouped_gemms_handle_empty_single_and_ragged_groups() {
     let Some(dev) = device() else { return };
@@ -496,7 +497,7 @@ fn grouped_gemms_handle_empty_single_and_ragged_groups() {
     ];
     for (counts, (hidden, inter)) in sets
         .iter()
-        .flat_map(|c| [(256usize, 384usize), (384, 448), (512, 512)].map(|s| (c, s)))
+        .flat_map(|c| [(256usize, 384usize), (384, 448), (512, 512), (1024, 256)].map(|s| (c, s)))
     {
         let (h, i, e, k) = (hidden, inter, counts.len(), 1usize);
         let shape = MoeShape {
@@ -538,14 +539,20 @@ fn grouped_gemms_handle_empty_single_and_ragged_groups() {
         let e_i32: Vec<i32> = experts.iter().map(|&v| v as i32).collect();
         // The decode path, and every Hopper tile (where the device has none, the mma.sync
         // kernels run each time).
+        // The cluster pairs run with and without multicast (bits: weights of M pairs, token
+        // rows of N pairs); shapes with an odd number of N tiles fall back to one CTA a unit.
         let runs = [
-            (GemmPath::Small, None),
-            (GemmPath::Large, Some(WgmmaTile::Rows64)),
-            (GemmPath::Large, Some(WgmmaTile::Rows128)),
-            (GemmPath::Large, Some(WgmmaTile::Rows192)),
+            (GemmPath::Small, None, 3),
+            (GemmPath::Large, Some(WgmmaTile::Rows64), 3),
+            (GemmPath::Large, Some(WgmmaTile::Rows128), 3),
+            (GemmPath::Large, Some(WgmmaTile::Rows192), 3),
+            (GemmPath::Large, Some(WgmmaTile::Pairs), 3),
+            (GemmPath::Large, Some(WgmmaTile::Pairs), 0),
+            (GemmPath::Large, Some(WgmmaTile::Pairs), 1),
         ];
-        for (path, tile) in runs {
+        for (path, tile, multicast) in runs {
             ws.wgmma_tile = tile;
+            ws.wgmma_multicast = multicast;
             dev.stream().memcpy_htod(&e_i32, &mut ws.experts).unwrap();
             dev.stream().memcpy_htod(&weights, &mut ws.weights).unwrap();
             poison(&dev, &mut ws.act);
@@ -557,7 +564,7 @@ fn grouped_gemms_handle_empty_single_and_ragged_groups() {
             ws.combine(&dev, t, None, &mut out).unwrap();
             let got = from_bf16(&dev.download(&out).unwrap());
             assert_close(
-                &format!("groups {counts:?} {h}x{i} {path:?} {tile:?}"),
+                &format!("groups {counts:?} {h}x{i} {path:?} {tile:?} multicast {multicast}"),
                 &got,
                 &want,
                 1.5e-2,

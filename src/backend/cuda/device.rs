@@ -26,8 +26,9 @@ pub enum Kernel {
     /// Grouped GEMMs gate/up (+SiLU·up) and down on mma.sync, the decode streaming kernels and
     /// the row gather (`kernels/grouped_gemm.cu`).
     GroupedGemm,
-    /// The Hopper grouped GEMMs: TMA + wgmma, warp-specialised and persistent
-    /// (`kernels/grouped_gemm_sm90.cu`; sm_90a only, loaded only there).
+    /// The Hopper grouped GEMMs: TMA + wgmma, warp-specialised and persistent, one CTA or a
+    /// cluster pair a unit (`kernels/wgmma.cuh`, `kernels/grouped_gemm_sm90.cu`,
+    /// `kernels/grouped_gemm_sm90_pairs.cu`; sm_90a only, loaded only there).
     GroupedGemmSm90,
     /// Unpermute and weighted combine (`kernels/combine.cu`).
     Combine,
@@ -81,7 +82,12 @@ impl Kernel {
             Kernel::Route => include_str!("../../../kernels/route.cu"),
             Kernel::Permute => include_str!("../../../kernels/permute.cu"),
             Kernel::GroupedGemm => include_str!("../../../kernels/grouped_gemm.cu"),
-            Kernel::GroupedGemmSm90 => include_str!("../../../kernels/grouped_gemm_sm90.cu"),
+            // One program: the building blocks, the one-CTA kernels, the cluster-pair kernels.
+            Kernel::GroupedGemmSm90 => concat!(
+                include_str!("../../../kernels/wgmma.cuh"),
+                include_str!("../../../kernels/grouped_gemm_sm90.cu"),
+                include_str!("../../../kernels/grouped_gemm_sm90_pairs.cu")
+            ),
             Kernel::Combine => include_str!("../../../kernels/combine.cu"),
             Kernel::Norm => include_str!("../../../kernels/norm.cu"),
             Kernel::Fill => include_str!("../../../kernels/fill.cu"),

@@ -5,7 +5,8 @@
 //!   stream each touched expert's weights once, 32 weight rows per block, K split over 8 warps.
 //! - [`GemmPath::Large`] on Hopper (sm_90a) when the N tiles divide the shape: `gate_up_wgmma` /
 //!   `down_wgmma` (kernels/grouped_gemm_sm90.cu, launched by moe/wgmma.rs), TMA + wgmma,
-//!   persistent, 128 x 256 or 192 x 128 tiles by load ([`WgmmaTile`]); the token rows are first
+//!   persistent, 128 x 256 tiles a CTA, gate/up on cluster pairs of CTAs while experts hold
+//!   few rows ([`WgmmaTile`]); the token rows are first
 //!   gathered into sorted order (`gather_rows`, into [`MoeWorkspace::y`], which is free until
 //!   the down projection writes it).
 //! - [`GemmPath::Large`] elsewhere: the mma.sync 128 x 128 kernels (`gate_up_large` / `down_large`).
@@ -96,16 +97,25 @@ fn function(dev: &CudaDevice, fam: Family, gate_up: bool) -> Result<(CudaFunctio
 /// Rows of a tile of the tile map the kernels of `path` read (`permute`'s bm).
 pub(super) fn map_rows(dev: &CudaDevice, ws: &MoeWorkspace, path: GemmPath) -> usize {
     match family(dev, path, &ws.shape) {
-        Family::Wgmma => wgmma_tile(ws).map_rows(),
+        Family::Wgmma => ws.wgmma_tile.unwrap_or(WgmmaTile::Rows128).map_rows(),
         _ => path.bm(),
     }
 }
 
-/// The Hopper tile: 128 x 256 unless forced ([`MoeWorkspace::wgmma_tile`]). With units taken
-/// in the order CTAs come free it measured best at every load of both benchmark shapes on the
-/// H200 (benches/RESULTS.md); the others stay for comparison.
-fn wgmma_tile(ws: &MoeWorkspace) -> WgmmaTile {
-    ws.wgmma_tile.unwrap_or(WgmmaTile::Rows128)
+/// Below this many rows an expert on average, gate/up runs on cluster pairs.
+const PAIR_ROWS: usize = 192;
+
+/// The Hopper tile for `op` over `n_pairs` rows, unless forced ([`MoeWorkspace::wgmma_tile`]):
+/// gate/up on cluster pairs while experts average under [`PAIR_ROWS`] rows (their weights
+/// then leave DRAM about once: DeepSeek-V3 at T = 4096, 128 rows an expert, 13% faster on the
+/// H200), else 128 x 256, which won at more rows and for the down projection
+/// (benches/RESULTS.md); the others stay for comparison. Every choice reads the 128-row map.
+fn wgmma_tile(ws: &MoeWorkspace, op: &Operands, n_pairs: usize) -> WgmmaTile {
+    match ws.wgmma_tile {
+        Some(t) => t,
+        None if op.gate_up && n_pairs < PAIR_ROWS * ws.shape.n_experts => WgmmaTile::Pairs,
+        None => WgmmaTile::Rows128,
+    }
 }
 
 /// What differs between the two grouped GEMMs of the layer.
@@ -146,6 +156,23 @@ impl Operands {
             .arg(&self.pair_weight)
             .arg(&ws.offsets)
             .arg(&ws.tile_offsets)
+            .arg(&dims[0])
+            .arg(&dims[1])
+            .arg(&dims[2]);
+    }
+
+    /// The same for the cluster-pair kernels, which find each unit from the group offsets
+    /// alone (no tile map).
+    pub(super) fn push_pair_args<'a>(
+        &'a self,
+        b: &mut LaunchArgs<'a>,
+        ws: &'a MoeWorkspace,
+        dims: &'a [i32; 3],
+    ) {
+        b.arg(&self.out)
+            .arg(&ws.order)
+            .arg(&self.pair_weight)
+            .arg(&ws.offsets)
             .arg(&dims[0])
             .arg(&dims[1])
             .arg(&dims[2]);
@@ -233,7 +260,8 @@ fn grouped(
     // Upper bound of tiles over all experts (surplus blocks exit at once).
     let max_tiles = n_pairs.div_ceil(map_rows) + s.n_experts.min(n_pairs);
     if fam == Family::Wgmma {
-        return wgmma::launch(dev, ws, op, n_pairs, wgmma_tile(ws), max_tiles);
+        let tile = wgmma_tile(ws, op, n_pairs);
+        return wgmma::launch(dev, ws, op, n_pairs, tile, max_tiles);
     }
     let (f, bn, smem) = function(dev, fam, op.gate_up)?;
     let dims = op.dims(&s);

@@ -220,6 +220,10 @@ pub struct MoeWorkspace {
     pub y: DeviceBuffer<bf16>,
     /// Forces the Hopper kernels' tile (None: 128 x 256); starts as [`WgmmaTile::from_env`].
     pub wgmma_tile: Option<WgmmaTile>,
+    /// What the cluster-pair kernels ([`WgmmaTile::Pairs`]) multicast: bit 0 the weights of
+    /// M pairs, bit 1 the token rows of N pairs (a cleared bit: each CTA loads its own);
+    /// starts as [`wgmma::multicast_from_env`] (3 unless set).
+    pub wgmma_multicast: i32,
     /// The Hopper kernels' unit counter (zeroed before each launch).
     tile_counter: DeviceBuffer<i32>,
 }
@@ -243,6 +247,7 @@ impl MoeWorkspace {
             act: dev.zeros(p.max(1) * shape.inter)?,
             y: dev.zeros(p.max(1) * shape.hidden)?,
             wgmma_tile: WgmmaTile::from_env(),
+            wgmma_multicast: wgmma::multicast_from_env(),
             tile_counter: dev.zeros(1)?,
         })
     }

@@ -24,13 +24,18 @@ pub enum WgmmaTile {
     Rows128,
     /// 192 x 128 (three consumers of 64 rows): covers an expert of up to 192 rows in one tile.
     Rows192,
+    /// 128 x 256 a CTA, run by clusters of two CTAs that take each unit together and share
+    /// one operand by TMA multicast: the weights when an expert's 256-row super tile holds more
+    /// than 128 rows (each CTA takes 128 of them), else the token rows (each CTA takes one of
+    /// two N tiles). Needs an even number of N tiles (else [`Self::Rows128`] runs).
+    Pairs,
 }
 
 /// Bytes of the kernels' unit ring (TS = 4 slots: two mbarriers and an int each).
 const TILE_RING: usize = 4 * (8 + 8 + 4);
 
 impl WgmmaTile {
-    /// Set to 64, 128 or 192 to force the tile: a diagnostic switch for the benchmark.
+    /// Set to 64, 128, 192 or `pairs` to force the tile: a diagnostic switch for the benchmark.
     const ENV: &'static str = "SWITCHYARD_WGMMA_BM";
 
     /// The forced tile of [`Self::ENV`], if any.
@@ -39,6 +44,7 @@ impl WgmmaTile {
             Some("64") => Some(Self::Rows64),
             Some("128") => Some(Self::Rows128),
             Some("192") => Some(Self::Rows192),
+            Some("pairs") => Some(Self::Pairs),
             _ => None,
         }
     }
@@ -46,7 +52,7 @@ impl WgmmaTile {
     /// Rows of a tile of the tile map (`permute`'s bm).
     pub(super) fn map_rows(self) -> usize {
         match self {
-            Self::Rows64 | Self::Rows128 => 128,
+            Self::Rows64 | Self::Rows128 | Self::Pairs => 128,
             Self::Rows192 => 192,
         }
     }
@@ -55,14 +61,14 @@ impl WgmmaTile {
     fn units_per_tile(self) -> usize {
         match self {
             Self::Rows64 => 2,
-            Self::Rows128 | Self::Rows192 => 1,
+            Self::Rows128 | Self::Rows192 | Self::Pairs => 1,
         }
     }
 
     /// N extent of a tile: act columns (gate/up: half the B rows) or output columns (down).
     pub(super) fn bn(self, gate_up: bool) -> usize {
         let b_rows = match self {
-            Self::Rows64 | Self::Rows128 => 256,
+            Self::Rows64 | Self::Rows128 | Self::Pairs => 256,
             Self::Rows192 => 128,
         };
         if gate_up {
@@ -74,19 +80,20 @@ impl WgmmaTile {
 
     fn threads(self) -> u32 {
         match self {
-            Self::Rows64 | Self::Rows128 => 384,
+            Self::Rows64 | Self::Rows128 | Self::Pairs => 384,
             Self::Rows192 => 512,
         }
     }
 
     /// Shared memory: the pipeline stages of an A tile (the unit's rows x 64) and a B tile (the
-    /// B rows x 64, bf16), their mbarriers, the ring of units handed to the consumers, a copy of the tile map and group offsets (up to 1025
-    /// entries each), and 1 KiB of slack to align the tiles to the 128B swizzle's 1024 bytes.
-    /// Stages and sizes as in kernels/grouped_gemm_sm90.cu.
+    /// B rows x 64, bf16), their mbarriers, the ring of units handed to the consumers, a copy
+    /// of the tile map (pairs: units per expert) and group offsets (up to 1025 entries each),
+    /// and 1 KiB of slack to align the tiles to the 128B swizzle's 1024 bytes. Stages and sizes
+    /// as in kernels/grouped_gemm_sm90.cu and kernels/grouped_gemm_sm90_pairs.cu.
     fn smem(self) -> usize {
         let (stages, a_rows, b_rows) = match self {
             Self::Rows64 => (5, 64, 256),
-            Self::Rows128 => (4, 128, 256),
+            Self::Rows128 | Self::Pairs => (4, 128, 256),
             Self::Rows192 => (5, 192, 128),
         };
         stages * ((a_rows * 64 + b_rows * 64) * 2 + 16) + TILE_RING + 2 * 1025 * 4 + 1024
@@ -100,8 +107,20 @@ impl WgmmaTile {
             (Self::Rows128, false) => "down_wgmma",
             (Self::Rows192, true) => "gate_up_wgmma192",
             (Self::Rows192, false) => "down_wgmma192",
+            (Self::Pairs, true) => "gate_up_wgmma_pairs",
+            (Self::Pairs, false) => "down_wgmma_pairs",
         }
     }
+}
+
+/// `SWITCHYARD_MULTICAST` (0 to 3: which operands the cluster pairs multicast, see
+/// [`MoeWorkspace::wgmma_multicast`]), else 3: a diagnostic switch for the benchmark.
+pub fn multicast_from_env() -> i32 {
+    std::env::var("SWITCHYARD_MULTICAST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|m| (0..=3).contains(m))
+        .unwrap_or(3)
 }
 
 /// A TMA descriptor of a row-major bf16 matrix [rows, k] in 64 x 64 boxes with the 128-byte
@@ -171,41 +190,69 @@ pub(super) fn launch(
 ) -> Result<()> {
     let s = ws.shape;
     let n_tiles = op.n_out / tile.bn(op.gate_up);
+    // A pair unit spans two N tiles when the tokens are shared: an odd count runs one CTA a unit.
+    let tile = match tile {
+        WgmmaTile::Pairs if n_tiles % 2 == 1 => WgmmaTile::Rows128,
+        t => t,
+    };
     let f = dev.function_with_smem(
         Kernel::GroupedGemmSm90,
         tile.kernel(op.gate_up),
         tile.smem(),
     )?;
-    // Persistent: one CTA per SM, fewer when there are fewer units.
     let units = max_tiles * tile.units_per_tile() * n_tiles;
-    let cfg = LaunchConfig {
-        grid_dim: (dev.sm_count()?.min(units).max(1) as u32, 1, 1),
+    // (The occupancy query wants a grid the kernel's cluster of two divides.)
+    let mut cfg = LaunchConfig {
+        grid_dim: (2, 1, 1),
         block_dim: (tile.threads(), 1, 1),
         shared_mem_bytes: tile.smem() as u32,
+    };
+    // Persistent: one CTA per SM, fewer when there are fewer units; pairs only as many
+    // clusters as fit at once (all their units come from the counter).
+    cfg.grid_dim.0 = if tile == WgmmaTile::Pairs {
+        let fit = f
+            .occupancy_max_active_clusters(cfg, dev.stream())
+            .map_err(dev_err("sizing the cluster grid"))?;
+        if fit == 0 {
+            return Err(Error::Device(format!(
+                "no cluster of two {} CTAs fits on this GPU",
+                tile.kernel(op.gate_up)
+            )));
+        }
+        2 * (fit as usize).min(units).max(1) as u32
+    } else {
+        dev.sm_count()?.min(units).max(1) as u32
     };
     let ta = tensor_map(op.a, n_pairs, op.k)?;
     let tb = tensor_map(op.w, s.n_experts * op.n_total, op.k)?;
     let dims = op.dims(&s);
     let (band, expert_major) = raster();
-    // Units past the first wave are taken in the order CTAs come free, from a counter zeroed
-    // here; `SWITCHYARD_STATIC_TILES` (a diagnostic switch) walks them by a fixed stride instead.
-    let counter = if std::env::var_os("SWITCHYARD_STATIC_TILES").is_some() {
-        0u64
-    } else {
-        dev.stream()
-            .memset_zeros(&mut ws.tile_counter)
-            .map_err(dev_err("zeroing the tile counter"))?;
-        // Single stream: dropping the guard at once keeps the ordering (see gemm.rs `ptr`).
-        ws.tile_counter.device_ptr(dev.stream()).0
-    };
+    // Units past the first wave (pairs: all units) are taken in the order CTAs come free, from
+    // a counter zeroed here; `SWITCHYARD_STATIC_TILES` (a diagnostic switch) walks the one-CTA
+    // kernels' units by a fixed stride instead.
+    let counter =
+        if tile != WgmmaTile::Pairs && std::env::var_os("SWITCHYARD_STATIC_TILES").is_some() {
+            0u64
+        } else {
+            dev.stream()
+                .memset_zeros(&mut ws.tile_counter)
+                .map_err(dev_err("zeroing the tile counter"))?;
+            // Single stream: dropping the guard at once keeps the ordering (see gemm.rs `ptr`).
+            ws.tile_counter.device_ptr(dev.stream()).0
+        };
     let ws: &MoeWorkspace = ws;
     let mut b = dev.stream().launch_builder(&f);
     b.arg(&ta).arg(&tb);
-    op.push_args(&mut b, ws, &dims);
-    b.arg(&band).arg(&expert_major).arg(&counter);
-    // SAFETY: the arguments match the kernel's signature (WG_ARGS); the operands cover what the
-    // callers say; tiles come from the tile map of permute (rows < n_pairs) and stores stop at
-    // each expert's last row.
+    if tile == WgmmaTile::Pairs {
+        op.push_pair_args(&mut b, ws, &dims);
+        b.arg(&band).arg(&ws.wgmma_multicast).arg(&counter);
+    } else {
+        op.push_args(&mut b, ws, &dims);
+        b.arg(&band).arg(&expert_major).arg(&counter);
+    }
+    // SAFETY: the arguments match the kernel's signature (WG_ARGS or PAIR_ARGS); the operands
+    // cover what the callers say; units come from the group offsets of permute (rows <
+    // n_pairs) and stores stop at each expert's last row; the pair grid is even (its clusters).
     unsafe { b.launch(cfg) }.map_err(dev_err(op.launching()))?;
     Ok(())
 }

@@ -1,0 +1,303 @@
+// Building blocks of the Hopper grouped GEMMs (kernels/grouped_gemm_sm90.cu, one CTA a unit,
+// and kernels/grouped_gemm_sm90_pairs.cu, two CTAs of a cluster a unit): mbarriers, TMA loads
+// (plain and multicast), wgmma on 128B-swizzled shared memory, a unit's main loop on a consumer
+// warpgroup and its epilogue. Compiled as one NVRTC program with both (Kernel::source).
+
+#include <cuda_bf16.h>
+
+// A CUtensorMap (128 opaque bytes), passed by value as a __grid_constant__ kernel parameter.
+struct __align__(64) TmaDesc {
+    unsigned long long v[16];
+};
+
+// K of one pipeline stage (one 128-byte swizzle row of bf16).
+#define BK 64
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void mbar_init(unsigned long long* bar, unsigned count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count));
+}
+
+__device__ __forceinline__ void mbar_expect_tx(unsigned long long* bar, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes)
+                 : "memory");
+}
+
+__device__ __forceinline__ void mbar_arrive(unsigned long long* bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+}
+
+__device__ __forceinline__ void mbar_wait(unsigned long long* bar, unsigned parity) {
+    const unsigned a = smem_u32(bar);
+    unsigned done;
+    do {
+        asm volatile(
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(a), "r"(parity)
+            : "memory");
+    } while (!done);
+}
+
+// TMA: a box of the 2D tensor `map` at (inner c0, outer c1) into shared memory at `dst`,
+// completing `bytes` transactions on `bar`.
+__device__ __forceinline__ void tma_load_2d(void* dst, const TmaDesc* map, unsigned long long* bar, int c0, int c1) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];\n" ::"r"(
+            smem_u32(dst)),
+        "l"(reinterpret_cast<unsigned long long>(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1)
+        : "memory");
+}
+
+// The same box multicast into the shared memory of both CTAs of a cluster pair (same offset,
+// each completing `bytes` on its own mbarrier at `bar`'s offset).
+__device__ __forceinline__ void tma_load_2d_pair(void* dst, const TmaDesc* map, unsigned long long* bar, int c0, int c1) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%3, %4}], [%2], %5;\n" ::"r"(
+            smem_u32(dst)),
+        "l"(reinterpret_cast<unsigned long long>(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "h"((unsigned short)3)
+        : "memory");
+}
+
+// The address of `p`'s offset in the shared memory of CTA `cta` of the cluster.
+__device__ __forceinline__ unsigned cluster_addr(const void* p, unsigned cta) {
+    unsigned r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(smem_u32(p)), "r"(cta));
+    return r;
+}
+
+// Arrives on the mbarrier at `bar`'s offset in CTA `cta` of the cluster, releasing this thread's
+// earlier writes (local or remote shared memory) to the cluster.
+__device__ __forceinline__ void mbar_arrive_cta(unsigned long long* bar, unsigned cta) {
+    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_addr(bar, cta))
+                 : "memory");
+}
+
+// Arrives on the mbarrier at `bar`'s offset in CTA `cta` of the cluster with the default (CTA)
+// release: enough to hand back a stage that this thread's wgmma has finished reading (the wait
+// on its group orders the reads), and far cheaper per stage than a cluster-scope release, which
+// waits for all of this thread's earlier memory operations.
+__device__ __forceinline__ void mbar_arrive_remote(unsigned long long* bar, unsigned cta) {
+    asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_addr(bar, cta)) : "memory");
+}
+
+// mbar_wait that also acquires what threads of the other CTAs released before arriving.
+__device__ __forceinline__ void mbar_wait_cluster(unsigned long long* bar, unsigned parity) {
+    const unsigned a = smem_u32(bar);
+    unsigned done;
+    do {
+        asm volatile(
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(a), "r"(parity)
+            : "memory");
+    } while (!done);
+}
+
+__device__ __forceinline__ void st_cluster(int* p, unsigned cta, int v) {
+    asm volatile("st.shared::cluster.u32 [%0], %1;\n" ::"r"(cluster_addr(p, cta)), "r"(v) : "memory");
+}
+
+__device__ __forceinline__ unsigned cluster_rank() {
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return r;
+}
+
+// Every thread of both CTAs of the cluster, with release/acquire of shared memory.
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+
+// Shared-memory matrix descriptor of a K-major tile with 128-byte rows in the 128B swizzle
+// (8-row atoms of 1024 bytes: stride byte offset 1024, leading byte offset unused = 1).
+__device__ __forceinline__ unsigned long long smem_desc(const void* p) {
+    const unsigned long long a = smem_u32(p);
+    return ((a & 0x3FFFFull) >> 4) | (1ull << 16) | (64ull << 32) | (1ull << 62);
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+
+// Keeps the compiler from moving accumulator reads or writes across the asynchronous wgmma.
+template <int N>
+__device__ __forceinline__ void fence_regs(float* d) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+__device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
+
+// Finds the expert whose tiles contain `tile` (tile_offsets has n_experts + 1 entries).
+__device__ __forceinline__ int expert_of_tile(const int* tile_offsets, int n_experts, int tile) {
+    int lo = 0, hi = n_experts;  // invariant: tile_offsets[lo] <= tile < tile_offsets[hi]
+    while (hi - lo > 1) {
+        int mid = (lo + hi) >> 1;
+        if (tile_offsets[mid] <= tile) lo = mid; else hi = mid;
+    }
+    return lo;
+}
+
+// D[64 x 256] += A[64 x 16] * B[256 x 16]^T, both K-major in 128B-swizzled shared memory.
+__device__ __forceinline__ void wgmma_m64n256k16(float* d, unsigned long long da, unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95,"
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111,"
+        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+        "}, %128, %129, p, 1, 1, 0, 0;\n"
+        "}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "l"(da), "l"(db));
+}
+
+// D[64 x 128] += A[64 x 16] * B[128 x 16]^T, both K-major in 128B-swizzled shared memory.
+__device__ __forceinline__ void wgmma_m64n128k16(float* d, unsigned long long da, unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, %64, %65, p, 1, 1, 0, 0;\n"
+        "}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db));
+}
+
+// Unit t of a banded raster over m_units x n_tiles: bands of `band` M units, N in order inside
+// a band, M fastest.
+__device__ __forceinline__ void band_coords(int t, int m_units, int n_tiles, int band, int& m, int& n) {
+    const int b = t / (band * n_tiles);
+    const int first = b * band;
+    const int rows = min(band, m_units - first);
+    const int idx = t - b * band * n_tiles;
+    m = first + idx % rows;
+    n = idx / rows;
+}
+
+// B row of box j (64 weight rows) of N tile n. Gate/up: each consumer's WN rows are WN/2 gate
+// rows, then the same features' up rows, so one thread holds both halves of an output element.
+template <int BN_, int WN, bool GATE_UP>
+__device__ __forceinline__ int b_box_row(int j, int n, int inter) {
+    if (!GATE_UP) return n * BN_ + j * 64;
+    const int slice = j * 64 / WN, within = j * 64 % WN;
+    const int up = within >= WN / 2;
+    return up * inter + n * (BN_ / 2) + slice * (WN / 2) + within - up * (WN / 2);
+}
+
+// One unit's main loop on a consumer warpgroup: k_tiles stages of the ring from `it` on, each
+// waited for, multiplied (unless idle) and handed back with `release(stage)` once the next
+// stage's MMAs are issued. d ends up holding this consumer's 64 x WN accumulators.
+template <int WN, int ST, int BM_, int BN_, class Release>
+__device__ __forceinline__ void mma_unit(float* d, const __nv_bfloat16* sA, const __nv_bfloat16* sB,
+                                         unsigned long long* full, int& it, int k_tiles, bool idle, int a_off,
+                                         int b_off, int lane, Release release) {
+#pragma unroll
+    for (int i = 0; i < WN / 2; ++i) d[i] = 0.0f;
+    for (int kt = 0; kt < k_tiles; ++kt, ++it) {
+        const int s = it % ST;
+        mbar_wait(&full[s], (it / ST) & 1);
+        if (!idle) {
+            const __nv_bfloat16* a = sA + s * (BM_ * BK) + a_off;
+            const __nv_bfloat16* b = sB + s * (BN_ * BK) + b_off;
+            fence_regs<WN / 2>(d);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < BK / 16; ++kk) {
+                if (WN == 256) wgmma_m64n256k16(d, smem_desc(a + kk * 16), smem_desc(b + kk * 16));
+                else wgmma_m64n128k16(d, smem_desc(a + kk * 16), smem_desc(b + kk * 16));
+            }
+            wgmma_commit();
+            // Keep this stage's group in flight; the previous one is done, release its stage.
+            wgmma_wait<1>();
+            fence_regs<WN / 2>(d);
+        }
+        if (kt > 0 && lane == 0) release((it - 1) % ST);
+    }
+    wgmma_wait<0>();
+    fence_regs<WN / 2>(d);
+    if (lane == 0) release((it - 1) % ST);
+}
+
+// The router weights of this consumer thread's two epilogue rows (down; gate/up has none),
+// loaded before the unit's main loop so that the two dependent global loads hide behind it.
+template <bool GATE_UP>
+__device__ __forceinline__ void row_weights(const int* __restrict__ order, const float* __restrict__ pair_weight,
+                                            int my_row0, int row_end, int warp, int lane, float* w) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int row = my_row0 + warp * 16 + (lane >> 2) + h * 8;
+        w[h] = !GATE_UP && row < row_end ? pair_weight[order[row]] : 0.0f;
+    }
+}
+
+// Epilogue of one consumer straight from registers: d[4j + q] is row 16 * warp + lane / 4 +
+// 8 * (q / 2), column 8j + 2 * (lane % 4) + q % 2 of its 64 x WN block. Gate/up stores
+// silu(gate) * up (act columns n * BN_/2 + col_off/2 ...); down stores the row times its router
+// weight w[h] (row_weights).
+template <bool GATE_UP, int WN, int BN_>
+__device__ __forceinline__ void store_unit(const float* d, __nv_bfloat16* __restrict__ out, const float* w, int my_row0,
+                                           int row_end, int n, int col_off, int inter, int n_total, int warp,
+                                           int lane) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int row = my_row0 + warp * 16 + (lane >> 2) + h * 8;
+        if (row >= row_end) continue;
+        if (GATE_UP) {
+#pragma unroll
+            for (int j = 0; j < WN / 16; ++j) {
+                const int col = n * (BN_ / 2) + col_off / 2 + j * 8 + 2 * (lane & 3);
+                const float g0 = d[4 * j + 2 * h], g1 = d[4 * j + 2 * h + 1];
+                const float u0 = d[4 * (j + WN / 16) + 2 * h], u1 = d[4 * (j + WN / 16) + 2 * h + 1];
+                *reinterpret_cast<__nv_bfloat162*>(out + (size_t)row * inter + col) =
+                    __floats2bfloat162_rn(silu(g0) * u0, silu(g1) * u1);
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < WN / 8; ++j) {
+                const int col = n * BN_ + col_off + j * 8 + 2 * (lane & 3);
+                *reinterpret_cast<__nv_bfloat162*>(out + (size_t)row * n_total + col) =
+                    __floats2bfloat162_rn(w[h] * d[4 * j + 2 * h], w[h] * d[4 * j + 2 * h + 1]);
+            }
+        }
+    }
+}
