@@ -17,10 +17,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
-use half::bf16;
 use switchyard::backend::cuda::device::unavailable_reason;
-use switchyard::backend::cuda::{blas, CudaDevice, DeviceBuffer, Kernel};
+use switchyard::backend::cuda::measure::Ceilings;
 use switchyard::backend::Device;
 use switchyard::config::ModelConfig;
 use switchyard::engine::{Executor, LocalExecutor};
@@ -34,55 +32,6 @@ const WARMUP: usize = 4;
 const STEPS: usize = 16;
 const BLOCK: usize = 16;
 const TTFT_PROMPT: usize = 2048;
-
-fn derr(e: impl std::fmt::Debug) -> Error {
-    Error::Device(format!("{e:?}"))
-}
-
-/// Device-to-device copy (bytes read + written per second) and cuBLAS bf16 GEMM (4096³, flop/s),
-/// best of several runs.
-fn ceilings(dev: &CudaDevice) -> Result<(f64, f64)> {
-    let n = 1usize << 30;
-    let src: DeviceBuffer<bf16> = dev.zeros(n)?;
-    let mut dst: DeviceBuffer<bf16> = dev.zeros(n)?;
-    let best = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
-        let mut best = f64::MAX;
-        for _ in 0..8 {
-            dev.synchronize()?;
-            let t = Instant::now();
-            f()?;
-            dev.synchronize()?;
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-        Ok(best)
-    };
-    let copy_s = best(&mut || dev.stream().memcpy_dtod(&src, &mut dst).map_err(derr))?;
-    drop((src, dst));
-    let s = 4096;
-    let mut a: DeviceBuffer<bf16> = dev.zeros(s * s)?;
-    let mut b: DeviceBuffer<bf16> = dev.zeros(s * s)?;
-    for (buf, seed) in [(&mut a, 1u64), (&mut b, 2)] {
-        let f = dev.function(Kernel::Fill, "fill_uniform_bf16")?;
-        let (nn, scale) = (buf.len() as u64, 1.0f32);
-        let mut l = dev.stream().launch_builder(&f);
-        l.arg(buf).arg(&nn).arg(&seed).arg(&scale);
-        // SAFETY: a grid-stride loop over exactly nn elements of buf.
-        unsafe {
-            l.launch(LaunchConfig {
-                grid_dim: (1024, 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            })
-        }
-        .map_err(derr)?;
-    }
-    let mut c: DeviceBuffer<f32> = dev.zeros(s * s)?;
-    let gemm_s = best(&mut || blas::linear(dev, &a, &b, &mut c, s, s, s))?;
-    Ok((
-        2.0 * (n * 2) as f64 / copy_s,
-        2.0 * (s as f64).powi(3) / gemm_s,
-    ))
-}
 
 /// Bytes of weights every decode step reads whatever the routing: attention, routers, lm_head.
 fn fixed_bytes(c: &ModelConfig) -> f64 {
@@ -214,13 +163,11 @@ fn main() -> Result<()> {
     let Device::Cuda(dev) = &device else {
         unreachable!("Device::cuda opens a GPU")
     };
-    let (copy_bps, gemm_fps) = ceilings(dev)?;
-    println!(
-        "{}: copy {:.2} TB/s (read + written), cuBLAS bf16 GEMM 4096^3 {:.0} TFLOP/s",
-        dev.name(),
-        copy_bps / 1e12,
-        gemm_fps / 1e12
-    );
+    // The burst rates: decode steps and one prefill are short and keep the GPU below its power
+    // cap, and the higher rates make the stricter roofline.
+    let ceilings = Ceilings::measure(dev)?;
+    let (copy_bps, gemm_fps) = (ceilings.burst_copy_bps, ceilings.burst_gemm_fps);
+    println!("{}: {}", dev.name(), ceilings.describe());
 
     let shipped =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/models/Mixtral-8x7B-v0.1");

@@ -11,6 +11,7 @@ pub mod attention;
 pub mod blas;
 pub mod compile;
 pub mod device;
+pub mod measure;
 pub mod moe;
 pub mod moe_block;
 pub mod norm;
