@@ -214,3 +214,127 @@ __device__ __forceinline__ void flash_prefill(
 
 extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_prefill_d64(FA_ARGS) { flash_prefill<64>(FA_PASS); }
 extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_prefill_d128(FA_ARGS) { flash_prefill<128>(FA_PASS); }
+
+// Per-query paged attention for D = 64 or 128 (decode rows and the short runs the flash tiles do
+// not take), f32 throughout: one block (8 warps) per (query row, KV head) serves the `group`
+// query heads that share the KV head, so each key and value row is read once for all of them
+// (paged_attention_f32 in ops.cu reads them once per query head, and walks the positions of a
+// head one after another). Warp w takes positions first + w, first + w + 8, ..., two at a time
+// so that four row loads are in flight; each lane holds D / 32 consecutive dims of the group's
+// (pre-scaled) queries and of its running outputs, with an online softmax per warp and head.
+// The warps' partial maxima, sums and outputs merge through shared memory at the end.
+#define DEC_WARPS 8
+#define DEC_MAX_GROUP 8
+
+template <int V>
+__device__ __forceinline__ void dec_load(float* r, const float* p) {
+    if (V == 4) {
+        const float4 x = *reinterpret_cast<const float4*>(p);
+        r[0] = x.x, r[1] = x.y, r[2] = x.z, r[3] = x.w;
+    } else {
+        const float2 x = *reinterpret_cast<const float2*>(p);
+        r[0] = x.x, r[1] = x.y;
+    }
+}
+
+__device__ __forceinline__ float dec_warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// One key (kr) and value (vr) row into the running softmax of every head of the group.
+template <int V>
+__device__ __forceinline__ void dec_step(const float (*qv)[V], const float* kr, const float* vr, int group, float* m,
+                                         float* l, float (*acc)[V]) {
+#pragma unroll
+    for (int h = 0; h < DEC_MAX_GROUP; ++h) {
+        if (h >= group) break;
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < V; ++i) s += qv[h][i] * kr[i];
+        s = dec_warp_sum(s);
+        const float nm = fmaxf(m[h], s);
+        const float corr = expf(m[h] - nm), e = expf(s - nm);
+        l[h] = l[h] * corr + e;
+#pragma unroll
+        for (int i = 0; i < V; ++i) acc[h][i] = acc[h][i] * corr + e * vr[i];
+        m[h] = nm;
+    }
+}
+
+template <int D>
+__device__ void paged_decode(const float* __restrict__ q, const float* __restrict__ kc, const float* __restrict__ vc,
+                             float* __restrict__ out, const int* __restrict__ q_seq, const int* __restrict__ q_pos,
+                             const int* __restrict__ table_off, const int* __restrict__ tables,
+                             const int* __restrict__ rows, int n_heads, int group, int k_width, int v_width,
+                             int block_size, float scale, int window) {
+    constexpr int V = D / 32;
+    extern __shared__ float dec_smem[];  // [DEC_WARPS][group][D + 2]: outputs, max, sum
+    const int n_kv = n_heads / group;
+    const int t = rows[blockIdx.x / n_kv], kv = blockIdx.x % n_kv;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int pos = q_pos[t];
+    const int* table = tables + table_off[q_seq[t]];
+    const int first = window > 0 ? max(0, pos + 1 - window) : 0;
+    float qv[DEC_MAX_GROUP][V], acc[DEC_MAX_GROUP][V], m[DEC_MAX_GROUP], l[DEC_MAX_GROUP];
+#pragma unroll
+    for (int h = 0; h < DEC_MAX_GROUP; ++h) {
+        m[h] = -INFINITY, l[h] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < V; ++i) acc[h][i] = 0.0f, qv[h][i] = 0.0f;
+        if (h < group) {
+            dec_load<V>(qv[h], q + ((long)t * n_heads + kv * group + h) * D + lane * V);
+#pragma unroll
+            for (int i = 0; i < V; ++i) qv[h][i] *= scale;
+        }
+    }
+    const long k_off = (long)kv * D + lane * V, v_off = (long)kv * D + lane * V;
+    for (int p = first + warp; p <= pos; p += 2 * DEC_WARPS) {
+        const int p2 = p + DEC_WARPS;
+        const bool two = p2 <= pos;
+        const long s1 = (long)table[p / block_size] * block_size + p % block_size;
+        const long s2 = two ? (long)table[p2 / block_size] * block_size + p2 % block_size : s1;
+        float k1[V], v1[V], k2[V], v2[V];
+        dec_load<V>(k1, kc + s1 * k_width + k_off);
+        dec_load<V>(v1, vc + s1 * v_width + v_off);
+        dec_load<V>(k2, kc + s2 * k_width + k_off);
+        dec_load<V>(v2, vc + s2 * v_width + v_off);
+        dec_step<V>(qv, k1, v1, group, m, l, acc);
+        if (two) dec_step<V>(qv, k2, v2, group, m, l, acc);
+    }
+    // Merge: warp w's head h row of D outputs, then its max and sum.
+    const int stride = D + 2;
+#pragma unroll
+    for (int h = 0; h < DEC_MAX_GROUP; ++h) {
+        if (h >= group) break;
+        float* row = dec_smem + (warp * group + h) * stride;
+#pragma unroll
+        for (int i = 0; i < V; ++i) row[lane * V + i] = acc[h][i];
+        if (lane == 0) row[D] = m[h], row[D + 1] = l[h];
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < group * D; idx += blockDim.x) {
+        const int h = idx / D, d = idx % D;
+        float mx = -INFINITY;
+        for (int w = 0; w < DEC_WARPS; ++w) mx = fmaxf(mx, dec_smem[(w * group + h) * stride + D]);
+        float sum = 0.0f, o = 0.0f;
+        for (int w = 0; w < DEC_WARPS; ++w) {
+            const float* row = dec_smem + (w * group + h) * stride;
+            const float c = expf(row[D] - mx);  // 0 for a warp that saw no position
+            sum += row[D + 1] * c;
+            o += row[d] * c;
+        }
+        out[((long)t * n_heads + kv * group + h) * D + d] = o / sum;
+    }
+}
+
+#define DEC_ARGS                                                                                                    \
+    const float *__restrict__ q, const float *__restrict__ kc, const float *__restrict__ vc, float *__restrict__ out, \
+        const int *__restrict__ q_seq, const int *__restrict__ q_pos, const int *__restrict__ table_off,             \
+        const int *__restrict__ tables, const int *__restrict__ rows, int n_heads, int group, int k_width,            \
+        int v_width, int block_size, float scale, int window
+#define DEC_PASS q, kc, vc, out, q_seq, q_pos, table_off, tables, rows, n_heads, group, k_width, v_width, block_size, scale, window
+
+extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS) paged_decode_d64(DEC_ARGS) { paged_decode<64>(DEC_PASS); }
+extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS) paged_decode_d128(DEC_ARGS) { paged_decode<128>(DEC_PASS); }

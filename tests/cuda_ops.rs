@@ -434,6 +434,36 @@ fn flash_prefill_against_reference() {
     }
 }
 
+/// The per-query decode kernel (head dims 64 and 128, f32; one block per query and KV head)
+/// against the CPU reference: decode rows and runs shorter than a flash tile over contexts of 1
+/// to 700 positions in scattered blocks, GQA groups 1, 4 and 8, a sliding window, and a group of
+/// 16 (past the kernel's limit: the generic per-query kernel serves it).
+#[test]
+fn paged_decode_against_reference() {
+    let Some(d) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let heads = |n_heads, n_kv_heads, dim: usize, window| Heads {
+        n_heads,
+        n_kv_heads,
+        qk_dim: dim,
+        v_dim: dim,
+        scale: 1.0 / (dim as f32).sqrt(),
+        window,
+    };
+    // (heads, block size, sequence lengths, new queries per sequence: all shorter than a tile)
+    let cases: [(Heads, usize, &[usize], &[usize]); 5] = [
+        (heads(32, 8, 128, None), 16, &[700, 33, 5, 1], &[1, 3, 5, 1]),
+        (heads(8, 1, 64, None), 4, &[300, 17], &[1, 7]),
+        (heads(4, 4, 128, None), 16, &[129, 2], &[2, 1]),
+        (heads(16, 2, 64, Some(50)), 16, &[400, 60], &[1, 4]),
+        (heads(16, 1, 64, None), 16, &[90], &[1]),
+    ];
+    for (h, block_size, lens, new) in cases {
+        let width = h.n_kv_heads * h.qk_dim;
+        attention_case(&d, &mut rng, h, width, false, block_size, lens, new, 1e-5);
+    }
+}
+
 /// How a step's queries split between the flash tiles and the per-query kernel (no GPU needed).
 #[test]
 fn attention_plan_cuts_runs_into_tiles() {

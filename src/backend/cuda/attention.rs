@@ -2,8 +2,11 @@
 //! runs of consecutive positions of one sequence. Runs of at least [`MIN_FLASH_RUN`] queries
 //! (prefill and prefill chunks) go in tiles of 64 to the tensor-core flash kernel
 //! (`kernels/attention.cu`) when the head dims fit it (qk = v = 64 or 128); every other query
-//! (decode rows, short runs, MLA's wide latent heads) goes to the per-query f32 kernel
-//! (`kernels/ops.cu` `paged_attention_f32`). Both write disjoint rows of one output.
+//! (decode rows, short runs) goes to a per-query f32 kernel: with those head dims and up to
+//! [`DECODE_MAX_GROUP`] query heads a KV head, `paged_decode_d64/128` (kernels/attention.cu: one
+//! block per query and KV head, the positions split over 8 warps), else (MLA's wide latent
+//! heads, other dims) `paged_attention_f32` (kernels/ops.cu). All write disjoint rows of one
+//! output.
 //!
 //! What the kernels index by (each query's sequence, position and cache slot, the block tables,
 //! the plan, the rotary tables) is the same for every layer of a step: [`StepIndex`] builds it
@@ -26,6 +29,10 @@ const TILE: usize = 64;
 pub const MIN_FLASH_RUN: usize = 8;
 /// Threads of the per-query kernel's blocks.
 const THREADS_ATT: usize = 128;
+/// Warps of the decode kernel's blocks (`DEC_WARPS`) and the most query heads a KV head it
+/// serves (`DEC_MAX_GROUP`, kernels/attention.cu).
+const DECODE_WARPS: usize = 8;
+pub const DECODE_MAX_GROUP: usize = 8;
 
 /// How one step's queries are split between the two kernels.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -363,7 +370,41 @@ impl StepIndex {
             // the rows are 16-byte aligned (checked above).
             unsafe { b.launch(cfg) }.map_err(dev_err("launching flash_prefill"))?;
         }
-        if rows.len > 0 {
+        let group_size = h.n_heads / h.n_kv_heads;
+        if rows.len > 0 && flash && group_size <= DECODE_MAX_GROUP {
+            let (sp, pp, rp) = (self.at(self.seq), self.at(self.pos), self.at(rows));
+            let name = if h.qk_dim == 64 {
+                "paged_decode_d64"
+            } else {
+                "paged_decode_d128"
+            };
+            let f = dev.function(Kernel::Attention, name)?;
+            let mut b = dev.stream().launch_builder(&f);
+            b.arg(&qp)
+                .arg(&kp)
+                .arg(&vp)
+                .arg(&outp)
+                .arg(&sp)
+                .arg(&pp)
+                .arg(&op)
+                .arg(&tp)
+                .arg(&rp);
+            b.arg(&nh)
+                .arg(&group)
+                .arg(&kw)
+                .arg(&vw)
+                .arg(&bs)
+                .arg(&h.scale)
+                .arg(&window);
+            let cfg = LaunchConfig {
+                grid_dim: ((rows.len * h.n_kv_heads) as u32, 1, 1),
+                block_dim: ((32 * DECODE_WARPS) as u32, 1, 1),
+                shared_mem_bytes: (DECODE_WARPS * group_size * (h.qk_dim + 2) * 4) as u32,
+            };
+            // SAFETY: as for the flash kernel (same alignment and cache checks); `rows` indexes
+            // the queries; n_heads = group * n_kv_heads with group <= DEC_MAX_GROUP.
+            unsafe { b.launch(cfg) }.map_err(dev_err("launching paged_decode"))?;
+        } else if rows.len > 0 {
             let (sp, pp, rp) = (self.at(self.seq), self.at(self.pos), self.at(rows));
             let (qk, vd) = (h.qk_dim as i32, h.v_dim as i32);
             let f = dev.function(Kernel::Ops, "paged_attention_f32")?;
