@@ -332,8 +332,9 @@ __device__ void paged_decode(const float* __restrict__ q, const float* __restric
 #define DEC_ARGS                                                                                                    \
     const float *__restrict__ q, const float *__restrict__ kc, const float *__restrict__ vc, float *__restrict__ out, \
         const int *__restrict__ q_seq, const int *__restrict__ q_pos, const int *__restrict__ table_off,             \
-        const int *__restrict__ tables, const int *__restrict__ rows, int n_heads, int group, int k_width,            \
-        int v_width, int block_size, float scale, int window
+        const int *__restrict__ tables, const int *__restrict__ rows, int n_heads, int group, int qk_dim, int v_dim, \
+        int k_width, int v_width, int block_size, float scale, int window
+// (qk_dim = v_dim = D: the arguments are paged_attention_f32's, so the host launches either alike.)
 #define DEC_PASS q, kc, vc, out, q_seq, q_pos, table_off, tables, rows, n_heads, group, k_width, v_width, block_size, scale, window
 
 extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS) paged_decode_d64(DEC_ARGS) { paged_decode<64>(DEC_PASS); }

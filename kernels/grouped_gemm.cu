@@ -22,6 +22,8 @@
 
 #include <cuda_bf16.h>
 
+// (silu and expert_of_tile come from kernels/grouped_common.cuh, compiled before this file.)
+
 #define BK 32
 
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
@@ -59,18 +61,6 @@ __device__ __forceinline__ void mma_bf16(float* c, const unsigned* a, unsigned b
         "{%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
-
-// Finds the expert whose tiles contain `tile` (tile_offsets has n_experts + 1 entries).
-__device__ __forceinline__ int expert_of_tile(const int* tile_offsets, int n_experts, int tile) {
-    int lo = 0, hi = n_experts;  // invariant: tile_offsets[lo] <= tile < tile_offsets[hi]
-    while (hi - lo > 1) {
-        int mid = (lo + hi) >> 1;
-        if (tile_offsets[mid] <= tile) lo = mid; else hi = mid;
-    }
-    return lo;
 }
 
 // Row of B (weights) in the N tile for n-fragment f of warp wn.

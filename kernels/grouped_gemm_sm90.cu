@@ -86,19 +86,14 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
     constexpr int A_BYTES = BM_ * BK * 2;
     constexpr int B_BYTES = BN_ * BK * 2;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
-    // 128B-swizzled tiles need 1024-byte alignment; the host adds 1 KiB of slack.
-    unsigned char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
-    __nv_bfloat16* sA = reinterpret_cast<__nv_bfloat16*>(smem);
-    __nv_bfloat16* sB = reinterpret_cast<__nv_bfloat16*>(smem + ST * A_BYTES);
-    unsigned long long* full = reinterpret_cast<unsigned long long*>(smem + ST * (A_BYTES + B_BYTES));
-    unsigned long long* empty = full + ST;
-    // The tile map and group offsets, cached once: every tile looks its expert up (a binary
-    // search of up to 10 steps), which from global memory would stall each tile for microseconds.
-    // The tile ring: the producer hands each unit it takes to the consumers (TS deep).
-    unsigned long long* tfull = empty + ST;
-    unsigned long long* tempty = tfull + TS;
-    int* s_unit = reinterpret_cast<int*>(tempty + TS);
-    int* s_tiles = s_unit + TS;
+    const SmemRing ring = carve_smem<ST, TS>(smem_raw, A_BYTES, B_BYTES);
+    __nv_bfloat16 *sA = ring.a, *sB = ring.b;
+    unsigned long long *full = ring.full, *empty = ring.empty, *tfull = ring.tfull, *tempty = ring.tempty;
+    // The unit ring: the producer hands each unit it takes to the consumers (TS deep). The tile
+    // map and group offsets, cached once: every tile looks its expert up (a binary search of up
+    // to 10 steps), which from global memory would stall each tile for microseconds.
+    int* s_unit = ring.unit;
+    int* s_tiles = ring.tables;
     int* s_offs = s_tiles + 1025;
     for (int i = threadIdx.x; i <= n_experts; i += blockDim.x) {
         s_tiles[i] = tile_offsets[i];
@@ -112,17 +107,7 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
     const int n_tiles = GATE_UP ? inter / (BN_ / 2) : n_total / BN_;
     const int k_tiles = k / BK;
 
-    if (threadIdx.x == 0) {
-        for (int s = 0; s < ST; ++s) {
-            mbar_init(&full[s], 1);
-            mbar_init(&empty[s], 4 * NC);  // lane 0 of each consumer warp
-        }
-        for (int s = 0; s < TS; ++s) {
-            mbar_init(&tfull[s], 1);
-            mbar_init(&tempty[s], 4 * NC);
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
+    init_ring<ST, TS>(ring, 4 * NC, 4 * NC);  // readers: lane 0 of each consumer warp
     __syncthreads();
     const int total = tile_offsets[n_experts] * PER * n_tiles;
 

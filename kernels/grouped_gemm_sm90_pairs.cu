@@ -75,16 +75,12 @@ __device__ __forceinline__ void wgmma_pair_gemm(
     constexpr int A_BYTES = BM_ * BK * 2;
     constexpr int B_BYTES = BN_ * BK * 2;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
-    // The same offset in both CTAs: the multicast boxes and remote barriers are addressed by it.
-    unsigned char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
-    __nv_bfloat16* sA = reinterpret_cast<__nv_bfloat16*>(smem);
-    __nv_bfloat16* sB = reinterpret_cast<__nv_bfloat16*>(smem + ST * A_BYTES);
-    unsigned long long* full = reinterpret_cast<unsigned long long*>(smem + ST * (A_BYTES + B_BYTES));
-    unsigned long long* empty = full + ST;
-    unsigned long long* tfull = empty + ST;
-    unsigned long long* tempty = tfull + TS;  // used in CTA 0 only: every reader of both CTAs
-    int* s_unit = reinterpret_cast<int*>(tempty + TS);
-    int* s_units = s_unit + TS;  // [n_experts + 1] units before each expert
+    const SmemRing ring = carve_smem<ST, TS>(smem_raw, A_BYTES, B_BYTES);
+    __nv_bfloat16 *sA = ring.a, *sB = ring.b;
+    unsigned long long *full = ring.full, *empty = ring.empty, *tfull = ring.tfull;
+    unsigned long long* tempty = ring.tempty;  // used in CTA 0 only: every reader of both CTAs
+    int* s_unit = ring.unit;
+    int* s_units = ring.tables;  // [n_experts + 1] units before each expert
     int* s_offs = s_units + 1025;
     for (int i = threadIdx.x; i <= n_experts; i += blockDim.x) s_offs[i] = offsets[i];
     offsets = s_offs;
@@ -96,17 +92,8 @@ __device__ __forceinline__ void wgmma_pair_gemm(
     const int k_tiles = k / BK;
     band = max(1, band / 2);  // super tiles of two 128-row M units
 
-    if (threadIdx.x == 0) {
-        for (int s = 0; s < ST; ++s) {
-            mbar_init(&full[s], 1);
-            mbar_init(&empty[s], 2 * 8);  // lane 0 of each consumer warp of both CTAs
-        }
-        for (int s = 0; s < TS; ++s) {
-            mbar_init(&tfull[s], 1);
-            mbar_init(&tempty[s], 2 * 8 + 1);  // and CTA 1's producer
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
+    // Readers: lane 0 of each consumer warp of both CTAs (and of a unit, CTA 1's producer).
+    init_ring<ST, TS>(ring, 2 * 8, 2 * 8 + 1);
     __syncthreads();
     if (threadIdx.x < 32) {
         // Units before each expert: a warp scan over chunks of 32 experts.

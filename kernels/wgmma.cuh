@@ -133,18 +133,6 @@ __device__ __forceinline__ void fence_regs(float* d) {
     for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
-__device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
-
-// Finds the expert whose tiles contain `tile` (tile_offsets has n_experts + 1 entries).
-__device__ __forceinline__ int expert_of_tile(const int* tile_offsets, int n_experts, int tile) {
-    int lo = 0, hi = n_experts;  // invariant: tile_offsets[lo] <= tile < tile_offsets[hi]
-    while (hi - lo > 1) {
-        int mid = (lo + hi) >> 1;
-        if (tile_offsets[mid] <= tile) lo = mid; else hi = mid;
-    }
-    return lo;
-}
-
 // D[64 x 256] += A[64 x 16] * B[256 x 16]^T, both K-major in 128B-swizzled shared memory.
 __device__ __forceinline__ void wgmma_m64n256k16(float* d, unsigned long long da, unsigned long long db) {
     asm volatile(
@@ -212,6 +200,49 @@ __device__ __forceinline__ void band_coords(int t, int m_units, int n_tiles, int
     const int idx = t - b * band * n_tiles;
     m = first + idx % rows;
     n = idx / rows;
+}
+
+// The shared memory of both Hopper kernels: ST pipeline stages of an A tile (a_bytes) and a B
+// tile (b_bytes) from a 1024-byte boundary (the 128B swizzle's; the host adds 1 KiB of slack,
+// and both CTAs of a pair get the same offsets, which multicast and remote arrivals rely on),
+// the stages' full and empty barriers, the unit ring (TS slots: two barriers and an int each),
+// then the kernel's tables.
+struct SmemRing {
+    __nv_bfloat16 *a, *b;
+    unsigned long long *full, *empty, *tfull, *tempty;
+    int* unit;
+    int* tables;
+};
+
+template <int ST, int TS>
+__device__ __forceinline__ SmemRing carve_smem(unsigned char* raw, int a_bytes, int b_bytes) {
+    unsigned char* smem = raw + ((1024 - (smem_u32(raw) & 1023)) & 1023);
+    SmemRing r;
+    r.a = reinterpret_cast<__nv_bfloat16*>(smem);
+    r.b = reinterpret_cast<__nv_bfloat16*>(smem + ST * a_bytes);
+    r.full = reinterpret_cast<unsigned long long*>(smem + ST * (a_bytes + b_bytes));
+    r.empty = r.full + ST;
+    r.tfull = r.empty + ST;
+    r.tempty = r.tfull + TS;
+    r.unit = reinterpret_cast<int*>(r.tempty + TS);
+    r.tables = r.unit + TS;
+    return r;
+}
+
+// Thread 0 initialises the barriers: a stage is filled by one producer arrival (plus its
+// bytes) and freed by `stage_readers` arrivals; a unit slot likewise by one and `unit_readers`.
+template <int ST, int TS>
+__device__ __forceinline__ void init_ring(const SmemRing& r, unsigned stage_readers, unsigned unit_readers) {
+    if (threadIdx.x != 0) return;
+    for (int s = 0; s < ST; ++s) {
+        mbar_init(&r.full[s], 1);
+        mbar_init(&r.empty[s], stage_readers);
+    }
+    for (int s = 0; s < TS; ++s) {
+        mbar_init(&r.tfull[s], 1);
+        mbar_init(&r.tempty[s], unit_readers);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 }
 
 // B row of box j (64 weight rows) of N tile n. Gate/up: each consumer's WN rows are WN/2 gate

@@ -391,6 +391,18 @@ fn paged_attention_gqa_window_and_mla() {
     attention_case(&d, &mut rng, mla, 40, true, 4, &[19, 300], &[19, 1], 1e-5);
 }
 
+/// `n_heads` query heads over `n_kv_heads` KV heads of `dim` (= qk = v) dims, scale 1/sqrt(dim).
+fn square_heads(n_heads: usize, n_kv_heads: usize, dim: usize, window: Option<usize>) -> Heads {
+    Heads {
+        n_heads,
+        n_kv_heads,
+        qk_dim: dim,
+        v_dim: dim,
+        scale: 1.0 / (dim as f32).sqrt(),
+        window,
+    }
+}
+
 /// The flash prefill kernel (head dims 64 and 128, bf16 tensor-core math) against the CPU
 /// reference: whole prefills of 37, 300 and 1000 tokens, chunked prefill after a cached prefix,
 /// prefill and decode rows in one batch, GQA groups 1/4/8, a sliding window. The 1-token prompt and
@@ -399,28 +411,35 @@ fn paged_attention_gqa_window_and_mla() {
 fn flash_prefill_against_reference() {
     let Some(d) = gpu() else { return };
     let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let heads = |n_heads, n_kv_heads, dim: usize, window| Heads {
-        n_heads,
-        n_kv_heads,
-        qk_dim: dim,
-        v_dim: dim,
-        scale: 1.0 / (dim as f32).sqrt(),
-        window,
-    };
     let tol = 2e-2;
     // (heads, block size, sequence lengths, new queries per sequence)
     let cases: [(Heads, usize, &[usize], &[usize]); 6] = [
-        (heads(4, 4, 128, None), 16, &[1000], &[1000]),
-        (heads(8, 2, 64, None), 16, &[37, 300, 500], &[37, 300, 1]),
-        (heads(8, 1, 128, None), 16, &[700, 1, 64], &[200, 1, 1]),
+        (square_heads(4, 4, 128, None), 16, &[1000], &[1000]),
         (
-            heads(8, 8, 64, Some(100)),
+            square_heads(8, 2, 64, None),
+            16,
+            &[37, 300, 500],
+            &[37, 300, 1],
+        ),
+        (
+            square_heads(8, 1, 128, None),
+            16,
+            &[700, 1, 64],
+            &[200, 1, 1],
+        ),
+        (
+            square_heads(8, 8, 64, Some(100)),
             16,
             &[300, 90, 41],
             &[250, 90, 1],
         ),
-        (heads(4, 1, 64, Some(40)), 32, &[1000], &[1000]),
-        (heads(8, 2, 128, Some(300)), 16, &[1000, 77], &[700, 9]),
+        (square_heads(4, 1, 64, Some(40)), 32, &[1000], &[1000]),
+        (
+            square_heads(8, 2, 128, Some(300)),
+            16,
+            &[1000, 77],
+            &[700, 9],
+        ),
     ];
     for (h, block_size, lens, new) in cases {
         let mut queries = Vec::new();
@@ -442,21 +461,18 @@ fn flash_prefill_against_reference() {
 fn paged_decode_against_reference() {
     let Some(d) = gpu() else { return };
     let mut rng = ChaCha8Rng::seed_from_u64(8);
-    let heads = |n_heads, n_kv_heads, dim: usize, window| Heads {
-        n_heads,
-        n_kv_heads,
-        qk_dim: dim,
-        v_dim: dim,
-        scale: 1.0 / (dim as f32).sqrt(),
-        window,
-    };
     // (heads, block size, sequence lengths, new queries per sequence: all shorter than a tile)
     let cases: [(Heads, usize, &[usize], &[usize]); 5] = [
-        (heads(32, 8, 128, None), 16, &[700, 33, 5, 1], &[1, 3, 5, 1]),
-        (heads(8, 1, 64, None), 4, &[300, 17], &[1, 7]),
-        (heads(4, 4, 128, None), 16, &[129, 2], &[2, 1]),
-        (heads(16, 2, 64, Some(50)), 16, &[400, 60], &[1, 4]),
-        (heads(16, 1, 64, None), 16, &[90], &[1]),
+        (
+            square_heads(32, 8, 128, None),
+            16,
+            &[700, 33, 5, 1],
+            &[1, 3, 5, 1],
+        ),
+        (square_heads(8, 1, 64, None), 4, &[300, 17], &[1, 7]),
+        (square_heads(4, 4, 128, None), 16, &[129, 2], &[2, 1]),
+        (square_heads(16, 2, 64, Some(50)), 16, &[400, 60], &[1, 4]),
+        (square_heads(16, 1, 64, None), 16, &[90], &[1]),
     ];
     for (h, block_size, lens, new) in cases {
         let width = h.n_kv_heads * h.qk_dim;

@@ -370,44 +370,32 @@ impl StepIndex {
             // the rows are 16-byte aligned (checked above).
             unsafe { b.launch(cfg) }.map_err(dev_err("launching flash_prefill"))?;
         }
-        let group_size = h.n_heads / h.n_kv_heads;
-        if rows.len > 0 && flash && group_size <= DECODE_MAX_GROUP {
-            let (sp, pp, rp) = (self.at(self.seq), self.at(self.pos), self.at(rows));
-            let name = if h.qk_dim == 64 {
-                "paged_decode_d64"
+        if rows.len > 0 {
+            // The decode kernel where the head dims and group fit it, else the generic one; both
+            // take the same arguments.
+            let group_size = h.n_heads / h.n_kv_heads;
+            let (f, cfg) = if flash && group_size <= DECODE_MAX_GROUP {
+                let name = if h.qk_dim == 64 {
+                    "paged_decode_d64"
+                } else {
+                    "paged_decode_d128"
+                };
+                let cfg = LaunchConfig {
+                    grid_dim: ((rows.len * h.n_kv_heads) as u32, 1, 1),
+                    block_dim: ((32 * DECODE_WARPS) as u32, 1, 1),
+                    shared_mem_bytes: (DECODE_WARPS * group_size * (h.qk_dim + 2) * 4) as u32,
+                };
+                (dev.function(Kernel::Attention, name)?, cfg)
             } else {
-                "paged_decode_d128"
+                let cfg = LaunchConfig {
+                    grid_dim: ((rows.len * h.n_heads) as u32, 1, 1),
+                    block_dim: (THREADS_ATT as u32, 1, 1),
+                    shared_mem_bytes: ((h.qk_dim + 256) * 4) as u32,
+                };
+                (dev.function(Kernel::Ops, "paged_attention_f32")?, cfg)
             };
-            let f = dev.function(Kernel::Attention, name)?;
-            let mut b = dev.stream().launch_builder(&f);
-            b.arg(&qp)
-                .arg(&kp)
-                .arg(&vp)
-                .arg(&outp)
-                .arg(&sp)
-                .arg(&pp)
-                .arg(&op)
-                .arg(&tp)
-                .arg(&rp);
-            b.arg(&nh)
-                .arg(&group)
-                .arg(&kw)
-                .arg(&vw)
-                .arg(&bs)
-                .arg(&h.scale)
-                .arg(&window);
-            let cfg = LaunchConfig {
-                grid_dim: ((rows.len * h.n_kv_heads) as u32, 1, 1),
-                block_dim: ((32 * DECODE_WARPS) as u32, 1, 1),
-                shared_mem_bytes: (DECODE_WARPS * group_size * (h.qk_dim + 2) * 4) as u32,
-            };
-            // SAFETY: as for the flash kernel (same alignment and cache checks); `rows` indexes
-            // the queries; n_heads = group * n_kv_heads with group <= DEC_MAX_GROUP.
-            unsafe { b.launch(cfg) }.map_err(dev_err("launching paged_decode"))?;
-        } else if rows.len > 0 {
             let (sp, pp, rp) = (self.at(self.seq), self.at(self.pos), self.at(rows));
             let (qk, vd) = (h.qk_dim as i32, h.v_dim as i32);
-            let f = dev.function(Kernel::Ops, "paged_attention_f32")?;
             let mut b = dev.stream().launch_builder(&f);
             b.arg(&qp)
                 .arg(&kp)
@@ -426,13 +414,10 @@ impl StepIndex {
                 .arg(&vw)
                 .arg(&bs);
             b.arg(&h.scale).arg(&window);
-            let cfg = LaunchConfig {
-                grid_dim: ((rows.len * h.n_heads) as u32, 1, 1),
-                block_dim: (THREADS_ATT as u32, 1, 1),
-                shared_mem_bytes: ((h.qk_dim + 256) * 4) as u32,
-            };
-            // SAFETY: as above; `rows` indexes the queries, whose seq/pos sections are whole.
-            unsafe { b.launch(cfg) }.map_err(dev_err("launching paged_attention_f32"))?;
+            // SAFETY: as for the flash kernel; `rows` indexes the queries, whose seq/pos sections
+            // are whole; the decode kernel runs only where the flash kernel's alignment and dims
+            // hold and n_heads = group * n_kv_heads with group <= DEC_MAX_GROUP.
+            unsafe { b.launch(cfg) }.map_err(dev_err("launching the per-query attention"))?;
         }
         Ok(out)
     }

@@ -81,9 +81,13 @@ impl Kernel {
         match self {
             Kernel::Route => include_str!("../../../kernels/route.cu"),
             Kernel::Permute => include_str!("../../../kernels/permute.cu"),
-            Kernel::GroupedGemm => include_str!("../../../kernels/grouped_gemm.cu"),
+            Kernel::GroupedGemm => concat!(
+                include_str!("../../../kernels/grouped_common.cuh"),
+                include_str!("../../../kernels/grouped_gemm.cu")
+            ),
             // One program: the building blocks, the one-CTA kernels, the cluster-pair kernels.
             Kernel::GroupedGemmSm90 => concat!(
+                include_str!("../../../kernels/grouped_common.cuh"),
                 include_str!("../../../kernels/wgmma.cuh"),
                 include_str!("../../../kernels/grouped_gemm_sm90.cu"),
                 include_str!("../../../kernels/grouped_gemm_sm90_pairs.cu")

@@ -143,39 +143,24 @@ impl Operands {
         [s.n_experts as i32, self.n_total as i32, self.k as i32]
     }
 
-    /// Pushes the arguments both kernel families take after A and B: the output, the sorted
-    /// order, the router weights, the group offsets and tile map, and `dims`.
+    /// Pushes the arguments every kernel family takes after A and B: the output, the sorted
+    /// order, the router weights, the group offsets, the tile map (unless `tile_map` is false:
+    /// the cluster-pair kernels find each unit from the group offsets alone), and `dims`.
     pub(super) fn push_args<'a>(
         &'a self,
         b: &mut LaunchArgs<'a>,
         ws: &'a MoeWorkspace,
         dims: &'a [i32; 3],
+        tile_map: bool,
     ) {
         b.arg(&self.out)
             .arg(&ws.order)
             .arg(&self.pair_weight)
-            .arg(&ws.offsets)
-            .arg(&ws.tile_offsets)
-            .arg(&dims[0])
-            .arg(&dims[1])
-            .arg(&dims[2]);
-    }
-
-    /// The same for the cluster-pair kernels, which find each unit from the group offsets
-    /// alone (no tile map).
-    pub(super) fn push_pair_args<'a>(
-        &'a self,
-        b: &mut LaunchArgs<'a>,
-        ws: &'a MoeWorkspace,
-        dims: &'a [i32; 3],
-    ) {
-        b.arg(&self.out)
-            .arg(&ws.order)
-            .arg(&self.pair_weight)
-            .arg(&ws.offsets)
-            .arg(&dims[0])
-            .arg(&dims[1])
-            .arg(&dims[2]);
+            .arg(&ws.offsets);
+        if tile_map {
+            b.arg(&ws.tile_offsets);
+        }
+        b.arg(&dims[0]).arg(&dims[1]).arg(&dims[2]);
     }
 
     /// What a failed launch was doing.
@@ -268,7 +253,7 @@ fn grouped(
     let tk = s.top_k as i32;
     let mut b = dev.stream().launch_builder(&f);
     b.arg(&op.a).arg(&op.w);
-    op.push_args(&mut b, ws, &dims);
+    op.push_args(&mut b, ws, &dims, true);
     b.arg(&tk);
     let cfg = LaunchConfig {
         grid_dim: (max_tiles as u32, (op.n_out / bn) as u32, 1),

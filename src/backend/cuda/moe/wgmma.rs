@@ -243,11 +243,11 @@ pub(super) fn launch(
     let ws: &MoeWorkspace = ws;
     let mut b = dev.stream().launch_builder(&f);
     b.arg(&ta).arg(&tb);
-    if tile == WgmmaTile::Pairs {
-        op.push_pair_args(&mut b, ws, &dims);
+    let pairs = tile == WgmmaTile::Pairs;
+    op.push_args(&mut b, ws, &dims, !pairs);
+    if pairs {
         b.arg(&band).arg(&ws.wgmma_multicast).arg(&counter);
     } else {
-        op.push_args(&mut b, ws, &dims);
         b.arg(&band).arg(&expert_major).arg(&counter);
     }
     // SAFETY: the arguments match the kernel's signature (WG_ARGS or PAIR_ARGS); the operands
