@@ -541,18 +541,21 @@ fn grouped_gemms_handle_empty_single_and_ragged_groups() {
         // kernels run each time).
         // The cluster pairs run with and without multicast (bits: weights of M pairs, token
         // rows of N pairs); shapes with an odd number of N tiles fall back to one CTA a unit.
+        // The one-CTA tiles run expert by expert, 128 x 256 also in one global raster.
         let runs = [
-            (GemmPath::Small, None, 3),
-            (GemmPath::Large, Some(WgmmaTile::Rows64), 3),
-            (GemmPath::Large, Some(WgmmaTile::Rows128), 3),
-            (GemmPath::Large, Some(WgmmaTile::Rows192), 3),
-            (GemmPath::Large, Some(WgmmaTile::Pairs), 3),
-            (GemmPath::Large, Some(WgmmaTile::Pairs), 0),
-            (GemmPath::Large, Some(WgmmaTile::Pairs), 1),
+            (GemmPath::Small, None, 3, true),
+            (GemmPath::Large, Some(WgmmaTile::Rows64), 3, true),
+            (GemmPath::Large, Some(WgmmaTile::Rows128), 3, true),
+            (GemmPath::Large, Some(WgmmaTile::Rows128), 3, false),
+            (GemmPath::Large, Some(WgmmaTile::Rows192), 3, true),
+            (GemmPath::Large, Some(WgmmaTile::Pairs), 3, true),
+            (GemmPath::Large, Some(WgmmaTile::Pairs), 0, true),
+            (GemmPath::Large, Some(WgmmaTile::Pairs), 1, true),
         ];
-        for (path, tile, multicast) in runs {
+        for (path, tile, multicast, expert_raster) in runs {
             ws.wgmma_tile = tile;
             ws.wgmma_multicast = multicast;
+            ws.wgmma_expert_raster = expert_raster;
             dev.stream().memcpy_htod(&e_i32, &mut ws.experts).unwrap();
             dev.stream().memcpy_htod(&weights, &mut ws.weights).unwrap();
             poison(&dev, &mut ws.act);
@@ -564,7 +567,9 @@ fn grouped_gemms_handle_empty_single_and_ragged_groups() {
             ws.combine(&dev, t, None, &mut out).unwrap();
             let got = from_bf16(&dev.download(&out).unwrap());
             assert_close(
-                &format!("groups {counts:?} {h}x{i} {path:?} {tile:?} multicast {multicast}"),
+                &format!(
+                    "groups {counts:?} {h}x{i} {path:?} {tile:?} multicast {multicast} expert raster {expert_raster}"
+                ),
                 &got,
                 &want,
                 1.5e-2,

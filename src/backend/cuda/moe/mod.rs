@@ -224,6 +224,11 @@ pub struct MoeWorkspace {
     /// M pairs, bit 1 the token rows of N pairs (a cleared bit: each CTA loads its own);
     /// starts as [`wgmma::multicast_from_env`] (3 unless set).
     pub wgmma_multicast: i32,
+    /// The one-CTA Hopper kernels walk their units expert by expert, each expert's tiles in
+    /// bands (true), or in one banded raster over all experts' tiles (false). Expert by expert
+    /// measured 5% faster at DeepSeek-V3 T = 16384 on the H200 and the same elsewhere
+    /// (benches/RESULTS.md); starts as [`wgmma::expert_raster_from_env`] (true unless set).
+    pub wgmma_expert_raster: bool,
     /// The Hopper kernels' unit counter (zeroed before each launch).
     tile_counter: DeviceBuffer<i32>,
 }
@@ -248,6 +253,7 @@ impl MoeWorkspace {
             y: dev.zeros(p.max(1) * shape.hidden)?,
             wgmma_tile: WgmmaTile::from_env(),
             wgmma_multicast: wgmma::multicast_from_env(),
+            wgmma_expert_raster: wgmma::expert_raster_from_env(),
             tile_counter: dev.zeros(1)?,
         })
     }

@@ -165,17 +165,21 @@ fn tensor_map(base: u64, rows: usize, k: usize) -> Result<[u64; 16]> {
     Ok(map.opaque)
 }
 
-/// The wgmma schedule: `SWITCHYARD_BAND` M units a band (default 8) and `SWITCHYARD_RASTER`
-/// `expert` (bands inside each expert's tiles) or `global` (one banded raster over all tiles):
-/// diagnostic switches for the benchmark.
-fn raster() -> (i32, i32) {
-    let band = std::env::var("SWITCHYARD_BAND")
+/// `SWITCHYARD_BAND`: M units a band of the one-CTA kernels' raster (default 8; the pairs take
+/// half as many 256-row super tiles), a diagnostic switch for the benchmark.
+fn band() -> i32 {
+    std::env::var("SWITCHYARD_BAND")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&b: &i32| b > 0)
-        .unwrap_or(8);
-    let expert_major = i32::from(std::env::var("SWITCHYARD_RASTER").as_deref() == Ok("expert"));
-    (band, expert_major)
+        .unwrap_or(8)
+}
+
+/// `SWITCHYARD_RASTER=global` walks the one-CTA kernels' units in one banded raster over all
+/// experts' tiles instead of expert by expert (see [`MoeWorkspace::wgmma_expert_raster`]): a
+/// diagnostic switch for the benchmark.
+pub fn expert_raster_from_env() -> bool {
+    std::env::var("SWITCHYARD_RASTER").as_deref() != Ok("global")
 }
 
 /// Launches the wgmma kernel of `tile` for `op` over `n_pairs` sorted rows and at most
@@ -226,7 +230,7 @@ pub(super) fn launch(
     let ta = tensor_map(op.a, n_pairs, op.k)?;
     let tb = tensor_map(op.w, s.n_experts * op.n_total, op.k)?;
     let dims = op.dims(&s);
-    let (band, expert_major) = raster();
+    let (band, expert_major) = (band(), i32::from(ws.wgmma_expert_raster));
     // Units past the first wave (pairs: all units) are taken in the order CTAs come free, from
     // a counter zeroed here; `SWITCHYARD_STATIC_TILES` (a diagnostic switch) walks the one-CTA
     // kernels' units by a fixed stride instead.
