@@ -15,9 +15,10 @@
 // its registers back with setmaxnreg), warpgroups 1.. are consumers, each multiplying its 64
 // rows of the A tile by the B tile (wgmma m64n256k16 or m64n128k16, f32 accumulators in
 // registers) and storing the result straight from registers. The schedule is persistent: each
-// CTA walks units blockIdx.x, +gridDim.x, ... of a banded raster (bands of `band` M units, N
-// inside a band) so that the CTAs in flight share A and B tiles in L2; the producer runs ahead
-// into the next tile while the consumers store the previous one.
+// CTA takes its first unit blockIdx.x, then the next free one from a counter, of a banded raster
+// (bands of `band` M units, N inside a band; expert by expert, or over all experts' tiles) so
+// that the CTAs in flight share A and B tiles in L2; the producer runs ahead into the next tile
+// while the consumers store the previous one.
 //
 // Variable groups come from the device tile map (tile_offsets, from kernels/permute.cu with bm
 // = the tile map's rows, 128 or 192): tile m belongs to expert e with tile_offsets[e] <= m <
