@@ -107,8 +107,8 @@ const PAIR_ROWS: usize = 192;
 
 /// The Hopper tile for `op` over `n_pairs` rows, unless forced ([`MoeWorkspace::wgmma_tile`]):
 /// gate/up on cluster pairs while experts average under [`PAIR_ROWS`] rows (their weights
-/// then leave DRAM about once: DeepSeek-V3 at T = 4096, 128 rows an expert, 13% faster on the
-/// H200), else 128 x 256, which won at more rows and for the down projection
+/// then leave DRAM about once: DeepSeek-V3 at T = 4096, 128 rows an expert, gate/up 5.4 vs
+/// 6.6 ms on the H200), else 128 x 256, which won at more rows and for the down projection
 /// (benches/RESULTS.md); the others stay for comparison. Every choice reads the 128-row map.
 fn wgmma_tile(ws: &MoeWorkspace, op: &Operands, n_pairs: usize) -> WgmmaTile {
     match ws.wgmma_tile {

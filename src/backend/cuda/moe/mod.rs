@@ -218,16 +218,17 @@ pub struct MoeWorkspace {
     /// [P, hidden] down projections, scaled by the router weights (between gate/up and down on
     /// the Hopper path: the token rows in sorted order).
     pub y: DeviceBuffer<bf16>,
-    /// Forces the Hopper kernels' tile (None: 128 x 256); starts as [`WgmmaTile::from_env`].
+    /// Forces the Hopper kernels' tile for both projections (None: chosen per projection and
+    /// load, see [`WgmmaTile`]); starts as [`WgmmaTile::from_env`].
     pub wgmma_tile: Option<WgmmaTile>,
     /// What the cluster-pair kernels ([`WgmmaTile::Pairs`]) multicast: bit 0 the weights of
     /// M pairs, bit 1 the token rows of N pairs (a cleared bit: each CTA loads its own);
-    /// starts as [`wgmma::multicast_from_env`] (3 unless set).
+    /// starts from the diagnostic switch `SWITCHYARD_MULTICAST` (3 unless set).
     pub wgmma_multicast: i32,
     /// The one-CTA Hopper kernels walk their units expert by expert, each expert's tiles in
     /// bands (true), or in one banded raster over all experts' tiles (false). Expert by expert
     /// measured 5% faster at DeepSeek-V3 T = 16384 on the H200 and the same elsewhere
-    /// (benches/RESULTS.md); starts as [`wgmma::expert_raster_from_env`] (true unless set).
+    /// (benches/RESULTS.md); starts true unless `SWITCHYARD_RASTER=global` is set.
     pub wgmma_expert_raster: bool,
     /// The Hopper kernels' unit counter (zeroed before each launch).
     tile_counter: DeviceBuffer<i32>,

@@ -11,9 +11,11 @@ use crate::backend::cuda::dev_err;
 use crate::backend::cuda::device::{CudaDevice, Kernel};
 use crate::error::{Error, Result};
 
-/// The tile shape of the Hopper kernels (kernels/grouped_gemm_sm90.cu). 128 x 256 runs by
-/// default; the other two are kept to compare against on new shapes and GPUs (each lost to it
-/// at every load of the benchmark on the H200, see benches/RESULTS.md).
+/// The tile shape of the Hopper kernels (kernels/grouped_gemm_sm90.cu and
+/// kernels/grouped_gemm_sm90_pairs.cu). By default gate/up runs on [`Self::Pairs`] while experts
+/// hold few rows and on [`Self::Rows128`] otherwise, down always on [`Self::Rows128`] (see
+/// `gemm::wgmma_tile`); [`Self::Rows64`] and [`Self::Rows192`] are kept to compare against on
+/// new shapes and GPUs (each lost at every load of the benchmark on the H200, benches/RESULTS.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WgmmaTile {
     /// 64 x 256 units, halves of the 128-row tile map (both consumers on the same 64 rows, each
@@ -249,11 +251,13 @@ pub(super) fn launch(
     b.arg(&ta).arg(&tb);
     let pairs = tile == WgmmaTile::Pairs;
     op.push_args(&mut b, ws, &dims, !pairs);
-    if pairs {
-        b.arg(&band).arg(&ws.wgmma_multicast).arg(&counter);
+    // The one int after the band: what the pairs multicast, or the one-CTA kernels' raster.
+    let mode = if pairs {
+        ws.wgmma_multicast
     } else {
-        b.arg(&band).arg(&expert_major).arg(&counter);
-    }
+        expert_major
+    };
+    b.arg(&band).arg(&mode).arg(&counter);
     // SAFETY: the arguments match the kernel's signature (WG_ARGS or PAIR_ARGS); the operands
     // cover what the callers say; units come from the group offsets of permute (rows <
     // n_pairs) and stores stop at each expert's last row; the pair grid is even (its clusters).
