@@ -88,6 +88,7 @@ impl Kernel {
             // One program: the building blocks, the one-CTA kernels, the cluster-pair kernels.
             Kernel::GroupedGemmSm90 => concat!(
                 include_str!("../../../kernels/grouped_common.cuh"),
+                include_str!("../../../kernels/wgmma_shapes.cuh"),
                 include_str!("../../../kernels/wgmma.cuh"),
                 include_str!("../../../kernels/grouped_gemm_sm90.cu"),
                 include_str!("../../../kernels/grouped_gemm_sm90_pairs.cu")
