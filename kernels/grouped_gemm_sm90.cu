@@ -9,7 +9,7 @@
 //            hold both the gate and the up value of an output element.
 //   down:    y[r, n] = w[order[r]] * (act[r] . down_e[n]), the router weight in the epilogue.
 //
-// Tiles are 128 x 256 or 192 x 128 (x 64 of K per stage; see wgmma_grouped_gemm). One CTA per
+// Tiles are 128 x 256 (x 64 of K per stage; see wgmma_grouped_gemm). One CTA per
 // SM: warpgroup 0 is the producer (one thread issues TMA loads of A and B into a ring of
 // 128B-swizzled shared memory, each stage guarded by a "full" and an "empty" mbarrier; it gives
 // its registers back with setmaxnreg), warpgroups 1.. are consumers, each multiplying its 64
@@ -21,7 +21,7 @@
 // while the consumers store the previous one.
 //
 // Variable groups come from the device tile map (tile_offsets, from kernels/permute.cu with bm
-// = the tile map's rows, 128 or 192): tile m belongs to expert e with tile_offsets[e] <= m <
+// = the tile map's rows, 128): tile m belongs to expert e with tile_offsets[e] <= m <
 // tile_offsets[e+1]; its rows start at offsets[e] + bm * (m - tile_offsets[e]); rows past the
 // expert's end (or past the matrix, which TMA fills with zeros) are never stored, and a
 // consumer whose 64 rows all lie past it neither loads nor multiplies. The host checks that K is
@@ -61,8 +61,7 @@ __device__ __forceinline__ void unit_rows(const int* offsets, const int* tile_of
 // Not SPLIT: each consumer takes its own 64 rows of an NC * 64-row A tile and all BN_ columns
 //   (m64n{BN_}); a consumer whose 64 rows lie past its expert's last row idles for that tile
 //   (no loads of its A rows, no MMAs), so a ragged expert's last tile costs what it holds, in
-//   steps of 64 rows. 128 x 256 (NC = 2) for many rows an expert; 192 x 128 (NC = 3) for
-//   experts of one to a few hundred rows, whose weights one tile then streams once.
+//   steps of 64 rows (128 x 256, NC = 2).
 // SPLIT: both consumers take the same 64 rows, each BN_ / 2 of the columns (m64n128), on half
 //   tiles of the 128-row tile map; this wastes less on groups of a few dozen rows (an M unit
 //   past its expert's last row is skipped).
@@ -81,7 +80,7 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
     constexpr int TILE = SPLIT ? 128 : BM_;    // rows of a tile of the tile map
     constexpr int PER = TILE / BM_;
     constexpr int WN = SPLIT ? BN_ / NC : BN_;  // columns of one consumer
-    constexpr int ST = (NC == 2 && !SPLIT) ? 4 : 5;  // pipeline stages
+    constexpr int ST = SPLIT ? 5 : 4;  // pipeline stages
     constexpr int TS = 4;                            // units handed ahead
     constexpr int A_BOX = 64 * BK * 2;
     constexpr int A_BYTES = BM_ * BK * 2;
@@ -156,8 +155,7 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
     }
 
     // Consumers: the register file is 64K; the producer keeps 128 x 40 of it.
-    if (NC == 2) asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
-    else asm volatile("setmaxnreg.inc.sync.aligned.u32 152;\n");
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
     const int c = wg - 1;
     const int ct = threadIdx.x - 128 * wg;
     const int warp = ct / 32, lane = ct % 32;
@@ -199,5 +197,3 @@ extern "C" __global__ void __launch_bounds__(384, 1) gate_up_wgmma(WG_ARGS) { wg
 extern "C" __global__ void __launch_bounds__(384, 1) down_wgmma(WG_ARGS) { wgmma_grouped_gemm<2, 256, false, false>(WG_PASS); }
 extern "C" __global__ void __launch_bounds__(384, 1) gate_up_wgmma64(WG_ARGS) { wgmma_grouped_gemm<2, 256, true, true>(WG_PASS); }
 extern "C" __global__ void __launch_bounds__(384, 1) down_wgmma64(WG_ARGS) { wgmma_grouped_gemm<2, 256, true, false>(WG_PASS); }
-extern "C" __global__ void __launch_bounds__(512, 1) gate_up_wgmma192(WG_ARGS) { wgmma_grouped_gemm<3, 128, false, true>(WG_PASS); }
-extern "C" __global__ void __launch_bounds__(512, 1) down_wgmma192(WG_ARGS) { wgmma_grouped_gemm<3, 128, false, false>(WG_PASS); }

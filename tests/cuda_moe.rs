@@ -11,8 +11,8 @@ use switchyard::backend::cpu::moe::{
 use switchyard::backend::cpu::norm::add_rms_norm as cpu_add_rms_norm;
 use switchyard::backend::cuda::device::unavailable_reason;
 use switchyard::backend::cuda::{
-    norm, CudaDevice, DeviceBuffer, GemmPath, MoeLayer, MoeShape, MoeWorkspace, RouterParams,
-    WgmmaTile,
+    norm, CudaDevice, DeviceBuffer, ForcedTiles, GemmPath, MoeLayer, MoeShape, MoeWorkspace,
+    RouterParams, WgmmaTile,
 };
 use switchyard_experts::{route, GroupMask, RoutedScaling, RouterConfig, TopkMethod};
 
@@ -277,8 +277,7 @@ fn permutation_matches_the_counting_sort() {
             let mut acc = 0;
             for e in 0..n_experts {
                 assert_eq!(tiles[e], acc, "tile offset of expert {e}");
-                acc += (want.offsets[e + 1] - want.offsets[e]).div_ceil(ws.tile_rows(&dev, path))
-                    as i32;
+                acc += (want.offsets[e + 1] - want.offsets[e]).div_ceil(path.bm()) as i32;
             }
             assert_eq!(tiles[n_experts], acc);
             for (row, &p) in want.order.iter().enumerate() {
@@ -483,9 +482,8 @@ fn rms_norm_with_residual_matches_the_reference() {
 
 /// The grouped GEMMs of both paths over groups chosen to hit the tile edges: experts with 0, 1,
 /// 31, 33, 63, 65, 127, 129, 255, 257 rows and more (the 8-row passes and 32-row tiles of the
-/// decode kernels, the 64- and 128-row wgmma tiles: the first set averages under 192 rows an
-/// expert, which picks 64-row tiles, the second over; the cluster pairs' 256-row super tiles
-/// with tails of 1, 44 and 188 rows), an empty group between full ones, routed explicitly
+/// decode kernels, the 64- and 128-row wgmma tiles; the cluster pairs' 256-row super tiles with
+/// tails of 1, 44 and 188 rows), an empty group between full ones, routed explicitly
 /// (top-1, shuffled tokens), against the CPU path.
 #[test]
 fn grouped_gemms_handle_empty_single_and_ragged_groups() {
@@ -544,16 +542,16 @@ fn grouped_gemms_handle_empty_single_and_ragged_groups() {
         // The one-CTA tiles run expert by expert, 128 x 256 also in one global raster.
         let runs = [
             (GemmPath::Small, None, 3, true),
+            (GemmPath::Large, None, 3, true),
             (GemmPath::Large, Some(WgmmaTile::Rows64), 3, true),
             (GemmPath::Large, Some(WgmmaTile::Rows128), 3, true),
             (GemmPath::Large, Some(WgmmaTile::Rows128), 3, false),
-            (GemmPath::Large, Some(WgmmaTile::Rows192), 3, true),
             (GemmPath::Large, Some(WgmmaTile::Pairs), 3, true),
             (GemmPath::Large, Some(WgmmaTile::Pairs), 0, true),
             (GemmPath::Large, Some(WgmmaTile::Pairs), 1, true),
         ];
         for (path, tile, multicast, expert_raster) in runs {
-            ws.wgmma_tile = tile;
+            ws.wgmma_tile = ForcedTiles::both(tile);
             ws.wgmma_multicast = multicast;
             ws.wgmma_expert_raster = expert_raster;
             dev.stream().memcpy_htod(&e_i32, &mut ws.experts).unwrap();

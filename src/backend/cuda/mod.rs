@@ -21,7 +21,7 @@ pub mod storage;
 pub mod weights;
 
 pub use device::{CudaDevice, DeviceBuffer, Kernel};
-pub use moe::{GemmPath, MoeLayer, MoeShape, MoeWorkspace, RouterParams, WgmmaTile};
+pub use moe::{ForcedTiles, GemmPath, MoeLayer, MoeShape, MoeWorkspace, RouterParams, WgmmaTile};
 pub use moe_block::{FusedMoe, FusedParts, MoeScratch};
 
 use crate::error::Error;

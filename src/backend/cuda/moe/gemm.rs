@@ -94,14 +94,6 @@ fn function(dev: &CudaDevice, fam: Family, gate_up: bool) -> Result<(CudaFunctio
     ))
 }
 
-/// Rows of a tile of the tile map the kernels of `path` read (`permute`'s bm).
-pub(super) fn map_rows(dev: &CudaDevice, ws: &MoeWorkspace, path: GemmPath) -> usize {
-    match family(dev, path, &ws.shape) {
-        Family::Wgmma => ws.wgmma_tile.unwrap_or(WgmmaTile::Rows128).map_rows(),
-        _ => path.bm(),
-    }
-}
-
 /// Below this many rows an expert on average, gate/up runs on cluster pairs.
 const PAIR_ROWS: usize = 192;
 
@@ -111,7 +103,7 @@ const PAIR_ROWS: usize = 192;
 /// 6.6 ms on the H200), else 128 x 256, which won at more rows and for the down projection
 /// (benches/RESULTS.md); the others stay for comparison. Every choice reads the 128-row map.
 fn wgmma_tile(ws: &MoeWorkspace, op: &Operands, n_pairs: usize) -> WgmmaTile {
-    match ws.wgmma_tile {
+    match ws.wgmma_tile.of(op.gate_up) {
         Some(t) => t,
         None if op.gate_up && n_pairs < PAIR_ROWS * ws.shape.n_experts => WgmmaTile::Pairs,
         None => WgmmaTile::Rows128,
@@ -241,9 +233,8 @@ fn grouped(
 ) -> Result<()> {
     let s = ws.shape;
     let fam = family(dev, path, &s);
-    let map_rows = map_rows(dev, ws, path);
     // Upper bound of tiles over all experts (surplus blocks exit at once).
-    let max_tiles = n_pairs.div_ceil(map_rows) + s.n_experts.min(n_pairs);
+    let max_tiles = n_pairs.div_ceil(path.bm()) + s.n_experts.min(n_pairs);
     if fam == Family::Wgmma {
         let tile = wgmma_tile(ws, op, n_pairs);
         return wgmma::launch(dev, ws, op, n_pairs, tile, max_tiles);

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 mod gemm;
 mod wgmma;
 
-pub use wgmma::WgmmaTile;
+pub use wgmma::{ForcedTiles, WgmmaTile};
 
 /// Pairs per chunk of the permutation kernels (`CHUNK` in kernels/permute.cu).
 const CHUNK: usize = 256;
@@ -218,9 +218,9 @@ pub struct MoeWorkspace {
     /// [P, hidden] down projections, scaled by the router weights (between gate/up and down on
     /// the Hopper path: the token rows in sorted order).
     pub y: DeviceBuffer<bf16>,
-    /// Forces the Hopper kernels' tile for both projections (None: chosen per projection and
+    /// Forces the Hopper kernels' tile of either projection (None: chosen per projection and
     /// load, see [`WgmmaTile`]); starts as [`WgmmaTile::from_env`].
-    pub wgmma_tile: Option<WgmmaTile>,
+    pub wgmma_tile: ForcedTiles,
     /// What the cluster-pair kernels ([`WgmmaTile::Pairs`]) multicast: bit 0 the weights of
     /// M pairs, bit 1 the token rows of N pairs (a cleared bit: each CTA loads its own);
     /// starts from the diagnostic switch `SWITCHYARD_MULTICAST` (3 unless set).
@@ -232,6 +232,9 @@ pub struct MoeWorkspace {
     pub wgmma_expert_raster: bool,
     /// The Hopper kernels' unit counter (zeroed before each launch).
     tile_counter: DeviceBuffer<i32>,
+    /// Clusters of two pair CTAs that fit on the GPU at once, for down and gate/up (asked of
+    /// the driver at the first launch of each).
+    pair_clusters: [Option<usize>; 2],
 }
 
 impl MoeWorkspace {
@@ -256,6 +259,7 @@ impl MoeWorkspace {
             wgmma_multicast: wgmma::multicast_from_env(),
             wgmma_expert_raster: wgmma::expert_raster_from_env(),
             tile_counter: dev.zeros(1)?,
+            pair_clusters: [None; 2],
         })
     }
 
@@ -319,12 +323,6 @@ impl MoeWorkspace {
         Ok(())
     }
 
-    /// Rows of a tile of the GEMM tile map on `path` (the kernels that will run decide it, see
-    /// [`WgmmaTile`]).
-    pub fn tile_rows(&self, dev: &CudaDevice, path: GemmPath) -> usize {
-        gemm::map_rows(dev, self, path)
-    }
-
     /// Sorts the pairs of [`Self::experts`] by expert (stable in token order), filling
     /// [`Self::order`], [`Self::row_of_pair`], [`Self::offsets`] and the tile map for `path`.
     pub fn permute(&mut self, dev: &CudaDevice, n_tokens: usize, path: GemmPath) -> Result<()> {
@@ -335,7 +333,7 @@ impl MoeWorkspace {
             n_pairs as i32,
             self.shape.n_experts as i32,
             n_chunks as i32,
-            self.tile_rows(dev, path) as i32,
+            path.bm() as i32,
         );
         if n_chunks == 1 {
             // One block does histogram, offsets and scatter: decode batches save two launches.

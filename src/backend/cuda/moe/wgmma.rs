@@ -3,7 +3,7 @@
 
 use std::ffi::c_void;
 
-use cudarc::driver::{sys, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{sys, CudaFunction, DevicePtr, LaunchConfig, PushKernelArg};
 
 use super::gemm::Operands;
 use super::MoeWorkspace;
@@ -12,10 +12,10 @@ use crate::backend::cuda::device::{CudaDevice, Kernel};
 use crate::error::{Error, Result};
 
 /// The tile shape of the Hopper kernels (kernels/grouped_gemm_sm90.cu and
-/// kernels/grouped_gemm_sm90_pairs.cu). By default gate/up runs on [`Self::Pairs`] while experts
-/// hold few rows and on [`Self::Rows128`] otherwise, down always on [`Self::Rows128`] (see
-/// `gemm::wgmma_tile`); [`Self::Rows64`] and [`Self::Rows192`] are kept to compare against on
-/// new shapes and GPUs (each lost at every load of the benchmark on the H200, benches/RESULTS.md).
+/// kernels/grouped_gemm_sm90_pairs.cu). Which runs by
+/// default for a projection and load: `gemm::wgmma_tile`; [`Self::Rows64`] is kept to compare
+/// against on new shapes and GPUs (it lost at every load of the benchmark on the H200,
+/// benches/RESULTS.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WgmmaTile {
     /// 64 x 256 units, halves of the 128-row tile map (both consumers on the same 64 rows, each
@@ -24,12 +24,11 @@ pub enum WgmmaTile {
     /// 128 x 256 (two consumers of 64 rows; the second idles on an expert's last 64 rows or
     /// fewer).
     Rows128,
-    /// 192 x 128 (three consumers of 64 rows): covers an expert of up to 192 rows in one tile.
-    Rows192,
     /// 128 x 256 a CTA, run by clusters of two CTAs that take each unit together and share
     /// one operand by TMA multicast: the weights when an expert's 256-row super tile holds more
     /// than 128 rows (each CTA takes 128 of them), else the token rows (each CTA takes one of
-    /// two N tiles). Needs an even number of N tiles (else [`Self::Rows128`] runs).
+    /// two N tiles). Needs an even number of N tiles and room for a cluster of two (else
+    /// [`Self::Rows128`] runs).
     Pairs,
 }
 
@@ -37,53 +36,43 @@ pub enum WgmmaTile {
 const TILE_RING: usize = 4 * (8 + 8 + 4);
 
 impl WgmmaTile {
-    /// Set to 64, 128, 192 or `pairs` to force the tile: a diagnostic switch for the benchmark.
+    /// Set to 64, 128 or `pairs` to force the tile of both projections, or to `G,D`
+    /// to force gate/up's and down's: a diagnostic switch for the benchmark.
     const ENV: &'static str = "SWITCHYARD_WGMMA_BM";
 
-    /// The forced tile of [`Self::ENV`], if any.
-    pub fn from_env() -> Option<Self> {
-        match std::env::var(Self::ENV).ok().as_deref() {
-            Some("64") => Some(Self::Rows64),
-            Some("128") => Some(Self::Rows128),
-            Some("192") => Some(Self::Rows192),
-            Some("pairs") => Some(Self::Pairs),
+    fn parse(v: &str) -> Option<Self> {
+        match v {
+            "64" => Some(Self::Rows64),
+            "128" => Some(Self::Rows128),
+            "pairs" => Some(Self::Pairs),
             _ => None,
         }
     }
 
-    /// Rows of a tile of the tile map (`permute`'s bm).
-    pub(super) fn map_rows(self) -> usize {
-        match self {
-            Self::Rows64 | Self::Rows128 | Self::Pairs => 128,
-            Self::Rows192 => 192,
+    /// The forced tiles of [`Self::ENV`], if any: (gate/up, down).
+    pub fn from_env() -> ForcedTiles {
+        let v = std::env::var(Self::ENV).unwrap_or_default();
+        match v.split_once(',') {
+            Some((g, d)) => ForcedTiles {
+                gate_up: Self::parse(g),
+                down: Self::parse(d),
+            },
+            None => ForcedTiles::both(Self::parse(&v)),
         }
     }
 
-    /// Units the kernel walks per tile of the tile map.
-    fn units_per_tile(self) -> usize {
-        match self {
-            Self::Rows64 => 2,
-            Self::Rows128 | Self::Rows192 | Self::Pairs => 1,
-        }
+    /// Units the kernel walks for `op` over at most `max_tiles` tiles of the 128-row tile map.
+    fn units(self, op: &Operands, max_tiles: usize) -> usize {
+        let per_tile = if self == Self::Rows64 { 2 } else { 1 };
+        per_tile * max_tiles * (op.n_out / self.bn(op.gate_up))
     }
 
     /// N extent of a tile: act columns (gate/up: half the B rows) or output columns (down).
     pub(super) fn bn(self, gate_up: bool) -> usize {
-        let b_rows = match self {
-            Self::Rows64 | Self::Rows128 | Self::Pairs => 256,
-            Self::Rows192 => 128,
-        };
         if gate_up {
-            b_rows / 2
+            128
         } else {
-            b_rows
-        }
-    }
-
-    fn threads(self) -> u32 {
-        match self {
-            Self::Rows64 | Self::Rows128 | Self::Pairs => 384,
-            Self::Rows192 => 512,
+            256
         }
     }
 
@@ -93,12 +82,16 @@ impl WgmmaTile {
     /// and 1 KiB of slack to align the tiles to the 128B swizzle's 1024 bytes. Stages and sizes
     /// as in kernels/grouped_gemm_sm90.cu and kernels/grouped_gemm_sm90_pairs.cu.
     fn smem(self) -> usize {
-        let (stages, a_rows, b_rows) = match self {
-            Self::Rows64 => (5, 64, 256),
-            Self::Rows128 | Self::Pairs => (4, 128, 256),
-            Self::Rows192 => (5, 192, 128),
+        let (stages, a_rows) = match self {
+            Self::Rows64 => (5, 64),
+            Self::Rows128 | Self::Pairs => (4, 128),
         };
-        stages * ((a_rows * 64 + b_rows * 64) * 2 + 16) + TILE_RING + 2 * 1025 * 4 + 1024
+        stages * ((a_rows * 64 + 256 * 64) * 2 + 16) + TILE_RING + 2 * 1025 * 4 + 1024
+    }
+
+    /// Whether a pair unit's two N tiles fit the shape of `op` (pairs only).
+    fn pairs_fit(self, op: &Operands) -> bool {
+        self == Self::Pairs && (op.n_out / self.bn(op.gate_up)).is_multiple_of(2)
     }
 
     fn kernel(self, gate_up: bool) -> &'static str {
@@ -107,10 +100,36 @@ impl WgmmaTile {
             (Self::Rows64, false) => "down_wgmma64",
             (Self::Rows128, true) => "gate_up_wgmma",
             (Self::Rows128, false) => "down_wgmma",
-            (Self::Rows192, true) => "gate_up_wgmma192",
-            (Self::Rows192, false) => "down_wgmma192",
             (Self::Pairs, true) => "gate_up_wgmma_pairs",
             (Self::Pairs, false) => "down_wgmma_pairs",
+        }
+    }
+}
+
+/// Tiles forced for each projection (None: chosen per load, `gemm::wgmma_tile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ForcedTiles {
+    /// The gate/up projection's tile.
+    pub gate_up: Option<WgmmaTile>,
+    /// The down projection's tile.
+    pub down: Option<WgmmaTile>,
+}
+
+impl ForcedTiles {
+    /// The same forced tile (or none) for both projections.
+    pub fn both(tile: Option<WgmmaTile>) -> Self {
+        Self {
+            gate_up: tile,
+            down: tile,
+        }
+    }
+
+    /// The forced tile of the projection (`gate_up` or down).
+    pub fn of(&self, gate_up: bool) -> Option<WgmmaTile> {
+        if gate_up {
+            self.gate_up
+        } else {
+            self.down
         }
     }
 }
@@ -184,6 +203,54 @@ pub fn expert_raster_from_env() -> bool {
     std::env::var("SWITCHYARD_RASTER").as_deref() != Ok("global")
 }
 
+/// Threads of every Hopper kernel's CTA: a producer warpgroup and two consumers.
+const THREADS: u32 = 384;
+
+/// The tile that can run: pairs need an even number of N tiles (`pairs_fit`) and room on the
+/// GPU for a cluster of two of their CTAs (a small MIG slice may have none); otherwise the
+/// one-CTA 128 x 256 tile runs. With it, the kernel and its grid: persistent, one CTA per SM
+/// (fewer when there are fewer units); pairs only as many clusters as fit at once (all their
+/// units come from the counter). `fit` caches the driver's count of clusters that fit.
+fn runnable(
+    dev: &CudaDevice,
+    op: &Operands,
+    tile: WgmmaTile,
+    max_tiles: usize,
+    fit: &mut Option<usize>,
+) -> Result<(WgmmaTile, CudaFunction, u32)> {
+    let load = |t: WgmmaTile| {
+        dev.function_with_smem(Kernel::GroupedGemmSm90, t.kernel(op.gate_up), t.smem())
+    };
+    if tile.pairs_fit(op) {
+        let f = load(tile)?;
+        let cfg = LaunchConfig {
+            // (The occupancy query wants a grid the kernel's cluster of two divides.)
+            grid_dim: (2, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: tile.smem() as u32,
+        };
+        let fit = match *fit {
+            Some(n) => n,
+            None => {
+                let n = f
+                    .occupancy_max_active_clusters(cfg, dev.stream())
+                    .map_err(dev_err("sizing the cluster grid"))? as usize;
+                *fit.insert(n)
+            }
+        };
+        if fit > 0 {
+            let grid = 2 * fit.min(tile.units(op, max_tiles)).max(1);
+            return Ok((tile, f, grid as u32));
+        }
+    }
+    let tile = match tile {
+        WgmmaTile::Pairs => WgmmaTile::Rows128,
+        t => t,
+    };
+    let grid = dev.sm_count()?.min(tile.units(op, max_tiles)).max(1);
+    Ok((tile, load(tile)?, grid as u32))
+}
+
 /// Launches the wgmma kernel of `tile` for `op` over `n_pairs` sorted rows and at most
 /// `max_tiles` tiles of the tile map.
 pub(super) fn launch(
@@ -195,39 +262,12 @@ pub(super) fn launch(
     max_tiles: usize,
 ) -> Result<()> {
     let s = ws.shape;
-    let n_tiles = op.n_out / tile.bn(op.gate_up);
-    // A pair unit spans two N tiles when the tokens are shared: an odd count runs one CTA a unit.
-    let tile = match tile {
-        WgmmaTile::Pairs if n_tiles % 2 == 1 => WgmmaTile::Rows128,
-        t => t,
-    };
-    let f = dev.function_with_smem(
-        Kernel::GroupedGemmSm90,
-        tile.kernel(op.gate_up),
-        tile.smem(),
-    )?;
-    let units = max_tiles * tile.units_per_tile() * n_tiles;
-    // (The occupancy query wants a grid the kernel's cluster of two divides.)
-    let mut cfg = LaunchConfig {
-        grid_dim: (2, 1, 1),
-        block_dim: (tile.threads(), 1, 1),
+    let fit = &mut ws.pair_clusters[usize::from(op.gate_up)];
+    let (tile, f, grid) = runnable(dev, op, tile, max_tiles, fit)?;
+    let cfg = LaunchConfig {
+        grid_dim: (grid, 1, 1),
+        block_dim: (THREADS, 1, 1),
         shared_mem_bytes: tile.smem() as u32,
-    };
-    // Persistent: one CTA per SM, fewer when there are fewer units; pairs only as many
-    // clusters as fit at once (all their units come from the counter).
-    cfg.grid_dim.0 = if tile == WgmmaTile::Pairs {
-        let fit = f
-            .occupancy_max_active_clusters(cfg, dev.stream())
-            .map_err(dev_err("sizing the cluster grid"))?;
-        if fit == 0 {
-            return Err(Error::Device(format!(
-                "no cluster of two {} CTAs fits on this GPU",
-                tile.kernel(op.gate_up)
-            )));
-        }
-        2 * (fit as usize).min(units).max(1) as u32
-    } else {
-        dev.sm_count()?.min(units).max(1) as u32
     };
     let ta = tensor_map(op.a, n_pairs, op.k)?;
     let tb = tensor_map(op.w, s.n_experts * op.n_total, op.k)?;
@@ -236,20 +276,19 @@ pub(super) fn launch(
     // Units past the first wave (pairs: all units) are taken in the order CTAs come free, from
     // a counter zeroed here; `SWITCHYARD_STATIC_TILES` (a diagnostic switch) walks the one-CTA
     // kernels' units by a fixed stride instead.
-    let counter =
-        if tile != WgmmaTile::Pairs && std::env::var_os("SWITCHYARD_STATIC_TILES").is_some() {
-            0u64
-        } else {
-            dev.stream()
-                .memset_zeros(&mut ws.tile_counter)
-                .map_err(dev_err("zeroing the tile counter"))?;
-            // Single stream: dropping the guard at once keeps the ordering (see gemm.rs `ptr`).
-            ws.tile_counter.device_ptr(dev.stream()).0
-        };
+    let pairs = tile == WgmmaTile::Pairs;
+    let counter = if !pairs && std::env::var_os("SWITCHYARD_STATIC_TILES").is_some() {
+        0u64
+    } else {
+        dev.stream()
+            .memset_zeros(&mut ws.tile_counter)
+            .map_err(dev_err("zeroing the tile counter"))?;
+        // Single stream: dropping the guard at once keeps the ordering (see gemm.rs `ptr`).
+        ws.tile_counter.device_ptr(dev.stream()).0
+    };
     let ws: &MoeWorkspace = ws;
     let mut b = dev.stream().launch_builder(&f);
     b.arg(&ta).arg(&tb);
-    let pairs = tile == WgmmaTile::Pairs;
     op.push_args(&mut b, ws, &dims, !pairs);
     // The one int after the band: what the pairs multicast, or the one-CTA kernels' raster.
     let mode = if pairs {
