@@ -1,5 +1,5 @@
 // Building blocks of the Hopper grouped GEMMs (kernels/grouped_gemm_sm90.cu, one CTA a unit,
-// and kernels/grouped_gemm_sm90_pairs.cu, two CTAs of a cluster a unit): mbarriers, TMA loads
+// and kernels/grouped_gemm_sm90_clusters.cu, two or four CTAs of a cluster a unit): mbarriers, TMA loads
 // (plain and multicast), wgmma on 128B-swizzled shared memory, a unit's main loop on a consumer
 // warpgroup and its epilogue. Compiled as one NVRTC program with both (Kernel::source).
 
@@ -52,13 +52,14 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const TmaDesc* map, unsig
         : "memory");
 }
 
-// The same box multicast into the shared memory of both CTAs of a cluster pair (same offset,
-// each completing `bytes` on its own mbarrier at `bar`'s offset).
-__device__ __forceinline__ void tma_load_2d_pair(void* dst, const TmaDesc* map, unsigned long long* bar, int c0, int c1) {
+// The same box multicast into the shared memory of the CTAs of the cluster in `mask` (bit r:
+// CTA r; same offset, each completing the box's bytes on its own mbarrier at `bar`'s offset).
+__device__ __forceinline__ void tma_load_2d_multicast(void* dst, const TmaDesc* map, unsigned long long* bar, int c0,
+                                                      int c1, unsigned mask) {
     asm volatile(
         "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%3, %4}], [%2], %5;\n" ::"r"(
             smem_u32(dst)),
-        "l"(reinterpret_cast<unsigned long long>(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "h"((unsigned short)3)
+        "l"(reinterpret_cast<unsigned long long>(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "h"((unsigned short)mask)
         : "memory");
 }
 

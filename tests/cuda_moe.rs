@@ -537,8 +537,9 @@ fn grouped_gemms_handle_empty_single_and_ragged_groups() {
         let e_i32: Vec<i32> = experts.iter().map(|&v| v as i32).collect();
         // The decode path, and every Hopper tile (where the device has none, the mma.sync
         // kernels run each time).
-        // The cluster pairs run with and without multicast (bits: weights of M pairs, token
-        // rows of N pairs); shapes with an odd number of N tiles fall back to one CTA a unit.
+        // The cluster pairs and quads run with and without multicast (bits: weights, token
+        // rows); shapes whose N tiles do not come in groups of the cluster fall back to the
+        // next smaller tile (quads to pairs to one CTA a unit).
         // The one-CTA tiles run expert by expert, 128 x 256 also in one global raster.
         let runs = [
             (GemmPath::Small, None, 3, true),
@@ -549,6 +550,8 @@ fn grouped_gemms_handle_empty_single_and_ragged_groups() {
             (GemmPath::Large, Some(WgmmaTile::Pairs), 3, true),
             (GemmPath::Large, Some(WgmmaTile::Pairs), 0, true),
             (GemmPath::Large, Some(WgmmaTile::Pairs), 1, true),
+            (GemmPath::Large, Some(WgmmaTile::Quads), 3, true),
+            (GemmPath::Large, Some(WgmmaTile::Quads), 0, true),
         ];
         for (path, tile, multicast, expert_raster) in runs {
             ws.wgmma_tile = ForcedTiles::both(tile);

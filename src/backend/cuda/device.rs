@@ -27,8 +27,8 @@ pub enum Kernel {
     /// the row gather (`kernels/grouped_gemm.cu`).
     GroupedGemm,
     /// The Hopper grouped GEMMs: TMA + wgmma, warp-specialised and persistent, one CTA or a
-    /// cluster pair a unit (`kernels/wgmma.cuh`, `kernels/grouped_gemm_sm90.cu`,
-    /// `kernels/grouped_gemm_sm90_pairs.cu`; sm_90a only, loaded only there).
+    /// cluster of two or four a unit (`kernels/wgmma.cuh`, `kernels/grouped_gemm_sm90.cu`,
+    /// `kernels/grouped_gemm_sm90_clusters.cu`; sm_90a only, loaded only there).
     GroupedGemmSm90,
     /// Unpermute and weighted combine (`kernels/combine.cu`).
     Combine,
@@ -85,13 +85,13 @@ impl Kernel {
                 include_str!("../../../kernels/grouped_common.cuh"),
                 include_str!("../../../kernels/grouped_gemm.cu")
             ),
-            // One program: the building blocks, the one-CTA kernels, the cluster-pair kernels.
+            // One program: the building blocks, the one-CTA kernels, the cluster kernels.
             Kernel::GroupedGemmSm90 => concat!(
                 include_str!("../../../kernels/grouped_common.cuh"),
                 include_str!("../../../kernels/wgmma_shapes.cuh"),
                 include_str!("../../../kernels/wgmma.cuh"),
                 include_str!("../../../kernels/grouped_gemm_sm90.cu"),
-                include_str!("../../../kernels/grouped_gemm_sm90_pairs.cu")
+                include_str!("../../../kernels/grouped_gemm_sm90_clusters.cu")
             ),
             Kernel::Combine => include_str!("../../../kernels/combine.cu"),
             Kernel::Norm => include_str!("../../../kernels/norm.cu"),

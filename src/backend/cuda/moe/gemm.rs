@@ -5,8 +5,8 @@
 //!   stream each touched expert's weights once, 32 weight rows per block, K split over 8 warps.
 //! - [`GemmPath::Large`] on Hopper (sm_90a) when the N tiles divide the shape: `gate_up_wgmma` /
 //!   `down_wgmma` (kernels/grouped_gemm_sm90.cu, launched by moe/wgmma.rs), TMA + wgmma,
-//!   persistent, 128 x 256 tiles a CTA, gate/up on cluster pairs of CTAs while experts hold
-//!   few rows ([`WgmmaTile`]); the token rows are first
+//!   persistent, 128 x 256 tiles a CTA, gate/up on clusters of two or four CTAs while experts
+//!   hold few rows ([`WgmmaTile`]); the token rows are first
 //!   gathered into sorted order (`gather_rows`, into [`MoeWorkspace::y`], which is free until
 //!   the down projection writes it).
 //! - [`GemmPath::Large`] elsewhere: the mma.sync 128 x 128 kernels (`gate_up_large` / `down_large`).
@@ -94,18 +94,24 @@ fn function(dev: &CudaDevice, fam: Family, gate_up: bool) -> Result<(CudaFunctio
     ))
 }
 
-/// Below this many rows an expert on average, gate/up runs on cluster pairs.
+/// Below this many rows an expert on average, gate/up runs on clusters.
 const PAIR_ROWS: usize = 192;
+/// From this many rows an expert on average (and below [`PAIR_ROWS`]), on clusters of four.
+const QUAD_ROWS: usize = 96;
 
 /// The Hopper tile for `op` over `n_pairs` rows, unless forced ([`MoeWorkspace::wgmma_tile`]):
-/// gate/up on cluster pairs while experts average under [`PAIR_ROWS`] rows (their weights
-/// then leave DRAM about once: DeepSeek-V3 at T = 4096, 128 rows an expert, gate/up 5.4 vs
-/// 6.6 ms on the H200), else 128 x 256, which won at more rows and for the down projection
-/// (benches/RESULTS.md); the others stay for comparison. Every choice reads the 128-row map.
+/// gate/up on clusters while experts average under [`PAIR_ROWS`] rows (their weights then
+/// leave DRAM about once: DeepSeek-V3 at T = 4096, 128 rows an expert, gate/up 5.4 vs 6.6 ms
+/// on one CTA on the H200), of four from [`QUAD_ROWS`] rows (same shape: layer 7.89-7.90 vs
+/// 8.04-8.07 ms on pairs; at 32 and 64 rows an expert quads lost by 1-2%), else 128 x 256,
+/// which won at more rows and for the down projection (benches/RESULTS.md). Every choice
+/// reads the 128-row map.
 fn wgmma_tile(ws: &MoeWorkspace, op: &Operands, n_pairs: usize) -> WgmmaTile {
+    let e = ws.shape.n_experts;
     match ws.wgmma_tile.of(op.gate_up) {
         Some(t) => t,
-        None if op.gate_up && n_pairs < PAIR_ROWS * ws.shape.n_experts => WgmmaTile::Pairs,
+        None if op.gate_up && (QUAD_ROWS * e..PAIR_ROWS * e).contains(&n_pairs) => WgmmaTile::Quads,
+        None if op.gate_up && n_pairs < PAIR_ROWS * e => WgmmaTile::Pairs,
         None => WgmmaTile::Rows128,
     }
 }

@@ -221,8 +221,8 @@ pub struct MoeWorkspace {
     /// Forces the Hopper kernels' tile of either projection (None: chosen per projection and
     /// load, see [`WgmmaTile`]); starts as [`WgmmaTile::from_env`].
     pub wgmma_tile: ForcedTiles,
-    /// What the cluster-pair kernels ([`WgmmaTile::Pairs`]) multicast: bit 0 the weights of
-    /// M pairs, bit 1 the token rows of N pairs (a cleared bit: each CTA loads its own);
+    /// What the cluster kernels ([`WgmmaTile::Pairs`], [`WgmmaTile::Quads`]) multicast: bit 0
+    /// the weights, bit 1 the token rows (a cleared bit: each CTA loads its own);
     /// starts from the diagnostic switch `SWITCHYARD_MULTICAST` (3 unless set).
     pub wgmma_multicast: i32,
     /// The one-CTA Hopper kernels walk their units expert by expert, each expert's tiles in
@@ -232,9 +232,9 @@ pub struct MoeWorkspace {
     pub wgmma_expert_raster: bool,
     /// The Hopper kernels' unit counter (zeroed before each launch).
     tile_counter: DeviceBuffer<i32>,
-    /// Clusters of two pair CTAs that fit on the GPU at once, for down and gate/up (asked of
-    /// the driver at the first launch of each).
-    pair_clusters: [Option<usize>; 2],
+    /// Clusters of two and of four CTAs that fit on the GPU at once, for down and gate/up
+    /// (asked of the driver at the first launch of each).
+    cluster_fits: [[Option<usize>; 2]; 2],
 }
 
 impl MoeWorkspace {
@@ -259,7 +259,7 @@ impl MoeWorkspace {
             wgmma_multicast: wgmma::multicast_from_env(),
             wgmma_expert_raster: wgmma::expert_raster_from_env(),
             tile_counter: dev.zeros(1)?,
-            pair_clusters: [None; 2],
+            cluster_fits: [[None; 2]; 2],
         })
     }
 

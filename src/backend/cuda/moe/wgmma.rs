@@ -12,7 +12,7 @@ use crate::backend::cuda::device::{CudaDevice, Kernel};
 use crate::error::{Error, Result};
 
 /// The tile shape of the Hopper kernels (kernels/grouped_gemm_sm90.cu and
-/// kernels/grouped_gemm_sm90_pairs.cu). Which runs by
+/// kernels/grouped_gemm_sm90_clusters.cu). Which runs by
 /// default for a projection and load: `gemm::wgmma_tile`; [`Self::Rows64`] is kept to compare
 /// against on new shapes and GPUs (it lost at every load of the benchmark on the H200,
 /// benches/RESULTS.md).
@@ -30,13 +30,18 @@ pub enum WgmmaTile {
     /// two N tiles). Needs an even number of N tiles and room for a cluster of two (else
     /// [`Self::Rows128`] runs).
     Pairs,
+    /// [`Self::Pairs`] on clusters of four CTAs: in M mode two N tiles at once, the CTAs of one
+    /// M half also sharing its token rows; in N mode four N tiles on the same rows. Needs a
+    /// number of N tiles that four divides and room for a cluster of four (else
+    /// [`Self::Pairs`] runs).
+    Quads,
 }
 
 /// Bytes of the kernels' unit ring (TS = 4 slots: two mbarriers and an int each).
 const TILE_RING: usize = 4 * (8 + 8 + 4);
 
 impl WgmmaTile {
-    /// Set to 64, 128 or `pairs` to force the tile of both projections, or to `G,D`
+    /// Set to 64, 128, `pairs` or `quads` to force the tile of both projections, or to `G,D`
     /// to force gate/up's and down's: a diagnostic switch for the benchmark.
     const ENV: &'static str = "SWITCHYARD_WGMMA_BM";
 
@@ -45,6 +50,7 @@ impl WgmmaTile {
             "64" => Some(Self::Rows64),
             "128" => Some(Self::Rows128),
             "pairs" => Some(Self::Pairs),
+            "quads" => Some(Self::Quads),
             _ => None,
         }
     }
@@ -63,8 +69,12 @@ impl WgmmaTile {
 
     /// Units the kernel walks for `op` over at most `max_tiles` tiles of the 128-row tile map.
     fn units(self, op: &Operands, max_tiles: usize) -> usize {
-        let per_tile = if self == Self::Rows64 { 2 } else { 1 };
-        per_tile * max_tiles * (op.n_out / self.bn(op.gate_up))
+        let n_tiles = op.n_out / self.bn(op.gate_up);
+        match self {
+            Self::Rows64 => 2 * max_tiles * n_tiles,
+            Self::Rows128 | Self::Pairs => max_tiles * n_tiles,
+            Self::Quads => max_tiles * n_tiles / 2,
+        }
     }
 
     /// N extent of a tile: act columns (gate/up: half the B rows) or output columns (down).
@@ -80,18 +90,36 @@ impl WgmmaTile {
     /// B rows x 64, bf16), their mbarriers, the ring of units handed to the consumers, a copy
     /// of the tile map (pairs: units per expert) and group offsets (up to 1025 entries each),
     /// and 1 KiB of slack to align the tiles to the 128B swizzle's 1024 bytes. Stages and sizes
-    /// as in kernels/grouped_gemm_sm90.cu and kernels/grouped_gemm_sm90_pairs.cu.
+    /// as in kernels/grouped_gemm_sm90.cu and kernels/grouped_gemm_sm90_clusters.cu.
     fn smem(self) -> usize {
         let (stages, a_rows) = match self {
             Self::Rows64 => (5, 64),
-            Self::Rows128 | Self::Pairs => (4, 128),
+            Self::Rows128 | Self::Pairs | Self::Quads => (4, 128),
         };
         stages * ((a_rows * 64 + 256 * 64) * 2 + 16) + TILE_RING + 2 * 1025 * 4 + 1024
     }
 
-    /// Whether a pair unit's two N tiles fit the shape of `op` (pairs only).
-    fn pairs_fit(self, op: &Operands) -> bool {
-        self == Self::Pairs && (op.n_out / self.bn(op.gate_up)).is_multiple_of(2)
+    /// CTAs of a cluster.
+    fn cluster(self) -> usize {
+        match self {
+            Self::Pairs => 2,
+            Self::Quads => 4,
+            Self::Rows64 | Self::Rows128 => 1,
+        }
+    }
+
+    /// Whether the N tiles of `op` come in the groups a cluster unit takes (one per CTA).
+    fn fits_shape(self, op: &Operands) -> bool {
+        (op.n_out / self.bn(op.gate_up)).is_multiple_of(self.cluster())
+    }
+
+    /// The tile that runs in place of a cluster tile that cannot.
+    fn smaller(self) -> Self {
+        match self {
+            Self::Quads => Self::Pairs,
+            Self::Pairs => Self::Rows128,
+            t => t,
+        }
     }
 
     fn kernel(self, gate_up: bool) -> &'static str {
@@ -102,6 +130,8 @@ impl WgmmaTile {
             (Self::Rows128, false) => "down_wgmma",
             (Self::Pairs, true) => "gate_up_wgmma_pairs",
             (Self::Pairs, false) => "down_wgmma_pairs",
+            (Self::Quads, true) => "gate_up_wgmma_quads",
+            (Self::Quads, false) => "down_wgmma_quads",
         }
     }
 }
@@ -134,7 +164,7 @@ impl ForcedTiles {
     }
 }
 
-/// `SWITCHYARD_MULTICAST` (0 to 3: which operands the cluster pairs multicast, see
+/// `SWITCHYARD_MULTICAST` (0 to 3: which operands the cluster kernels multicast, see
 /// [`MoeWorkspace::wgmma_multicast`]), else 3: a diagnostic switch for the benchmark.
 pub fn multicast_from_env() -> i32 {
     std::env::var("SWITCHYARD_MULTICAST")
@@ -206,47 +236,46 @@ pub fn expert_raster_from_env() -> bool {
 /// Threads of every Hopper kernel's CTA: a producer warpgroup and two consumers.
 const THREADS: u32 = 384;
 
-/// The tile that can run: pairs need an even number of N tiles (`pairs_fit`) and room on the
-/// GPU for a cluster of two of their CTAs (a small MIG slice may have none); otherwise the
-/// one-CTA 128 x 256 tile runs. With it, the kernel and its grid: persistent, one CTA per SM
-/// (fewer when there are fewer units); pairs only as many clusters as fit at once (all their
-/// units come from the counter). `fit` caches the driver's count of clusters that fit.
+/// The tile that can run: a cluster tile needs N tiles in groups of its CTAs (`fits_shape`)
+/// and room on the GPU for a cluster of them (a small MIG slice may have none); otherwise the
+/// next smaller tile runs (quads, pairs, one CTA 128 x 256). With it, the kernel and its grid:
+/// persistent, one CTA per SM (fewer when there are fewer units); clusters only as many as fit
+/// at once (all their units come from the counter). `fits` caches the driver's counts of
+/// clusters that fit, pairs then quads.
 fn runnable(
     dev: &CudaDevice,
     op: &Operands,
-    tile: WgmmaTile,
+    mut tile: WgmmaTile,
     max_tiles: usize,
-    fit: &mut Option<usize>,
+    fits: &mut [Option<usize>; 2],
 ) -> Result<(WgmmaTile, CudaFunction, u32)> {
     let load = |t: WgmmaTile| {
         dev.function_with_smem(Kernel::GroupedGemmSm90, t.kernel(op.gate_up), t.smem())
     };
-    if tile.pairs_fit(op) {
-        let f = load(tile)?;
-        let cfg = LaunchConfig {
-            // (The occupancy query wants a grid the kernel's cluster of two divides.)
-            grid_dim: (2, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: tile.smem() as u32,
-        };
-        let fit = match *fit {
-            Some(n) => n,
-            None => {
-                let n = f
-                    .occupancy_max_active_clusters(cfg, dev.stream())
-                    .map_err(dev_err("sizing the cluster grid"))? as usize;
-                *fit.insert(n)
+    while tile.cluster() > 1 {
+        if tile.fits_shape(op) {
+            let f = load(tile)?;
+            let size = tile.cluster();
+            let cfg = LaunchConfig {
+                // (The occupancy query wants a grid the kernel's cluster divides.)
+                grid_dim: (size as u32, 1, 1),
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: tile.smem() as u32,
+            };
+            let fit = match fits[size / 4] {
+                Some(n) => n,
+                None => *fits[size / 4].insert(
+                    f.occupancy_max_active_clusters(cfg, dev.stream())
+                        .map_err(dev_err("sizing the cluster grid"))? as usize,
+                ),
+            };
+            if fit > 0 {
+                let grid = size * fit.min(tile.units(op, max_tiles)).max(1);
+                return Ok((tile, f, grid as u32));
             }
-        };
-        if fit > 0 {
-            let grid = 2 * fit.min(tile.units(op, max_tiles)).max(1);
-            return Ok((tile, f, grid as u32));
         }
+        tile = tile.smaller();
     }
-    let tile = match tile {
-        WgmmaTile::Pairs => WgmmaTile::Rows128,
-        t => t,
-    };
     let grid = dev.sm_count()?.min(tile.units(op, max_tiles)).max(1);
     Ok((tile, load(tile)?, grid as u32))
 }
@@ -262,8 +291,8 @@ pub(super) fn launch(
     max_tiles: usize,
 ) -> Result<()> {
     let s = ws.shape;
-    let fit = &mut ws.pair_clusters[usize::from(op.gate_up)];
-    let (tile, f, grid) = runnable(dev, op, tile, max_tiles, fit)?;
+    let fits = &mut ws.cluster_fits[usize::from(op.gate_up)];
+    let (tile, f, grid) = runnable(dev, op, tile, max_tiles, fits)?;
     let cfg = LaunchConfig {
         grid_dim: (grid, 1, 1),
         block_dim: (THREADS, 1, 1),
@@ -276,7 +305,7 @@ pub(super) fn launch(
     // Units past the first wave (pairs: all units) are taken in the order CTAs come free, from
     // a counter zeroed here; `SWITCHYARD_STATIC_TILES` (a diagnostic switch) walks the one-CTA
     // kernels' units by a fixed stride instead.
-    let pairs = tile == WgmmaTile::Pairs;
+    let pairs = tile.cluster() > 1;
     let counter = if !pairs && std::env::var_os("SWITCHYARD_STATIC_TILES").is_some() {
         0u64
     } else {
@@ -290,7 +319,7 @@ pub(super) fn launch(
     let mut b = dev.stream().launch_builder(&f);
     b.arg(&ta).arg(&tb);
     op.push_args(&mut b, ws, &dims, !pairs);
-    // The one int after the band: what the pairs multicast, or the one-CTA kernels' raster.
+    // The one int after the band: what the clusters multicast, or the one-CTA kernels' raster.
     let mode = if pairs {
         ws.wgmma_multicast
     } else {
