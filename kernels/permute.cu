@@ -23,12 +23,36 @@ extern "C" __global__ void __launch_bounds__(256) expert_histogram(
         chunk_counts[(size_t)blockIdx.x * n_experts + e] = hist[e];
 }
 
+// Inclusive scan of v over the block's 1024 threads (thread e holds v for expert e): by
+// shuffles inside each warp, then over the 32 warp totals; three barriers instead of the twenty
+// of a shared-memory Hillis-Steele scan, which at one token was most of this kernel's time.
+__device__ __forceinline__ int block_scan_1024(int v, int* s_warp) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+        const int y = __shfl_up_sync(0xffffffffu, v, off);
+        if (lane >= off) v += y;
+    }
+    if (lane == 31) s_warp[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        int w = s_warp[lane];
+#pragma unroll
+        for (int off = 1; off < 32; off <<= 1) {
+            const int y = __shfl_up_sync(0xffffffffu, w, off);
+            if (lane >= off) w += y;
+        }
+        s_warp[lane] = w;
+    }
+    __syncthreads();
+    return v + (warp > 0 ? s_warp[warp - 1] : 0);
+}
+
 // One block of 1024 threads; n_experts <= 1024.
 extern "C" __global__ void __launch_bounds__(1024) expert_offsets(
     int* __restrict__ chunk_counts, int n_chunks, int n_experts, int bm, int* __restrict__ offsets,
     int* __restrict__ tile_offsets) {
-    __shared__ int s_cnt[1024];
-    __shared__ int s_tiles[1024];
+    __shared__ int s_warp[2][32];
     const int e = threadIdx.x;
     int total = 0;
     if (e < n_experts) {
@@ -39,22 +63,12 @@ extern "C" __global__ void __launch_bounds__(1024) expert_offsets(
             total += v;
         }
     }
-    s_cnt[e] = e < n_experts ? total : 0;
-    s_tiles[e] = e < n_experts ? (total + bm - 1) / bm : 0;
-    __syncthreads();
-    // Inclusive Hillis-Steele scans of counts and tiles.
-    for (int off = 1; off < 1024; off <<= 1) {
-        int a = e >= off ? s_cnt[e - off] : 0;
-        int b = e >= off ? s_tiles[e - off] : 0;
-        __syncthreads();
-        s_cnt[e] += a;
-        s_tiles[e] += b;
-        __syncthreads();
-    }
+    const int cnt = block_scan_1024(total, s_warp[0]);
+    const int tiles = block_scan_1024((total + bm - 1) / bm, s_warp[1]);
     if (e < n_experts) {
-        int start = s_cnt[e] - total;
-        offsets[e + 1] = s_cnt[e];
-        tile_offsets[e + 1] = s_tiles[e];
+        int start = cnt - total;
+        offsets[e + 1] = cnt;
+        tile_offsets[e + 1] = tiles;
         if (e == 0) { offsets[0] = 0; tile_offsets[0] = 0; }
         for (int c = 0; c < n_chunks; ++c) chunk_counts[(size_t)c * n_experts + e] += start;
     }
@@ -90,35 +104,27 @@ extern "C" __global__ void __launch_bounds__(1024) expert_permute_one(
     const int* __restrict__ experts, int n_pairs, int n_experts, int bm, int* __restrict__ offsets,
     int* __restrict__ tile_offsets, int* __restrict__ order, int* __restrict__ row_of_pair) {
     __shared__ int s_cnt[1024];
-    __shared__ int s_tiles[1024];
     __shared__ int base[1024];
+    __shared__ int s_warp[2][32];
     const int e = threadIdx.x;
     s_cnt[e] = 0;
     __syncthreads();
     if (e < n_pairs) atomicAdd(&s_cnt[experts[e]], 1);
     __syncthreads();
     const int total = s_cnt[e];  // 0 past n_experts
-    s_tiles[e] = (total + bm - 1) / bm;
-    __syncthreads();
-    for (int off = 1; off < 1024; off <<= 1) {
-        int x = e >= off ? s_cnt[e - off] : 0;
-        int y = e >= off ? s_tiles[e - off] : 0;
-        __syncthreads();
-        s_cnt[e] += x;
-        s_tiles[e] += y;
-        __syncthreads();
-    }
+    const int cnt = block_scan_1024(total, s_warp[0]);
+    const int tiles = block_scan_1024((total + bm - 1) / bm, s_warp[1]);
     if (e < n_experts) {
-        offsets[e + 1] = s_cnt[e];
-        tile_offsets[e + 1] = s_tiles[e];
-        base[e] = s_cnt[e] - total;
+        offsets[e + 1] = cnt;
+        tile_offsets[e + 1] = tiles;
+        base[e] = cnt - total;
         if (e == 0) { offsets[0] = 0; tile_offsets[0] = 0; }
     }
     __syncthreads();
     if (e >= 32) return;
     const int lane = e;
     const unsigned lt = (1u << lane) - 1u;
-    for (int i = 0; i < CHUNK; i += 32) {
+    for (int i = 0; i < n_pairs; i += 32) {
         int p = i + lane;
         int ex = p < n_pairs ? experts[p] : -1 - lane;  // invalid lanes match nobody
         unsigned peers = __match_any_sync(0xffffffffu, ex);
