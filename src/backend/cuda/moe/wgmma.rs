@@ -1,5 +1,5 @@
-//! The Hopper grouped GEMMs (kernels/grouped_gemm_sm90.cu): which tile runs for a load, their
-//! TMA descriptors, and the persistent launch.
+//! The Hopper grouped GEMMs (kernels/grouped_gemm_sm90.cu, kernels/grouped_gemm_sm90_clusters.cu):
+//! which tile runs for a load, their TMA descriptors, and the persistent launch.
 
 use std::ffi::c_void;
 
@@ -12,10 +12,9 @@ use crate::backend::cuda::device::{CudaDevice, Kernel};
 use crate::error::{Error, Result};
 
 /// The tile shape of the Hopper kernels (kernels/grouped_gemm_sm90.cu and
-/// kernels/grouped_gemm_sm90_clusters.cu). Which runs by
-/// default for a projection and load: `gemm::wgmma_tile`; [`Self::Rows64`] is kept to compare
-/// against on new shapes and GPUs (it lost at every load of the benchmark on the H200,
-/// benches/RESULTS.md).
+/// kernels/grouped_gemm_sm90_clusters.cu). Which runs by default for a projection and load:
+/// `gemm::wgmma_tile`; [`Self::Rows64`] is kept to compare against on new shapes and GPUs (it
+/// lost at every load of the benchmark on the H200, benches/RESULTS.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WgmmaTile {
     /// 64 x 256 units, halves of the 128-row tile map (both consumers on the same 64 rows, each
