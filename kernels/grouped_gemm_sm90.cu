@@ -179,8 +179,10 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
         const bool idle = my_row0 >= row_end;
         float w[2];
         row_weights<GATE_UP>(order, pair_weight, my_row0, row_end, warp, lane, w);
+        // (SPLIT: both consumers read the same A rows, so neither zeroes them.)
+        const int valid = SPLIT ? 64 : min(64, row_end - my_row0);
         mma_unit<WN, ST, BM_, BN_>(d, sA, sB, full, it, k_tiles, idle, a_off, b_off, lane,
-                                   [&](int s) { mbar_arrive(&empty[s]); });
+                                   [&](int s) { mbar_arrive(&empty[s]); }, valid);
         if (idle) continue;
         store_unit<GATE_UP, WN, BN_>(d, out, w, my_row0, row_end, n, col_off, inter, n_total, warp, lane);
     }

@@ -211,7 +211,7 @@ __device__ __forceinline__ void wgmma_pair_gemm(
             mma_unit<WN, ST, BM_, BN_>(d, sA, sB, full, it, k_tiles, idle, c * 64 * BK, 0, lane, [&](int s) {
                 mbar_arrive(&empty[s]);
                 for (int r = 1; r < CL; ++r) mbar_arrive_remote(&empty[s], (rank + r) % CL);
-            });
+            }, min(64, p.row_end - my_row0));
             if (idle) continue;
             store_unit<GATE_UP, WN, BN_>(d, out, w, my_row0, p.row_end, p.n, 0, inter, n_total, warp, lane);
         }

@@ -203,18 +203,34 @@ __device__ __forceinline__ int b_box_row(int j, int n, int inter) {
 // One unit's main loop on a consumer warpgroup: k_tiles stages of the ring from `it` on, each
 // waited for, multiplied (unless idle) and handed back with `release(stage)` once the next
 // stage's MMAs are issued. d ends up holding this consumer's 64 x WN accumulators.
+// Zeroes rows [from, 64) of a consumer's 64-row A block in shared memory (128-byte rows; the
+// swizzle only permutes chunks inside a row) and makes the zeros visible to its wgmma. Those rows
+// belong to the next expert or lie past the matrix and are never stored; multiplying zeros
+// instead of live token values costs the tensor cores less energy, and the layer runs at the
+// GPU's power cap. All 128 threads of the consumer warpgroup take part.
+__device__ __forceinline__ void zero_tail_rows(__nv_bfloat16* a, int from) {
+    uint4* rows = reinterpret_cast<uint4*>(a);
+    for (int i = from * 8 + (int)(threadIdx.x & 127); i < 64 * 8; i += 128) rows[i] = make_uint4(0, 0, 0, 0);
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    asm volatile("bar.sync %0, 128;\n" ::"r"((int)(threadIdx.x / 128)) : "memory");
+}
+
+// valid_rows: rows of this consumer's 64-row A block that belong to the unit (64: all); the rest
+// are zeroed in each stage before the MMAs (zero_tail_rows). The consumer must own its A block
+// (not shared with another consumer).
 template <int WN, int ST, int BM_, int BN_, class Release>
-__device__ __forceinline__ void mma_unit(float* d, const __nv_bfloat16* sA, const __nv_bfloat16* sB,
+__device__ __forceinline__ void mma_unit(float* d, __nv_bfloat16* sA, const __nv_bfloat16* sB,
                                          unsigned long long* full, int& it, int k_tiles, bool idle, int a_off,
-                                         int b_off, int lane, Release release) {
+                                         int b_off, int lane, Release release, int valid_rows = 64) {
 #pragma unroll
     for (int i = 0; i < WN / 2; ++i) d[i] = 0.0f;
     for (int kt = 0; kt < k_tiles; ++kt, ++it) {
         const int s = it % ST;
         mbar_wait(&full[s], (it / ST) & 1);
         if (!idle) {
-            const __nv_bfloat16* a = sA + s * (BM_ * BK) + a_off;
+            __nv_bfloat16* a = sA + s * (BM_ * BK) + a_off;
             const __nv_bfloat16* b = sB + s * (BN_ * BK) + b_off;
+            if (valid_rows < 64) zero_tail_rows(a, valid_rows);
             fence_regs<WN / 2>(d);
             wgmma_fence();
 #pragma unroll
