@@ -50,9 +50,13 @@ __device__ __forceinline__ void flash_prefill(
     constexpr int VST = FA_KEYS + 8;  // transposed V smem row stride (bf16)
     constexpr int KD = D / 16;        // k-steps of Q Kᵀ
     constexpr int ND = D / 8;         // n-tiles of O
+    // float4 loads a thread makes of a K or V tile, issued FA_BATCH at a time (all at once would
+    // spill the O accumulators at D = 128).
+    constexpr int FA_LOADS = FA_KEYS * (D / 4) / FA_THREADS, FA_BATCH = FA_LOADS < 8 ? FA_LOADS : 8;
     // Raw 16-bit words (a __shared__ array of a class type could need dynamic initialisation).
     __shared__ __align__(16) unsigned short ks_raw[FA_KEYS * KST];
     __shared__ __align__(16) unsigned short vt_raw[D * VST];
+    __shared__ int s_slot[FA_KEYS];
     __nv_bfloat16* ks = reinterpret_cast<__nv_bfloat16*>(ks_raw);
     __nv_bfloat16* vt = reinterpret_cast<__nv_bfloat16*>(vt_raw);
 
@@ -96,25 +100,36 @@ __device__ __forceinline__ void flash_prefill(
 
     for (int kb = first; kb <= last; kb += FA_KEYS) {
         __syncthreads();  // the previous tile's readers are done
+        // Each key's cache slot, looked up once (-1 past the last query position): the loads
+        // below then need no block-table round trip and no branch, so a thread's loads of a tile
+        // are all in flight at once (a guarded lookup-then-load per element serialised ~64
+        // global round trips a tile and made this kernel 10x slower).
+        if (threadIdx.x < FA_KEYS) {
+            const int p = kb + threadIdx.x;
+            s_slot[threadIdx.x] = p <= last ? table[p / block_size] * block_size + p % block_size : -1;
+        }
+        __syncthreads();
         // K: a warp reads whole rows (coalesced) and stores them row-major (conflict-free).
-        for (int i = threadIdx.x; i < FA_KEYS * (D / 4); i += FA_THREADS) {
-            int key = i / (D / 4), c = (i % (D / 4)) * 4, p = kb + key;
-            float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
-            if (p <= last) {
-                long slot = (long)table[p / block_size] * block_size + p % block_size;
-                x = *reinterpret_cast<const float4*>(kc + slot * k_width + (long)kv * D + c);
-            }
+#pragma unroll 1
+        for (int it0 = 0; it0 < FA_LOADS; it0 += FA_BATCH)
+#pragma unroll
+        for (int it = it0; it < it0 + FA_BATCH; it++) {
+            const int i = threadIdx.x + it * FA_THREADS;
+            const int key = i / (D / 4), c = (i % (D / 4)) * 4, slot = s_slot[key];
+            float4 x = *reinterpret_cast<const float4*>(kc + (long)max(slot, 0) * k_width + (long)kv * D + c);
+            if (slot < 0) x = make_float4(0.f, 0.f, 0.f, 0.f);
             *reinterpret_cast<uint2*>(&ks[key * KST + c]) = make_uint2(fa_pack(x.x, x.y), fa_pack(x.z, x.w));
         }
         // V: lanes take consecutive keys of one column group, so the transposed stores of a warp
         // fill one smem row (a column-major walk would put a warp's stores in 2 banks).
-        for (int i = threadIdx.x; i < FA_KEYS * (D / 4); i += FA_THREADS) {
-            int key = i % FA_KEYS, c = (i / FA_KEYS) * 4, p = kb + key;
-            float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
-            if (p <= last) {
-                long slot = (long)table[p / block_size] * block_size + p % block_size;
-                x = *reinterpret_cast<const float4*>(vc + slot * v_width + (long)kv * D + c);
-            }
+#pragma unroll 1
+        for (int it0 = 0; it0 < FA_LOADS; it0 += FA_BATCH)
+#pragma unroll
+        for (int it = it0; it < it0 + FA_BATCH; it++) {
+            const int i = threadIdx.x + it * FA_THREADS;
+            const int key = i % FA_KEYS, c = (i / FA_KEYS) * 4, slot = s_slot[key];
+            float4 x = *reinterpret_cast<const float4*>(vc + (long)max(slot, 0) * v_width + (long)kv * D + c);
+            if (slot < 0) x = make_float4(0.f, 0.f, 0.f, 0.f);
             vt[(c + 0) * VST + key] = __float2bfloat16_rn(x.x);
             vt[(c + 1) * VST + key] = __float2bfloat16_rn(x.y);
             vt[(c + 2) * VST + key] = __float2bfloat16_rn(x.z);
