@@ -57,7 +57,7 @@ __device__ __forceinline__ void unit_rows(const int* offsets, const int* tile_of
     row_end = offsets[e + 1];
 }
 
-// NC consumer warpgroups share one B tile of BN_ rows (N columns of the output).
+// NC = 2 consumer warpgroups share one B tile of BN_ = 256 rows (N columns of the output).
 // Not SPLIT: each consumer takes its own 64 rows of an NC * 64-row A tile and all BN_ columns
 //   (m64n{BN_}); a consumer whose 64 rows lie past its expert's last row idles for that tile
 //   (no loads of its A rows, no MMAs), so a ragged expert's last tile costs what it holds, in
@@ -65,7 +65,7 @@ __device__ __forceinline__ void unit_rows(const int* offsets, const int* tile_of
 // SPLIT: both consumers take the same 64 rows, each BN_ / 2 of the columns (m64n128), on half
 //   tiles of the 128-row tile map; this wastes less on groups of a few dozen rows (an M unit
 //   past its expert's last row is skipped).
-template <int NC, int BN_, bool SPLIT, bool GATE_UP>
+template <bool SPLIT, bool GATE_UP>
 __device__ __forceinline__ void wgmma_grouped_gemm(
     const TmaDesc* ta,                        // A: [P, K] rows in sorted order, box 64 x 64
     const TmaDesc* tb,                        // B: [n_experts * n_total, K], box 64 x 64
@@ -76,6 +76,7 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
     const int* tile_offsets,                  // [n_experts + 1], TILE-row tiles
     int n_experts, int n_total, int k, int band, int expert_major,
     int* counter) {                           // zeroed: units taken past the first wave, or null
+    constexpr int NC = 2, BN_ = 256;           // consumers, B rows of a tile
     constexpr int BM_ = SPLIT ? 64 : 64 * NC;  // rows of an M unit
     constexpr int TILE = SPLIT ? 128 : BM_;    // rows of a tile of the tile map
     constexpr int PER = TILE / BM_;
@@ -195,7 +196,7 @@ __device__ __forceinline__ void wgmma_grouped_gemm(
         const int *__restrict__ tile_offsets, int n_experts, int n_total, int k, int band, int expert_major, int *counter
 #define WG_PASS &ta, &tb, out, order, pair_weight, offsets, tile_offsets, n_experts, n_total, k, band, expert_major, counter
 
-extern "C" __global__ void __launch_bounds__(384, 1) gate_up_wgmma(WG_ARGS) { wgmma_grouped_gemm<2, 256, false, true>(WG_PASS); }
-extern "C" __global__ void __launch_bounds__(384, 1) down_wgmma(WG_ARGS) { wgmma_grouped_gemm<2, 256, false, false>(WG_PASS); }
-extern "C" __global__ void __launch_bounds__(384, 1) gate_up_wgmma64(WG_ARGS) { wgmma_grouped_gemm<2, 256, true, true>(WG_PASS); }
-extern "C" __global__ void __launch_bounds__(384, 1) down_wgmma64(WG_ARGS) { wgmma_grouped_gemm<2, 256, true, false>(WG_PASS); }
+extern "C" __global__ void __launch_bounds__(384, 1) gate_up_wgmma(WG_ARGS) { wgmma_grouped_gemm<false, true>(WG_PASS); }
+extern "C" __global__ void __launch_bounds__(384, 1) down_wgmma(WG_ARGS) { wgmma_grouped_gemm<false, false>(WG_PASS); }
+extern "C" __global__ void __launch_bounds__(384, 1) gate_up_wgmma64(WG_ARGS) { wgmma_grouped_gemm<true, true>(WG_PASS); }
+extern "C" __global__ void __launch_bounds__(384, 1) down_wgmma64(WG_ARGS) { wgmma_grouped_gemm<true, false>(WG_PASS); }

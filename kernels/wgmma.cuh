@@ -30,17 +30,29 @@ __device__ __forceinline__ void mbar_arrive(unsigned long long* bar) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
 }
 
-__device__ __forceinline__ void mbar_wait(unsigned long long* bar, unsigned parity) {
+// Waits for the phase of `bar` with `parity` to complete; CLUSTER also acquires what threads of
+// the other CTAs of the cluster released before arriving (mbar_wait_cluster).
+template <bool CLUSTER>
+__device__ __forceinline__ void mbar_wait_parity(unsigned long long* bar, unsigned parity) {
     const unsigned a = smem_u32(bar);
     unsigned done;
     do {
-        asm volatile(
-            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-            : "=r"(done)
-            : "r"(a), "r"(parity)
-            : "memory");
+        if (CLUSTER)
+            asm volatile(
+                "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                : "=r"(done)
+                : "r"(a), "r"(parity)
+                : "memory");
+        else
+            asm volatile(
+                "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                : "=r"(done)
+                : "r"(a), "r"(parity)
+                : "memory");
     } while (!done);
 }
+
+__device__ __forceinline__ void mbar_wait(unsigned long long* bar, unsigned parity) { mbar_wait_parity<false>(bar, parity); }
 
 // TMA: a box of the 2D tensor `map` at (inner c0, outer c1) into shared memory at `dst`,
 // completing `bytes` transactions on `bar`.
@@ -87,15 +99,7 @@ __device__ __forceinline__ void mbar_arrive_remote(unsigned long long* bar, unsi
 
 // mbar_wait that also acquires what threads of the other CTAs released before arriving.
 __device__ __forceinline__ void mbar_wait_cluster(unsigned long long* bar, unsigned parity) {
-    const unsigned a = smem_u32(bar);
-    unsigned done;
-    do {
-        asm volatile(
-            "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-            : "=r"(done)
-            : "r"(a), "r"(parity)
-            : "memory");
-    } while (!done);
+    mbar_wait_parity<true>(bar, parity);
 }
 
 __device__ __forceinline__ void st_cluster(int* p, unsigned cta, int v) {
