@@ -68,20 +68,11 @@ impl WgmmaTile {
 
     /// Units the kernel walks for `op` over at most `max_tiles` tiles of the 128-row tile map.
     fn units(self, op: &Operands, max_tiles: usize) -> usize {
-        let n_tiles = op.n_out / self.bn(op.gate_up);
+        let n_tiles = n_tiles(op);
         match self {
             Self::Rows64 => 2 * max_tiles * n_tiles,
             Self::Rows128 | Self::Pairs => max_tiles * n_tiles,
             Self::Quads => max_tiles * n_tiles / 2,
-        }
-    }
-
-    /// N extent of a tile: act columns (gate/up: half the B rows) or output columns (down).
-    pub(super) fn bn(self, gate_up: bool) -> usize {
-        if gate_up {
-            128
-        } else {
-            256
         }
     }
 
@@ -109,7 +100,7 @@ impl WgmmaTile {
 
     /// Whether the N tiles of `op` come in the groups a cluster unit takes (one per CTA).
     fn fits_shape(self, op: &Operands) -> bool {
-        (op.n_out / self.bn(op.gate_up)).is_multiple_of(self.cluster())
+        n_tiles(op).is_multiple_of(self.cluster())
     }
 
     /// The tile that runs in place of a cluster tile that cannot.
@@ -133,6 +124,12 @@ impl WgmmaTile {
             (Self::Quads, false) => "down_wgmma_quads",
         }
     }
+}
+
+/// N tiles of every Hopper kernel for `op`: each covers 256 B rows, i.e. 128 act columns
+/// (gate/up, gate and up rows of the same features) or 256 output columns (down).
+fn n_tiles(op: &Operands) -> usize {
+    op.n_out / if op.gate_up { 128 } else { 256 }
 }
 
 /// Tiles forced for each projection (None: chosen per load, `gemm::wgmma_tile`).
@@ -240,7 +237,7 @@ const THREADS: u32 = 384;
 /// next smaller tile runs (quads, pairs, one CTA 128 x 256). With it, the kernel and its grid:
 /// persistent, one CTA per SM (fewer when there are fewer units); clusters only as many as fit
 /// at once (all their units come from the counter). `fits` caches the driver's counts of
-/// clusters that fit, pairs then quads.
+/// clusters that fit, of two then of four CTAs.
 fn runnable(
     dev: &CudaDevice,
     op: &Operands,
@@ -261,9 +258,10 @@ fn runnable(
                 block_dim: (THREADS, 1, 1),
                 shared_mem_bytes: tile.smem() as u32,
             };
-            let fit = match fits[size / 4] {
+            let cached = &mut fits[usize::from(size == 4)];
+            let fit = match *cached {
                 Some(n) => n,
-                None => *fits[size / 4].insert(
+                None => *cached.insert(
                     f.occupancy_max_active_clusters(cfg, dev.stream())
                         .map_err(dev_err("sizing the cluster grid"))? as usize,
                 ),
@@ -301,11 +299,11 @@ pub(super) fn launch(
     let tb = tensor_map(op.w, s.n_experts * op.n_total, op.k)?;
     let dims = op.dims(&s);
     let (band, expert_major) = (band(), i32::from(ws.wgmma_expert_raster));
-    // Units past the first wave (pairs: all units) are taken in the order CTAs come free, from
+    // Units past the first wave (clusters: all units) are taken in the order CTAs come free, from
     // a counter zeroed here; `SWITCHYARD_STATIC_TILES` (a diagnostic switch) walks the one-CTA
     // kernels' units by a fixed stride instead.
-    let pairs = tile.cluster() > 1;
-    let counter = if !pairs && std::env::var_os("SWITCHYARD_STATIC_TILES").is_some() {
+    let clustered = tile.cluster() > 1;
+    let counter = if !clustered && std::env::var_os("SWITCHYARD_STATIC_TILES").is_some() {
         0u64
     } else {
         dev.stream()
@@ -317,9 +315,9 @@ pub(super) fn launch(
     let ws: &MoeWorkspace = ws;
     let mut b = dev.stream().launch_builder(&f);
     b.arg(&ta).arg(&tb);
-    op.push_args(&mut b, ws, &dims, !pairs);
+    op.push_args(&mut b, ws, &dims, !clustered);
     // The one int after the band: what the clusters multicast, or the one-CTA kernels' raster.
-    let mode = if pairs {
+    let mode = if clustered {
         ws.wgmma_multicast
     } else {
         expert_major
