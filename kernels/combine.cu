@@ -9,6 +9,7 @@
 extern "C" __global__ void __launch_bounds__(256) moe_combine(
     const __nv_bfloat16* __restrict__ y, const int* __restrict__ row_of_pair,
     const __nv_bfloat16* __restrict__ addend, __nv_bfloat16* __restrict__ out, int hidden, int top_k) {
+    wait_for_previous_grid();  // y and row_of_pair
     const int t = blockIdx.y;
     const int c = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (c >= hidden) return;

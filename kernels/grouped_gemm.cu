@@ -273,6 +273,10 @@ extern "C" __global__ void __launch_bounds__(256) down_large(GG_ARGS) {
 // A tile with more than 8 rows takes another pass per 8 rows (its weights then come from L2);
 // the host sends only loads averaging a few rows per expert here. The warps' partial sums meet
 // in shared memory and warp 0 writes the epilogue (SiLU*up, or the router weight).
+// Both are launched to overlap the kernel before them (kernels/overlap.cuh). Gate/up waits for
+// it (the routing) at once; down, which follows gate/up, finds its expert in the tile map of the
+// routing two kernels back (complete before gate/up let down launch; read from L2, as this SM's
+// L1 may hold an earlier layer's map) and requests its first weights before it waits for act.
 #define ST_U 8
 
 __device__ __forceinline__ uint4 ld_stream(const void* p) {
@@ -290,14 +294,19 @@ __device__ __forceinline__ void stream_gemm(GG_ARGS) {
     constexpr int U = ST_U / R;  // K steps in flight: the same 2 * R * U weight loads a lane
     __shared__ float red[8][4 * R][32];  // [warp][element][lane]
     __shared__ int s_e, s_row0, s_end;
+    if (GATE_UP) {
+        wait_for_previous_grid();
+        allow_next_grid();
+    }
+    bool waited = GATE_UP;
     // Find this tile's expert with one round of parallel loads (a binary search would chain up to
     // 10 dependent loads before the first weight byte is requested, at every block).
     const int tile = blockIdx.x;
     if (threadIdx.x == 0) s_e = -1;
     __syncthreads();
     for (int i = threadIdx.x; i < n_experts; i += blockDim.x) {
-        const int t0 = tile_offsets[i], t1 = tile_offsets[i + 1];
-        const int o0 = offsets[i], o1 = offsets[i + 1];
+        const int t0 = __ldcg(tile_offsets + i), t1 = __ldcg(tile_offsets + i + 1);
+        const int o0 = __ldcg(offsets + i), o1 = __ldcg(offsets + i + 1);
         if (t0 <= tile && tile < t1) {
             s_e = i;
             s_row0 = o0 + (tile - t0) * 32;
@@ -332,7 +341,7 @@ __device__ __forceinline__ void stream_gemm(GG_ARGS) {
         const bool xv = p0 + g < rows;
         int src = 0;
         if (xv) src = GATE_UP ? order[row0 + p0 + g] / top_k : row0 + p0 + g;
-        const __nv_bfloat16* xp = a + (size_t)src * k + c * 8;
+        const __nv_bfloat16* xp = a + (size_t)src * k + c * 8;  // no load yet
         float acc[R][4];
 #pragma unroll
         for (int r = 0; r < R; ++r)
@@ -342,16 +351,23 @@ __device__ __forceinline__ void stream_gemm(GG_ARGS) {
             uint4 wa[U][R], wb[U][R], xq[U];
 #pragma unroll
             for (int u = 0; u < U; ++u) {
-                const int s = s0 + 8 * u;
-                xq[u] = make_uint4(0, 0, 0, 0);
-                if (s < n_steps) {
+                if (s0 + 8 * u < n_steps) {
 #pragma unroll
                     for (int r = 0; r < R; ++r) {
-                        wa[u][r] = ld_stream(wa_p[r] + s * 32);
-                        wb[u][r] = ld_stream(wb_p[r] + s * 32);
+                        wa[u][r] = ld_stream(wa_p[r] + (s0 + 8 * u) * 32);
+                        wb[u][r] = ld_stream(wb_p[r] + (s0 + 8 * u) * 32);
                     }
-                    if (xv) xq[u] = __ldg(reinterpret_cast<const uint4*>(xp + s * 32));
                 }
+            }
+            if (!waited) {  // down: its first weights are on their way; now act must be complete
+                wait_for_previous_grid();
+                allow_next_grid();
+                waited = true;
+            }
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                xq[u] = make_uint4(0, 0, 0, 0);
+                if (xv && s0 + 8 * u < n_steps) xq[u] = __ldg(reinterpret_cast<const uint4*>(xp + (s0 + 8 * u) * 32));
             }
 #pragma unroll
             for (int u = 0; u < U; ++u) {
@@ -365,6 +381,11 @@ __device__ __forceinline__ void stream_gemm(GG_ARGS) {
                     }
                 }
             }
+        }
+        if (!waited) {  // a warp with no K steps: the epilogue still reads the routing weights
+            wait_for_previous_grid();
+            allow_next_grid();
+            waited = true;
         }
 #pragma unroll
         for (int r = 0; r < R; ++r)

@@ -7,7 +7,8 @@
 //      pairs of the same expert), so the permutation is stable, equal to the CPU counting sort.
 // Outputs: order[row] = pair (t * top_k + j), row_of_pair[pair] = row.
 // expert_permute_one does all three in one block when the pairs fit one chunk (decode), saving
-// two launches where launches are most of the time.
+// two launches where launches are most of the time; route_permute_one also routes the tokens
+// first (kernels/route.cu is compiled before this file), one launch for both.
 
 #define CHUNK 256
 
@@ -99,10 +100,10 @@ extern "C" __global__ void __launch_bounds__(32) expert_scatter(
     }
 }
 
-// The three steps above for n_pairs <= CHUNK in one block of 1024 threads (n_experts <= 1024).
-extern "C" __global__ void __launch_bounds__(1024) expert_permute_one(
-    const int* __restrict__ experts, int n_pairs, int n_experts, int bm, int* __restrict__ offsets,
-    int* __restrict__ tile_offsets, int* __restrict__ order, int* __restrict__ row_of_pair) {
+// The three steps above for n_pairs <= CHUNK by one block of 1024 threads (n_experts <= 1024).
+__device__ __forceinline__ void permute_block(const int* experts, int n_pairs, int n_experts, int bm,
+                                              int* __restrict__ offsets, int* __restrict__ tile_offsets,
+                                              int* __restrict__ order, int* __restrict__ row_of_pair) {
     __shared__ int s_cnt[1024];
     __shared__ int base[1024];
     __shared__ int s_warp[2][32];
@@ -138,4 +139,26 @@ extern "C" __global__ void __launch_bounds__(1024) expert_permute_one(
         }
         __syncwarp();
     }
+}
+
+extern "C" __global__ void __launch_bounds__(1024) expert_permute_one(
+    const int* __restrict__ experts, int n_pairs, int n_experts, int bm, int* __restrict__ offsets,
+    int* __restrict__ tile_offsets, int* __restrict__ order, int* __restrict__ row_of_pair) {
+    permute_block(experts, n_pairs, n_experts, bm, offsets, tile_offsets, order, row_of_pair);
+}
+
+// Decode batches in one launch: warp w routes token w (n_tokens <= 32, n_experts <= 256,
+// n_tokens * top_k <= CHUNK), the picks also go to shared memory, and the block sorts them.
+extern "C" __global__ void __launch_bounds__(1024) route_permute_one(
+    ROUTE_PARAMS, int bm, int* __restrict__ offsets, int* __restrict__ tile_offsets,
+    int* __restrict__ order, int* __restrict__ row_of_pair) {
+    __shared__ int s_picks[CHUNK];
+    wait_for_previous_grid();  // the router logits
+    allow_next_grid();         // gate/up's blocks may take the other SMs and wait there
+    const int t = threadIdx.x >> 5;
+    if (t < n_tokens)
+        route_token<8>(logits + (size_t)t * a.n_experts, bias, a, experts_out + (size_t)t * a.top_k,
+                       weights_out + (size_t)t * a.top_k, s_picks + t * a.top_k);
+    __syncthreads();
+    permute_block(s_picks, n_tokens * a.top_k, a.n_experts, bm, offsets, tile_offsets, order, row_of_pair);
 }

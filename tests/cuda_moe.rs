@@ -168,6 +168,16 @@ fn router_variants() -> Vec<(&'static str, RouterConfig, bool)> {
         ),
         ("deepseek-v3 noaux_tc excluded groups", v3_exclude, true),
         (
+            "deepseek-v3 noaux_tc, 512 experts (the wide routing kernel)",
+            RouterConfig::deepseek_v3(512, 8, 8, 4, true, 2.5),
+            true,
+        ),
+        (
+            "softmax greedy top-32 of 1024",
+            RouterConfig::qwen_moe(1024, 32, true),
+            false,
+        ),
+        (
             "sigmoid greedy",
             RouterConfig {
                 score: switchyard_experts::ScoreFunction::Sigmoid,
@@ -219,6 +229,90 @@ fn fused_routing_matches_the_reference_for_every_variant() {
             );
         }
         println!("{name}: {t} tokens equal");
+        for t in [1, 5, 32] {
+            check_route_and_permute(&dev, &cfg, &logits[..t * cfg.n_experts], d_bias.as_ref(), t);
+        }
+        println!("{name}: routed and permuted in one call at 1, 5 and 32 tokens, equal");
+    }
+}
+
+/// `route_and_permute` (one launch for decode batches of up to 256 experts, two kernels
+/// past that) against the reference routing and counting sort, every output poisoned first.
+fn check_route_and_permute(
+    dev: &CudaDevice,
+    cfg: &RouterConfig,
+    logits: &[f32],
+    d_bias: Option<&DeviceBuffer<f32>>,
+    t: usize,
+) {
+    let bias = d_bias.map(|b| dev.download(b).unwrap());
+    let want = route(logits, t, cfg, bias.as_deref()).unwrap();
+    let shape = MoeShape {
+        hidden: 128,
+        inter: 64,
+        n_experts: cfg.n_experts,
+        top_k: cfg.top_k,
+    };
+    let mut ws = MoeWorkspace::new(dev, shape, t).unwrap();
+    poison_i32(dev, &mut ws.experts);
+    poison_permutation(dev, &mut ws);
+    dev.stream()
+        .memcpy_htod(&vec![f32::NAN; ws.weights.len()], &mut ws.weights)
+        .unwrap();
+    let d_logits = dev.upload(logits).unwrap();
+    let p = RouterParams::new(cfg).unwrap();
+    ws.route_and_permute(dev, &d_logits, d_bias, &p, t, GemmPath::Small)
+        .unwrap();
+    let experts = dev.download(&ws.experts).unwrap();
+    let want_e: Vec<i32> = want.experts.iter().map(|&e| e as i32).collect();
+    assert_eq!(experts, want_e, "{t} tokens: experts");
+    let weights = dev.download(&ws.weights).unwrap();
+    for (i, (g, w)) in weights.iter().zip(&want.weights).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+            "{t} tokens: weight {i}: {g} vs {w}"
+        );
+    }
+    check_permutation(dev, &ws, &want.experts, t, GemmPath::Small);
+}
+
+fn poison_permutation(dev: &CudaDevice, ws: &mut MoeWorkspace) {
+    poison_i32(dev, &mut ws.order);
+    poison_i32(dev, &mut ws.row_of_pair);
+    poison_i32(dev, &mut ws.offsets);
+    poison_i32(dev, &mut ws.tile_offsets);
+}
+
+/// The workspace's permutation of `experts` (t tokens) against the CPU counting sort.
+fn check_permutation(
+    dev: &CudaDevice,
+    ws: &MoeWorkspace,
+    experts: &[u32],
+    t: usize,
+    path: GemmPath,
+) {
+    let (n_experts, top_k) = (ws.shape.n_experts, ws.shape.top_k);
+    let want = permute_by_expert(experts, n_experts);
+    let order = dev.download(&ws.order).unwrap();
+    let offsets = dev.download(&ws.offsets).unwrap();
+    let tiles = dev.download(&ws.tile_offsets).unwrap();
+    let rows = dev.download(&ws.row_of_pair).unwrap();
+    let want_order: Vec<i32> = want.order.iter().map(|&p| p as i32).collect();
+    assert_eq!(
+        &order[..t * top_k],
+        &want_order[..],
+        "order ({n_experts} experts, {t} tokens)"
+    );
+    let want_off: Vec<i32> = want.offsets.iter().map(|&o| o as i32).collect();
+    assert_eq!(offsets, want_off, "offsets");
+    let mut acc = 0;
+    for e in 0..n_experts {
+        assert_eq!(tiles[e], acc, "tile offset of expert {e}");
+        acc += (want.offsets[e + 1] - want.offsets[e]).div_ceil(path.bm()) as i32;
+    }
+    assert_eq!(tiles[n_experts], acc);
+    for (row, &p) in want.order.iter().enumerate() {
+        assert_eq!(rows[p as usize], row as i32, "row_of_pair");
     }
 }
 
@@ -246,7 +340,6 @@ fn permutation_matches_the_counting_sort() {
             }
             experts.extend(chosen);
         }
-        let want = permute_by_expert(&experts, n_experts);
         let shape = MoeShape {
             hidden: 128,
             inter: 64,
@@ -256,33 +349,10 @@ fn permutation_matches_the_counting_sort() {
         let mut ws = MoeWorkspace::new(&dev, shape, t).unwrap();
         let e_i32: Vec<i32> = experts.iter().map(|&e| e as i32).collect();
         dev.stream().memcpy_htod(&e_i32, &mut ws.experts).unwrap();
-        poison_i32(&dev, &mut ws.order);
-        poison_i32(&dev, &mut ws.row_of_pair);
-        poison_i32(&dev, &mut ws.offsets);
-        poison_i32(&dev, &mut ws.tile_offsets);
         for path in [GemmPath::Small, GemmPath::Large] {
+            poison_permutation(&dev, &mut ws);
             ws.permute(&dev, t, path).unwrap();
-            let order = dev.download(&ws.order).unwrap();
-            let offsets = dev.download(&ws.offsets).unwrap();
-            let tiles = dev.download(&ws.tile_offsets).unwrap();
-            let rows = dev.download(&ws.row_of_pair).unwrap();
-            let want_order: Vec<i32> = want.order.iter().map(|&p| p as i32).collect();
-            assert_eq!(
-                &order[..t * top_k],
-                &want_order[..],
-                "order ({n_experts} experts, {t} tokens)"
-            );
-            let want_off: Vec<i32> = want.offsets.iter().map(|&o| o as i32).collect();
-            assert_eq!(offsets, want_off, "offsets");
-            let mut acc = 0;
-            for e in 0..n_experts {
-                assert_eq!(tiles[e], acc, "tile offset of expert {e}");
-                acc += (want.offsets[e + 1] - want.offsets[e]).div_ceil(path.bm()) as i32;
-            }
-            assert_eq!(tiles[n_experts], acc);
-            for (row, &p) in want.order.iter().enumerate() {
-                assert_eq!(rows[p as usize], row as i32, "row_of_pair");
-            }
+            check_permutation(&dev, &ws, &experts, t, path);
         }
         println!("permutation {n_experts} experts top-{top_k} x {t} tokens equal");
     }

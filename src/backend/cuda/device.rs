@@ -19,10 +19,9 @@ pub type DeviceBuffer<T> = CudaSlice<T>;
 /// The kernel sources, each compiled as one module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
-    /// Fused top-k routing (`kernels/route.cu`).
+    /// Fused top-k routing and the counting sort of (token, expert) pairs by expert, one program
+    /// so that decode batches can do both in one launch (`kernels/route.cu`, `kernels/permute.cu`).
     Route,
-    /// Counting sort of (token, expert) pairs by expert (`kernels/permute.cu`).
-    Permute,
     /// Grouped GEMMs gate/up (+SiLU·up) and down on mma.sync, the decode streaming kernels and
     /// the row gather (`kernels/grouped_gemm.cu`).
     GroupedGemm,
@@ -47,9 +46,8 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel module.
-    pub const ALL: [Kernel; 10] = [
+    pub const ALL: [Kernel; 9] = [
         Kernel::Route,
-        Kernel::Permute,
         Kernel::GroupedGemm,
         Kernel::GroupedGemmSm90,
         Kernel::Combine,
@@ -64,7 +62,6 @@ impl Kernel {
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Route => "route",
-            Kernel::Permute => "permute",
             Kernel::GroupedGemm => "grouped_gemm",
             Kernel::GroupedGemmSm90 => "grouped_gemm_sm90",
             Kernel::Combine => "combine",
@@ -79,9 +76,13 @@ impl Kernel {
     /// The CUDA C++ source.
     pub fn source(self) -> &'static str {
         match self {
-            Kernel::Route => include_str!("../../../kernels/route.cu"),
-            Kernel::Permute => include_str!("../../../kernels/permute.cu"),
+            Kernel::Route => concat!(
+                include_str!("../../../kernels/overlap.cuh"),
+                include_str!("../../../kernels/route.cu"),
+                include_str!("../../../kernels/permute.cu")
+            ),
             Kernel::GroupedGemm => concat!(
+                include_str!("../../../kernels/overlap.cuh"),
                 include_str!("../../../kernels/grouped_common.cuh"),
                 include_str!("../../../kernels/grouped_gemm.cu")
             ),
@@ -93,7 +94,10 @@ impl Kernel {
                 include_str!("../../../kernels/grouped_gemm_sm90.cu"),
                 include_str!("../../../kernels/grouped_gemm_sm90_clusters.cu")
             ),
-            Kernel::Combine => include_str!("../../../kernels/combine.cu"),
+            Kernel::Combine => concat!(
+                include_str!("../../../kernels/overlap.cuh"),
+                include_str!("../../../kernels/combine.cu")
+            ),
             Kernel::Norm => include_str!("../../../kernels/norm.cu"),
             Kernel::Fill => include_str!("../../../kernels/fill.cu"),
             Kernel::Ops => include_str!("../../../kernels/ops.cu"),
@@ -110,6 +114,8 @@ pub struct CudaDevice {
     blas: CudaBlas,
     arch: String,
     name: String,
+    /// Kernels may be launched to overlap the one before them ([`super::overlap`]).
+    overlap: bool,
     /// Shared by every rank's handle on this GPU (one context, one set of loaded modules).
     modules: Arc<Mutex<HashMap<Kernel, Arc<CudaModule>>>>,
 }
@@ -161,12 +167,14 @@ impl CudaDevice {
             format!("sm_{major}{minor}")
         };
         let name = ctx.name().map_err(dev_err("reading the GPU name"))?;
+        let overlap = major >= 9 && std::env::var_os(super::overlap::NO_OVERLAP).is_none();
         Ok(Self {
             ctx,
             stream,
             blas,
             arch,
             name,
+            overlap,
             modules: Arc::new(Mutex::new(HashMap::new())),
         })
     }
@@ -191,8 +199,15 @@ impl CudaDevice {
             blas,
             arch: base.arch.clone(),
             name: base.name.clone(),
+            overlap: base.overlap,
             modules: base.modules.clone(),
         })
+    }
+
+    /// Whether kernels launched by [`super::overlap::launch`] may start before the previous
+    /// kernel ends (compute capability 9.0 and later, unless turned off).
+    pub fn overlaps_launches(&self) -> bool {
+        self.overlap
     }
 
     /// The GPU's name (e.g. "NVIDIA H200").

@@ -16,6 +16,7 @@ pub mod moe;
 pub mod moe_block;
 pub mod norm;
 pub mod ops;
+pub mod overlap;
 pub mod sample;
 pub mod storage;
 pub mod weights;

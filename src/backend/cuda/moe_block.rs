@@ -193,8 +193,7 @@ impl FusedMoe {
                 };
                 let mut out = alloc::<bf16>(&dev, t * h)?;
                 let path = GemmPath::for_load(t, 1);
-                ws.route(&dev, logits, None, &s.router, t)?;
-                ws.permute(&dev, t, path)?;
+                ws.route_and_permute(&dev, logits, None, &s.router, t, path)?;
                 ws.gate_up(&dev, &xb, bf16_of(&s.gate_up)?, t, path)?;
                 ws.down(&dev, bf16_of(&s.down)?, t, path)?;
                 ws.combine(&dev, t, None, &mut out)?;
@@ -207,8 +206,7 @@ impl FusedMoe {
         let path = GemmPath::for_load(t * s.top_k, s.n_experts);
         let i = scratch.workspace(s, t)?;
         let ws = &mut scratch.workspaces[i];
-        ws.route(&dev, f32_of(&logits)?, bias, &self.router, t)?;
-        ws.permute(&dev, t, path)?;
+        ws.route_and_permute(&dev, f32_of(&logits)?, bias, &self.router, t, path)?;
         scratch.record_offsets(self.layer, i)?;
         let ws = &mut scratch.workspaces[i];
         ws.gate_up(&dev, &xb, bf16_of(&self.gate_up)?, t, path)?;

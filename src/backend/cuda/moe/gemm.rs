@@ -11,13 +11,14 @@
 //!   the down projection writes it).
 //! - [`GemmPath::Large`] elsewhere: the mma.sync 128 x 128 kernels (`gate_up_large` / `down_large`).
 
-use cudarc::driver::{CudaFunction, DevicePtr, LaunchArgs, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 use super::wgmma::{self, WgmmaTile};
 use super::{GemmPath, MoeShape, MoeWorkspace};
 use crate::backend::cuda::dev_err;
 use crate::backend::cuda::device::{CudaDevice, DeviceBuffer, Kernel};
+use crate::backend::cuda::overlap::{self, address, ArgSink, Args};
 use crate::error::Result;
 
 /// Which kernel family runs.
@@ -42,11 +43,6 @@ fn family(dev: &CudaDevice, path: GemmPath, s: &MoeShape) -> Family {
         }
         GemmPath::Large => Family::MmaLarge,
     }
-}
-
-fn ptr<T>(dev: &CudaDevice, b: &DeviceBuffer<T>) -> u64 {
-    // Single stream: dropping the guard at once keeps the ordering (see moe.rs `addr`).
-    b.device_ptr(dev.stream()).0
 }
 
 /// Set to `16` to run both decode kernels on 16-row weight slabs instead of 32, or to `G,D` (each
@@ -133,6 +129,26 @@ pub(super) struct Operands {
     pub(super) k: usize,
     /// Output columns (the grid's N extent): inter for gate/up (SiLU·up halves), hidden for down.
     pub(super) n_out: usize,
+    /// The permutation's outputs the kernels read.
+    pub(super) maps: Maps,
+}
+
+/// Device addresses of the permutation's outputs: the sorted order, the group offsets and the
+/// tile map.
+pub(super) struct Maps {
+    order: u64,
+    offsets: u64,
+    tile_offsets: u64,
+}
+
+impl Maps {
+    fn of(dev: &CudaDevice, ws: &MoeWorkspace) -> Self {
+        Self {
+            order: address(dev, &ws.order),
+            offsets: address(dev, &ws.offsets),
+            tile_offsets: address(dev, &ws.tile_offsets),
+        }
+    }
 }
 
 impl Operands {
@@ -146,19 +162,20 @@ impl Operands {
     /// the cluster-pair kernels find each unit from the group offsets alone), and `dims`.
     pub(super) fn push_args<'a>(
         &'a self,
-        b: &mut LaunchArgs<'a>,
-        ws: &'a MoeWorkspace,
+        b: &mut impl ArgSink<'a>,
         dims: &'a [i32; 3],
         tile_map: bool,
     ) {
-        b.arg(&self.out)
-            .arg(&ws.order)
-            .arg(&self.pair_weight)
-            .arg(&ws.offsets);
+        b.push(&self.out);
+        b.push(&self.maps.order);
+        b.push(&self.pair_weight);
+        b.push(&self.maps.offsets);
         if tile_map {
-            b.arg(&ws.tile_offsets);
+            b.push(&self.maps.tile_offsets);
         }
-        b.arg(&dims[0]).arg(&dims[1]).arg(&dims[2]);
+        for d in dims {
+            b.push(d);
+        }
     }
 
     /// What a failed launch was doing.
@@ -184,19 +201,20 @@ pub(super) fn gate_up(
     let n_pairs = n_tokens * s.top_k;
     let a = if family(dev, path, &s) == Family::Wgmma {
         gather(dev, ws, x, n_pairs)?;
-        ptr(dev, &ws.y)
+        address(dev, &ws.y)
     } else {
-        ptr(dev, x)
+        address(dev, x)
     };
     let op = Operands {
         gate_up: true,
         a,
-        w: ptr(dev, w),
-        out: ptr(dev, &ws.act),
+        w: address(dev, w),
+        out: address(dev, &ws.act),
         pair_weight: 0,
         n_total: 2 * s.inter,
         k: s.hidden,
         n_out: s.inter,
+        maps: Maps::of(dev, ws),
     };
     // SAFETY (for grouped): x holds n_tokens x hidden and the weights n_experts x 2·inter x
     // hidden (checked by the caller); act holds n_pairs x inter (workspace capacity); on Hopper
@@ -215,13 +233,14 @@ pub(super) fn down(
     let s = ws.shape;
     let op = Operands {
         gate_up: false,
-        a: ptr(dev, &ws.act),
-        w: ptr(dev, w),
-        out: ptr(dev, &ws.y),
-        pair_weight: ptr(dev, &ws.weights),
+        a: address(dev, &ws.act),
+        w: address(dev, w),
+        out: address(dev, &ws.y),
+        pair_weight: address(dev, &ws.weights),
         n_total: s.hidden,
         k: s.inter,
         n_out: s.hidden,
+        maps: Maps::of(dev, ws),
     };
     // SAFETY (for grouped): act holds n_pairs x inter, the weights n_experts x hidden x inter
     // (checked by the caller), y n_pairs x hidden (workspace capacity).
@@ -248,17 +267,26 @@ fn grouped(
     let (f, bn, smem) = function(dev, fam, op.gate_up)?;
     let dims = op.dims(&s);
     let tk = s.top_k as i32;
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(&op.a).arg(&op.w);
-    op.push_args(&mut b, ws, &dims, true);
-    b.arg(&tk);
     let cfg = LaunchConfig {
         grid_dim: (max_tiles as u32, (op.n_out / bn) as u32, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: smem as u32,
     };
-    // SAFETY: the operands cover what the callers say; tiles come from the tile map of permute
-    // (rows < n_pairs, tokens < n_tokens) and stores stop at each expert's last row.
+    // SAFETY (both launches): the operands cover what the callers say; tiles come from the tile
+    // map of permute (rows < n_pairs, tokens < n_tokens) and stores stop at each expert's last
+    // row. The decode kernels wait for the previous kernel before touching what it writes
+    // (kernels/grouped_gemm.cu), so they may overlap it.
+    if fam == Family::Stream {
+        let mut a = Args::new();
+        a.arg(&op.a).arg(&op.w);
+        op.push_args(&mut a, &dims, true);
+        a.arg(&tk);
+        return unsafe { overlap::launch(dev, &f, cfg, &mut a, op.launching()) };
+    }
+    let mut b = dev.stream().launch_builder(&f);
+    b.arg(&op.a).arg(&op.w);
+    op.push_args(&mut b, &dims, true);
+    b.arg(&tk);
     unsafe { b.launch(cfg) }.map_err(dev_err(op.launching()))?;
     Ok(())
 }

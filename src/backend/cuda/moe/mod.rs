@@ -7,12 +7,13 @@
 //! [`MoeWorkspace::combine`] (unpermute and sum, plus an optional addend such as the shared
 //! experts' output). bf16 activations and weights, f32 accumulation.
 
-use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use half::bf16;
 use switchyard_experts::{GroupMask, RoutedScaling, RouterConfig, ScoreFunction, TopkMethod};
 
 use super::dev_err;
 use super::device::{CudaDevice, DeviceBuffer, Kernel};
+use super::overlap::{self, Args};
 use crate::error::{Error, Result};
 
 mod gemm;
@@ -24,6 +25,12 @@ pub use wgmma::{ForcedTiles, WgmmaTile};
 const CHUNK: usize = 256;
 /// Most experts the routing and permutation kernels take.
 pub const MAX_EXPERTS: usize = 1024;
+/// Most experts a token the routing kernel picks (one lane of a warp keeps each pick).
+pub const MAX_TOP_K: usize = 32;
+/// Most tokens and experts of the one-launch routing and permutation (`route_permute_one`: a
+/// warp per token, each lane holding 8 experts' scores).
+const FUSED_TOKENS: usize = 32;
+const FUSED_EXPERTS: usize = 256;
 
 /// The layer's dimensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +120,15 @@ pub struct RouterParams {
     pub top_k: usize,
     /// Routed experts.
     pub n_experts: usize,
+    args: RouteArgs,
+}
+
+/// `RouteArgs` of kernels/route.cu, passed by value.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct RouteArgs {
+    n_experts: i32,
+    top_k: i32,
     score_fn: i32,
     method: i32,
     n_group: i32,
@@ -122,6 +138,9 @@ pub struct RouterParams {
     eps: f32,
     scale: f32,
 }
+
+// SAFETY: plain-old-data of i32 and f32 fields, laid out as the C struct the kernels declare.
+unsafe impl DeviceRepr for RouteArgs {}
 
 impl RouterParams {
     /// Converts a validated router configuration.
@@ -149,6 +168,12 @@ impl RouterParams {
                 "{n_group} expert groups; the routing kernel takes at most 32"
             )));
         }
+        if cfg.top_k > MAX_TOP_K {
+            return Err(Error::Shape(format!(
+                "top_k {}; the routing kernel picks at most {MAX_TOP_K} experts a token",
+                cfg.top_k
+            )));
+        }
         let scale = match cfg.scaling {
             RoutedScaling::None => 1.0,
             RoutedScaling::Always(f) => f,
@@ -163,25 +188,29 @@ impl RouterParams {
         Ok(Self {
             top_k: cfg.top_k,
             n_experts: cfg.n_experts,
-            score_fn: match cfg.score {
-                ScoreFunction::Softmax => 0,
-                ScoreFunction::Sigmoid => 1,
+            args: RouteArgs {
+                n_experts: cfg.n_experts as i32,
+                top_k: cfg.top_k as i32,
+                score_fn: match cfg.score {
+                    ScoreFunction::Softmax => 0,
+                    ScoreFunction::Sigmoid => 1,
+                },
+                method,
+                n_group: n_group as i32,
+                topk_group: topk_group as i32,
+                group_mask: match cfg.group_mask {
+                    GroupMask::ZeroFill => 0,
+                    GroupMask::Exclude => 1,
+                },
+                normalize: cfg.normalize as i32,
+                eps: cfg.norm_epsilon,
+                scale,
             },
-            method,
-            n_group: n_group as i32,
-            topk_group: topk_group as i32,
-            group_mask: match cfg.group_mask {
-                GroupMask::ZeroFill => 0,
-                GroupMask::Exclude => 1,
-            },
-            normalize: cfg.normalize as i32,
-            eps: cfg.norm_epsilon,
-            scale,
         })
     }
 
     fn is_noaux(&self) -> bool {
-        self.method == 2
+        self.args.method == 2
     }
 }
 
@@ -189,7 +218,44 @@ impl RouterParams {
 fn addr<T>(dev: &CudaDevice, b: Option<&DeviceBuffer<T>>) -> u64 {
     // The guard only records a stream event in multi-stream mode; everything here runs on the
     // device's single stream, so dropping it at once keeps the ordering.
-    b.map(|b| b.device_ptr(dev.stream()).0).unwrap_or(0)
+    b.map(|b| overlap::address(dev, b)).unwrap_or(0)
+}
+
+/// The arguments every routing kernel starts with (`ROUTE_PARAMS` in kernels/route.cu).
+struct RouteOperands {
+    logits: u64,
+    bias: u64,
+    experts: u64,
+    weights: u64,
+    n_tokens: i32,
+}
+
+impl RouteOperands {
+    fn new(
+        dev: &CudaDevice,
+        ws: &MoeWorkspace,
+        logits: &DeviceBuffer<f32>,
+        bias: Option<&DeviceBuffer<f32>>,
+        p: &RouterParams,
+        n_tokens: usize,
+    ) -> Self {
+        Self {
+            logits: overlap::address(dev, logits),
+            bias: if p.is_noaux() { addr(dev, bias) } else { 0 },
+            experts: overlap::address(dev, &ws.experts),
+            weights: overlap::address(dev, &ws.weights),
+            n_tokens: n_tokens as i32,
+        }
+    }
+
+    fn push<'a>(&'a self, a: &mut Args<'a>, p: &'a RouterParams) {
+        a.arg(&self.logits)
+            .arg(&self.bias)
+            .arg(&self.experts)
+            .arg(&self.weights)
+            .arg(&self.n_tokens)
+            .arg(&p.args);
+    }
 }
 
 /// Buffers of one MoE layer call, sized for up to `max_tokens` tokens (reused across layers).
@@ -283,6 +349,80 @@ impl MoeWorkspace {
         p: &RouterParams,
         n_tokens: usize,
     ) -> Result<()> {
+        self.check_router(logits, bias, p, n_tokens)?;
+        let name = if p.n_experts <= FUSED_EXPERTS {
+            "topk_route_256"
+        } else {
+            "topk_route_1024"
+        };
+        let f = dev.function(Kernel::Route, name)?;
+        let ops = RouteOperands::new(dev, self, logits, bias, p, n_tokens);
+        let mut a = Args::new();
+        ops.push(&mut a, p);
+        let cfg = LaunchConfig {
+            grid_dim: (n_tokens.div_ceil(4) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: topk_route reads n_tokens*n_experts logits and n_experts bias values (checked
+        // above, or a null bias) and writes n_tokens*top_k experts and weights (workspace
+        // capacity); it waits for the previous kernel before it reads the logits.
+        unsafe { overlap::launch(dev, &f, cfg, &mut a, "launching topk_route") }
+    }
+
+    /// [`Self::route`] then [`Self::permute`], in one launch for decode batches (up to 32 tokens
+    /// and 256 experts, the pairs within one chunk), where the launches are much of the time.
+    pub fn route_and_permute(
+        &mut self,
+        dev: &CudaDevice,
+        logits: &DeviceBuffer<f32>,
+        bias: Option<&DeviceBuffer<f32>>,
+        p: &RouterParams,
+        n_tokens: usize,
+        path: GemmPath,
+    ) -> Result<()> {
+        let fused =
+            n_tokens <= FUSED_TOKENS && p.n_experts <= FUSED_EXPERTS && n_tokens * p.top_k <= CHUNK;
+        if !fused {
+            self.route(dev, logits, bias, p, n_tokens)?;
+            return self.permute(dev, n_tokens, path);
+        }
+        self.check_router(logits, bias, p, n_tokens)?;
+        let f = dev.function(Kernel::Route, "route_permute_one")?;
+        let ops = RouteOperands::new(dev, self, logits, bias, p, n_tokens);
+        let bm = path.bm() as i32;
+        let outs = [
+            &self.offsets,
+            &self.tile_offsets,
+            &self.order,
+            &self.row_of_pair,
+        ]
+        .map(|b| overlap::address(dev, b));
+        let mut a = Args::new();
+        ops.push(&mut a, p);
+        a.arg(&bm);
+        for o in &outs {
+            a.arg(o);
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (1024, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: as `route` for n_tokens <= 32 tokens, then as `expert_permute_one` for
+        // n_tokens * top_k <= CHUNK pairs of experts < n_experts <= 256 (the picks stay in
+        // shared memory as well); it waits for the previous kernel before it reads the logits.
+        unsafe { overlap::launch(dev, &f, cfg, &mut a, "launching route_permute_one") }
+    }
+
+    /// Checks a routing call against the workspace: the router's shape and the buffers' lengths.
+    fn check_router(
+        &self,
+        logits: &DeviceBuffer<f32>,
+        bias: Option<&DeviceBuffer<f32>>,
+        p: &RouterParams,
+        n_tokens: usize,
+    ) -> Result<()> {
         self.check_tokens(n_tokens)?;
         if p.n_experts != self.shape.n_experts || p.top_k != self.shape.top_k {
             return Err(Error::Shape(format!(
@@ -293,33 +433,6 @@ impl MoeWorkspace {
         if logits.len() < n_tokens * p.n_experts || bias.is_some_and(|b| b.len() < p.n_experts) {
             return Err(Error::Shape("router logits or bias too short".into()));
         }
-        let f = dev.function(Kernel::Route, "topk_route")?;
-        let bias_ptr = if p.is_noaux() { addr(dev, bias) } else { 0 };
-        let (nt, ne, k) = (n_tokens as i32, p.n_experts as i32, p.top_k as i32);
-        let cfg = LaunchConfig {
-            grid_dim: (n_tokens.div_ceil(4) as u32, 1, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(logits)
-            .arg(&bias_ptr)
-            .arg(&mut self.experts)
-            .arg(&mut self.weights);
-        b.arg(&nt)
-            .arg(&ne)
-            .arg(&k)
-            .arg(&p.score_fn)
-            .arg(&p.method)
-            .arg(&p.n_group)
-            .arg(&p.topk_group);
-        b.arg(&p.group_mask)
-            .arg(&p.normalize)
-            .arg(&p.eps)
-            .arg(&p.scale);
-        // SAFETY: topk_route reads n_tokens*n_experts logits and n_experts bias values (checked
-        // above, or a null bias) and writes n_tokens*top_k experts and weights (workspace capacity).
-        unsafe { b.launch(cfg) }.map_err(dev_err("launching topk_route"))?;
         Ok(())
     }
 
@@ -337,7 +450,7 @@ impl MoeWorkspace {
         );
         if n_chunks == 1 {
             // One block does histogram, offsets and scatter: decode batches save two launches.
-            let f = dev.function(Kernel::Permute, "expert_permute_one")?;
+            let f = dev.function(Kernel::Route, "expert_permute_one")?;
             let mut b = dev.stream().launch_builder(&f);
             b.arg(&self.experts)
                 .arg(&np)
@@ -360,9 +473,9 @@ impl MoeWorkspace {
             return Ok(());
         }
         let smem = (self.shape.n_experts * 4) as u32;
-        let hist = dev.function(Kernel::Permute, "expert_histogram")?;
-        let offs = dev.function(Kernel::Permute, "expert_offsets")?;
-        let scatter = dev.function(Kernel::Permute, "expert_scatter")?;
+        let hist = dev.function(Kernel::Route, "expert_histogram")?;
+        let offs = dev.function(Kernel::Route, "expert_offsets")?;
+        let scatter = dev.function(Kernel::Route, "expert_scatter")?;
         let mut b = dev.stream().launch_builder(&hist);
         b.arg(&self.experts)
             .arg(&np)
@@ -436,6 +549,8 @@ impl MoeWorkspace {
     }
 
     /// Grouped down GEMM: [`Self::y`] row r = w_r · (act_r · down_e), `down` [n_experts, hidden, inter].
+    /// Queue it right after [`Self::gate_up`] (it needs its act): the decode kernel may start
+    /// while gate/up finishes and reads the tile map before it waits (see kernels/grouped_gemm.cu).
     pub fn down(
         &mut self,
         dev: &CudaDevice,
@@ -465,24 +580,27 @@ impl MoeWorkspace {
             return Err(Error::Shape("combine: out or addend too short".into()));
         }
         let f = dev.function(Kernel::Combine, "moe_combine")?;
-        let add = addr(dev, addend);
+        let ptrs = [
+            overlap::address(dev, &self.y),
+            overlap::address(dev, &self.row_of_pair),
+            addr(dev, addend),
+            overlap::address(dev, out),
+        ];
         let (hi, k) = (h as i32, self.shape.top_k as i32);
+        let mut a = Args::new();
+        for p in &ptrs {
+            a.arg(p);
+        }
+        a.arg(&hi).arg(&k);
         let cfg = LaunchConfig {
             grid_dim: ((h / 8).div_ceil(256) as u32, n_tokens as u32, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(&self.y)
-            .arg(&self.row_of_pair)
-            .arg(&add)
-            .arg(out)
-            .arg(&hi)
-            .arg(&k);
         // SAFETY: reads top_k rows of y per token (rows < n_pairs from permute) and writes
-        // n_tokens x hidden outputs (checked); hidden % 8 == 0 for the 16-byte accesses.
-        unsafe { b.launch(cfg) }.map_err(dev_err("launching moe_combine"))?;
-        Ok(())
+        // n_tokens x hidden outputs (checked); hidden % 8 == 0 for the 16-byte accesses; it
+        // waits for the previous kernel before it touches memory.
+        unsafe { overlap::launch(dev, &f, cfg, &mut a, "launching moe_combine") }
     }
 }
 
@@ -522,8 +640,14 @@ impl MoeLayer {
             )));
         }
         let path = GemmPath::for_load(n_tokens * self.shape.top_k, self.shape.n_experts);
-        ws.route(dev, logits, self.bias.as_ref(), &self.router, n_tokens)?;
-        ws.permute(dev, n_tokens, path)?;
+        ws.route_and_permute(
+            dev,
+            logits,
+            self.bias.as_ref(),
+            &self.router,
+            n_tokens,
+            path,
+        )?;
         ws.gate_up(dev, x, &self.gate_up, n_tokens, path)?;
         ws.down(dev, &self.down, n_tokens, path)?;
         ws.combine(dev, n_tokens, addend, out)

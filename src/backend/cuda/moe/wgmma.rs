@@ -315,7 +315,7 @@ pub(super) fn launch(
     let ws: &MoeWorkspace = ws;
     let mut b = dev.stream().launch_builder(&f);
     b.arg(&ta).arg(&tb);
-    op.push_args(&mut b, ws, &dims, !clustered);
+    op.push_args(&mut b, &dims, !clustered);
     // The one int after the band: what the clusters multicast, or the one-CTA kernels' raster.
     let mode = if clustered {
         ws.wgmma_multicast
