@@ -75,47 +75,84 @@ extern "C" __global__ void embedding_f32(const float* table, const int* ids, flo
 
 // y = x / sqrt(mean(x^2) + eps) * w over rows of `cols` (one block per row; y may alias x).
 // With `delta`, first res += delta (stored), then the norm of res.
-extern "C" __global__ void rms_norm_f32(float* res, const float* delta, const float* __restrict__ w, float* y, int cols, float eps) {
-    long base = (long)blockIdx.x * cols;
+// One block per row; the row stays in registers (NORM_V values a thread, cols <= NORM_V *
+// blockDim, checked on the host), so each pass issues all its loads before it uses any: a decode
+// row is one memory round trip a pass, not one per loop step.
+#define NORM_V 16
+extern "C" __global__ void __launch_bounds__(1024) rms_norm_f32(
+    float* __restrict__ res, const float* __restrict__ delta, const float* __restrict__ w,
+    float* __restrict__ y, int cols, float eps) {
+    const long base = (long)blockIdx.x * cols;
+    float v[NORM_V];
     float ss = 0.0f;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-        float v = res[base + c];
-        if (delta) {
-            v += delta[base + c];
-            res[base + c] = v;
-        }
-        ss += v * v;
+#pragma unroll
+    for (int j = 0; j < NORM_V; ++j) {
+        const int c = threadIdx.x + j * blockDim.x;
+        v[j] = c < cols ? res[base + c] : 0.0f;
     }
+    if (delta) {
+#pragma unroll
+        for (int j = 0; j < NORM_V; ++j) {
+            const int c = threadIdx.x + j * blockDim.x;
+            if (c < cols) {
+                v[j] += delta[base + c];
+                res[base + c] = v[j];
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < NORM_V; ++j) ss += v[j] * v[j];
     ss = block_reduce(ss, false);
-    float inv = 1.0f / sqrtf(ss / cols + eps);
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) y[base + c] = res[base + c] * inv * w[c];
+    const float inv = 1.0f / sqrtf(ss / cols + eps);
+#pragma unroll
+    for (int j = 0; j < NORM_V; ++j) {
+        const int c = threadIdx.x + j * blockDim.x;
+        if (c < cols) y[base + c] = v[j] * inv * w[c];
+    }
 }
 
 // RoPE in place: row t of x holds chunks of 2*half values; cs holds per row [cos(half), sin(half)]
 // (attention factor already applied). interleaved: pairs (2i, 2i+1), else (i, i+half).
-extern "C" __global__ void rope_f32(float* x, const float* __restrict__ cs, int cols, int half, int interleaved) {
-    long row = blockIdx.x;
+// `per_row` blocks a row, one pair a thread.
+extern "C" __global__ void rope_f32(float* __restrict__ x, const float* __restrict__ cs, int cols, int half,
+                                    int interleaved, int per_row) {
+    const long row = blockIdx.x / per_row;
+    const int k = (blockIdx.x % per_row) * blockDim.x + threadIdx.x;
+    const int chunks = cols / (2 * half);
+    if (k >= chunks * half) return;
     const float* c = cs + row * 2 * half;
-    int chunks = cols / (2 * half);
-    for (int k = threadIdx.x; k < chunks * half; k += blockDim.x) {
-        int ch = k / half, i = k % half;
-        int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
-        float* p = x + row * cols + ch * 2 * half;
-        float x1 = p[a], x2 = p[b];
-        p[a] = x1 * c[i] - x2 * c[half + i];
-        p[b] = x2 * c[i] + x1 * c[half + i];
-    }
+    const int ch = k / half, i = k % half;
+    const int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
+    float* p = x + row * cols + ch * 2 * half;
+    const float x1 = p[a], x2 = p[b], co = c[i], si = c[half + i];
+    p[a] = x1 * co - x2 * si;
+    p[b] = x2 * co + x1 * si;
 }
 
 // dst[rows[i] * dst_w + dst_off + c] = src[srow(i) * src_w + src_off + c] for c < len, where
 // srow(i) = src_rows ? src_rows[i] / div : i. Covers gathers, scatters (cache writes) and column
-// slices/concats. One block per row i.
+// slices/concats. `per_row` blocks a row, COPY_V elements a thread, all loaded before any store.
+#define COPY_V 4
 extern "C" __global__ void copy_rows(const float* __restrict__ src, int src_w, int src_off, const int* src_rows, int div,
-                                     float* __restrict__ dst, int dst_w, int dst_off, const int* dst_rows, int len) {
-    long i = blockIdx.x;
-    long s = src_rows ? (long)(src_rows[i] / div) : i;
-    long d = dst_rows ? (long)dst_rows[i] : i;
-    for (int c = threadIdx.x; c < len; c += blockDim.x) dst[d * dst_w + dst_off + c] = src[s * src_w + src_off + c];
+                                     float* __restrict__ dst, int dst_w, int dst_off, const int* dst_rows, int len,
+                                     int per_row) {
+    const long i = blockIdx.x / per_row;
+    const int c0 = (blockIdx.x % per_row) * blockDim.x * COPY_V + threadIdx.x;
+    const long s = src_rows ? (long)(src_rows[i] / div) : i;
+    const long d = dst_rows ? (long)dst_rows[i] : i;
+    const float* sp = src + s * src_w + src_off;
+    float* dp = dst + d * dst_w + dst_off;
+    float v[COPY_V];
+#pragma unroll
+    for (int j = 0; j < COPY_V; ++j) {
+        const int c = c0 + j * blockDim.x;
+        if (c < len) v[j] = sp[c];
+    }
+#pragma unroll
+    for (int j = 0; j < COPY_V; ++j) {
+        const int c = c0 + j * blockDim.x;
+        if (c < len) dp[c] = v[j];
+    }
 }
 
 // Causal paged attention. One block per (row, head), row = rows[blockIdx.x / n_heads] (the query

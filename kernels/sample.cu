@@ -11,6 +11,7 @@
 #define INFINITY __int_as_float(0x7f800000)
 #endif
 #define NO_INDEX 0x7fffffff
+#define ARGMAX_V 8
 
 // (a, i): the best value and its index; b: the best of the rest. Merging keeps the pair ordered by
 // (value descending, index ascending) and the larger of the loser and both seconds.
@@ -33,14 +34,26 @@ extern "C" __global__ void argmax_margin_rows(const float* __restrict__ x, int* 
     float a = -INFINITY, b = -INFINITY;
     int i = NO_INDEX;
     // Each thread sees its columns in increasing order: strict > keeps the first of equal values.
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-        float v = row[c];
-        if (v > a) {
-            b = a;
-            a = v;
-            i = c;
-        } else if (v > b) {
-            b = v;
+    // ARGMAX_V loads are issued before any is compared, so a 32000-wide row is a few memory round
+    // trips rather than one per loop step.
+    for (int c0 = threadIdx.x; c0 < cols; c0 += ARGMAX_V * blockDim.x) {
+        float v[ARGMAX_V];
+#pragma unroll
+        for (int j = 0; j < ARGMAX_V; ++j) {
+            const int c = c0 + j * blockDim.x;
+            v[j] = c < cols ? row[c] : -INFINITY;
+        }
+#pragma unroll
+        for (int j = 0; j < ARGMAX_V; ++j) {
+            const int c = c0 + j * blockDim.x;
+            if (c >= cols) break;
+            if (v[j] > a) {
+                b = a;
+                a = v[j];
+                i = c;
+            } else if (v[j] > b) {
+                b = v[j];
+            }
         }
     }
     for (int o = 16; o > 0; o >>= 1) {

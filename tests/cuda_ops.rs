@@ -217,6 +217,84 @@ fn copies_gathers_and_scatters() {
     close("scatter_rows", &g, &c, 0.0);
 }
 
+/// Rows wider than one block's pass (several values a thread, several blocks a row): the
+/// decode-width norms, RoPE over all heads of a row, and copies of whole hidden rows.
+#[test]
+fn wide_rows_take_several_blocks_a_row() {
+    let Some(d) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    for cols in [4096, 7168, 16384] {
+        let (x, w, delta) = (
+            rand_t(&mut rng, &[3, cols], 2.0),
+            rand_t(&mut rng, &[cols], 1.0),
+            rand_t(&mut rng, &[3, cols], 1.0),
+        );
+        let (xd, wd, dd) = (
+            x.to_device(&d).unwrap(),
+            w.to_device(&d).unwrap(),
+            delta.to_device(&d).unwrap(),
+        );
+        close(
+            &format!("rms_norm over {cols}"),
+            &ops::rms_norm(&xd, &wd, 1e-6).unwrap(),
+            &ops::rms_norm(&x, &w, 1e-6).unwrap(),
+            1e-5,
+        );
+        let (mut rc, mut rg) = (x.clone(), xd.clone());
+        let yc = ops::add_rms_norm(&mut rc, &delta, &w, 1e-6).unwrap();
+        let yg = ops::add_rms_norm(&mut rg, &dd, &wd, 1e-6).unwrap();
+        close(&format!("add_rms_norm over {cols}"), &yg, &yc, 1e-5);
+        close(&format!("add_rms_norm residual over {cols}"), &rg, &rc, 1e-6);
+    }
+    let too_wide = rand_t(&mut rng, &[1, 16385], 1.0).to_device(&d).unwrap();
+    let w = rand_t(&mut rng, &[16385], 1.0).to_device(&d).unwrap();
+    let err = ops::rms_norm(&too_wide, &w, 1e-6).unwrap_err().to_string();
+    assert!(err.contains("16385"), "{err}");
+
+    for interleaved in [false, true] {
+        let r = Rotary::new(
+            &RopeConfig {
+                theta: 10000.0,
+                scaling: RopeScaling::None,
+                interleaved,
+            },
+            128,
+        );
+        let x = rand_t(&mut rng, &[3, 32 * 128], 1.0);
+        let (mut c, mut g) = (x.clone(), x.to_device(&d).unwrap());
+        ops::rope(&mut c, &r, &[0, 9, 2000]).unwrap();
+        ops::rope(&mut g, &r, &[0, 9, 2000]).unwrap();
+        close("rope over 32 heads of 128", &g, &c, 1e-6);
+    }
+
+    let x = rand_t(&mut rng, &[3, 5000], 1.0);
+    let y = rand_t(&mut rng, &[3, 1000], 1.0);
+    let (xd, yd) = (x.to_device(&d).unwrap(), y.to_device(&d).unwrap());
+    close(
+        "narrow_cols of 3000",
+        &ops::narrow_cols(&xd, 700, 3000).unwrap(),
+        &ops::narrow_cols(&x, 700, 3000).unwrap(),
+        0.0,
+    );
+    close(
+        "concat_cols of 5000 + 1000",
+        &ops::concat_cols(&[&xd, &yd]).unwrap(),
+        &ops::concat_cols(&[&x, &y]).unwrap(),
+        0.0,
+    );
+    close(
+        "gather_rows of 5000",
+        &ops::gather_rows(&xd, &[5, 0, 2, 2], 2).unwrap(),
+        &ops::gather_rows(&x, &[5, 0, 2, 2], 2).unwrap(),
+        0.0,
+    );
+    let mut c = rand_t(&mut rng, &[4 * 5100], 1.0);
+    let mut g = c.to_device(&d).unwrap();
+    ops::scatter_rows(&mut c, 5100, 50, &[3, 0, 2], &x).unwrap();
+    ops::scatter_rows(&mut g, 5100, 50, &[3, 0, 2], &xd).unwrap();
+    close("scatter_rows of 5000", &g, &c, 0.0);
+}
+
 #[test]
 fn grouped_swiglu_and_combine() {
     let Some(d) = gpu() else { return };

@@ -226,11 +226,19 @@ fn norm_launch(
     rows: usize,
     eps: f32,
 ) -> Result<()> {
-    let (wp, cols) = (f32_ptr(w)?, w.numel() as i32);
+    let (wp, cols) = (f32_ptr(w)?, w.numel());
+    // The kernel keeps a row in registers, NORM_V = 16 values a thread (kernels/ops.cu).
+    if cols > 16 * 1024 {
+        return Err(Error::Shape(format!(
+            "RMSNorm over rows of {cols}: the GPU kernel takes at most 16384"
+        )));
+    }
     if rows == 0 {
         return Ok(());
     }
-    launch!(dev, "rms_norm_f32", rows, THREADS, 0; a = res, b = delta, c = wp, d = y, e = cols, g = eps);
+    let threads = cols.div_ceil(8).next_multiple_of(32).clamp(32, 1024);
+    let c = cols as i32;
+    launch!(dev, "rms_norm_f32", rows, threads, 0; a = res, b = delta, cw = wp, d = y, e = c, g = eps);
     Ok(())
 }
 
@@ -324,8 +332,9 @@ pub(crate) fn rope_with(x: &mut Tensor, rotary: &Rotary, n_pos: usize, cs: u64) 
     if rows == 0 {
         return Ok(());
     }
-    let (c, h, il) = (cols as i32, half as i32, rotary.interleaved() as i32);
-    launch!(dev, "rope_f32", rows, 128, 0; a = xp, b = cs, cc = c, d = h, e = il);
+    let per_row = (cols / 2).div_ceil(256);
+    let (c, h, il, pr) = (cols as i32, half as i32, rotary.interleaved() as i32, per_row as i32);
+    launch!(dev, "rope_f32", rows * per_row, 256, 0; a = xp, b = cs, cc = c, d = h, e = il, f = pr);
     Ok(())
 }
 
@@ -358,7 +367,10 @@ fn copy_rows(
         dst_off as i32,
         len as i32,
     );
-    launch!(dev, "copy_rows", n, 128, 0; a = sp, b = sw, c = so, d = src_rows, e = dv, f2 = dst, g = dw, h = dof, i = dst_rows, j = l);
+    // 256 threads of COPY_V = 4 elements a block (kernels/ops.cu).
+    let per_row = len.div_ceil(1024);
+    let pr = per_row as i32;
+    launch!(dev, "copy_rows", n * per_row, 256, 0; a = sp, b = sw, c = so, d = src_rows, e = dv, f2 = dst, g = dw, h = dof, i = dst_rows, j = l, k = pr);
     Ok(())
 }
 

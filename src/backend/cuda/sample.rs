@@ -40,7 +40,7 @@ pub fn argmax_margin_rows(x: &Tensor) -> Result<Vec<(u32, f32)>> {
     unsafe {
         b.launch(LaunchConfig {
             grid_dim: (rows as u32, 1, 1),
-            block_dim: (256, 1, 1),
+            block_dim: (1024, 1, 1),
             shared_mem_bytes: 0,
         })
     }
