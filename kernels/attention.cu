@@ -227,8 +227,8 @@ __device__ __forceinline__ void flash_prefill(
         int group, int k_width, int v_width, int block_size, float scale, int window
 #define FA_PASS q, kc, vc, out, tiles, table_off, tables, n_heads, group, k_width, v_width, block_size, scale, window
 
-extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_prefill_d64(FA_ARGS) { flash_prefill<64>(FA_PASS); }
-extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_prefill_d128(FA_ARGS) { flash_prefill<128>(FA_PASS); }
+extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_prefill_d64(FA_ARGS) { after_previous_grid(); flash_prefill<64>(FA_PASS); }
+extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_prefill_d128(FA_ARGS) { after_previous_grid(); flash_prefill<128>(FA_PASS); }
 
 // Per-query paged attention for D = 64 or 128 (decode rows and the short runs the flash tiles do
 // not take), f32 throughout: one block (8 warps) per (query row, KV head) serves the `group`
@@ -352,5 +352,5 @@ __device__ void paged_decode(const float* __restrict__ q, const float* __restric
 // (qk_dim = v_dim = D: the arguments are paged_attention_f32's, so the host launches either alike.)
 #define DEC_PASS q, kc, vc, out, q_seq, q_pos, table_off, tables, rows, n_heads, group, k_width, v_width, block_size, scale, window
 
-extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS) paged_decode_d64(DEC_ARGS) { paged_decode<64>(DEC_PASS); }
-extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS) paged_decode_d128(DEC_ARGS) { paged_decode<128>(DEC_PASS); }
+extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS) paged_decode_d64(DEC_ARGS) { after_previous_grid(); paged_decode<64>(DEC_PASS); }
+extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS) paged_decode_d128(DEC_ARGS) { after_previous_grid(); paged_decode<128>(DEC_PASS); }

@@ -39,23 +39,27 @@ __device__ float block_reduce(float v, bool is_max) {
 }
 
 extern "C" __global__ void cast_f32_bf16(const float* __restrict__ x, __nv_bfloat16* __restrict__ y, long n) {
+    after_previous_grid();
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
         y[i] = __float2bfloat16(x[i]);
 }
 
 extern "C" __global__ void cast_bf16_f32(const __nv_bfloat16* __restrict__ x, float* __restrict__ y, long n) {
+    after_previous_grid();
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
         y[i] = __bfloat162float(x[i]);
 }
 
 // y[r, c] += b[c]
 extern "C" __global__ void add_bias(float* __restrict__ y, const float* __restrict__ b, long rows, int cols) {
+    after_previous_grid();
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < rows * cols; i += (long)gridDim.x * blockDim.x)
         y[i] += b[i % cols];
 }
 
 // x[i] += y[i]
 extern "C" __global__ void add_in_place(float* __restrict__ x, const float* __restrict__ y, long n) {
+    after_previous_grid();
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
         x[i] += y[i];
 }
@@ -67,9 +71,11 @@ __device__ void embedding_impl(const T* table, const int* ids, float* out, int h
     for (int c = threadIdx.x; c < hidden; c += blockDim.x) out[dst + c] = ld(table, src + c);
 }
 extern "C" __global__ void embedding_bf16(const __nv_bfloat16* table, const int* ids, float* out, int hidden) {
+    after_previous_grid();
     embedding_impl(table, ids, out, hidden);
 }
 extern "C" __global__ void embedding_f32(const float* table, const int* ids, float* out, int hidden) {
+    after_previous_grid();
     embedding_impl(table, ids, out, hidden);
 }
 
@@ -82,6 +88,7 @@ extern "C" __global__ void embedding_f32(const float* table, const int* ids, flo
 extern "C" __global__ void __launch_bounds__(1024) rms_norm_f32(
     float* __restrict__ res, const float* __restrict__ delta, const float* __restrict__ w,
     float* __restrict__ y, int cols, float eps) {
+    after_previous_grid();
     const long base = (long)blockIdx.x * cols;
     float v[NORM_V];
     float ss = 0.0f;
@@ -116,6 +123,7 @@ extern "C" __global__ void __launch_bounds__(1024) rms_norm_f32(
 // `per_row` blocks a row, one pair a thread.
 extern "C" __global__ void rope_f32(float* __restrict__ x, const float* __restrict__ cs, int cols, int half,
                                     int interleaved, int per_row) {
+    after_previous_grid();
     const long row = blockIdx.x / per_row;
     const int k = (blockIdx.x % per_row) * blockDim.x + threadIdx.x;
     const int chunks = cols / (2 * half);
@@ -129,6 +137,35 @@ extern "C" __global__ void rope_f32(float* __restrict__ x, const float* __restri
     p[b] = x2 * co + x1 * si;
 }
 
+// What a GQA layer does between its QKV projection and attention, in one launch: row t of qkv
+// holds q (q_w), k (kv_w) and v (kv_w); q_out[t] = RoPE(q), keys[slot[t]] = RoPE(k),
+// values[slot[t]] = v (cache rows of kv_w). RoPE as rope_f32 (cs: row t's cos then sin, `half`
+// each). `per_row` blocks a row: thread j takes the j-th rotation pair of q then of k, and the
+// j-th value of v.
+extern "C" __global__ void qkv_rope_cache(const float* __restrict__ qkv, float* __restrict__ q_out,
+                                          float* __restrict__ keys, float* __restrict__ values,
+                                          const int* __restrict__ slots, const float* __restrict__ cs,
+                                          int q_w, int kv_w, int half, int interleaved, int per_row) {
+    after_previous_grid();
+    const long row = blockIdx.x / per_row;
+    const int j = (blockIdx.x % per_row) * blockDim.x + threadIdx.x;
+    const float* in = qkv + row * (q_w + 2 * kv_w);
+    const long slot = slots[row];
+    const int q_pairs = q_w / 2, pairs = q_pairs + kv_w / 2;
+    if (j < pairs) {
+        const bool is_q = j < q_pairs;
+        const int p = is_q ? j : j - q_pairs, ch = p / half, i = p % half;
+        const int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
+        const float* src = in + (is_q ? 0 : q_w) + ch * 2 * half;
+        float* dst = (is_q ? q_out + row * q_w : keys + slot * kv_w) + ch * 2 * half;
+        const float* c = cs + row * 2 * half;
+        const float x1 = src[a], x2 = src[b], co = c[i], si = c[half + i];
+        dst[a] = x1 * co - x2 * si;
+        dst[b] = x2 * co + x1 * si;
+    }
+    if (j < kv_w) values[slot * kv_w + j] = in[q_w + kv_w + j];
+}
+
 // dst[rows[i] * dst_w + dst_off + c] = src[srow(i) * src_w + src_off + c] for c < len, where
 // srow(i) = src_rows ? src_rows[i] / div : i. Covers gathers, scatters (cache writes) and column
 // slices/concats. `per_row` blocks a row, COPY_V elements a thread, all loaded before any store.
@@ -136,6 +173,7 @@ extern "C" __global__ void rope_f32(float* __restrict__ x, const float* __restri
 extern "C" __global__ void copy_rows(const float* __restrict__ src, int src_w, int src_off, const int* src_rows, int div,
                                      float* __restrict__ dst, int dst_w, int dst_off, const int* dst_rows, int len,
                                      int per_row) {
+    after_previous_grid();
     const long i = blockIdx.x / per_row;
     const int c0 = (blockIdx.x % per_row) * blockDim.x * COPY_V + threadIdx.x;
     const long s = src_rows ? (long)(src_rows[i] / div) : i;
@@ -165,6 +203,7 @@ extern "C" __global__ void paged_attention_f32(
     const float* __restrict__ q, const float* __restrict__ kc, const float* __restrict__ vc, float* __restrict__ out,
     const int* __restrict__ q_seq, const int* __restrict__ q_pos, const int* __restrict__ table_off, const int* __restrict__ tables,
     const int* __restrict__ rows, int n_heads, int group, int qk_dim, int v_dim, int k_width, int v_width, int block_size, float scale, int window) {
+    after_previous_grid();
     extern __shared__ float smem[];
     float* qs = smem;              // qk_dim
     float* ps = smem + qk_dim;     // ATT_CH
@@ -246,9 +285,11 @@ __device__ void gate_up_impl(const float* x, const W* gu, const float* bias, con
     }
 }
 extern "C" __global__ void grouped_gate_up_bf16(const float* x, const __nv_bfloat16* gu, const float* bias, const int* expert, float* act, int rows, int hidden, int inter) {
+    after_previous_grid();
     gate_up_impl(x, gu, bias, expert, act, rows, hidden, inter);
 }
 extern "C" __global__ void grouped_gate_up_f32(const float* x, const float* gu, const float* bias, const int* expert, float* act, int rows, int hidden, int inter) {
+    after_previous_grid();
     gate_up_impl(x, gu, bias, expert, act, rows, hidden, inter);
 }
 
@@ -267,15 +308,18 @@ __device__ void down_impl(const float* act, const W* dn, const float* bias, cons
     if (lane == 0) y[(long)r * hidden + j] = s + (bias ? bias[(long)e * hidden + j] : 0.0f);
 }
 extern "C" __global__ void grouped_down_bf16(const float* act, const __nv_bfloat16* dn, const float* bias, const int* expert, float* y, int rows, int hidden, int inter) {
+    after_previous_grid();
     down_impl(act, dn, bias, expert, y, rows, hidden, inter);
 }
 extern "C" __global__ void grouped_down_f32(const float* act, const float* dn, const float* bias, const int* expert, float* y, int rows, int hidden, int inter) {
+    after_previous_grid();
     down_impl(act, dn, bias, expert, y, rows, hidden, inter);
 }
 
 // out[t, :] = sum_j w[t*k + j] * y[row_of_pair[t*k + j], :], summed in j order. One block per token.
 extern "C" __global__ void combine_f32(const float* __restrict__ y, const int* __restrict__ row_of_pair, const float* __restrict__ w,
                                        float* __restrict__ out, int hidden, int top_k) {
+    after_previous_grid();
     long t = blockIdx.x;
     for (int c = threadIdx.x; c < hidden; c += blockDim.x) {
         float s = 0.0f;
@@ -289,12 +333,14 @@ extern "C" __global__ void combine_f32(const float* __restrict__ y, const int* _
 
 // s[t, :] *= sigmoid(gate[t]). One block per row.
 extern "C" __global__ void sigmoid_scale_rows(float* s, const float* __restrict__ gate, int cols) {
+    after_previous_grid();
     float g = 1.0f / (1.0f + expf(-gate[blockIdx.x]));
     for (int c = threadIdx.x; c < cols; c += blockDim.x) s[(long)blockIdx.x * cols + c] *= g;
 }
 
 // Index of the largest value of each row (the first on ties). One block per row.
 extern "C" __global__ void argmax_rows(const float* __restrict__ x, int* __restrict__ out, int cols) {
+    after_previous_grid();
     __shared__ float bv[1024];
     __shared__ int bi[1024];
     const float* row = x + (long)blockIdx.x * cols;

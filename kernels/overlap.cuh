@@ -16,3 +16,9 @@ __device__ __forceinline__ void allow_next_grid() {
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
 }
+
+// For a kernel that touches no memory before the previous grid ends: launch overlap only.
+__device__ __forceinline__ void after_previous_grid() {
+    wait_for_previous_grid();
+    allow_next_grid();
+}

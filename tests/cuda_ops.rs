@@ -244,7 +244,12 @@ fn wide_rows_take_several_blocks_a_row() {
         let yc = ops::add_rms_norm(&mut rc, &delta, &w, 1e-6).unwrap();
         let yg = ops::add_rms_norm(&mut rg, &dd, &wd, 1e-6).unwrap();
         close(&format!("add_rms_norm over {cols}"), &yg, &yc, 1e-5);
-        close(&format!("add_rms_norm residual over {cols}"), &rg, &rc, 1e-6);
+        close(
+            &format!("add_rms_norm residual over {cols}"),
+            &rg,
+            &rc,
+            1e-6,
+        );
     }
     let too_wide = rand_t(&mut rng, &[1, 16385], 1.0).to_device(&d).unwrap();
     let w = rand_t(&mut rng, &[16385], 1.0).to_device(&d).unwrap();
@@ -558,6 +563,121 @@ fn paged_decode_against_reference() {
     }
 }
 
+/// A prefill, a decode row, a short chunk and a long chunk over scattered blocks of `bs` slots
+/// (40 blocks in all).
+fn mixed_batch(bs: usize) -> StepBatch {
+    let mut free: Vec<u32> = (0..40).map(|b| (b * 13) % 40).collect();
+    let mut batch = StepBatch::default();
+    // (first new position, new tokens)
+    for (start, n) in [(0usize, 40usize), (100, 1), (20, 3), (5, 12)] {
+        let table = (0..(start + n).div_ceil(bs))
+            .map(|_| free.pop().unwrap())
+            .collect();
+        let tokens = vec![1u32; n];
+        batch.push_sequence(&tokens, start, table, false);
+    }
+    batch
+}
+
+/// The GQA step between the QKV projection and attention (split, RoPE of q and k, cache writes)
+/// in one launch, for half and interleaved RoPE and 4096-wide q rows (several blocks a row),
+/// against the reference ops on the CPU; and through the reference ops on the GPU for a rotary
+/// the step index lacks or with per-head norms.
+#[test]
+fn qkv_rope_cache_in_one_launch() {
+    let Some(d) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let bs = 16;
+    let batch = mixed_batch(bs);
+    let t = batch.tokens.len();
+    let rope = |theta, interleaved, dim| {
+        Rotary::new(
+            &RopeConfig {
+                theta,
+                scaling: RopeScaling::None,
+                interleaved,
+            },
+            dim,
+        )
+    };
+    let (half, inter, absent) = (
+        rope(10000.0, false, 128),
+        rope(10000.0, true, 64),
+        rope(500.0, false, 64),
+    );
+    let cpu_step = AttentionStep::new(&batch, bs, &Device::Cpu, &[]).unwrap();
+    let gpu_step = AttentionStep::new(&batch, bs, &d, &[&half, &inter]).unwrap();
+    let norm_w = rand_t(&mut rng, &[64], 1.0);
+    let norm_d = norm_w.to_device(&d).unwrap();
+    for (rotary, nh, nkv, norms) in [
+        (&half, 32, 8, false),
+        (&inter, 8, 2, false),
+        (&absent, 8, 2, false),
+        (&inter, 8, 2, true),
+    ] {
+        let dim = rotary.dim();
+        let (q_w, kv_w) = (nh * dim, nkv * dim);
+        let slots = 40 * bs;
+        let (mut kc, mut vc) = (
+            rand_t(&mut rng, &[slots * kv_w], 1.0),
+            rand_t(&mut rng, &[slots * kv_w], 1.0),
+        );
+        let (mut kg, mut vg) = (kc.to_device(&d).unwrap(), vc.to_device(&d).unwrap());
+        let qkv = rand_t(&mut rng, &[t, q_w + 2 * kv_w], 1.0);
+        let (nc, ng) = (
+            norms.then_some((&norm_w, &norm_w, 1e-6)),
+            norms.then_some((&norm_d, &norm_d, 1e-6)),
+        );
+        let qc = cpu_step
+            .qkv_rope_cache(&qkv, q_w, kv_w, nc, rotary, &mut kc, &mut vc)
+            .unwrap();
+        let qg = gpu_step
+            .qkv_rope_cache(
+                &qkv.to_device(&d).unwrap(),
+                q_w,
+                kv_w,
+                ng,
+                rotary,
+                &mut kg,
+                &mut vg,
+            )
+            .unwrap();
+        let what = format!("qkv_rope_cache dim {dim}, {nh} heads, norms {norms}");
+        close(&format!("{what}: q"), &qg, &qc, 1e-6);
+        close(&format!("{what}: keys"), &kg, &kc, 1e-6);
+        close(&format!("{what}: values"), &vg, &vc, 0.0);
+    }
+    // A rank with no tokens this step (data parallel): nothing to do, an empty q.
+    let empty = StepBatch::default();
+    let idle = AttentionStep::new(&empty, bs, &d, &[&half]).unwrap();
+    let (mut kg, mut vg) = (
+        rand_t(&mut rng, &[40 * bs * 1024], 1.0)
+            .to_device(&d)
+            .unwrap(),
+        rand_t(&mut rng, &[40 * bs * 1024], 1.0)
+            .to_device(&d)
+            .unwrap(),
+    );
+    let none = Tensor::zeros_on([0, 4096 + 2 * 1024], &d).unwrap();
+    let q = idle
+        .qkv_rope_cache(&none, 4096, 1024, None, &half, &mut kg, &mut vg)
+        .unwrap();
+    assert_eq!(q.dims(), [0, 4096]);
+    let qkv = rand_t(&mut rng, &[t, 100], 1.0).to_device(&d).unwrap();
+    let (mut kg, mut vg) = (
+        rand_t(&mut rng, &[40 * bs * 128], 1.0)
+            .to_device(&d)
+            .unwrap(),
+        rand_t(&mut rng, &[40 * bs * 128], 1.0)
+            .to_device(&d)
+            .unwrap(),
+    );
+    let err = gpu_step
+        .qkv_rope_cache(&qkv, 256, 128, None, &half, &mut kg, &mut vg)
+        .unwrap_err();
+    assert!(err.to_string().contains("qkv_rope_cache"), "{err}");
+}
+
 /// How a step's queries split between the flash tiles and the per-query kernel (no GPU needed).
 #[test]
 fn attention_plan_cuts_runs_into_tiles() {
@@ -590,16 +710,7 @@ fn step_index_serves_every_layer() {
     let Some(d) = gpu() else { return };
     let mut rng = ChaCha8Rng::seed_from_u64(8);
     let bs = 16;
-    let mut free: Vec<u32> = (0..40).map(|b| (b * 13) % 40).collect();
-    let mut batch = StepBatch::default();
-    // (first new position, new tokens): a prefill, a decode row, a short chunk, a long chunk.
-    for (start, n) in [(0usize, 40usize), (100, 1), (20, 3), (5, 12)] {
-        let table = (0..(start + n).div_ceil(bs))
-            .map(|_| free.pop().unwrap())
-            .collect();
-        let tokens = vec![1u32; n];
-        batch.push_sequence(&tokens, start, table, false);
-    }
+    let batch = mixed_batch(bs);
     let t = batch.tokens.len();
     let rope_cfg = |theta| RopeConfig {
         theta,
@@ -665,7 +776,7 @@ fn step_index_serves_every_layer() {
         close(&format!("step attention dim {dim}"), &got, &want, 1e-2);
     }
     // A position past its table is an error on both devices, not a panic.
-    let mut bad = batch.clone();
+    let mut bad = mixed_batch(bs);
     bad.queries[0].pos = 10_000;
     assert!(AttentionStep::new(&bad, bs, &Device::Cpu, &[]).is_err());
     assert!(AttentionStep::new(&bad, bs, &d, &[]).is_err());

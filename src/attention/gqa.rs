@@ -7,7 +7,7 @@ use crate::config::{AttentionKind, ModelConfig};
 use crate::error::Result;
 use crate::kv_cache::LayerCache;
 use crate::model::Linear;
-use crate::ops::{self, Heads, PagedCache, Rotary};
+use crate::ops::{Heads, PagedCache, Rotary};
 use crate::parallel::Shard;
 use crate::tensor::Tensor;
 
@@ -120,17 +120,19 @@ impl GqaAttention {
             self.n_kv_heads * self.head_dim,
         );
         let qkv = self.qkv.forward(x)?;
-        let mut q = ops::narrow_cols(&qkv, 0, q_w)?;
-        let mut k = ops::narrow_cols(&qkv, q_w, kv_w)?;
-        let v = ops::narrow_cols(&qkv, q_w + kv_w, kv_w)?;
-        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-            ops::rms_norm_chunks(&mut q, qn, self.eps)?;
-            ops::rms_norm_chunks(&mut k, kn, self.eps)?;
-        }
-        step.rope(&mut q, &self.rotary)?;
-        step.rope(&mut k, &self.rotary)?;
-        step.write_rows(&mut cache.keys, kv_w, 0, &k)?;
-        step.write_rows(&mut cache.values, kv_w, 0, &v)?;
+        let norms = match (&self.q_norm, &self.k_norm) {
+            (Some(qn), Some(kn)) => Some((qn, kn, self.eps)),
+            _ => None,
+        };
+        let q = step.qkv_rope_cache(
+            &qkv,
+            q_w,
+            kv_w,
+            norms,
+            &self.rotary,
+            &mut cache.keys,
+            &mut cache.values,
+        )?;
         let heads = Heads {
             n_heads: self.n_heads,
             n_kv_heads: self.n_kv_heads,

@@ -86,6 +86,41 @@ impl<'a> AttentionStep<'a> {
         }
     }
 
+    /// What a GQA layer does between its QKV projection and attention: splits `qkv` [T, q_w +
+    /// 2·kv_w] into q, k and v, applies the per-head `norms` (q, k) if any, rotates q and k,
+    /// writes k and v into the caches (rows of kv_w) at each new token's slot and returns q.
+    /// One launch on a GPU when there are no norms; the reference ops otherwise.
+    #[allow(clippy::too_many_arguments)]
+    pub fn qkv_rope_cache(
+        &self,
+        qkv: &Tensor,
+        q_w: usize,
+        kv_w: usize,
+        norms: Option<(&Tensor, &Tensor, f32)>,
+        rotary: &Rotary,
+        keys: &mut Tensor,
+        values: &mut Tensor,
+    ) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if let Some(g) = self.gpu_for(qkv) {
+            if norms.is_none() && g.has_rotary(rotary) {
+                return g.qkv_rope_cache(qkv, q_w, kv_w, rotary, keys, values);
+            }
+        }
+        let mut q = ops::narrow_cols(qkv, 0, q_w)?;
+        let mut k = ops::narrow_cols(qkv, q_w, kv_w)?;
+        let v = ops::narrow_cols(qkv, q_w + kv_w, kv_w)?;
+        if let Some((qn, kn, eps)) = norms {
+            ops::rms_norm_chunks(&mut q, qn, eps)?;
+            ops::rms_norm_chunks(&mut k, kn, eps)?;
+        }
+        self.rope(&mut q, rotary)?;
+        self.rope(&mut k, rotary)?;
+        self.write_rows(keys, kv_w, 0, &k)?;
+        self.write_rows(values, kv_w, 0, &v)?;
+        Ok(q)
+    }
+
     /// Writes row i of `src` into the cache `dst` (rows of `dst_width`) at new token i's slot,
     /// from column `col` on.
     pub fn write_rows(

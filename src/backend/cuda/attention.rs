@@ -13,11 +13,11 @@
 //! once per step and uploads it in one copy, and every layer's RoPE, cache write and attention
 //! read it there, so a layer copies nothing from the host.
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig};
 
-use super::ops::{empty, f32_ptr, gpu, raw, rope_with, scatter_rows_at, upload_i32};
+use super::ops::{empty, f32_ptr, gpu, gpu_mut, raw, rope_with, scatter_rows_at, upload_i32};
 use super::storage::CudaHandle;
-use super::{dev_err, Kernel};
+use super::{overlap, Kernel};
 use crate::backend::cpu::attention::{cache_slot, Heads, QueryPos};
 use crate::backend::cpu::rope::Rotary;
 use crate::error::{Error, Result};
@@ -251,6 +251,75 @@ impl StepIndex {
         rope_with(x, rotary, self.queries, self.at(*table))
     }
 
+    /// The step of a GQA layer between its QKV projection and attention in one launch: splits
+    /// `qkv` [queries, q_w + 2·kv_w] into q, k and v, rotates q and k with the index's tables for
+    /// `rotary`, writes k and v into the caches (rows of kv_w) at each query's slot and returns q.
+    pub fn qkv_rope_cache(
+        &self,
+        qkv: &Tensor,
+        q_w: usize,
+        kv_w: usize,
+        rotary: &Rotary,
+        keys: &mut Tensor,
+        values: &mut Tensor,
+    ) -> Result<Tensor> {
+        self.check_serves(qkv)?;
+        let (_, table) = self
+            .rotaries
+            .iter()
+            .find(|(r, _)| r == rotary)
+            .ok_or_else(|| Error::Shape("RoPE with a rotary the step index lacks".into()))?;
+        let half = rotary.dim() / 2;
+        let (rows, cols) = match qkv.dims() {
+            &[r, c] => (r, c),
+            _ => (usize::MAX, 0),
+        };
+        let fits = |t: &Tensor| self.slot_end * kv_w <= t.numel();
+        if rows != self.queries
+            || cols != q_w + 2 * kv_w
+            || half == 0
+            || q_w % (2 * half) != 0
+            || kv_w % (2 * half) != 0
+            || !fits(keys)
+            || !fits(values)
+        {
+            return Err(Error::Shape(format!(
+                "qkv_rope_cache: {} for {} queries, q {q_w} + k/v {kv_w} wide, RoPE dim {}, caches of {} / {} values",
+                qkv.shape(),
+                self.queries,
+                rotary.dim(),
+                keys.numel(),
+                values.numel()
+            )));
+        }
+        let dev = gpu(qkv)?.device().clone();
+        let q = empty(&dev, [rows, q_w])?;
+        if rows == 0 {
+            return Ok(q);
+        }
+        let per_row = (q_w / 2 + kv_w / 2).max(kv_w).div_ceil(256);
+        let (qkvp, qp) = (f32_ptr(qkv)?, gpu(&q)?.ptr());
+        let (kp, vp) = (gpu_mut(keys)?.ptr(), gpu_mut(values)?.ptr());
+        let (sp, cs) = (self.at(self.slot), self.at(*table));
+        let (qw, kw, h) = (q_w as i32, kv_w as i32, half as i32);
+        let (il, pr) = (rotary.interleaved() as i32, per_row as i32);
+        let f = dev.function(Kernel::Ops, "qkv_rope_cache")?;
+        let mut b = overlap::Args::new();
+        b.arg(&qkvp).arg(&qp).arg(&kp).arg(&vp).arg(&sp).arg(&cs);
+        b.arg(&qw).arg(&kw).arg(&h).arg(&il).arg(&pr);
+        let cfg = LaunchConfig {
+            grid_dim: ((rows * per_row) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: qkv holds rows x (q_w + 2 kv_w) values and q rows x q_w (checked, allocated);
+        // every slot is below slot_end, so the cache rows written lie inside keys and values
+        // (checked); the RoPE table has a row of 2 half values per query; the kernel touches
+        // nothing before the previous kernel ends.
+        unsafe { overlap::launch(&dev, &f, cfg, &mut b, "launching qkv_rope_cache") }?;
+        Ok(q)
+    }
+
     /// Writes row i of `src` into the cache `dst` (rows of `dst_w`) at query i's slot, from
     /// column `col` on.
     pub fn write_rows(
@@ -344,7 +413,7 @@ impl StepIndex {
             };
             let tl = self.at(tiles);
             let f = dev.function(Kernel::Attention, name)?;
-            let mut b = dev.stream().launch_builder(&f);
+            let mut b = overlap::Args::new();
             b.arg(&qp)
                 .arg(&kp)
                 .arg(&vp)
@@ -368,7 +437,8 @@ impl StepIndex {
             // rows and positions come from the queries (checked against the tables when the
             // index was built), the caches hold every slot the tables name (checked above), and
             // the rows are 16-byte aligned (checked above).
-            unsafe { b.launch(cfg) }.map_err(dev_err("launching flash_prefill"))?;
+            // Both kernels touch nothing before the previous kernel ends (kernels/attention.cu).
+            unsafe { overlap::launch(dev, &f, cfg, &mut b, "launching flash_prefill") }?;
         }
         if rows.len > 0 {
             // The decode kernel where the head dims and group fit it, else the generic one; both
@@ -396,7 +466,7 @@ impl StepIndex {
             };
             let (sp, pp, rp) = (self.at(self.seq), self.at(self.pos), self.at(rows));
             let (qk, vd) = (h.qk_dim as i32, h.v_dim as i32);
-            let mut b = dev.stream().launch_builder(&f);
+            let mut b = overlap::Args::new();
             b.arg(&qp)
                 .arg(&kp)
                 .arg(&vp)
@@ -417,7 +487,7 @@ impl StepIndex {
             // SAFETY: as for the flash kernel; `rows` indexes the queries, whose seq/pos sections
             // are whole; the decode kernel runs only where the flash kernel's alignment and dims
             // hold and n_heads = group * n_kv_heads with group <= DEC_MAX_GROUP.
-            unsafe { b.launch(cfg) }.map_err(dev_err("launching the per-query attention"))?;
+            unsafe { overlap::launch(dev, &f, cfg, &mut b, "launching the per-query attention") }?;
         }
         Ok(out)
     }

@@ -100,8 +100,14 @@ impl Kernel {
             ),
             Kernel::Norm => include_str!("../../../kernels/norm.cu"),
             Kernel::Fill => include_str!("../../../kernels/fill.cu"),
-            Kernel::Ops => include_str!("../../../kernels/ops.cu"),
-            Kernel::Attention => include_str!("../../../kernels/attention.cu"),
+            Kernel::Ops => concat!(
+                include_str!("../../../kernels/overlap.cuh"),
+                include_str!("../../../kernels/ops.cu")
+            ),
+            Kernel::Attention => concat!(
+                include_str!("../../../kernels/overlap.cuh"),
+                include_str!("../../../kernels/attention.cu")
+            ),
             Kernel::Sample => include_str!("../../../kernels/sample.cu"),
         }
     }

@@ -6,12 +6,13 @@
 //! every layer are copied into one buffer) until [`MoeScratch::take_counts`] reads them once per
 //! step, after the step's logits.
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig};
 use half::bf16;
 use switchyard_experts::RouterConfig;
 
 use super::moe::{GemmPath, MoeShape, MoeWorkspace, RouterParams};
 use super::ops::{gpu, grid_for, wrap, THREADS};
+use super::overlap::{self, address, Args};
 use super::storage::{alloc, CudaHandle, DevBuf};
 use super::{dev_err, CudaDevice, Kernel};
 use crate::error::{Error, Result};
@@ -227,8 +228,8 @@ fn cast<A, B>(
     n: usize,
 ) -> Result<()> {
     let f = dev.function(Kernel::Ops, name)?;
-    let (sp, dp, nn) = (raw(dev, src), raw(dev, dst), n as i64);
-    let mut b = dev.stream().launch_builder(&f);
+    let (sp, dp, nn) = (address(dev, src), address(dev, dst), n as i64);
+    let mut b = Args::new();
     b.arg(&sp).arg(&dp).arg(&nn);
     let cfg = LaunchConfig {
         grid_dim: (grid_for(n) as u32, 1, 1),
@@ -236,13 +237,8 @@ fn cast<A, B>(
         shared_mem_bytes: 0,
     };
     // SAFETY: both buffers hold at least n elements of the kernel's types (callers allocate
-    // them for n), and the kernel touches elements 0..n only.
-    unsafe { b.launch(cfg) }.map_err(dev_err("launching a cast"))?;
-    Ok(())
-}
-
-fn raw<T>(dev: &CudaDevice, s: &CudaSlice<T>) -> u64 {
-    cudarc::driver::DevicePtr::device_ptr(s, dev.stream()).0
+    // them for n), and the kernel touches elements 0..n only, after the previous kernel ends.
+    unsafe { overlap::launch(dev, &f, cfg, &mut b, "launching a cast") }
 }
 
 /// `n` f32 values as a new bf16 buffer (the experts' input rows).

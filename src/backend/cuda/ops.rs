@@ -5,11 +5,11 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 use half::bf16;
 
 use super::storage::{alloc, CudaHandle, CudaStorage, DevBuf};
-use super::{dev_err, CudaDevice, Kernel};
+use super::{CudaDevice, Kernel};
 use crate::backend::cpu::rope::Rotary;
 
 pub use super::attention::paged_attention;
@@ -22,12 +22,13 @@ macro_rules! launch {
     ($dev:expr, $name:literal, $grid:expr, $block:expr, $smem:expr; $($a:ident = $v:expr),* $(,)?) => {{
         $(let $a = $v;)*
         let f = $dev.function(Kernel::Ops, $name)?;
-        let mut b = $dev.stream().launch_builder(&f);
+        let mut b = $crate::backend::cuda::overlap::Args::new();
         $(b.arg(&$a);)*
         let cfg = LaunchConfig { grid_dim: (($grid) as u32, 1, 1), block_dim: (($block) as u32, 1, 1), shared_mem_bytes: ($smem) as u32 };
         // SAFETY: every pointer argument is a live buffer of this device whose length the caller
-        // checked against the sizes passed beside it; the kernel touches nothing beyond them.
-        unsafe { b.launch(cfg) }.map_err(dev_err(concat!("launching ", $name)))?;
+        // checked against the sizes passed beside it; the kernel touches nothing beyond them, and
+        // nothing at all before the previous kernel ends (after_previous_grid, kernels/ops.cu).
+        unsafe { $crate::backend::cuda::overlap::launch(&$dev, &f, cfg, &mut b, concat!("launching ", $name)) }?;
     }};
 }
 
@@ -41,7 +42,7 @@ pub(crate) fn gpu(t: &Tensor) -> Result<&CudaStorage> {
     }
 }
 
-fn gpu_mut(t: &mut Tensor) -> Result<&mut CudaStorage> {
+pub(crate) fn gpu_mut(t: &mut Tensor) -> Result<&mut CudaStorage> {
     match t.storage_mut() {
         Storage::Cuda(s) => {
             s.make_unique()?;
@@ -333,7 +334,12 @@ pub(crate) fn rope_with(x: &mut Tensor, rotary: &Rotary, n_pos: usize, cs: u64) 
         return Ok(());
     }
     let per_row = (cols / 2).div_ceil(256);
-    let (c, h, il, pr) = (cols as i32, half as i32, rotary.interleaved() as i32, per_row as i32);
+    let (c, h, il, pr) = (
+        cols as i32,
+        half as i32,
+        rotary.interleaved() as i32,
+        per_row as i32,
+    );
     launch!(dev, "rope_f32", rows * per_row, 256, 0; a = xp, b = cs, cc = c, d = h, e = il, f = pr);
     Ok(())
 }
