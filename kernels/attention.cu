@@ -60,9 +60,11 @@ __device__ __forceinline__ void flash_prefill(
     __nv_bfloat16* ks = reinterpret_cast<__nv_bfloat16*>(ks_raw);
     __nv_bfloat16* vt = reinterpret_cast<__nv_bfloat16*>(vt_raw);
 
-    const int head = blockIdx.y, kv = head / group;
-    const int t0 = tiles[blockIdx.x * 4 + 0], n = tiles[blockIdx.x * 4 + 1];
-    const int seq = tiles[blockIdx.x * 4 + 2], pos0 = tiles[blockIdx.x * 4 + 3];
+    // Heads vary fastest and tiles run last to first, so the blocks with the most keys (a
+    // sequence's late tiles, for every head) start first and the short ones fill the tail.
+    const int head = blockIdx.x, kv = head / group, tile = gridDim.y - 1 - blockIdx.y;
+    const int t0 = tiles[tile * 4 + 0], n = tiles[tile * 4 + 1];
+    const int seq = tiles[tile * 4 + 2], pos0 = tiles[tile * 4 + 3];
     const int* table = tables + table_off[seq];
     const int last = pos0 + n - 1;
     const int first = window > 0 ? max(0, pos0 + 1 - window) : 0;
@@ -228,7 +230,9 @@ __device__ __forceinline__ void flash_prefill(
 #define FA_PASS q, kc, vc, out, tiles, table_off, tables, n_heads, group, k_width, v_width, block_size, scale, window
 
 extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_prefill_d64(FA_ARGS) { after_previous_grid(); flash_prefill<64>(FA_PASS); }
-extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_prefill_d128(FA_ARGS) { after_previous_grid(); flash_prefill<128>(FA_PASS); }
+// D = 128 on three blocks an SM (168 registers, 24 bytes of spill): the kernel waits on global
+// loads, and the two blocks of 4 warps that 174 registers allowed hid too little of it.
+extern "C" __global__ void __launch_bounds__(FA_THREADS, 3) flash_prefill_d128(FA_ARGS) { after_previous_grid(); flash_prefill<128>(FA_PASS); }
 
 // Per-query paged attention for D = 64 or 128 (decode rows and the short runs the flash tiles do
 // not take), f32 throughout: one block (8 warps) per (query row, KV head) serves the `group`

@@ -405,6 +405,12 @@ impl StepIndex {
             v_width as i32,
             self.block_size as i32,
         );
+        if tiles.len / 4 > 65535 {
+            return Err(Error::Shape(format!(
+                "{} query tiles of 64 in one step; the flash kernel's grid takes at most 65535",
+                tiles.len / 4
+            )));
+        }
         if tiles.len > 0 {
             let name = if h.qk_dim == 64 {
                 "flash_prefill_d64"
@@ -429,7 +435,7 @@ impl StepIndex {
                 .arg(&h.scale)
                 .arg(&window);
             let cfg = LaunchConfig {
-                grid_dim: ((tiles.len / 4) as u32, h.n_heads as u32, 1),
+                grid_dim: (h.n_heads as u32, (tiles.len / 4) as u32, 1),
                 block_dim: (128, 1, 1),
                 shared_mem_bytes: 0,
             };
