@@ -243,12 +243,17 @@ impl StepIndex {
     /// when the index was not built for it; see [`Self::has_rotary`]).
     pub fn rope(&self, x: &mut Tensor, rotary: &Rotary) -> Result<()> {
         self.check_serves(x)?;
+        rope_with(x, rotary, self.queries, self.rope_table(rotary)?)
+    }
+
+    /// The device address of the step's cos/sin rows for `rotary`.
+    fn rope_table(&self, rotary: &Rotary) -> Result<u64> {
         let (_, table) = self
             .rotaries
             .iter()
             .find(|(r, _)| r == rotary)
             .ok_or_else(|| Error::Shape("RoPE with a rotary the step index lacks".into()))?;
-        rope_with(x, rotary, self.queries, self.at(*table))
+        Ok(self.at(*table))
     }
 
     /// The step of a GQA layer between its QKV projection and attention in one launch: splits
@@ -264,11 +269,7 @@ impl StepIndex {
         values: &mut Tensor,
     ) -> Result<Tensor> {
         self.check_serves(qkv)?;
-        let (_, table) = self
-            .rotaries
-            .iter()
-            .find(|(r, _)| r == rotary)
-            .ok_or_else(|| Error::Shape("RoPE with a rotary the step index lacks".into()))?;
+        let cs = self.rope_table(rotary)?;
         let half = rotary.dim() / 2;
         let (rows, cols) = match qkv.dims() {
             &[r, c] => (r, c),
@@ -300,7 +301,7 @@ impl StepIndex {
         let per_row = (q_w / 2 + kv_w / 2).max(kv_w).div_ceil(256);
         let (qkvp, qp) = (f32_ptr(qkv)?, gpu(&q)?.ptr());
         let (kp, vp) = (gpu_mut(keys)?.ptr(), gpu_mut(values)?.ptr());
-        let (sp, cs) = (self.at(self.slot), self.at(*table));
+        let sp = self.at(self.slot);
         let (qw, kw, h) = (q_w as i32, kv_w as i32, half as i32);
         let (il, pr) = (rotary.interleaved() as i32, per_row as i32);
         let f = dev.function(Kernel::Ops, "qkv_rope_cache")?;
