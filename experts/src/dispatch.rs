@@ -1,6 +1,12 @@
 //! Dispatch plans: which physical replica serves every (token, k) pair, and in what order rows
 //! travel through the All-to-All.
 //!
+//! # One row per token and destination
+//! A token whose experts share a rank travels there once: the plan sends each destination the
+//! distinct tokens of its pairs (ascending) and, for every pair in send order, the index of its
+//! token among them; the receiver expands the rows back into pairs before the experts. The
+//! results still come back one per pair, so the source combines exactly as without the dedup.
+//!
 //! # Replica choice (deterministic)
 //! For a source rank `s` and a logical expert `e`, the candidate replicas are, in this order of
 //! preference, the replicas of `e` on rank `s` itself; if none, those on `s`'s node; if none, all
@@ -38,6 +44,12 @@ pub struct DispatchPlan {
     slot_counts: Vec<usize>,
     /// Pair indices grouped by destination rank, then local slot, then token order.
     send_order: Vec<u32>,
+    /// Distinct tokens per destination rank (the rows that travel).
+    row_counts: Vec<usize>,
+    /// The tokens of those rows, grouped by destination rank, ascending within each.
+    send_tokens: Vec<u32>,
+    /// For each pair of `send_order`: the index of its token among its destination's rows.
+    pair_rows: Vec<u32>,
 }
 
 impl DispatchPlan {
@@ -123,7 +135,9 @@ impl DispatchPlan {
             send_order[cursor[slot as usize]] = pair as u32;
             cursor[slot as usize] += 1;
         }
-        let rank_counts = slot_counts.chunks(spr).map(|c| c.iter().sum()).collect();
+        let rank_counts: Vec<usize> = slot_counts.chunks(spr).map(|c| c.iter().sum()).collect();
+        let (row_counts, send_tokens, pair_rows) =
+            dedup_tokens(&send_order, &rank_counts, routing.top_k);
         Ok(DispatchPlan {
             src_rank,
             n_ranks,
@@ -132,6 +146,9 @@ impl DispatchPlan {
             rank_counts,
             slot_counts,
             send_order,
+            row_counts,
+            send_tokens,
+            pair_rows,
         })
     }
 
@@ -164,18 +181,65 @@ impl DispatchPlan {
         &self.send_order
     }
 
-    /// Bytes of the rows this rank sends to other ranks (pairs, not deduplicated tokens; rows
-    /// for its own rank stay local and are not counted).
-    pub fn alltoall_bytes(&self, hidden: usize, bytes_per_elem: usize) -> u64 {
-        let rows: usize = self
-            .rank_counts
-            .iter()
-            .enumerate()
-            .filter(|&(r, _)| r != self.src_rank)
-            .map(|(_, &c)| c)
-            .sum();
-        rows as u64 * hidden as u64 * bytes_per_elem as u64
+    /// Distinct tokens sent to every destination rank (the row All-to-All's split sizes).
+    pub fn row_counts(&self) -> &[usize] {
+        &self.row_counts
     }
+
+    /// The token of every row sent, grouped by destination rank, ascending within each.
+    pub fn send_tokens(&self) -> &[u32] {
+        &self.send_tokens
+    }
+
+    /// For every pair of [`Self::send_order`]: the index of its token among the rows sent to its
+    /// destination (what the receiver needs to expand rows back into pairs).
+    pub fn pair_rows(&self) -> &[u32] {
+        &self.pair_rows
+    }
+
+    /// Bytes this rank's dispatch sends to other ranks: one row per (token, destination) and a
+    /// u32 row index per pair (rows and pairs for its own rank stay local and are not counted).
+    pub fn alltoall_bytes(&self, hidden: usize, bytes_per_elem: usize) -> u64 {
+        let others = |counts: &[usize]| -> u64 {
+            counts
+                .iter()
+                .enumerate()
+                .filter(|&(r, _)| r != self.src_rank)
+                .map(|(_, &c)| c as u64)
+                .sum()
+        };
+        others(&self.row_counts) * (hidden * bytes_per_elem) as u64
+            + others(&self.rank_counts) * std::mem::size_of::<u32>() as u64
+    }
+}
+
+/// Per destination (the `rank_counts` segments of `send_order`): its distinct tokens, ascending,
+/// and each pair's index among them.
+fn dedup_tokens(
+    send_order: &[u32],
+    rank_counts: &[usize],
+    top_k: usize,
+) -> (Vec<usize>, Vec<u32>, Vec<u32>) {
+    let mut row_counts = Vec::with_capacity(rank_counts.len());
+    let mut send_tokens = Vec::new();
+    let mut pair_rows = Vec::with_capacity(send_order.len());
+    let mut start = 0;
+    for &n in rank_counts {
+        let pairs = &send_order[start..start + n];
+        let mut tokens: Vec<u32> = pairs.iter().map(|&p| p / top_k as u32).collect();
+        tokens.sort_unstable();
+        tokens.dedup();
+        for &p in pairs {
+            let row = tokens
+                .binary_search(&(p / top_k as u32))
+                .expect("every pair's token is among its destination's tokens");
+            pair_rows.push(row as u32);
+        }
+        row_counts.push(tokens.len());
+        send_tokens.extend(tokens);
+        start += n;
+    }
+    (row_counts, send_tokens, pair_rows)
 }
 
 /// The receive side: rows arrive concatenated by source rank, each source's chunk grouped by

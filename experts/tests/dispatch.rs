@@ -17,7 +17,11 @@ fn analytic_counts_and_bytes() {
     assert_eq!(plan.slot_counts(0), &[1, 1]);
     assert_eq!(plan.slot_counts(1), &[2, 2]);
     assert_eq!(plan.send_order(), &[0, 3, 1, 4, 2, 5]);
-    assert_eq!(plan.alltoall_bytes(7168, 2), 4 * 7168 * 2);
+    // Rank 1 gets pairs of tokens 0, 2 (slot 2) and 1, 2 (slot 3): three rows, token 2 once.
+    assert_eq!(plan.row_counts(), &[2, 3]);
+    assert_eq!(plan.send_tokens(), &[0, 1, 0, 1, 2]);
+    assert_eq!(plan.pair_rows(), &[0, 1, 0, 2, 1, 2]);
+    assert_eq!(plan.alltoall_bytes(7168, 2), 3 * 7168 * 2 + 4 * 4);
 }
 
 #[test]
@@ -125,6 +129,23 @@ proptest! {
         prop_assert_eq!(plan.rank_counts().iter().sum::<usize>(), n_tokens * k);
         let keys: Vec<(u32, u32)> = plan.send_order().iter().map(|&q| (plan.chosen_slots()[q as usize], q)).collect();
         prop_assert!(keys.windows(2).all(|w| w[0] < w[1]));
+        // The rows sent: each destination's distinct tokens, ascending, and every pair reads
+        // its own token's row.
+        let (mut pair_at, mut row_at) = (0, 0);
+        for (d, &n) in plan.rank_counts().iter().enumerate() {
+            let pairs = &plan.send_order()[pair_at..pair_at + n];
+            let rows = &plan.send_tokens()[row_at..row_at + plan.row_counts()[d]];
+            let mut want: Vec<u32> = pairs.iter().map(|&q| q / k as u32).collect();
+            want.sort_unstable();
+            want.dedup();
+            prop_assert_eq!(rows, &want[..]);
+            for (i, &q) in pairs.iter().enumerate() {
+                prop_assert_eq!(rows[plan.pair_rows()[pair_at + i] as usize], q / k as u32);
+            }
+            pair_at += n;
+            row_at += plan.row_counts()[d];
+        }
+        prop_assert_eq!(row_at, plan.send_tokens().len());
         for (q, &slot) in plan.chosen_slots().iter().enumerate() {
             let e = r.experts[q] as usize;
             prop_assert_eq!(p.expert_of_slot(slot as usize), Some(e as u32));

@@ -1,9 +1,13 @@
 //! Expert parallelism: the (token, expert) pairs of this rank travel to the ranks that hold
 //! their experts and back (Lepikhin et al. 2020, GShard; DeepSeek-V3 §3.4).
 //!
-//! plan (replica per pair) → All-to-All of per-slot counts → All-to-All of rows → group the
-//! received rows by local slot → grouped SwiGLU → ungroup → All-to-All back → weighted sum in
-//! token order. Dropless: every pair is computed. With one rank the All-to-Alls are local copies.
+//! plan (replica per pair) → All-to-All of per-slot counts → All-to-All of one row per (token,
+//! destination) and of each pair's row index → expand into pairs, group by local slot → grouped
+//! SwiGLU → ungroup → All-to-All of the pairs' results back → weighted sum in token order.
+//! Dropless: every pair is computed. With one rank the All-to-Alls are local copies. A token
+//! travels once to each rank that holds any of its experts (DeepSeek-V3 §3.4 caps the nodes
+//! for the same reason); results return per pair so the sum runs in the same order as on one
+//! rank, and every layout gives bit-identical answers.
 
 use super::ExpertBank;
 use crate::comm::Communicator;
@@ -59,14 +63,25 @@ pub fn dispatch_combine(
         .chunks(per_rank)
         .map(|c| c.iter().map(|&v| v as usize).collect())
         .collect();
-    // 2. The rows themselves, in send order (by destination, then slot, then token), on the
-    // device the tokens live on (a GPU communicator never copies them through the host).
-    let send = ops::gather_rows(x, plan.send_order(), k)?;
-    let (received, recv_rows) = comm.all_to_all_rows(&send, plan.rank_counts())?;
-    // 3. Group by local slot, run the experts, ungroup (the permutation is computed on the host
-    // from the exchanged counts; the rows move on the device).
+    // 2. The rows themselves, one per (token, destination), on the device the tokens live on (a
+    // GPU communicator never copies them through the host); then, for every pair in send order,
+    // which of its source's rows it reads.
+    let send = ops::gather_rows(x, plan.send_tokens(), 1)?;
+    let (rows, rows_from) = comm.all_to_all_rows(&send, plan.row_counts())?;
+    let (pair_rows, recv_rows) = comm.all_to_all_v_u32(plan.pair_rows(), plan.rank_counts())?;
+    let pair_row = expand_pairs(&pair_rows, &recv_rows, &rows_from)?;
+    // 3. Expand into pairs grouped by local slot (one gather), run the experts, ungroup (the
+    // permutations are computed on the host from the exchanged counts; rows move on the device).
     let perm = RecvPermutation::new(&recv_matrix).map_err(dispatch_err)?;
-    let grouped = ops::gather_rows(&received, &perm.perm, 1)?;
+    if perm.perm.len() != pair_row.len() {
+        return Err(dispatch_err(format!(
+            "the slot counts announce {} pairs, the row indices {}",
+            perm.perm.len(),
+            pair_row.len()
+        )));
+    }
+    let by_slot: Vec<u32> = perm.perm.iter().map(|&i| pair_row[i as usize]).collect();
+    let grouped = ops::gather_rows(&rows, &by_slot, 1)?;
     let computed = bank.forward_grouped(&grouped, &perm.slot_offsets)?;
     let back_rows = ops::gather_rows(&computed, &perm.inverse(), 1)?;
     // 4. Back to the sources, which receive their rows in the order they sent them.
@@ -88,6 +103,33 @@ pub fn dispatch_combine(
         measured_bytes: comm.bytes_moved() - bytes_before,
     };
     Ok((out, stats))
+}
+
+/// Row indices into the received rows (sources one after another) of every received pair:
+/// source s's pairs read `pair_rows` relative to the first of its `rows_from[s]` rows.
+fn expand_pairs(pair_rows: &[u32], pairs_from: &[usize], rows_from: &[usize]) -> Result<Vec<u32>> {
+    let mut out = Vec::with_capacity(pair_rows.len());
+    let (mut at, mut base) = (0usize, 0usize);
+    for (src, (&n, &rows)) in pairs_from.iter().zip(rows_from).enumerate() {
+        for &r in pair_rows.get(at..at + n).unwrap_or(&[]) {
+            if r as usize >= rows {
+                return Err(dispatch_err(format!(
+                    "rank {src} sent a pair reading row {r} of the {rows} it sent"
+                )));
+            }
+            out.push((base + r as usize) as u32);
+        }
+        at += n;
+        base += rows;
+    }
+    if out.len() != pair_rows.len() {
+        return Err(dispatch_err(format!(
+            "{} pair row indices received for {} pairs",
+            pair_rows.len(),
+            out.len()
+        )));
+    }
+    Ok(out)
 }
 
 fn dispatch_err(e: impl std::fmt::Display) -> Error {
