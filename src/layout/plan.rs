@@ -218,8 +218,10 @@ impl std::fmt::Display for Plan {
         let _ = writeln!(
             s,
             "All-to-All (dispatch + combine, uniform routing): {} per token per MoE layer \
-             ({:.3} off-rank copies per token-expert pair), {} per token over {} MoE layers",
+             ({:.3} other ranks per token out, {:.3} per token-expert pair back), {} per token \
+             over {} MoE layers",
             gb(a.bytes_per_token_layer),
+            a.off_rank_per_token,
             a.off_rank_per_pair,
             gb(a.bytes_per_token),
             a.moe_layers_per_stage.iter().sum::<usize>()
