@@ -52,7 +52,39 @@ pub fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
         .map(|(a, b)| ((a - b) as f64).powi(2))
         .sum();
     let norm: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
-    (diff / norm).sqrt()
+    (diff / norm.max(1e-30)).sqrt()
+}
+/// Random values already representable in bf16, so uploading a weight as bf16 is exact.
+pub fn rand_t(
+    rng: &mut rand_chacha::ChaCha8Rng,
+    dims: &[usize],
+    scale: f32,
+) -> switchyard::tensor::Tensor {
+    use rand::Rng;
+    let n: usize = dims.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|_| half::bf16::from_f32(rng.random_range(-scale..scale)).to_f32())
+        .collect();
+    switchyard::tensor::Tensor::from_f32(dims.to_vec(), v).unwrap()
+}
+
+/// `got` (on any device) against `want` within relative L2 error `tol`; every element of `got`
+/// must be finite (the GPU tests poison outputs with NaN, so an unwritten element fails).
+pub fn close(
+    what: &str,
+    got: &switchyard::tensor::Tensor,
+    want: &switchyard::tensor::Tensor,
+    tol: f64,
+) {
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    let got = got.to_cpu().unwrap().into_vec();
+    assert!(
+        got.iter().all(|v| v.is_finite()),
+        "{what}: non-finite output (an element was not written?)"
+    );
+    let e = rel_l2(&got, want.as_slice());
+    eprintln!("{what}: relative L2 error {e:.2e}");
+    assert!(e <= tol, "{what}: relative error {e:.2e} > {tol:.0e}");
 }
 
 /// Greedy margin under which a token may legitimately differ from the golden.
