@@ -11,8 +11,9 @@ use half::bf16;
 use switchyard_experts::RouterConfig;
 
 use super::moe::{GemmPath, MoeShape, MoeWorkspace, RouterParams};
+use super::ops::raw;
 use super::ops::{gpu, grid_for, wrap, THREADS};
-use super::overlap::{self, address, Args};
+use super::overlap::{self, Args};
 use super::storage::{alloc, CudaHandle, DevBuf};
 use super::{dev_err, CudaDevice, Kernel};
 use crate::error::{Error, Result};
@@ -228,7 +229,7 @@ fn cast<A, B>(
     n: usize,
 ) -> Result<()> {
     let f = dev.function(Kernel::Ops, name)?;
-    let (sp, dp, nn) = (address(dev, src), address(dev, dst), n as i64);
+    let (sp, dp, nn) = (raw(dev, src), raw(dev, dst), n as i64);
     let mut b = Args::new();
     b.arg(&sp).arg(&dp).arg(&nn);
     let cfg = LaunchConfig {

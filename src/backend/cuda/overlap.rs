@@ -9,12 +9,10 @@
 use std::ffi::c_void;
 use std::marker::PhantomData;
 
-use cudarc::driver::{
-    sys, CudaFunction, DevicePtr, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{sys, CudaFunction, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg};
 
 use super::dev_err;
-use super::device::{CudaDevice, DeviceBuffer};
+use super::device::CudaDevice;
 use crate::error::Result;
 
 /// Set (to anything) to launch these kernels the ordinary way: a diagnostic switch for measuring
@@ -66,12 +64,6 @@ impl Default for Args<'_> {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// The device address of `b`, as a kernel takes a pointer argument.
-pub fn address<T>(dev: &CudaDevice, b: &DeviceBuffer<T>) -> u64 {
-    // Everything here runs on the device's one stream: dropping the guard at once keeps the order.
-    b.device_ptr(dev.stream()).0
 }
 
 /// Launches `f` on the device's stream, allowed to start before the previous kernel ends where

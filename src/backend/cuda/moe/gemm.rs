@@ -18,7 +18,8 @@ use super::wgmma::{self, WgmmaTile};
 use super::{GemmPath, MoeShape, MoeWorkspace};
 use crate::backend::cuda::dev_err;
 use crate::backend::cuda::device::{CudaDevice, DeviceBuffer, Kernel};
-use crate::backend::cuda::overlap::{self, address, ArgSink, Args};
+use crate::backend::cuda::ops::raw;
+use crate::backend::cuda::overlap::{self, ArgSink, Args};
 use crate::error::Result;
 
 /// Which kernel family runs.
@@ -144,9 +145,9 @@ pub(super) struct Maps {
 impl Maps {
     fn of(dev: &CudaDevice, ws: &MoeWorkspace) -> Self {
         Self {
-            order: address(dev, &ws.order),
-            offsets: address(dev, &ws.offsets),
-            tile_offsets: address(dev, &ws.tile_offsets),
+            order: raw(dev, &ws.order),
+            offsets: raw(dev, &ws.offsets),
+            tile_offsets: raw(dev, &ws.tile_offsets),
         }
     }
 }
@@ -201,15 +202,15 @@ pub(super) fn gate_up(
     let n_pairs = n_tokens * s.top_k;
     let a = if family(dev, path, &s) == Family::Wgmma {
         gather(dev, ws, x, n_pairs)?;
-        address(dev, &ws.y)
+        raw(dev, &ws.y)
     } else {
-        address(dev, x)
+        raw(dev, x)
     };
     let op = Operands {
         gate_up: true,
         a,
-        w: address(dev, w),
-        out: address(dev, &ws.act),
+        w: raw(dev, w),
+        out: raw(dev, &ws.act),
         pair_weight: 0,
         n_total: 2 * s.inter,
         k: s.hidden,
@@ -233,10 +234,10 @@ pub(super) fn down(
     let s = ws.shape;
     let op = Operands {
         gate_up: false,
-        a: address(dev, &ws.act),
-        w: address(dev, w),
-        out: address(dev, &ws.y),
-        pair_weight: address(dev, &ws.weights),
+        a: raw(dev, &ws.act),
+        w: raw(dev, w),
+        out: raw(dev, &ws.y),
+        pair_weight: raw(dev, &ws.weights),
         n_total: s.hidden,
         k: s.inter,
         n_out: s.hidden,

@@ -13,6 +13,7 @@ use cudarc::driver::LaunchConfig;
 use half::bf16;
 
 use super::device::{CudaDevice, DeviceBuffer, Kernel};
+use super::ops::raw;
 use super::overlap::{self, Args};
 use crate::error::{Error, Result};
 
@@ -112,7 +113,7 @@ impl GemmPath {
 fn addr<T>(dev: &CudaDevice, b: Option<&DeviceBuffer<T>>) -> u64 {
     // The guard only records a stream event in multi-stream mode; everything here runs on the
     // device's single stream, so dropping it at once keeps the ordering.
-    b.map(|b| overlap::address(dev, b)).unwrap_or(0)
+    b.map(|b| raw(dev, b)).unwrap_or(0)
 }
 
 /// Buffers of one MoE layer call, sized for up to `max_tokens` tokens (reused across layers).
@@ -251,10 +252,10 @@ impl MoeWorkspace {
         }
         let f = dev.function(Kernel::Combine, "moe_combine")?;
         let ptrs = [
-            overlap::address(dev, &self.y),
-            overlap::address(dev, &self.row_of_pair),
+            raw(dev, &self.y),
+            raw(dev, &self.row_of_pair),
             addr(dev, addend),
-            overlap::address(dev, out),
+            raw(dev, out),
         ];
         let (hi, k) = (h as i32, self.shape.top_k as i32);
         let mut a = Args::new();

@@ -9,8 +9,16 @@ use switchyard_experts::{GroupMask, RoutedScaling, RouterConfig, ScoreFunction, 
 use super::{addr, GemmPath, MoeWorkspace, CHUNK, MAX_EXPERTS};
 use crate::backend::cuda::dev_err;
 use crate::backend::cuda::device::{CudaDevice, DeviceBuffer, Kernel};
+use crate::backend::cuda::ops::raw;
 use crate::backend::cuda::overlap::{self, Args};
 use crate::error::{Error, Result};
+
+/// The launch of the one-block kernels: 1024 threads, a thread per expert.
+const ONE_BLOCK: LaunchConfig = LaunchConfig {
+    grid_dim: (1, 1, 1),
+    block_dim: (1024, 1, 1),
+    shared_mem_bytes: 0,
+};
 
 /// Most experts a token the routing kernel picks (one lane of a warp keeps each pick).
 pub const MAX_TOP_K: usize = 32;
@@ -139,10 +147,10 @@ impl RouteOperands {
         n_tokens: usize,
     ) -> Self {
         Self {
-            logits: overlap::address(dev, logits),
+            logits: raw(dev, logits),
             bias: if p.is_noaux() { addr(dev, bias) } else { 0 },
-            experts: overlap::address(dev, &ws.experts),
-            weights: overlap::address(dev, &ws.weights),
+            experts: raw(dev, &ws.experts),
+            weights: raw(dev, &ws.weights),
             n_tokens: n_tokens as i32,
         }
     }
@@ -216,18 +224,14 @@ impl MoeWorkspace {
             &self.order,
             &self.row_of_pair,
         ]
-        .map(|b| overlap::address(dev, b));
+        .map(|b| raw(dev, b));
         let mut a = Args::new();
         ops.push(&mut a, p);
         a.arg(&bm);
         for o in &outs {
             a.arg(o);
         }
-        let cfg = LaunchConfig {
-            grid_dim: (1, 1, 1),
-            block_dim: (1024, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = ONE_BLOCK;
         // SAFETY: as `route` for n_tokens <= 32 tokens, then as `expert_permute_one` for
         // n_tokens * top_k <= CHUNK pairs of experts < n_experts <= 256 (the picks stay in
         // shared memory as well); it waits for the previous kernel before it reads the logits.
@@ -281,14 +285,7 @@ impl MoeWorkspace {
                 .arg(&mut self.row_of_pair);
             // SAFETY: n_pairs <= CHUNK experts (< n_experts <= 1024, written by route) are read;
             // n_experts + 1 offsets and tile offsets and n_pairs order / row_of_pair entries written.
-            unsafe {
-                b.launch(LaunchConfig {
-                    grid_dim: (1, 1, 1),
-                    block_dim: (1024, 1, 1),
-                    shared_mem_bytes: 0,
-                })
-            }
-            .map_err(dev_err("launching expert_permute_one"))?;
+            unsafe { b.launch(ONE_BLOCK) }.map_err(dev_err("launching expert_permute_one"))?;
             return Ok(());
         }
         let smem = (self.shape.n_experts * 4) as u32;
@@ -318,14 +315,7 @@ impl MoeWorkspace {
             .arg(&mut self.tile_offsets);
         // SAFETY: one block of 1024 threads over n_experts <= 1024 columns of n_chunks counts;
         // writes n_experts + 1 offsets and tile offsets.
-        unsafe {
-            b.launch(LaunchConfig {
-                grid_dim: (1, 1, 1),
-                block_dim: (1024, 1, 1),
-                shared_mem_bytes: 0,
-            })
-        }
-        .map_err(dev_err("launching expert_offsets"))?;
+        unsafe { b.launch(ONE_BLOCK) }.map_err(dev_err("launching expert_offsets"))?;
         let mut b = dev.stream().launch_builder(&scatter);
         b.arg(&self.experts)
             .arg(&np)

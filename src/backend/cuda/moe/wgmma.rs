@@ -3,12 +3,13 @@
 
 use std::ffi::c_void;
 
-use cudarc::driver::{sys, CudaFunction, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{sys, CudaFunction, LaunchConfig, PushKernelArg};
 
 use super::gemm::Operands;
 use super::MoeWorkspace;
 use crate::backend::cuda::dev_err;
 use crate::backend::cuda::device::{CudaDevice, Kernel};
+use crate::backend::cuda::ops::raw;
 use crate::error::{Error, Result};
 
 /// The tile shape of the Hopper kernels (kernels/grouped_gemm_sm90.cu and
@@ -309,8 +310,7 @@ pub(super) fn launch(
         dev.stream()
             .memset_zeros(&mut ws.tile_counter)
             .map_err(dev_err("zeroing the tile counter"))?;
-        // Single stream: dropping the guard at once keeps the ordering (see gemm.rs `ptr`).
-        ws.tile_counter.device_ptr(dev.stream()).0
+        raw(dev, &ws.tile_counter)
     };
     let ws: &MoeWorkspace = ws;
     let mut b = dev.stream().launch_builder(&f);
