@@ -240,6 +240,16 @@ fn paged_decode_against_reference() {
     }
 }
 
+/// Unscaled RoPE of base `theta` over `dim` dims.
+fn rotary(theta: f64, interleaved: bool, dim: usize) -> Rotary {
+    let cfg = RopeConfig {
+        theta,
+        scaling: RopeScaling::None,
+        interleaved,
+    };
+    Rotary::new(&cfg, dim)
+}
+
 /// A prefill, a decode row, a short chunk and a long chunk over scattered blocks of `bs` slots
 /// (40 blocks in all).
 fn mixed_batch(bs: usize) -> StepBatch {
@@ -267,20 +277,10 @@ fn qkv_rope_cache_in_one_launch() {
     let bs = 16;
     let batch = mixed_batch(bs);
     let t = batch.tokens.len();
-    let rope = |theta, interleaved, dim| {
-        Rotary::new(
-            &RopeConfig {
-                theta,
-                scaling: RopeScaling::None,
-                interleaved,
-            },
-            dim,
-        )
-    };
     let (half, inter, absent) = (
-        rope(10000.0, false, 128),
-        rope(10000.0, true, 64),
-        rope(500.0, false, 64),
+        rotary(10000.0, false, 128),
+        rotary(10000.0, true, 64),
+        rotary(500.0, false, 64),
     );
     let cpu_step = AttentionStep::new(&batch, bs, &Device::Cpu, &[]).unwrap();
     let gpu_step = AttentionStep::new(&batch, bs, &d, &[&half, &inter]).unwrap();
@@ -389,15 +389,7 @@ fn step_index_serves_every_layer() {
     let bs = 16;
     let batch = mixed_batch(bs);
     let t = batch.tokens.len();
-    let rope_cfg = |theta| RopeConfig {
-        theta,
-        scaling: RopeScaling::None,
-        interleaved: false,
-    };
-    let (r1, r2) = (
-        Rotary::new(&rope_cfg(10000.0), 64),
-        Rotary::new(&rope_cfg(500.0), 32),
-    );
+    let (r1, r2) = (rotary(10000.0, false, 64), rotary(500.0, false, 32));
     let cpu_step = AttentionStep::new(&batch, bs, &Device::Cpu, &[&r1]).unwrap();
     let gpu_step = AttentionStep::new(&batch, bs, &d, &[&r1]).unwrap();
     for (dim, rotary) in [(64, &r1), (32, &r2)] {

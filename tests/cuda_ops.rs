@@ -8,8 +8,10 @@ mod common;
 use common::{close, gpu, rand_t};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use switchyard::backend::Device;
 use switchyard::config::{RopeConfig, RopeScaling};
 use switchyard::ops::{self, Rotary};
+use switchyard::tensor::Tensor;
 
 #[test]
 fn linear_with_and_without_bias() {
@@ -48,6 +50,80 @@ fn linear_with_and_without_bias() {
     }
 }
 
+/// RMSNorm and RMSNorm with the residual add over `rows` x `cols`, GPU against CPU; returns the
+/// input rows and the added rows for further checks.
+fn check_norms(d: &Device, rng: &mut ChaCha8Rng, rows: usize, cols: usize) -> (Tensor, Tensor) {
+    let (x, w, delta) = (
+        rand_t(rng, &[rows, cols], 2.0),
+        rand_t(rng, &[cols], 1.0),
+        rand_t(rng, &[rows, cols], 1.0),
+    );
+    let (xd, wd, dd) = (
+        x.to_device(d).unwrap(),
+        w.to_device(d).unwrap(),
+        delta.to_device(d).unwrap(),
+    );
+    close(
+        &format!("rms_norm over {cols}"),
+        &ops::rms_norm(&xd, &wd, 1e-6).unwrap(),
+        &ops::rms_norm(&x, &w, 1e-6).unwrap(),
+        1e-5,
+    );
+    let (mut rc, mut rg) = (x.clone(), xd.clone());
+    let yc = ops::add_rms_norm(&mut rc, &delta, &w, 1e-6).unwrap();
+    let yg = ops::add_rms_norm(&mut rg, &dd, &wd, 1e-6).unwrap();
+    close(&format!("add_rms_norm out over {cols}"), &yg, &yc, 1e-5);
+    close(
+        &format!("add_rms_norm residual over {cols}"),
+        &rg,
+        &rc,
+        1e-6,
+    );
+    close("clone untouched by the in-place add", &xd, &x, 0.0);
+    (x, delta)
+}
+
+/// Column slices, concatenation, row gathers and scatters of `rows` rows `x_w` (and `y_w`)
+/// wide, GPU against CPU, exactly.
+#[allow(clippy::too_many_arguments)]
+fn check_copies(
+    d: &Device,
+    rng: &mut ChaCha8Rng,
+    (rows, x_w, y_w): (usize, usize, usize),
+    (start, len): (usize, usize),
+    order: &[u32],
+    slots: &[usize],
+    (dst_w, col): (usize, usize),
+) {
+    let x = rand_t(rng, &[rows, x_w], 1.0);
+    let y = rand_t(rng, &[rows, y_w], 1.0);
+    let (xd, yd) = (x.to_device(d).unwrap(), y.to_device(d).unwrap());
+    close(
+        &format!("narrow_cols of {len}"),
+        &ops::narrow_cols(&xd, start, len).unwrap(),
+        &ops::narrow_cols(&x, start, len).unwrap(),
+        0.0,
+    );
+    close(
+        &format!("concat_cols of {x_w} + {y_w} + {x_w}"),
+        &ops::concat_cols(&[&xd, &yd, &xd]).unwrap(),
+        &ops::concat_cols(&[&x, &y, &x]).unwrap(),
+        0.0,
+    );
+    close(
+        &format!("gather_rows of {x_w}"),
+        &ops::gather_rows(&xd, order, 2).unwrap(),
+        &ops::gather_rows(&x, order, 2).unwrap(),
+        0.0,
+    );
+    let n_slots = slots.iter().max().map_or(0, |m| m + 1);
+    let mut c = rand_t(rng, &[n_slots * dst_w], 1.0);
+    let mut g = c.to_device(d).unwrap();
+    ops::scatter_rows(&mut c, dst_w, col, slots, &x).unwrap();
+    ops::scatter_rows(&mut g, dst_w, col, slots, &xd).unwrap();
+    close(&format!("scatter_rows of {x_w}"), &g, &c, 0.0);
+}
+
 #[test]
 fn embedding_norms_add_and_gates() {
     let Some(d) = gpu() else { return };
@@ -61,28 +137,8 @@ fn embedding_norms_add_and_gates() {
         0.0,
     );
     assert!(ops::embedding(&table.to_device_bf16(&d).unwrap(), &[50]).is_err());
-    let (x, w, delta) = (
-        rand_t(&mut rng, &[6, 40], 2.0),
-        rand_t(&mut rng, &[40], 1.0),
-        rand_t(&mut rng, &[6, 40], 1.0),
-    );
-    let (xd, wd, dd) = (
-        x.to_device(&d).unwrap(),
-        w.to_device(&d).unwrap(),
-        delta.to_device(&d).unwrap(),
-    );
-    close(
-        "rms_norm",
-        &ops::rms_norm(&xd, &wd, 1e-6).unwrap(),
-        &ops::rms_norm(&x, &w, 1e-6).unwrap(),
-        1e-5,
-    );
-    let (mut rc, mut rg) = (x.clone(), xd.clone());
-    let yc = ops::add_rms_norm(&mut rc, &delta, &w, 1e-6).unwrap();
-    let yg = ops::add_rms_norm(&mut rg, &dd, &wd, 1e-6).unwrap();
-    close("add_rms_norm out", &yg, &yc, 1e-5);
-    close("add_rms_norm residual", &rg, &rc, 1e-6);
-    close("clone untouched by the in-place add", &xd, &x, 0.0);
+    let (x, delta) = check_norms(&d, &mut rng, 6, 40);
+    let (xd, dd) = (x.to_device(&d).unwrap(), delta.to_device(&d).unwrap());
     let wh = rand_t(&mut rng, &[8], 1.0);
     let (mut c, mut g) = (x.clone(), xd.clone());
     ops::rms_norm_chunks(&mut c, &wh, 1e-5).unwrap();
@@ -120,11 +176,14 @@ fn rope_half_interleaved_and_yarn() {
         attention_factor: None,
         truncate: true,
     };
-    for (scaling, interleaved) in [
-        (RopeScaling::None, false),
-        (RopeScaling::None, true),
-        (yarn.clone(), true),
-        (yarn, false),
+    // (dim 128 over 32 heads: several blocks a row)
+    for (scaling, interleaved, dim, heads) in [
+        (RopeScaling::None, false, 16, 4),
+        (RopeScaling::None, true, 16, 4),
+        (yarn.clone(), true, 16, 4),
+        (yarn, false, 16, 4),
+        (RopeScaling::None, false, 128, 32),
+        (RopeScaling::None, true, 128, 32),
     ] {
         let r = Rotary::new(
             &RopeConfig {
@@ -132,132 +191,57 @@ fn rope_half_interleaved_and_yarn() {
                 scaling,
                 interleaved,
             },
-            16,
+            dim,
         );
-        let x = rand_t(&mut rng, &[5, 64], 1.0);
+        let x = rand_t(&mut rng, &[5, heads * dim], 1.0);
         let pos = [0usize, 1, 7, 300, 4095];
         let (mut c, mut g) = (x.clone(), x.to_device(&d).unwrap());
         ops::rope(&mut c, &r, &pos).unwrap();
         ops::rope(&mut g, &r, &pos).unwrap();
-        close("rope", &g, &c, 1e-6);
+        close(&format!("rope dim {dim}, {heads} heads"), &g, &c, 1e-6);
     }
 }
 
+/// Narrow rows (one block a row) and whole hidden rows (several blocks a row).
 #[test]
 fn copies_gathers_and_scatters() {
     let Some(d) = gpu() else { return };
     let mut rng = ChaCha8Rng::seed_from_u64(4);
-    let x = rand_t(&mut rng, &[5, 24], 1.0);
-    let y = rand_t(&mut rng, &[5, 8], 1.0);
-    let (xd, yd) = (x.to_device(&d).unwrap(), y.to_device(&d).unwrap());
-    close(
-        "narrow_cols",
-        &ops::narrow_cols(&xd, 7, 9).unwrap(),
-        &ops::narrow_cols(&x, 7, 9).unwrap(),
-        0.0,
-    );
-    close(
-        "concat_cols",
-        &ops::concat_cols(&[&xd, &yd, &xd]).unwrap(),
-        &ops::concat_cols(&[&x, &y, &x]).unwrap(),
-        0.0,
-    );
     let order = [9u32, 0, 4, 4, 1, 8];
-    close(
-        "gather_rows",
-        &ops::gather_rows(&xd, &order, 2).unwrap(),
-        &ops::gather_rows(&x, &order, 2).unwrap(),
-        0.0,
+    check_copies(
+        &d,
+        &mut rng,
+        (5, 24, 8),
+        (7, 9),
+        &order,
+        &[11, 2, 7, 0, 5],
+        (30, 4),
     );
-    let slots = [11usize, 2, 7, 0, 5];
-    let mut c = rand_t(&mut rng, &[12 * 30], 1.0);
-    let mut g = c.to_device(&d).unwrap();
-    ops::scatter_rows(&mut c, 30, 4, &slots, &x).unwrap();
-    ops::scatter_rows(&mut g, 30, 4, &slots, &xd).unwrap();
-    close("scatter_rows", &g, &c, 0.0);
+    let order = [5u32, 0, 2, 2];
+    check_copies(
+        &d,
+        &mut rng,
+        (3, 5000, 1000),
+        (700, 3000),
+        &order,
+        &[3, 0, 2],
+        (5100, 50),
+    );
 }
 
-/// Rows wider than one block's pass (several values a thread, several blocks a row): the
-/// decode-width norms, RoPE over all heads of a row, and copies of whole hidden rows.
+/// Norms over rows wider than one block's pass (several values a thread), up to the kernel's
+/// limit, and a clear error past it.
 #[test]
 fn wide_rows_take_several_blocks_a_row() {
     let Some(d) = gpu() else { return };
     let mut rng = ChaCha8Rng::seed_from_u64(8);
     for cols in [4096, 7168, 16384] {
-        let (x, w, delta) = (
-            rand_t(&mut rng, &[3, cols], 2.0),
-            rand_t(&mut rng, &[cols], 1.0),
-            rand_t(&mut rng, &[3, cols], 1.0),
-        );
-        let (xd, wd, dd) = (
-            x.to_device(&d).unwrap(),
-            w.to_device(&d).unwrap(),
-            delta.to_device(&d).unwrap(),
-        );
-        close(
-            &format!("rms_norm over {cols}"),
-            &ops::rms_norm(&xd, &wd, 1e-6).unwrap(),
-            &ops::rms_norm(&x, &w, 1e-6).unwrap(),
-            1e-5,
-        );
-        let (mut rc, mut rg) = (x.clone(), xd.clone());
-        let yc = ops::add_rms_norm(&mut rc, &delta, &w, 1e-6).unwrap();
-        let yg = ops::add_rms_norm(&mut rg, &dd, &wd, 1e-6).unwrap();
-        close(&format!("add_rms_norm over {cols}"), &yg, &yc, 1e-5);
-        close(
-            &format!("add_rms_norm residual over {cols}"),
-            &rg,
-            &rc,
-            1e-6,
-        );
+        check_norms(&d, &mut rng, 3, cols);
     }
     let too_wide = rand_t(&mut rng, &[1, 16385], 1.0).to_device(&d).unwrap();
     let w = rand_t(&mut rng, &[16385], 1.0).to_device(&d).unwrap();
     let err = ops::rms_norm(&too_wide, &w, 1e-6).unwrap_err().to_string();
     assert!(err.contains("16385"), "{err}");
-
-    for interleaved in [false, true] {
-        let r = Rotary::new(
-            &RopeConfig {
-                theta: 10000.0,
-                scaling: RopeScaling::None,
-                interleaved,
-            },
-            128,
-        );
-        let x = rand_t(&mut rng, &[3, 32 * 128], 1.0);
-        let (mut c, mut g) = (x.clone(), x.to_device(&d).unwrap());
-        ops::rope(&mut c, &r, &[0, 9, 2000]).unwrap();
-        ops::rope(&mut g, &r, &[0, 9, 2000]).unwrap();
-        close("rope over 32 heads of 128", &g, &c, 1e-6);
-    }
-
-    let x = rand_t(&mut rng, &[3, 5000], 1.0);
-    let y = rand_t(&mut rng, &[3, 1000], 1.0);
-    let (xd, yd) = (x.to_device(&d).unwrap(), y.to_device(&d).unwrap());
-    close(
-        "narrow_cols of 3000",
-        &ops::narrow_cols(&xd, 700, 3000).unwrap(),
-        &ops::narrow_cols(&x, 700, 3000).unwrap(),
-        0.0,
-    );
-    close(
-        "concat_cols of 5000 + 1000",
-        &ops::concat_cols(&[&xd, &yd]).unwrap(),
-        &ops::concat_cols(&[&x, &y]).unwrap(),
-        0.0,
-    );
-    close(
-        "gather_rows of 5000",
-        &ops::gather_rows(&xd, &[5, 0, 2, 2], 2).unwrap(),
-        &ops::gather_rows(&x, &[5, 0, 2, 2], 2).unwrap(),
-        0.0,
-    );
-    let mut c = rand_t(&mut rng, &[4 * 5100], 1.0);
-    let mut g = c.to_device(&d).unwrap();
-    ops::scatter_rows(&mut c, 5100, 50, &[3, 0, 2], &x).unwrap();
-    ops::scatter_rows(&mut g, 5100, 50, &[3, 0, 2], &xd).unwrap();
-    close("scatter_rows of 5000", &g, &c, 0.0);
 }
 
 #[test]
