@@ -30,10 +30,6 @@ const FUSED_EXPERTS: usize = 256;
 /// The routing variant as the kernel's scalar arguments.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RouterParams {
-    /// Experts per token.
-    pub top_k: usize,
-    /// Routed experts.
-    pub n_experts: usize,
     args: RouteArgs,
 }
 
@@ -100,8 +96,6 @@ impl RouterParams {
             }
         };
         Ok(Self {
-            top_k: cfg.top_k,
-            n_experts: cfg.n_experts,
             args: RouteArgs {
                 n_experts: cfg.n_experts as i32,
                 top_k: cfg.top_k as i32,
@@ -121,6 +115,16 @@ impl RouterParams {
                 scale,
             },
         })
+    }
+
+    /// Experts per token.
+    pub fn top_k(&self) -> usize {
+        self.args.top_k as usize
+    }
+
+    /// Routed experts.
+    pub fn n_experts(&self) -> usize {
+        self.args.n_experts as usize
     }
 
     fn is_noaux(&self) -> bool {
@@ -177,7 +181,7 @@ impl MoeWorkspace {
         n_tokens: usize,
     ) -> Result<()> {
         self.check_router(logits, bias, p, n_tokens)?;
-        let name = if p.n_experts <= FUSED_EXPERTS {
+        let name = if p.n_experts() <= FUSED_EXPERTS {
             "topk_route_256"
         } else {
             "topk_route_1024"
@@ -208,8 +212,9 @@ impl MoeWorkspace {
         n_tokens: usize,
         path: GemmPath,
     ) -> Result<()> {
-        let fused =
-            n_tokens <= FUSED_TOKENS && p.n_experts <= FUSED_EXPERTS && n_tokens * p.top_k <= CHUNK;
+        let fused = n_tokens <= FUSED_TOKENS
+            && p.n_experts() <= FUSED_EXPERTS
+            && n_tokens * p.top_k() <= CHUNK;
         if !fused {
             self.route(dev, logits, bias, p, n_tokens)?;
             return self.permute(dev, n_tokens, path);
@@ -247,13 +252,16 @@ impl MoeWorkspace {
         n_tokens: usize,
     ) -> Result<()> {
         self.check_tokens(n_tokens)?;
-        if p.n_experts != self.shape.n_experts || p.top_k != self.shape.top_k {
+        if p.n_experts() != self.shape.n_experts || p.top_k() != self.shape.top_k {
             return Err(Error::Shape(format!(
                 "router ({} experts, top {}) does not fit the layer {:?}",
-                p.n_experts, p.top_k, self.shape
+                p.n_experts(),
+                p.top_k(),
+                self.shape
             )));
         }
-        if logits.len() < n_tokens * p.n_experts || bias.is_some_and(|b| b.len() < p.n_experts) {
+        if logits.len() < n_tokens * p.n_experts() || bias.is_some_and(|b| b.len() < p.n_experts())
+        {
             return Err(Error::Shape("router logits or bias too short".into()));
         }
         Ok(())
