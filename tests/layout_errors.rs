@@ -186,3 +186,76 @@ fn tp_that_neither_splits_nor_replicates_kv_heads() {
     let e = l.validate(&cfg, None).unwrap_err().to_string();
     assert_has(&e, &["tp 6 and num_key_value_heads 4", "1, 2, 4 or 12"]);
 }
+
+/// Mixtral-8x7B's bf16 weights on one rank holding `experts` of its 8 experts in every layer,
+/// counted from its config.json by hand: embedding and lm_head, then per layer q/o (4096²), k/v
+/// (4096 x 8 KV heads x 128), the experts' gate/up/down (3 x 4096 x 14336 each), the router
+/// (4096 x 8) and two norms, and the final norm.
+fn mixtral_weight_bytes(experts: u64) -> u64 {
+    let (h, kv, inter, vocab, layers) = (4096u64, 8 * 128u64, 14336u64, 32000u64, 32u64);
+    let layer = 2 * h * h + 2 * h * kv + experts * 3 * h * inter + h * 8 + 2 * h;
+    2 * (2 * vocab * h + layers * layer + h)
+}
+
+#[test]
+fn ranks_too_big_for_their_gpu_say_what_they_need_and_what_to_do() {
+    use switchyard::layout::memory::{check_gpu_room, gpu_rank_bytes};
+    let m = model(MIXTRAL);
+    let one = Layout::default();
+    let ep2 = Layout::from_toml("[parallel]\nep = 2", Path::new("ep2.toml")).unwrap();
+    // f32 K and V of 8 heads x 128 in 32 layers: 262,144 bytes a cached token.
+    let kv_per_token = 2 * 8 * 128 * 4 * 32u64;
+    assert_eq!(
+        gpu_rank_bytes(&m, &one, 0, 4096),
+        (mixtral_weight_bytes(8), 4096 * kv_per_token)
+    );
+    assert_eq!(
+        gpu_rank_bytes(&m, &ep2, 0, 4096),
+        (mixtral_weight_bytes(4), 4096 * kv_per_token)
+    );
+
+    let gb = |b: u64| format!("{:.1} GB", b as f64 / 1e9);
+    // An 80 GB H100 with 79.1 GB free: the whole model's weights alone do not fit.
+    let h100 = (79_100_000_000u64, 85_000_000_000u64);
+    let (w, kv) = gpu_rank_bytes(&m, &one, 0, 4096);
+    let who = "the one rank holding the whole model";
+    let e = check_gpu_room("cuda:0 (NVIDIA H100 80GB HBM3)", who, (w, kv), 4096, h100)
+        .unwrap_err()
+        .to_string();
+    assert_has(
+        &e,
+        &[
+            "cuda:0 (NVIDIA H100 80GB HBM3) has 79.1 GB free of 85.0 GB",
+            &format!("{who} need at least {}", gb(w + kv)),
+            &format!("bf16 weights {}", gb(w)),
+            &format!("cache for 4096 tokens a rank {}", gb(kv)),
+            "raise --ep or --pp",
+        ],
+    );
+    // Half the experts each, one rank a GPU: fits.
+    check_gpu_room(
+        "cuda:1",
+        "rank 1",
+        gpu_rank_bytes(&m, &ep2, 0, 4096),
+        4096,
+        h100,
+    )
+    .unwrap();
+    // An H200 with 139 GB free holds the whole model and 4096 cached tokens, but not a cache
+    // one token past what is left beside the weights.
+    let h200 = (139_000_000_000u64, 150_000_000_000u64);
+    let fit = |tokens| {
+        check_gpu_room(
+            "cuda:0",
+            who,
+            gpu_rank_bytes(&m, &one, 0, tokens),
+            tokens,
+            h200,
+        )
+    };
+    fit(4096).unwrap();
+    let tokens = (h200.0 - w) / kv_per_token;
+    fit(tokens).unwrap();
+    let e = fit(tokens + 1).unwrap_err().to_string();
+    assert_has(&e, &[&format!("cache for {} tokens", tokens + 1)]);
+}

@@ -180,6 +180,22 @@ impl Device {
         matches!(self, Device::Cuda(_))
     }
 
+    /// Free and total bytes of a GPU's memory as its driver reports them (None: the CPU, or the
+    /// driver would not say).
+    pub fn memory(&self) -> Option<(u64, u64)> {
+        match self {
+            Device::Cpu => None,
+            #[cfg(feature = "cuda")]
+            Device::Cuda(d) => d
+                .context()
+                .mem_get_info()
+                .ok()
+                .map(|(free, total)| (free as u64, total as u64)),
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(d) => match *d {},
+        }
+    }
+
     /// A short name ("cpu", or "cuda:0 (NVIDIA H200)").
     pub fn describe(&self) -> String {
         match self {

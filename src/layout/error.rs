@@ -182,6 +182,33 @@ pub enum LayoutError {
         /// Which knob to turn.
         hint: String,
     },
+    /// Ranks that cannot fit the GPU they were asked to run on, by the driver's count of that
+    /// GPU's free memory.
+    #[error(
+        "{gpu} has {free_gb:.1} GB free of {total_gb:.1} GB, but {ranks} need at least \
+         {needed_gb:.1} GB there (bf16 weights {weights_gb:.1} GB + f32 KV cache for \
+         {cache_tokens} tokens a rank {kv_gb:.1} GB); spread the model over more GPUs (raise \
+         --ep or --pp, one rank a GPU with --gpus; `switchyard plan` shows the bytes of each \
+         rank) or cache fewer tokens"
+    )]
+    GpuRoom {
+        /// The GPU ("cuda:0 (NVIDIA H100 80GB HBM3)").
+        gpu: String,
+        /// The ranks on it ("the one rank holding the whole model", "rank 1", "ranks [0, 2]").
+        ranks: String,
+        /// weights + KV.
+        needed_gb: f64,
+        /// The model's weights in bf16.
+        weights_gb: f64,
+        /// The KV cache for `cache_tokens`.
+        kv_gb: f64,
+        /// Tokens the cache is sized for.
+        cache_tokens: u64,
+        /// Free memory the driver reports.
+        free_gb: f64,
+        /// The GPU's memory.
+        total_gb: f64,
+    },
     /// No layout fits the GPUs given to `--recommend`.
     #[error("no layout fits: {0}")]
     NoFit(String),

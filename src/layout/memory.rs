@@ -9,7 +9,8 @@
 //! the embedding on the first stage, and the final norm and lm_head on the last. A dense model's
 //! MLP is its one expert. Biases of MLPs are left out (a rounding error).
 
-use super::Layout;
+use super::validate::GB;
+use super::{Layout, LayoutError};
 use crate::config::{AttentionKind, ModelConfig};
 use serde::Serialize;
 
@@ -193,6 +194,53 @@ pub fn kv_bytes_per_token_layer(model: &ModelConfig, tp: usize, dt: Dtypes) -> u
 pub fn kv_bytes_per_token(model: &ModelConfig, layout: &Layout, stage: usize, dt: Dtypes) -> u64 {
     let layers = layout.stage_layers(model.num_layers)[stage].len() as u64;
     layers * kv_bytes_per_token_layer(model, layout.parallel.tp, dt)
+}
+
+/// What the CUDA backend allocates up front for one rank of `stage` under `layout`: its weights
+/// in bf16 and an f32 KV cache of `cache_tokens` tokens, as (weights, kv) bytes. A floor:
+/// norms and biases are kept in f32, and activations and workspaces come on top.
+pub fn gpu_rank_bytes(
+    model: &ModelConfig,
+    layout: &Layout,
+    stage: usize,
+    cache_tokens: u64,
+) -> (u64, u64) {
+    let dt = Dtypes {
+        weight: 2,
+        kv: 4,
+        activation: 2,
+    };
+    let weights = stage_weights(model, layout, stage, dt).total();
+    (
+        weights,
+        kv_bytes_per_token(model, layout, stage, dt) * cache_tokens,
+    )
+}
+
+/// Refuses to load `ranks` (described, e.g. "ranks [0, 2]") on GPU `gpu` (described) when the
+/// (weights, kv) bytes they need together ([`gpu_rank_bytes`]) exceed the `free` bytes its
+/// driver reports: the load would otherwise run until an allocation fails part-way, saying
+/// neither how much was needed nor what to do. Passing does not promise the load fits.
+pub fn check_gpu_room(
+    gpu: &str,
+    ranks: &str,
+    (weights, kv): (u64, u64),
+    cache_tokens: u64,
+    (free, total): (u64, u64),
+) -> Result<(), LayoutError> {
+    if weights + kv <= free {
+        return Ok(());
+    }
+    Err(LayoutError::GpuRoom {
+        gpu: gpu.to_string(),
+        ranks: ranks.to_string(),
+        needed_gb: (weights + kv) as f64 / GB,
+        weights_gb: weights as f64 / GB,
+        kv_gb: kv as f64 / GB,
+        cache_tokens,
+        free_gb: free as f64 / GB,
+        total_gb: total as f64 / GB,
+    })
 }
 
 /// Weight bytes of the whole model on one rank.

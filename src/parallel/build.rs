@@ -3,9 +3,12 @@
 
 use super::{ParallelExecutor, ParallelPlan, RankDevices};
 use crate::backend::Device;
+use crate::config::ModelConfig;
 use crate::engine::{Executor, LocalExecutor};
 use crate::error::Result;
+use crate::layout::memory::{check_gpu_room, gpu_rank_bytes};
 use crate::model::{Model, ModelSource};
+use std::collections::BTreeMap;
 
 /// Loads the model from `source` onto the ranks of `plan`, each with `num_blocks` KV blocks of
 /// `block_size` slots.
@@ -35,6 +38,7 @@ pub fn build_executor_on(
         };
         let (config, weights) = source.weights_on(&device)?;
         plan.validate(&config)?;
+        check_room(&config, plan, devices, (num_blocks * block_size) as u64)?;
         let mut model = Model::load(&config, weights.as_ref())?;
         drop(weights);
         model.to_device(&device)?;
@@ -44,7 +48,46 @@ pub fn build_executor_on(
     }
     let (config, weights) = source.weights()?;
     plan.validate(&config)?;
+    check_room(&config, plan, devices, (num_blocks * block_size) as u64)?;
     Ok(Box::new(ParallelExecutor::on_devices(
         &config, weights, plan, num_blocks, block_size, devices,
     )?))
+}
+
+/// Refuses, before anything is loaded, a plan whose ranks cannot fit the free memory of the
+/// GPUs they are placed on (see [`check_gpu_room`]); GPUs whose driver does not answer are
+/// not checked.
+fn check_room(
+    config: &ModelConfig,
+    plan: &ParallelPlan,
+    devices: &RankDevices,
+    cache_tokens: u64,
+) -> Result<()> {
+    let world = plan.grid.world();
+    let mut by_gpu: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for rank in 0..world {
+        if let Some(gpu) = devices.gpu(rank) {
+            by_gpu.entry(gpu).or_default().push(rank);
+        }
+    }
+    for (gpu, ranks) in by_gpu {
+        let device = Device::cuda(gpu)?;
+        let Some(room) = device.memory() else {
+            continue;
+        };
+        let (mut weights, mut kv) = (0, 0);
+        for &r in &ranks {
+            let stage = plan.grid.coords(r).stage;
+            let (w, k) = gpu_rank_bytes(config, &plan.layout, stage, cache_tokens);
+            weights += w;
+            kv += k;
+        }
+        let who = match ranks.as_slice() {
+            [_] if world == 1 => "the one rank holding the whole model".to_string(),
+            [r] => format!("rank {r}"),
+            _ => format!("ranks {ranks:?}"),
+        };
+        check_gpu_room(&device.describe(), &who, (weights, kv), cache_tokens, room)?;
+    }
+    Ok(())
 }
