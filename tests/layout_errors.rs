@@ -258,4 +258,6 @@ fn ranks_too_big_for_their_gpu_say_what_they_need_and_what_to_do() {
     fit(tokens).unwrap();
     let e = fit(tokens + 1).unwrap_err().to_string();
     assert_has(&e, &[&format!("cache for {} tokens", tokens + 1)]);
+    // A cache too large to count in 64 bits is refused, not wrapped around to a small number.
+    assert!(fit(u64::MAX / 1000).is_err());
 }

@@ -213,7 +213,7 @@ pub fn gpu_rank_bytes(
     let weights = stage_weights(model, layout, stage, dt).total();
     (
         weights,
-        kv_bytes_per_token(model, layout, stage, dt) * cache_tokens,
+        kv_bytes_per_token(model, layout, stage, dt).saturating_mul(cache_tokens),
     )
 }
 
@@ -228,13 +228,14 @@ pub fn check_gpu_room(
     cache_tokens: u64,
     (free, total): (u64, u64),
 ) -> Result<(), LayoutError> {
-    if weights + kv <= free {
+    let needed = weights.saturating_add(kv);
+    if needed <= free {
         return Ok(());
     }
     Err(LayoutError::GpuRoom {
         gpu: gpu.to_string(),
         ranks: ranks.to_string(),
-        needed_gb: (weights + kv) as f64 / GB,
+        needed_gb: needed as f64 / GB,
         weights_gb: weights as f64 / GB,
         kv_gb: kv as f64 / GB,
         cache_tokens,

@@ -38,7 +38,12 @@ pub fn build_executor_on(
         };
         let (config, weights) = source.weights_on(&device)?;
         plan.validate(&config)?;
-        check_room(&config, plan, devices, (num_blocks * block_size) as u64)?;
+        check_room(
+            &config,
+            plan,
+            devices,
+            num_blocks.saturating_mul(block_size) as u64,
+        )?;
         let mut model = Model::load(&config, weights.as_ref())?;
         drop(weights);
         model.to_device(&device)?;
@@ -48,7 +53,12 @@ pub fn build_executor_on(
     }
     let (config, weights) = source.weights()?;
     plan.validate(&config)?;
-    check_room(&config, plan, devices, (num_blocks * block_size) as u64)?;
+    check_room(
+        &config,
+        plan,
+        devices,
+        num_blocks.saturating_mul(block_size) as u64,
+    )?;
     Ok(Box::new(ParallelExecutor::on_devices(
         &config, weights, plan, num_blocks, block_size, devices,
     )?))
@@ -80,7 +90,7 @@ fn check_room(
             let stage = plan.grid.coords(r).stage;
             let (w, k) = gpu_rank_bytes(config, &plan.layout, stage, cache_tokens);
             weights += w;
-            kv += k;
+            kv = k.saturating_add(kv);
         }
         let who = match ranks.as_slice() {
             [_] if world == 1 => "the one rank holding the whole model".to_string(),
