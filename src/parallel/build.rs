@@ -30,6 +30,7 @@ pub fn build_executor_on(
     block_size: usize,
     devices: &RankDevices,
 ) -> Result<Box<dyn Executor>> {
+    let cache_tokens = num_blocks.saturating_mul(block_size) as u64;
     if plan.grid.world() == 1 {
         // One rank: random weights can be built straight on its GPU.
         let device = match devices.gpu(0) {
@@ -38,12 +39,7 @@ pub fn build_executor_on(
         };
         let (config, weights) = source.weights_on(&device)?;
         plan.validate(&config)?;
-        check_room(
-            &config,
-            plan,
-            devices,
-            num_blocks.saturating_mul(block_size) as u64,
-        )?;
+        check_room(&config, plan, devices, cache_tokens)?;
         let mut model = Model::load(&config, weights.as_ref())?;
         drop(weights);
         model.to_device(&device)?;
@@ -53,12 +49,7 @@ pub fn build_executor_on(
     }
     let (config, weights) = source.weights()?;
     plan.validate(&config)?;
-    check_room(
-        &config,
-        plan,
-        devices,
-        num_blocks.saturating_mul(block_size) as u64,
-    )?;
+    check_room(&config, plan, devices, cache_tokens)?;
     Ok(Box::new(ParallelExecutor::on_devices(
         &config, weights, plan, num_blocks, block_size, devices,
     )?))
