@@ -76,19 +76,17 @@ fn check_room(
         let Some(room) = device.memory() else {
             continue;
         };
-        let (mut weights, mut kv) = (0, 0);
-        for &r in &ranks {
+        let need = ranks.iter().fold((0u64, 0u64), |(w, k), &r| {
             let stage = plan.grid.coords(r).stage;
-            let (w, k) = gpu_rank_bytes(config, &plan.layout, stage, cache_tokens);
-            weights += w;
-            kv = k.saturating_add(kv);
-        }
+            let (rw, rk) = gpu_rank_bytes(config, &plan.layout, stage, cache_tokens);
+            (w.saturating_add(rw), k.saturating_add(rk))
+        });
         let who = match ranks.as_slice() {
             [_] if world == 1 => "the one rank holding the whole model".to_string(),
             [r] => format!("rank {r}"),
             _ => format!("ranks {ranks:?}"),
         };
-        check_gpu_room(&device.describe(), &who, (weights, kv), cache_tokens, room)?;
+        check_gpu_room(&device.describe(), &who, need, cache_tokens, room)?;
     }
     Ok(())
 }
