@@ -24,17 +24,15 @@ const ALL: &[&str] = &[
     "deepseek_v3_yarn",
 ];
 
+/// The fixture loaded straight onto `device` (each layer moved there as it is read).
 fn engine(name: &str, device: &Device) -> Engine {
-    let mut model = ModelSource {
+    let model = ModelSource {
         dir: fixture_dir(name),
         random_weights: None,
     }
-    .load()
+    .load_on(device)
     .unwrap_or_else(|e| panic!("{name}: {e}"))
     .model;
-    model
-        .to_device(device)
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
     Engine::new(model, 64, 4)
 }
 

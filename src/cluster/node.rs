@@ -63,8 +63,7 @@ impl LocalRanks {
                 .spawn(move || {
                     let loaded = open_over_host([c.tp, c.ep, c.pp], gpu, gpu_comm).and_then(
                         |(device, ctx)| {
-                            let mut model = Model::load_shard(&cfg, src.as_ref(), shard)?;
-                            model.to_device(&device)?;
+                            let model = Model::load_shard_on(&cfg, src.as_ref(), shard, &device)?;
                             let cache = model.try_new_cache(num_blocks, block_size)?;
                             Ok((ctx, model, cache))
                         },

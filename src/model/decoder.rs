@@ -64,50 +64,90 @@ impl DecoderLayer {
             ffn: MoeBlock::load(cfg, src, layer, shard)?,
         })
     }
+
+    /// Moves the layer's weights to `device` (matrices bf16, vectors f32 on a GPU).
+    fn to_device(&mut self, device: &Device) -> Result<()> {
+        self.input_norm = self.input_norm.to_device(device)?;
+        self.post_attention_norm = self.post_attention_norm.to_device(device)?;
+        self.attention.to_device(device)?;
+        self.ffn.to_device(device)
+    }
 }
 
 impl Model {
-    /// Loads the whole model for one rank.
+    /// Loads the whole model for one rank, on the CPU.
     pub fn load(config: &ModelConfig, src: &dyn WeightSource) -> Result<Self> {
-        let placements = crate::layout::Layout::default().placements(config)?;
-        Self::load_shard(config, src, Shard::single(config.num_layers, placements))
+        Self::load_on(config, src, &Device::Cpu)
     }
 
-    /// Loads what `shard` holds.
+    /// Loads the whole model for one rank onto `device` (see [`Self::load_shard_on`]).
+    pub fn load_on(config: &ModelConfig, src: &dyn WeightSource, device: &Device) -> Result<Self> {
+        let placements = crate::layout::Layout::default().placements(config)?;
+        let shard = Shard::single(config.num_layers, placements);
+        Self::load_shard_on(config, src, shard, device)
+    }
+
+    /// Loads what `shard` holds, on the CPU.
     pub fn load_shard(config: &ModelConfig, src: &dyn WeightSource, shard: Shard) -> Result<Self> {
+        Self::load_shard_on(config, src, shard, &Device::Cpu)
+    }
+
+    /// Loads what `shard` holds onto `device`, each tensor and layer moved there as soon as it
+    /// is read: the host holds at most one layer in f32 at a time, not the whole shard (a
+    /// checkpoint in f32 is twice its bf16 size: ~187 GB for Mixtral-8x7B).
+    pub fn load_shard_on(
+        config: &ModelConfig,
+        src: &dyn WeightSource,
+        shard: Shard,
+        device: &Device,
+    ) -> Result<Self> {
+        let on_device = |t: Tensor, bf16: bool| match (device, bf16) {
+            (Device::Cpu, _) => Ok(t),
+            (_, true) => t.to_device_bf16(device),
+            (_, false) => t.to_device(device),
+        };
         let (v, h) = (config.vocab_size, config.hidden_size);
         let embed_needed =
             shard.is_first_stage() || (shard.is_last_stage() && config.tie_word_embeddings);
         let embed = if embed_needed {
-            Some(src.load("model.embed_tokens.weight", &[v, h])?)
+            Some(on_device(
+                src.load("model.embed_tokens.weight", &[v, h])?,
+                true,
+            )?)
         } else {
             None
         };
-        let layers = shard
-            .layers
-            .clone()
-            .map(|i| DecoderLayer::load(config, src, i, &shard))
-            .collect::<Result<Vec<_>>>()?;
+        let mut layers = Vec::with_capacity(shard.layers.len());
+        for i in shard.layers.clone() {
+            let mut layer = DecoderLayer::load(config, src, i, &shard)?;
+            if !matches!(device, Device::Cpu) {
+                layer.to_device(device)?;
+            }
+            layers.push(layer);
+        }
         let head = if shard.is_last_stage() {
-            let norm = src.load("model.norm.weight", &[h])?;
+            let norm = on_device(src.load("model.norm.weight", &[h])?, false)?;
+            // Tied: the embedding's own tensor, shared rather than copied.
             let lm_head = match (&embed, config.tie_word_embeddings) {
                 (Some(e), true) => e.clone(),
-                _ => src.load("lm_head.weight", &[v, h])?,
+                _ => on_device(src.load("lm_head.weight", &[v, h])?, true)?,
             };
             Some((norm, lm_head))
         } else {
             None
         };
         let embed = if shard.is_first_stage() { embed } else { None };
-        Ok(Self {
+        let mut model = Self {
             config: config.clone(),
             shard,
             embed,
             layers,
             head,
-            device: Device::Cpu,
+            device: device.clone(),
             moe_scratch: None,
-        })
+        };
+        model.moe_scratch = model.new_moe_scratch()?;
+        Ok(model)
     }
 
     /// Chooses the algebraic form of multi-head latent attention (no effect on GQA models).
@@ -154,10 +194,7 @@ impl Model {
             *e = e.to_device_bf16(device)?;
         }
         for l in &mut self.layers {
-            l.input_norm = l.input_norm.to_device(device)?;
-            l.post_attention_norm = l.post_attention_norm.to_device(device)?;
-            l.attention.to_device(device)?;
-            l.ffn.to_device(device)?;
+            l.to_device(device)?;
         }
         if let Some((norm, lm_head)) = &mut self.head {
             *norm = norm.to_device(device)?;

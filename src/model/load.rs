@@ -57,12 +57,11 @@ impl ModelSource {
         self.weights()
     }
 
-    /// The model with its tokenizer, on `device` (built there directly for GPU random weights).
+    /// The model with its tokenizer, on `device`: each layer moved there as it is read (random
+    /// weights for a GPU are built there directly).
     pub fn load_on(&self, device: &Device) -> Result<LoadedModel> {
         let (config, src) = self.weights_on(device)?;
-        let mut model = Model::load(&config, src.as_ref())?;
-        drop(src);
-        model.to_device(device)?;
+        let model = Model::load_on(&config, src.as_ref(), device)?;
         Ok(LoadedModel {
             model,
             tokenizer: Tokenizer::from_dir(&self.dir)?,

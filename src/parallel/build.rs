@@ -40,9 +40,8 @@ pub fn build_executor_on(
         let (config, weights) = source.weights_on(&device)?;
         plan.validate(&config)?;
         check_room(&config, plan, devices, cache_tokens)?;
-        let mut model = Model::load(&config, weights.as_ref())?;
+        let model = Model::load_on(&config, weights.as_ref(), &device)?;
         drop(weights);
-        model.to_device(&device)?;
         return Ok(Box::new(LocalExecutor::try_new(
             model, num_blocks, block_size,
         )?));

@@ -108,8 +108,7 @@ impl ParallelExecutor {
                 .name(format!("rank-{rank}"))
                 .spawn(move || {
                     let loaded = setup.open().and_then(|(device, ctx)| {
-                        let mut model = Model::load_shard(&cfg, src.as_ref(), shard)?;
-                        model.to_device(&device)?;
+                        let model = Model::load_shard_on(&cfg, src.as_ref(), shard, &device)?;
                         let cache = model.try_new_cache(num_blocks, block_size)?;
                         Ok((ctx, model, cache))
                     });
