@@ -45,9 +45,9 @@ fn expert_bytes(c: &ModelConfig) -> f64 {
     (3 * c.hidden_size * moe.intermediate_size * 2) as f64
 }
 
-/// KV-cache bytes per token of context (f32 keys and values of every layer).
+/// KV-cache bytes per token of context (bf16 keys and values of every layer: the GPU's cache).
 fn kv_bytes_per_token(c: &ModelConfig) -> f64 {
-    (c.num_layers * 2 * c.num_kv_heads * c.head_dim * 4) as f64
+    (c.num_layers * 2 * c.num_kv_heads * c.head_dim * 2) as f64
 }
 
 /// The step's next tokens, picked where the logits are (the serving path's greedy pick).

@@ -1,4 +1,5 @@
-// Flash attention (Dao 2023, FlashAttention-2 layout) for prefill over the paged f32 KV cache, on
+// Flash attention (Dao 2023, FlashAttention-2 layout) for prefill over the paged KV cache (bf16, or
+// f32 rounded to bf16 as it is read), on
 // the tensor cores: mma.sync m16n8k16 bf16 with f32 accumulation for both S = Q Kᵀ and O = P V.
 //
 // One block (4 warps) per (query tile, head): a tile is up to 64 queries of one sequence at
@@ -6,8 +7,8 @@
 // of the tile is query t0 + r). Warp w owns tile rows 16w .. 16w + 15; its Q fragments are loaded
 // once from global memory (f32 -> bf16) into registers. The block walks the sequence's keys in
 // tiles of 64 positions from the first key any of its rows may see (the window) to the last
-// query's position: each tile is read from the paged cache through the block table (float4 loads),
-// rounded to bf16 into shared memory (K row-major, V transposed so both B fragments are single
+// query's position: each tile is read from the paged cache through the block table (4 elements a
+// load), as bf16 into shared memory (K row-major, V transposed so both B fragments are single
 // 32-bit loads), and every warp runs the online softmax over it (exp2 with the scale folded into
 // log2 e). Key p is visible to query position q when p <= q and, with a window w > 0, p > q - w;
 // the scale multiplies q.k as in paged_attention_f32. Keys past the last query position are
@@ -41,16 +42,23 @@ __device__ __forceinline__ unsigned fa_pack(float lo, float hi) {
     return *reinterpret_cast<unsigned*>(&v);
 }
 
-template <int D>
+// Four consecutive cache elements as four bf16 (two words, low half first).
+__device__ __forceinline__ uint2 fa_load4(const float* p) {
+    const float4 x = *reinterpret_cast<const float4*>(p);
+    return make_uint2(fa_pack(x.x, x.y), fa_pack(x.z, x.w));
+}
+__device__ __forceinline__ uint2 fa_load4(const __nv_bfloat16* p) { return *reinterpret_cast<const uint2*>(p); }
+
+template <int D, typename C>
 __device__ __forceinline__ void flash_prefill(
-    const float* __restrict__ q, const float* __restrict__ kc, const float* __restrict__ vc, float* __restrict__ out,
+    const float* __restrict__ q, const C* __restrict__ kc, const C* __restrict__ vc, float* __restrict__ out,
     const int* __restrict__ tiles, const int* __restrict__ table_off, const int* __restrict__ tables,
     int n_heads, int group, int k_width, int v_width, int block_size, float scale, int window) {
     constexpr int KST = D + 8;        // K smem row stride (bf16)
     constexpr int VST = FA_KEYS + 8;  // transposed V smem row stride (bf16)
     constexpr int KD = D / 16;        // k-steps of Q Kᵀ
     constexpr int ND = D / 8;         // n-tiles of O
-    // float4 loads a thread makes of a K or V tile, issued FA_BATCH at a time (all at once would
+    // 4-element loads a thread makes of a K or V tile, issued FA_BATCH at a time (all at once would
     // spill the O accumulators at D = 128).
     constexpr int FA_LOADS = FA_KEYS * (D / 4) / FA_THREADS, FA_BATCH = FA_LOADS < 8 ? FA_LOADS : 8;
     // Raw 16-bit words (a __shared__ array of a class type could need dynamic initialisation).
@@ -118,9 +126,9 @@ __device__ __forceinline__ void flash_prefill(
         for (int it = it0; it < it0 + FA_BATCH; it++) {
             const int i = threadIdx.x + it * FA_THREADS;
             const int key = i / (D / 4), c = (i % (D / 4)) * 4, slot = s_slot[key];
-            float4 x = *reinterpret_cast<const float4*>(kc + (long)max(slot, 0) * k_width + (long)kv * D + c);
-            if (slot < 0) x = make_float4(0.f, 0.f, 0.f, 0.f);
-            *reinterpret_cast<uint2*>(&ks[key * KST + c]) = make_uint2(fa_pack(x.x, x.y), fa_pack(x.z, x.w));
+            uint2 x = fa_load4(kc + (long)max(slot, 0) * k_width + (long)kv * D + c);
+            if (slot < 0) x = make_uint2(0u, 0u);
+            *reinterpret_cast<uint2*>(&ks[key * KST + c]) = x;
         }
         // V: lanes take consecutive keys of one column group, so the transposed stores of a warp
         // fill one smem row (a column-major walk would put a warp's stores in 2 banks).
@@ -130,12 +138,11 @@ __device__ __forceinline__ void flash_prefill(
         for (int it = it0; it < it0 + FA_BATCH; it++) {
             const int i = threadIdx.x + it * FA_THREADS;
             const int key = i % FA_KEYS, c = (i / FA_KEYS) * 4, slot = s_slot[key];
-            float4 x = *reinterpret_cast<const float4*>(vc + (long)max(slot, 0) * v_width + (long)kv * D + c);
-            if (slot < 0) x = make_float4(0.f, 0.f, 0.f, 0.f);
-            vt[(c + 0) * VST + key] = __float2bfloat16_rn(x.x);
-            vt[(c + 1) * VST + key] = __float2bfloat16_rn(x.y);
-            vt[(c + 2) * VST + key] = __float2bfloat16_rn(x.z);
-            vt[(c + 3) * VST + key] = __float2bfloat16_rn(x.w);
+            uint2 x = fa_load4(vc + (long)max(slot, 0) * v_width + (long)kv * D + c);
+            if (slot < 0) x = make_uint2(0u, 0u);
+            const __nv_bfloat16* e = reinterpret_cast<const __nv_bfloat16*>(&x);
+#pragma unroll
+            for (int i = 0; i < 4; i++) vt[(c + i) * VST + key] = e[i];
         }
         __syncthreads();
         // Skip tiles wholly after this warp's last row or before its first row's window.
@@ -223,19 +230,22 @@ __device__ __forceinline__ void flash_prefill(
     }
 }
 
-#define FA_ARGS                                                                                                     \
-    const float* __restrict__ q, const float* __restrict__ kc, const float* __restrict__ vc, float* __restrict__ out, \
+#define FA_ARGS(C)                                                                                                  \
+    const float* __restrict__ q, const C* __restrict__ kc, const C* __restrict__ vc, float* __restrict__ out,         \
         const int* __restrict__ tiles, const int* __restrict__ table_off, const int* __restrict__ tables, int n_heads, \
         int group, int k_width, int v_width, int block_size, float scale, int window
 #define FA_PASS q, kc, vc, out, tiles, table_off, tables, n_heads, group, k_width, v_width, block_size, scale, window
 
-extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_prefill_d64(FA_ARGS) { after_previous_grid(); flash_prefill<64>(FA_PASS); }
+// The suffix names the cache's element type (the model's GPU cache is bf16).
+extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_prefill_d64(FA_ARGS(float)) { after_previous_grid(); flash_prefill<64>(FA_PASS); }
+extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_prefill_d64_bf16(FA_ARGS(__nv_bfloat16)) { after_previous_grid(); flash_prefill<64>(FA_PASS); }
 // D = 128 on three blocks an SM (168 registers, 24 bytes of spill): the kernel waits on global
 // loads, and the two blocks of 4 warps that 174 registers allowed hid too little of it.
-extern "C" __global__ void __launch_bounds__(FA_THREADS, 3) flash_prefill_d128(FA_ARGS) { after_previous_grid(); flash_prefill<128>(FA_PASS); }
+extern "C" __global__ void __launch_bounds__(FA_THREADS, 3) flash_prefill_d128(FA_ARGS(float)) { after_previous_grid(); flash_prefill<128>(FA_PASS); }
+extern "C" __global__ void __launch_bounds__(FA_THREADS, 3) flash_prefill_d128_bf16(FA_ARGS(__nv_bfloat16)) { after_previous_grid(); flash_prefill<128>(FA_PASS); }
 
 // Per-query paged attention for D = 64 or 128 (decode rows and the short runs the flash tiles do
-// not take), f32 throughout: one block (8 warps) per (query row, KV head) serves the `group`
+// not take), f32 math over f32 or bf16 caches: one block (8 warps) per (query row, KV head) serves the `group`
 // query heads that share the KV head, so each key and value row is read once for all of them
 // (paged_attention_f32 in ops.cu reads them once per query head, and walks the positions of a
 // head one after another). Warp w takes positions first + w, first + w + 8, ..., two at a time
@@ -244,17 +254,6 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS, 3) flash_prefill_d128(F
 // The warps' partial maxima, sums and outputs merge through shared memory at the end.
 #define DEC_WARPS 8
 #define DEC_MAX_GROUP 8
-
-template <int V>
-__device__ __forceinline__ void dec_load(float* r, const float* p) {
-    if (V == 4) {
-        const float4 x = *reinterpret_cast<const float4*>(p);
-        r[0] = x.x, r[1] = x.y, r[2] = x.z, r[3] = x.w;
-    } else {
-        const float2 x = *reinterpret_cast<const float2*>(p);
-        r[0] = x.x, r[1] = x.y;
-    }
-}
 
 __device__ __forceinline__ float dec_warp_sum(float v) {
 #pragma unroll
@@ -282,8 +281,8 @@ __device__ __forceinline__ void dec_step(const float (*qv)[V], const float* kr, 
     }
 }
 
-template <int D>
-__device__ void paged_decode(const float* __restrict__ q, const float* __restrict__ kc, const float* __restrict__ vc,
+template <int D, typename C>
+__device__ void paged_decode(const float* __restrict__ q, const C* __restrict__ kc, const C* __restrict__ vc,
                              float* __restrict__ out, const int* __restrict__ q_seq, const int* __restrict__ q_pos,
                              const int* __restrict__ table_off, const int* __restrict__ tables,
                              const int* __restrict__ rows, int n_heads, int group, int k_width, int v_width,
@@ -303,7 +302,7 @@ __device__ void paged_decode(const float* __restrict__ q, const float* __restric
 #pragma unroll
         for (int i = 0; i < V; ++i) acc[h][i] = 0.0f, qv[h][i] = 0.0f;
         if (h < group) {
-            dec_load<V>(qv[h], q + ((long)t * n_heads + kv * group + h) * D + lane * V);
+            ld_vec<V>(qv[h], q + ((long)t * n_heads + kv * group + h) * D + lane * V);
 #pragma unroll
             for (int i = 0; i < V; ++i) qv[h][i] *= scale;
         }
@@ -315,10 +314,10 @@ __device__ void paged_decode(const float* __restrict__ q, const float* __restric
         const long s1 = (long)table[p / block_size] * block_size + p % block_size;
         const long s2 = two ? (long)table[p2 / block_size] * block_size + p2 % block_size : s1;
         float k1[V], v1[V], k2[V], v2[V];
-        dec_load<V>(k1, kc + s1 * k_width + k_off);
-        dec_load<V>(v1, vc + s1 * v_width + v_off);
-        dec_load<V>(k2, kc + s2 * k_width + k_off);
-        dec_load<V>(v2, vc + s2 * v_width + v_off);
+        ld_vec<V>(k1, kc + s1 * k_width + k_off);
+        ld_vec<V>(v1, vc + s1 * v_width + v_off);
+        ld_vec<V>(k2, kc + s2 * k_width + k_off);
+        ld_vec<V>(v2, vc + s2 * v_width + v_off);
         dec_step<V>(qv, k1, v1, group, m, l, acc);
         if (two) dec_step<V>(qv, k2, v2, group, m, l, acc);
     }
@@ -348,13 +347,15 @@ __device__ void paged_decode(const float* __restrict__ q, const float* __restric
     }
 }
 
-#define DEC_ARGS                                                                                                    \
-    const float *__restrict__ q, const float *__restrict__ kc, const float *__restrict__ vc, float *__restrict__ out, \
+#define DEC_ARGS(C)                                                                                                 \
+    const float *__restrict__ q, const C *__restrict__ kc, const C *__restrict__ vc, float *__restrict__ out,         \
         const int *__restrict__ q_seq, const int *__restrict__ q_pos, const int *__restrict__ table_off,             \
         const int *__restrict__ tables, const int *__restrict__ rows, int n_heads, int group, int qk_dim, int v_dim, \
         int k_width, int v_width, int block_size, float scale, int window
 // (qk_dim = v_dim = D: the arguments are paged_attention_f32's, so the host launches either alike.)
 #define DEC_PASS q, kc, vc, out, q_seq, q_pos, table_off, tables, rows, n_heads, group, k_width, v_width, block_size, scale, window
 
-extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS) paged_decode_d64(DEC_ARGS) { after_previous_grid(); paged_decode<64>(DEC_PASS); }
-extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS) paged_decode_d128(DEC_ARGS) { after_previous_grid(); paged_decode<128>(DEC_PASS); }
+extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS) paged_decode_d64(DEC_ARGS(float)) { after_previous_grid(); paged_decode<64>(DEC_PASS); }
+extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS) paged_decode_d128(DEC_ARGS(float)) { after_previous_grid(); paged_decode<128>(DEC_PASS); }
+extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS) paged_decode_d64_bf16(DEC_ARGS(__nv_bfloat16)) { after_previous_grid(); paged_decode<64>(DEC_PASS); }
+extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS) paged_decode_d128_bf16(DEC_ARGS(__nv_bfloat16)) { after_previous_grid(); paged_decode<128>(DEC_PASS); }

@@ -8,9 +8,6 @@
 #define INFINITY __int_as_float(0x7f800000)
 #endif
 
-__device__ __forceinline__ float ld(const float* p, long i) { return p[i]; }
-__device__ __forceinline__ float ld(const __nv_bfloat16* p, long i) { return __bfloat162float(p[i]); }
-
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
@@ -142,11 +139,11 @@ extern "C" __global__ void rope_f32(float* __restrict__ x, const float* __restri
 // values[slot[t]] = v (cache rows of kv_w). RoPE as rope_f32 (cs: row t's cos then sin, `half`
 // each). `per_row` blocks a row: thread j takes the j-th rotation pair of q then of k, and the
 // j-th value of v.
-extern "C" __global__ void qkv_rope_cache(const float* __restrict__ qkv, float* __restrict__ q_out,
-                                          float* __restrict__ keys, float* __restrict__ values,
-                                          const int* __restrict__ slots, const float* __restrict__ cs,
-                                          int q_w, int kv_w, int half, int interleaved, int per_row) {
-    after_previous_grid();
+template <typename C>
+__device__ __forceinline__ void qkv_rope_cache_impl(const float* __restrict__ qkv, float* __restrict__ q_out,
+                                                    C* __restrict__ keys, C* __restrict__ values,
+                                                    const int* __restrict__ slots, const float* __restrict__ cs,
+                                                    int q_w, int kv_w, int half, int interleaved, int per_row) {
     const long row = blockIdx.x / per_row;
     const int j = (blockIdx.x % per_row) * blockDim.x + threadIdx.x;
     const float* in = qkv + row * (q_w + 2 * kv_w);
@@ -157,29 +154,42 @@ extern "C" __global__ void qkv_rope_cache(const float* __restrict__ qkv, float* 
         const int p = is_q ? j : j - q_pairs, ch = p / half, i = p % half;
         const int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
         const float* src = in + (is_q ? 0 : q_w) + ch * 2 * half;
-        float* dst = (is_q ? q_out + row * q_w : keys + slot * kv_w) + ch * 2 * half;
         const float* c = cs + row * 2 * half;
         const float x1 = src[a], x2 = src[b], co = c[i], si = c[half + i];
-        dst[a] = x1 * co - x2 * si;
-        dst[b] = x2 * co + x1 * si;
+        const float y1 = x1 * co - x2 * si, y2 = x2 * co + x1 * si;
+        if (is_q) {
+            float* dst = q_out + row * q_w + ch * 2 * half;
+            dst[a] = y1, dst[b] = y2;
+        } else {
+            const long at = slot * kv_w + ch * 2 * half;
+            st(keys, at + a, y1), st(keys, at + b, y2);
+        }
     }
-    if (j < kv_w) values[slot * kv_w + j] = in[q_w + kv_w + j];
+    if (j < kv_w) st(values, slot * kv_w + j, in[q_w + kv_w + j]);
 }
+
+#define QRC_ARGS(C)                                                                                         \
+    const float *__restrict__ qkv, float *__restrict__ q_out, C *__restrict__ keys, C *__restrict__ values, \
+        const int *__restrict__ slots, const float *__restrict__ cs, int q_w, int kv_w, int half, int interleaved, int per_row
+#define QRC_PASS qkv, q_out, keys, values, slots, cs, q_w, kv_w, half, interleaved, per_row
+// Caches of f32 rows, or of bf16 rows (the cache a GPU model allocates).
+extern "C" __global__ void qkv_rope_cache(QRC_ARGS(float)) { after_previous_grid(); qkv_rope_cache_impl(QRC_PASS); }
+extern "C" __global__ void qkv_rope_cache_bf16(QRC_ARGS(__nv_bfloat16)) { after_previous_grid(); qkv_rope_cache_impl(QRC_PASS); }
 
 // dst[rows[i] * dst_w + dst_off + c] = src[srow(i) * src_w + src_off + c] for c < len, where
 // srow(i) = src_rows ? src_rows[i] / div : i. Covers gathers, scatters (cache writes) and column
 // slices/concats. `per_row` blocks a row, COPY_V elements a thread, all loaded before any store.
 #define COPY_V 4
-extern "C" __global__ void copy_rows(const float* __restrict__ src, int src_w, int src_off, const int* src_rows, int div,
-                                     float* __restrict__ dst, int dst_w, int dst_off, const int* dst_rows, int len,
-                                     int per_row) {
-    after_previous_grid();
+template <typename C>
+__device__ __forceinline__ void copy_rows_impl(const float* __restrict__ src, int src_w, int src_off,
+                                               const int* src_rows, int div, C* __restrict__ dst, int dst_w,
+                                               int dst_off, const int* dst_rows, int len, int per_row) {
     const long i = blockIdx.x / per_row;
     const int c0 = (blockIdx.x % per_row) * blockDim.x * COPY_V + threadIdx.x;
     const long s = src_rows ? (long)(src_rows[i] / div) : i;
     const long d = dst_rows ? (long)dst_rows[i] : i;
     const float* sp = src + s * src_w + src_off;
-    float* dp = dst + d * dst_w + dst_off;
+    C* dp = dst + d * dst_w + dst_off;
     float v[COPY_V];
 #pragma unroll
     for (int j = 0; j < COPY_V; ++j) {
@@ -189,9 +199,17 @@ extern "C" __global__ void copy_rows(const float* __restrict__ src, int src_w, i
 #pragma unroll
     for (int j = 0; j < COPY_V; ++j) {
         const int c = c0 + j * blockDim.x;
-        if (c < len) dp[c] = v[j];
+        if (c < len) st(dp, c, v[j]);
     }
 }
+
+#define COPY_ARGS(C)                                                                                            \
+    const float *__restrict__ src, int src_w, int src_off, const int *src_rows, int div, C *__restrict__ dst,  \
+        int dst_w, int dst_off, const int *dst_rows, int len, int per_row
+#define COPY_PASS src, src_w, src_off, src_rows, div, dst, dst_w, dst_off, dst_rows, len, per_row
+extern "C" __global__ void copy_rows(COPY_ARGS(float)) { after_previous_grid(); copy_rows_impl(COPY_PASS); }
+// Into a bf16 cache (rounded to nearest even).
+extern "C" __global__ void copy_rows_to_bf16(COPY_ARGS(__nv_bfloat16)) { after_previous_grid(); copy_rows_impl(COPY_PASS); }
 
 // Causal paged attention. One block per (row, head), row = rows[blockIdx.x / n_heads] (the query
 // rows this kernel serves: decode rows and short runs; prefill runs go to attention.cu). Keys of a query at position pos in
@@ -199,11 +217,11 @@ extern "C" __global__ void copy_rows(const float* __restrict__ src, int src_w, i
 // Online softmax over chunks of CH positions; each thread owns output dims tid, tid + blockDim, ...
 #define ATT_CH 256
 #define ATT_MAX_DIMS 8
-extern "C" __global__ void paged_attention_f32(
-    const float* __restrict__ q, const float* __restrict__ kc, const float* __restrict__ vc, float* __restrict__ out,
+template <typename C>
+__device__ __forceinline__ void paged_attention_impl(
+    const float* __restrict__ q, const C* __restrict__ kc, const C* __restrict__ vc, float* __restrict__ out,
     const int* __restrict__ q_seq, const int* __restrict__ q_pos, const int* __restrict__ table_off, const int* __restrict__ tables,
     const int* __restrict__ rows, int n_heads, int group, int qk_dim, int v_dim, int k_width, int v_width, int block_size, float scale, int window) {
-    after_previous_grid();
     extern __shared__ float smem[];
     float* qs = smem;              // qk_dim
     float* ps = smem + qk_dim;     // ATT_CH
@@ -221,9 +239,9 @@ extern "C" __global__ void paged_attention_f32(
         for (int i = threadIdx.x; i < n; i += blockDim.x) {
             int p = start + i;
             long slot = (long)table[p / block_size] * block_size + p % block_size;
-            const float* k = kc + slot * k_width + (long)kv * qk_dim;
+            const C* k = kc + slot * k_width + (long)kv * qk_dim;
             float s = 0.0f;
-            for (int c = 0; c < qk_dim; c++) s += qs[c] * k[c];
+            for (int c = 0; c < qk_dim; c++) s += qs[c] * ld(k, c);
             s *= scale;
             ps[i] = s;
             local_max = fmaxf(local_max, s);
@@ -245,7 +263,7 @@ extern "C" __global__ void paged_attention_f32(
             for (int i = 0; i < n; i++) {
                 int p = start + i;
                 long slot = (long)table[p / block_size] * block_size + p % block_size;
-                a += ps[i] * vc[slot * v_width + (long)kv * v_dim + d];
+                a += ps[i] * ld(vc, slot * v_width + (long)kv * v_dim + d);
             }
             acc[j] = a;
         }
@@ -257,6 +275,16 @@ extern "C" __global__ void paged_attention_f32(
         out[((long)t * n_heads + head) * v_dim + d] = acc[j] / l;
     }
 }
+
+#define PA_ARGS(C)                                                                                                    \
+    const float *__restrict__ q, const C *__restrict__ kc, const C *__restrict__ vc, float *__restrict__ out,         \
+        const int *__restrict__ q_seq, const int *__restrict__ q_pos, const int *__restrict__ table_off,             \
+        const int *__restrict__ tables, const int *__restrict__ rows, int n_heads, int group, int qk_dim, int v_dim, \
+        int k_width, int v_width, int block_size, float scale, int window
+#define PA_PASS q, kc, vc, out, q_seq, q_pos, table_off, tables, rows, n_heads, group, qk_dim, v_dim, k_width, v_width, block_size, scale, window
+// Over f32 caches, or bf16 caches (the cache a GPU model allocates); the math is f32 in both.
+extern "C" __global__ void paged_attention_f32(PA_ARGS(float)) { after_previous_grid(); paged_attention_impl(PA_PASS); }
+extern "C" __global__ void paged_attention_bf16(PA_ARGS(__nv_bfloat16)) { after_previous_grid(); paged_attention_impl(PA_PASS); }
 
 // Naive grouped SwiGLU, one warp per output element.
 // act[r, i] = silu(x_r . gu[e, i] + b[e, i]) * (x_r . gu[e, inter + i] + b[e, inter + i]), e = expert[r].

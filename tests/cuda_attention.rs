@@ -75,30 +75,42 @@ fn attention_case(
         heads,
     )
     .unwrap();
-    let (kd, vd) = (keys.to_device(d).unwrap(), values.to_device(d).unwrap());
-    let got = ops::paged_attention(
-        &q.to_device(d).unwrap(),
-        &queries,
-        &refs,
-        PagedCache {
-            data: &kd,
-            width: k_width,
-            block_size,
-        },
-        PagedCache {
-            data: &vd,
-            width: v_width,
-            block_size,
-        },
-        heads,
-    )
-    .unwrap();
-    close(
-        &format!("paged attention {heads:?} lens {lens:?} new {new:?}"),
-        &got,
-        &want,
-        tol,
-    );
+    // The cache a GPU model allocates (bf16) and f32 rows: rand_t's values are bf16 numbers,
+    // so both hold exactly the reference's rows.
+    let qd = q.to_device(d).unwrap();
+    for bf16 in [true, false] {
+        let up = |t: &Tensor| {
+            if bf16 {
+                t.to_device_bf16(d).unwrap()
+            } else {
+                t.to_device(d).unwrap()
+            }
+        };
+        let (kd, vd) = (up(&keys), up(&values));
+        let got = ops::paged_attention(
+            &qd,
+            &queries,
+            &refs,
+            PagedCache {
+                data: &kd,
+                width: k_width,
+                block_size,
+            },
+            PagedCache {
+                data: &vd,
+                width: v_width,
+                block_size,
+            },
+            heads,
+        )
+        .unwrap();
+        close(
+            &format!("paged attention {heads:?} lens {lens:?} new {new:?}, bf16 cache {bf16}"),
+            &got,
+            &want,
+            tol,
+        );
+    }
 }
 
 #[test]
@@ -300,6 +312,10 @@ fn qkv_rope_cache_in_one_launch() {
             rand_t(&mut rng, &[slots * kv_w], 1.0),
         );
         let (mut kg, mut vg) = (kc.to_device(&d).unwrap(), vc.to_device(&d).unwrap());
+        let (mut kb, mut vb) = (
+            kc.to_device_bf16(&d).unwrap(),
+            vc.to_device_bf16(&d).unwrap(),
+        );
         let qkv = rand_t(&mut rng, &[t, q_w + 2 * kv_w], 1.0);
         let (nc, ng) = (
             norms.then_some((&norm_w, &norm_w, 1e-6)),
@@ -308,21 +324,22 @@ fn qkv_rope_cache_in_one_launch() {
         let qc = cpu_step
             .qkv_rope_cache(&qkv, q_w, kv_w, nc, rotary, &mut kc, &mut vc)
             .unwrap();
+        let qkv_d = qkv.to_device(&d).unwrap();
         let qg = gpu_step
-            .qkv_rope_cache(
-                &qkv.to_device(&d).unwrap(),
-                q_w,
-                kv_w,
-                ng,
-                rotary,
-                &mut kg,
-                &mut vg,
-            )
+            .qkv_rope_cache(&qkv_d, q_w, kv_w, ng, rotary, &mut kg, &mut vg)
             .unwrap();
         let what = format!("qkv_rope_cache dim {dim}, {nh} heads, norms {norms}");
         close(&format!("{what}: q"), &qg, &qc, 1e-6);
         close(&format!("{what}: keys"), &kg, &kc, 1e-6);
         close(&format!("{what}: values"), &vg, &vc, 0.0);
+        // Into bf16 caches (a GPU model's): the roped keys rounded to bf16 (relative error at
+        // most 2^-9 an element), the values (bf16 numbers already) exact.
+        let qb = gpu_step
+            .qkv_rope_cache(&qkv_d, q_w, kv_w, ng, rotary, &mut kb, &mut vb)
+            .unwrap();
+        close(&format!("{what}: q, bf16 caches"), &qb, &qc, 1e-6);
+        close(&format!("{what}: keys, bf16 cache"), &kb, &kc, 2e-3);
+        close(&format!("{what}: values, bf16 cache"), &vb, &vc, 0.0);
     }
     // A rank with no tokens this step (data parallel): nothing to do, an empty q.
     let empty = StepBatch::default();
@@ -422,6 +439,22 @@ fn step_index_serves_every_layer() {
             .unwrap();
         close("step cache write (keys)", &kg, &kc, 0.0);
         close("step cache write (values)", &vg, &vc, 0.0);
+        // The same writes into a bf16 cache: the roped keys rounded, the values exact.
+        let mut kb = rand_t(&mut rng, &[slots * kv_w], 1.0)
+            .to_device_bf16(&d)
+            .unwrap();
+        let mut vb = rand_t(&mut rng, &[slots * kv_w], 1.0)
+            .to_device_bf16(&d)
+            .unwrap();
+        let (mut kw, mut vw) = (kb.to_cpu().unwrap(), vb.to_cpu().unwrap());
+        gpu_step.write_rows(&mut kb, kv_w, 0, &kh).unwrap();
+        cpu_step.write_rows(&mut kw, kv_w, 0, &kk).unwrap();
+        gpu_step
+            .write_rows(&mut vb, kv_w, 0, &v.to_device(&d).unwrap())
+            .unwrap();
+        cpu_step.write_rows(&mut vw, kv_w, 0, &v).unwrap();
+        close("step cache write (keys), bf16 cache", &kb, &kw, 2e-3);
+        close("step cache write (values), bf16 cache", &vb, &vw, 0.0);
         let heads = Heads {
             n_heads: nh,
             n_kv_heads: nkv,

@@ -203,8 +203,8 @@ fn ranks_too_big_for_their_gpu_say_what_they_need_and_what_to_do() {
     let m = model(MIXTRAL);
     let one = Layout::default();
     let ep2 = Layout::from_toml("[parallel]\nep = 2", Path::new("ep2.toml")).unwrap();
-    // f32 K and V of 8 heads x 128 in 32 layers: 262,144 bytes a cached token.
-    let kv_per_token = 2 * 8 * 128 * 4 * 32u64;
+    // bf16 K and V of 8 heads x 128 in 32 layers: 131,072 bytes a cached token.
+    let kv_per_token = 2 * 8 * 128 * 2 * 32u64;
     assert_eq!(
         gpu_rank_bytes(&m, &one, 0, 4096),
         (mixtral_weight_bytes(8), 4096 * kv_per_token)

@@ -2,9 +2,10 @@ use crate::backend::Device;
 use crate::error::Result;
 use crate::tensor::Tensor;
 
-/// One layer's cache: `keys` and `values` as [num_blocks · block_size, width] rows (flat f32
-/// tensors, on the model's device). GQA stores K and V per KV head; MLA stores its compressed
-/// latent and rope key as `keys` and no values.
+/// One layer's cache: `keys` and `values` as [num_blocks · block_size, width] rows (flat tensors
+/// on the model's device: bf16 on a GPU, as vLLM keeps a bf16 model's cache, f32 on the CPU). GQA
+/// stores K and V per KV head; MLA stores its compressed latent and rope key as `keys` and no
+/// values.
 #[derive(Debug, Clone)]
 pub struct LayerCache {
     /// Key rows.
@@ -57,8 +58,8 @@ impl KvCache {
             .iter()
             .map(|&(k_width, v_width)| {
                 Ok(LayerCache {
-                    keys: Tensor::zeros_on([slots * k_width], device)?,
-                    values: Tensor::zeros_on([slots * v_width], device)?,
+                    keys: Tensor::zeros_bf16_on([slots * k_width], device)?,
+                    values: Tensor::zeros_bf16_on([slots * v_width], device)?,
                     k_width,
                     v_width,
                 })
@@ -81,11 +82,11 @@ impl KvCache {
         self.block_size
     }
 
-    /// Bytes one token takes across layers (f32 on the CPU).
+    /// Bytes one token takes across layers (2 a value on a GPU, 4 on the CPU).
     pub fn bytes_per_token(&self) -> usize {
         self.layers
             .iter()
-            .map(|l| (l.k_width + l.v_width) * 4)
+            .map(|l| (l.k_width + l.v_width) * if l.keys.is_cuda() { 2 } else { 4 })
             .sum()
     }
 }

@@ -197,7 +197,7 @@ pub fn kv_bytes_per_token(model: &ModelConfig, layout: &Layout, stage: usize, dt
 }
 
 /// What the CUDA backend allocates up front for one rank of `stage` under `layout`: its weights
-/// in bf16 and an f32 KV cache of `cache_tokens` tokens, as (weights, kv) bytes. A floor:
+/// in bf16 and a bf16 KV cache of `cache_tokens` tokens, as (weights, kv) bytes. A floor:
 /// norms and biases are kept in f32, and activations and workspaces come on top.
 pub fn gpu_rank_bytes(
     model: &ModelConfig,
@@ -205,11 +205,7 @@ pub fn gpu_rank_bytes(
     stage: usize,
     cache_tokens: u64,
 ) -> (u64, u64) {
-    let dt = Dtypes {
-        weight: 2,
-        kv: 4,
-        activation: 2,
-    };
+    let dt = Dtypes::default();
     let weights = stage_weights(model, layout, stage, dt).total();
     (
         weights,

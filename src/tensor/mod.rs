@@ -248,6 +248,17 @@ impl Tensor {
         }
     }
 
+    /// Zeros of `shape` on `device`, stored as bf16 on a GPU (f32 on the CPU): a KV cache.
+    pub fn zeros_bf16_on(shape: impl Into<Shape>, device: &Device) -> Result<Self> {
+        match device {
+            Device::Cpu => Ok(Self::zeros(shape)),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(dev) => crate::backend::cuda::ops::zeros_bf16(dev, shape.into()),
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(d) => match *d {},
+        }
+    }
+
     /// Same values under another shape with the same element count.
     pub fn reshape(mut self, shape: impl Into<Shape>) -> Result<Self> {
         let shape = shape.into();

@@ -2,11 +2,12 @@
 //! runs of consecutive positions of one sequence. Runs of at least [`MIN_FLASH_RUN`] queries
 //! (prefill and prefill chunks) go in tiles of 64 to the tensor-core flash kernel
 //! (`kernels/attention.cu`) when the head dims fit it (qk = v = 64 or 128); every other query
-//! (decode rows, short runs) goes to a per-query f32 kernel: with those head dims and up to
+//! (decode rows, short runs) goes to a per-query kernel (f32 math): with those head dims and up to
 //! [`DECODE_MAX_GROUP`] query heads a KV head, `paged_decode_d64/128` (kernels/attention.cu: one
 //! block per query and KV head, the positions split over 8 warps), else (MLA's wide latent
 //! heads, other dims) `paged_attention_f32` (kernels/ops.cu). All write disjoint rows of one
-//! output.
+//! output. Each reads f32 or bf16 caches (a GPU model's cache is bf16, `_bf16` kernels); the
+//! same kernels serve both, instantiated per element type.
 //!
 //! What the kernels index by (each query's sequence, position and cache slot, the block tables,
 //! the plan, the rotary tables) is the same for every layer of a step: [`StepIndex`] builds it
@@ -15,7 +16,9 @@
 
 use cudarc::driver::{CudaSlice, LaunchConfig};
 
-use super::ops::{empty, f32_ptr, gpu, gpu_mut, raw, rope_with, scatter_rows_at, upload_i32};
+use super::ops::{
+    cache_ptrs, empty, f32_ptr, gpu, gpu_mut, raw, rope_with, scatter_rows_at, upload_i32,
+};
 use super::storage::CudaHandle;
 use super::{overlap, Kernel};
 use crate::backend::cpu::attention::{cache_slot, Heads, QueryPos};
@@ -300,11 +303,19 @@ impl StepIndex {
         }
         let per_row = (q_w / 2 + kv_w / 2).max(kv_w).div_ceil(256);
         let (qkvp, qp) = (f32_ptr(qkv)?, gpu(&q)?.ptr());
-        let (kp, vp) = (gpu_mut(keys)?.ptr(), gpu_mut(values)?.ptr());
+        // Written in place: unshared first (a cache is never shared, so no copy is made).
+        gpu_mut(keys)?;
+        gpu_mut(values)?;
+        let (kp, vp, bf16) = cache_ptrs(keys, values)?;
         let sp = self.at(self.slot);
         let (qw, kw, h) = (q_w as i32, kv_w as i32, half as i32);
         let (il, pr) = (rotary.interleaved() as i32, per_row as i32);
-        let f = dev.function(Kernel::Ops, "qkv_rope_cache")?;
+        let name = if bf16 {
+            "qkv_rope_cache_bf16"
+        } else {
+            "qkv_rope_cache"
+        };
+        let f = dev.function(Kernel::Ops, name)?;
         let mut b = overlap::Args::new();
         b.arg(&qkvp).arg(&qp).arg(&kp).arg(&vp).arg(&sp).arg(&cs);
         b.arg(&qw).arg(&kw).arg(&h).arg(&il).arg(&pr);
@@ -343,7 +354,7 @@ impl StepIndex {
     }
 
     /// Causal paged attention of `q` [queries, n_heads·qk_dim] over GPU caches of
-    /// `k_width`/`v_width`-wide rows (f32); returns [queries, n_heads·v_dim].
+    /// `k_width`/`v_width`-wide rows (f32 or bf16); returns [queries, n_heads·v_dim].
     pub fn paged_attention(
         &self,
         q: &Tensor,
@@ -379,13 +390,10 @@ impl StepIndex {
                 values.numel()
             )));
         }
-        let (qp, kp, vp, outp) = (
-            f32_ptr(q)?,
-            f32_ptr(keys)?,
-            f32_ptr(values)?,
-            gpu(&out)?.ptr(),
-        );
-        // The flash kernel reads (key, head) rows as float4: every row must start 16-byte aligned.
+        let (qp, outp) = (f32_ptr(q)?, gpu(&out)?.ptr());
+        let (kp, vp, bf16) = cache_ptrs(keys, values)?;
+        // The flash kernel reads 4 elements of a (key, head) row at a time (16 bytes of f32, 8 of
+        // bf16): every row must start aligned to that.
         let flash = h.qk_dim == h.v_dim
             && matches!(h.qk_dim, 64 | 128)
             && k_width.is_multiple_of(4)
@@ -413,10 +421,11 @@ impl StepIndex {
             )));
         }
         if tiles.len > 0 {
-            let name = if h.qk_dim == 64 {
-                "flash_prefill_d64"
-            } else {
-                "flash_prefill_d128"
+            let name = match (h.qk_dim, bf16) {
+                (64, false) => "flash_prefill_d64",
+                (64, true) => "flash_prefill_d64_bf16",
+                (_, false) => "flash_prefill_d128",
+                (_, true) => "flash_prefill_d128_bf16",
             };
             let tl = self.at(tiles);
             let f = dev.function(Kernel::Attention, name)?;
@@ -452,10 +461,11 @@ impl StepIndex {
             // take the same arguments.
             let group_size = h.n_heads / h.n_kv_heads;
             let (f, cfg) = if flash && group_size <= DECODE_MAX_GROUP {
-                let name = if h.qk_dim == 64 {
-                    "paged_decode_d64"
-                } else {
-                    "paged_decode_d128"
+                let name = match (h.qk_dim, bf16) {
+                    (64, false) => "paged_decode_d64",
+                    (64, true) => "paged_decode_d64_bf16",
+                    (_, false) => "paged_decode_d128",
+                    (_, true) => "paged_decode_d128_bf16",
                 };
                 let cfg = LaunchConfig {
                     grid_dim: ((rows.len * h.n_kv_heads) as u32, 1, 1),
@@ -469,7 +479,12 @@ impl StepIndex {
                     block_dim: (THREADS_ATT as u32, 1, 1),
                     shared_mem_bytes: ((h.qk_dim + 256) * 4) as u32,
                 };
-                (dev.function(Kernel::Ops, "paged_attention_f32")?, cfg)
+                let name = if bf16 {
+                    "paged_attention_bf16"
+                } else {
+                    "paged_attention_f32"
+                };
+                (dev.function(Kernel::Ops, name)?, cfg)
             };
             let (sp, pp, rp) = (self.at(self.seq), self.at(self.pos), self.at(rows));
             let (qk, vd) = (h.qk_dim as i32, h.v_dim as i32);
@@ -500,7 +515,7 @@ impl StepIndex {
     }
 }
 
-/// Causal paged attention over GPU caches of `k_width`/`v_width`-wide rows (f32), `q` [T,
+/// Causal paged attention over GPU caches of `k_width`/`v_width`-wide rows (f32 or bf16), `q` [T,
 /// n_heads·qk_dim] on the same GPU; returns [T, n_heads·v_dim]. Builds a [`StepIndex`] for this
 /// one call; a model step builds one for all its layers.
 #[allow(clippy::too_many_arguments)]

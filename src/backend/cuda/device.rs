@@ -102,10 +102,12 @@ impl Kernel {
             Kernel::Fill => include_str!("../../../kernels/fill.cu"),
             Kernel::Ops => concat!(
                 include_str!("../../../kernels/overlap.cuh"),
+                include_str!("../../../kernels/elem.cuh"),
                 include_str!("../../../kernels/ops.cu")
             ),
             Kernel::Attention => concat!(
                 include_str!("../../../kernels/overlap.cuh"),
+                include_str!("../../../kernels/elem.cuh"),
                 include_str!("../../../kernels/attention.cu")
             ),
             Kernel::Sample => include_str!("../../../kernels/sample.cu"),

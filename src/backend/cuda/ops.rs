@@ -19,7 +19,14 @@ use crate::tensor::{DType, Shape, Storage, Tensor};
 /// Launches `kernels/ops.cu`'s `$name` over `$grid` blocks of `$block` threads; the arguments are
 /// bound to locals first so they outlive the launch.
 macro_rules! launch {
-    ($dev:expr, $name:literal, $grid:expr, $block:expr, $smem:expr; $($a:ident = $v:expr),* $(,)?) => {{
+    ($dev:expr, $name:literal, $grid:expr, $block:expr, $smem:expr; $($a:ident = $v:expr),* $(,)?) => {
+        launch!(@go $dev, $name, concat!("launching ", $name), $grid, $block, $smem; $($a = $v),*)
+    };
+    // A kernel chosen at run time (`$name` a &'static str, which also names it in errors).
+    ($dev:expr, dyn $name:expr, $grid:expr, $block:expr, $smem:expr; $($a:ident = $v:expr),* $(,)?) => {
+        launch!(@go $dev, $name, $name, $grid, $block, $smem; $($a = $v),*)
+    };
+    (@go $dev:expr, $name:expr, $what:expr, $grid:expr, $block:expr, $smem:expr; $($a:ident = $v:expr),*) => {{
         $(let $a = $v;)*
         let f = $dev.function(Kernel::Ops, $name)?;
         let mut b = $crate::backend::cuda::overlap::Args::new();
@@ -28,7 +35,7 @@ macro_rules! launch {
         // SAFETY: every pointer argument is a live buffer of this device whose length the caller
         // checked against the sizes passed beside it; the kernel touches nothing beyond them, and
         // nothing at all before the previous kernel ends (after_previous_grid, kernels/ops.cu).
-        unsafe { $crate::backend::cuda::overlap::launch(&$dev, &f, cfg, &mut b, concat!("launching ", $name)) }?;
+        unsafe { $crate::backend::cuda::overlap::launch(&$dev, &f, cfg, &mut b, $what) }?;
     }};
 }
 
@@ -63,6 +70,20 @@ pub(crate) fn f32_ptr(t: &Tensor) -> Result<u64> {
         )));
     }
     Ok(s.ptr())
+}
+
+/// The device addresses of a key and a value cache and whether their elements are bf16 (the
+/// cache a GPU model allocates) or f32; both must be alike, since one kernel reads both.
+pub(crate) fn cache_ptrs(keys: &Tensor, values: &Tensor) -> Result<(u64, u64, bool)> {
+    let (k, v) = (gpu(keys)?, gpu(values)?);
+    if k.is_bf16() != v.is_bf16() {
+        return Err(Error::Device(format!(
+            "key and value caches of different element types ({} and {} values)",
+            keys.numel(),
+            values.numel()
+        )));
+    }
+    Ok((k.ptr(), v.ptr(), k.is_bf16()))
 }
 
 fn rows_of(x: &Tensor) -> (usize, usize) {
@@ -130,6 +151,12 @@ pub fn upload(host: &Tensor, dev: &CudaHandle, as_bf16: bool) -> Result<Tensor> 
 pub fn zeros(dev: &CudaHandle, shape: Shape) -> Result<Tensor> {
     let buf = dev.zeros::<f32>(shape.numel().max(1))?;
     Ok(wrap(dev, shape, DType::F32, DevBuf::F32(buf)))
+}
+
+/// Zeros of `shape` stored as bf16 (a KV cache: half the bytes of f32).
+pub fn zeros_bf16(dev: &CudaHandle, shape: Shape) -> Result<Tensor> {
+    let buf = dev.zeros::<bf16>(shape.numel().max(1))?;
+    Ok(wrap(dev, shape, DType::BF16, DevBuf::Bf16(buf)))
 }
 
 /// `x · wᵀ (+ b)` over the last dim of `x`: cuBLAS bf16 × bf16 with f32 accumulation and output
@@ -345,7 +372,8 @@ pub(crate) fn rope_with(x: &mut Tensor, rotary: &Rotary, n_pos: usize, cs: u64) 
 }
 
 /// `dst[dst_rows[i]][dst_off..][..len] = src[src_rows[i] / div][src_off..][..len]` for `n` rows;
-/// the index lists are device addresses of i32s (0: row i).
+/// the index lists are device addresses of i32s (0: row i). `dst` holds f32, or bf16 when
+/// `dst_bf16` (a KV cache; the values are rounded to nearest even).
 #[allow(clippy::too_many_arguments)]
 fn copy_rows(
     src: &Tensor,
@@ -353,7 +381,7 @@ fn copy_rows(
     src_off: usize,
     src_rows: u64,
     div: usize,
-    dst: u64,
+    (dst, dst_bf16): (u64, bool),
     dst_w: usize,
     dst_off: usize,
     dst_rows: u64,
@@ -376,7 +404,12 @@ fn copy_rows(
     // 256 threads of COPY_V = 4 elements a block (kernels/ops.cu).
     let per_row = len.div_ceil(1024);
     let pr = per_row as i32;
-    launch!(dev, "copy_rows", n * per_row, 256, 0; a = sp, b = sw, c = so, d = src_rows, e = dv, f2 = dst, g = dw, h = dof, i = dst_rows, j = l, k = pr);
+    let name = if dst_bf16 {
+        "copy_rows_to_bf16"
+    } else {
+        "copy_rows"
+    };
+    launch!(dev, dyn name, n * per_row, 256, 0; a = sp, b = sw, c = so, d = src_rows, e = dv, f2 = dst, g = dw, h = dof, i = dst_rows, j = l, k = pr);
     Ok(())
 }
 
@@ -393,7 +426,7 @@ pub fn gather_rows(x: &Tensor, order: &[u32], top_k: usize) -> Result<Tensor> {
     let idx: Vec<i32> = order.iter().map(|&p| p as i32).collect();
     let ib = upload_i32(&dev, &idx)?;
     let (ip, op) = (raw(&dev, &ib), gpu(&out)?.ptr());
-    copy_rows(x, h, 0, ip, top_k, op, h, 0, 0, h, order.len())?;
+    copy_rows(x, h, 0, ip, top_k, (op, false), h, 0, 0, h, order.len())?;
     drop(ib);
     Ok(out)
 }
@@ -410,7 +443,19 @@ pub fn narrow_cols(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
     }
     let dev = gpu(x)?.device().clone();
     let out = empty(&dev, [rows, len])?;
-    copy_rows(x, cols, start, 0, 1, gpu(&out)?.ptr(), len, 0, 0, len, rows)?;
+    copy_rows(
+        x,
+        cols,
+        start,
+        0,
+        1,
+        (gpu(&out)?.ptr(), false),
+        len,
+        0,
+        0,
+        len,
+        rows,
+    )?;
     Ok(out)
 }
 
@@ -430,7 +475,7 @@ pub fn concat_cols(parts: &[&Tensor]) -> Result<Tensor> {
                 r
             )));
         }
-        copy_rows(p, c, 0, 0, 1, op, width, off, 0, c, rows)?;
+        copy_rows(p, c, 0, 0, 1, (op, false), width, off, 0, c, rows)?;
         off += c;
     }
     Ok(out)
@@ -468,7 +513,8 @@ pub(crate) fn scatter_rows_at(
             src.shape()
         )));
     }
-    let dp = gpu_mut(dst)?.ptr();
+    let d = gpu_mut(dst)?;
+    let dp = (d.ptr(), d.is_bf16());
     copy_rows(src, w, 0, 0, 1, dp, dst_w, col, slots, w, rows)
 }
 
