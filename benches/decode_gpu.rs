@@ -3,9 +3,11 @@
 //! on the fused kernels.
 //!
 //! - Decode at batch 1, 8, 64 and 256 (sequences with a 64-token prompt, 16 timed steps after 4
-//!   warm-ups): ms per step and tokens/s, against the HBM roofline: the bytes one step must read
-//!   (attention weights, routers, the experts the step's routing touched, the lm_head, the KV
-//!   cache) over the device-to-device copy rate measured in the same run.
+//!   warm-ups), and at batch 32 and 64 with 4096-token contexts (a 17 and a 35 GB bf16 KV cache
+//!   beside the 93 GB of weights; in f32 the second would not fit the H200): ms per step and
+//!   tokens/s, against the HBM roofline: the bytes one step must read (attention weights,
+//!   routers, the experts the step's routing touched, the lm_head, the KV cache) over the
+//!   device-to-device copy rate measured in the same run.
 //! - Time to first token of a 2048-token prompt (median of 3 after a warm-up), against the flops
 //!   floor (the prompt's GEMM and attention flops over the cuBLAS bf16 GEMM rate measured here).
 //!
@@ -28,6 +30,10 @@ use switchyard::{Error, Result};
 
 const BATCHES: [usize; 4] = [1, 8, 64, 256];
 const PROMPT: usize = 64;
+/// (batch, prompt) of the long-context rows.
+const LONG: [(usize, usize); 2] = [(32, 4096), (64, 4096)];
+/// Prompt tokens prefilled in one step (whole prompts, at least one a step).
+const PREFILL_TOKENS: usize = 4096;
 const WARMUP: usize = 4;
 const STEPS: usize = 16;
 const BLOCK: usize = 16;
@@ -88,22 +94,35 @@ struct Decode {
     context: f64,
 }
 
-/// Decode steps at `batch`; `on_host` ends each step the previous way ([`next_tokens_on_host`]).
-fn decode(ex: &mut LocalExecutor, batch: usize, vocab: usize, on_host: bool) -> Result<Decode> {
-    let blocks_per_seq = (PROMPT + WARMUP + STEPS).div_ceil(BLOCK);
+/// Cache blocks a sequence of a `prompt`-token prompt takes through the timed steps.
+fn blocks_per_seq(prompt: usize) -> usize {
+    (prompt + WARMUP + STEPS).div_ceil(BLOCK)
+}
+
+/// Decode steps at `batch` after `prompt`-token prompts; `on_host` ends each step the previous
+/// way ([`next_tokens_on_host`]).
+fn decode(
+    ex: &mut LocalExecutor,
+    batch: usize,
+    prompt: usize,
+    vocab: usize,
+    on_host: bool,
+) -> Result<Decode> {
+    let blocks_per_seq = blocks_per_seq(prompt);
     let table = |s: usize| -> Vec<u32> {
         (0..blocks_per_seq)
             .map(|b| (s * blocks_per_seq + b) as u32)
             .collect()
     };
     let mut next = vec![0u32; batch];
-    for first in (0..batch).step_by(64) {
+    let per_step = (PREFILL_TOKENS / prompt).max(1);
+    for first in (0..batch).step_by(per_step) {
         let mut b = StepBatch::default();
-        for s in first..(first + 64).min(batch) {
-            let prompt: Vec<u32> = (0..PROMPT)
+        for s in first..(first + per_step).min(batch) {
+            let tokens: Vec<u32> = (0..prompt)
                 .map(|i| ((s * 7919 + i * 131) % vocab) as u32)
                 .collect();
-            b.push_sequence(&prompt, 0, table(s), false);
+            b.push_sequence(&tokens, 0, table(s), false);
         }
         let out = ex.step(&b)?;
         let picked = next_tokens(&out)?;
@@ -113,7 +132,7 @@ fn decode(ex: &mut LocalExecutor, batch: usize, vocab: usize, on_host: bool) -> 
     for step in 0..WARMUP + STEPS {
         let mut b = StepBatch::default();
         for (s, &tok) in next.iter().enumerate() {
-            b.push_sequence(&[tok], PROMPT + step, table(s), false);
+            b.push_sequence(&[tok], prompt + step, table(s), false);
         }
         let t = Instant::now();
         let out = ex.step(&b)?;
@@ -131,7 +150,7 @@ fn decode(ex: &mut LocalExecutor, batch: usize, vocab: usize, on_host: bool) -> 
     Ok(Decode {
         ms: total / STEPS as f64 * 1e3,
         touched: touched_sum as f64 / STEPS as f64,
-        context: (PROMPT + WARMUP) as f64 + (STEPS as f64 + 1.0) / 2.0,
+        context: (prompt + WARMUP) as f64 + (STEPS as f64 + 1.0) / 2.0,
     })
 }
 
@@ -202,25 +221,37 @@ fn main() -> Result<()> {
         c.num_layers,
         t.elapsed().as_secs_f64()
     );
-    let per_seq = (PROMPT + WARMUP + STEPS).div_ceil(BLOCK);
-    let blocks = (BATCHES[BATCHES.len() - 1] * per_seq).max((TTFT_PROMPT + 1).div_ceil(BLOCK));
+    let blocks = BATCHES
+        .iter()
+        .map(|&b| (b, PROMPT))
+        .chain(LONG)
+        .map(|(b, p)| b * blocks_per_seq(p))
+        .chain([(TTFT_PROMPT + 1).div_ceil(BLOCK)])
+        .max()
+        .expect("cases");
     let mut ex = LocalExecutor::try_new(model, blocks, BLOCK)?;
+    println!(
+        "KV cache: {blocks} blocks of {BLOCK} tokens, {:.1} GB in bf16",
+        (blocks * BLOCK) as f64 * kv_bytes_per_token(&c) / 1e9
+    );
 
-    println!("\n| batch | ms/step | tokens/s | experts read/step | GB read/step | roofline ms | % of roofline |");
-    println!("|---|---|---|---|---|---|---|");
-    for &b in &BATCHES {
-        let d = decode(&mut ex, b, c.vocab_size, false)?;
-        let bytes = fixed_bytes(&c)
-            + d.touched * expert_bytes(&c)
-            + b as f64 * d.context * kv_bytes_per_token(&c);
+    println!("\n| batch | context | ms/step | tokens/s | experts read/step | GB read/step (KV) | roofline ms | % of roofline |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let cases = BATCHES.iter().map(|&b| (b, PROMPT)).chain(LONG);
+    for (b, prompt) in cases {
+        let d = decode(&mut ex, b, prompt, c.vocab_size, false)?;
+        let kv = b as f64 * d.context * kv_bytes_per_token(&c);
+        let bytes = fixed_bytes(&c) + d.touched * expert_bytes(&c) + kv;
         let floor_ms = bytes / copy_bps * 1e3;
         println!(
-            "| {b} | {:.2} | {:.0} | {:.1} of {} | {:.1} | {:.2} | {:.0} |",
+            "| {b} | {:.0} | {:.2} | {:.0} | {:.1} of {} | {:.1} ({:.1}) | {:.2} | {:.0} |",
+            d.context,
             d.ms,
             b as f64 / (d.ms * 1e-3),
             d.touched,
             c.num_layers * c.moe.as_ref().map_or(1, |m| m.n_experts),
             bytes / 1e9,
+            kv / 1e9,
             floor_ms,
             100.0 * floor_ms / d.ms
         );
@@ -228,8 +259,8 @@ fn main() -> Result<()> {
 
     let b = BATCHES[BATCHES.len() - 1];
     let (device, host) = (
-        decode(&mut ex, b, c.vocab_size, false)?,
-        decode(&mut ex, b, c.vocab_size, true)?,
+        decode(&mut ex, b, PROMPT, c.vocab_size, false)?,
+        decode(&mut ex, b, PROMPT, c.vocab_size, true)?,
     );
     println!(
         "\nbatch {b}, same run: {:.2} ms/step picking on the GPU (token ids to the host) vs {:.2} ms/step with the [{b}, {}] f32 logits copied to the host and picked there: {:.2} ms saved per step",
