@@ -359,3 +359,189 @@ extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS) paged_decode_d64(DE
 extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS) paged_decode_d128(DEC_ARGS(float)) { after_previous_grid(); paged_decode<128>(DEC_PASS); }
 extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS) paged_decode_d64_bf16(DEC_ARGS(__nv_bfloat16)) { after_previous_grid(); paged_decode<64>(DEC_PASS); }
 extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS) paged_decode_d128_bf16(DEC_ARGS(__nv_bfloat16)) { after_previous_grid(); paged_decode<128>(DEC_PASS); }
+
+// Multi-head latent attention decode in the weight-absorbed form (DeepSeek-V2/V3: every head's
+// query q̃_h = [W_UKᵀ q_nope,h ; q_rope,h] of 576 = 512 + 64 dims scores the same cached rows
+// c_p = [latent (512) ; rope key (64)], and o_h = Σ_p softmax_p(scale · q̃_h · c_p) c_p[:512]),
+// on the tensor cores (mma.sync m16n8k16 bf16, f32 accumulation) over the bf16 cache.
+//
+// One block (4 warps) per (query row, 16 heads): the heads are the M rows of both products, so
+// each cached row is read once for 16 heads (the per-query kernel reads it once per head). The
+// block walks the row's positions in tiles of 64 keys: the tile's rows go to shared memory; warp
+// w computes S = Q̃ Kᵀ for keys 16w .. 16w + 15 of all 16 heads; the tile's row maxima meet in
+// shared memory, and each warp writes its exp2'd scores there as bf16 P; then warp w adds
+// P · V for output columns 128w .. 128w + 127, V being the first 512 dims of the same rows
+// (B fragments through ldmatrix.trans, so the tile is stored once, row-major). Row sums stay
+// per warp (over its keys) until the end, rescaled alike since the maxima are shared.
+#define MLA_DK 576
+#define MLA_DV 512
+#define MLA_HEADS 16
+#define MLA_KEYS 64
+#define MLA_THREADS 128
+#define MLA_ST (MLA_DK + 8)     // smem row stride of Q̃ and key rows (bf16): conflict-free fragments
+#define MLA_PST (MLA_KEYS + 8)  // smem row stride of P (bf16)
+#define MLA_LOADS (MLA_KEYS * MLA_DK / 8 / MLA_THREADS)  // 16-byte loads of a tile, a thread
+#define MLA_BATCH 12
+
+// Two B fragments (n-tiles n0 and n0 + 8, k = 16 keys) of a row-major [key][col] tile.
+__device__ __forceinline__ void ldsm_x4_trans(unsigned* r, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"((unsigned)__cvta_generic_to_shared(p)));
+}
+
+// Bytes of dynamic shared memory mla_decode takes (the host passes the same count).
+#define MLA_SMEM ((MLA_HEADS + MLA_KEYS) * MLA_ST * 2 + MLA_HEADS * MLA_PST * 2 + 4 * MLA_HEADS * 4 + MLA_KEYS * 4)
+
+extern "C" __global__ void __launch_bounds__(MLA_THREADS) mla_decode_bf16(
+    const float* __restrict__ q, const __nv_bfloat16* __restrict__ kc, float* __restrict__ out,
+    const int* __restrict__ q_seq, const int* __restrict__ q_pos, const int* __restrict__ table_off,
+    const int* __restrict__ tables, const int* __restrict__ rows, int n_heads, int block_size, float scale) {
+    after_previous_grid();
+    extern __shared__ __align__(16) unsigned char mla_smem[];
+    __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(mla_smem);  // [16][MLA_ST]
+    __nv_bfloat16* ks = qs + MLA_HEADS * MLA_ST;                      // [64][MLA_ST]
+    __nv_bfloat16* ps = ks + MLA_KEYS * MLA_ST;                       // [16][MLA_PST]
+    float* red = reinterpret_cast<float*>(ps + MLA_HEADS * MLA_PST);  // [4 warps][16 rows]
+    int* s_slot = reinterpret_cast<int*>(red + 4 * MLA_HEADS);        // [64]
+
+    const int groups = n_heads / MLA_HEADS;
+    const int t = rows[blockIdx.x / groups], h0 = (blockIdx.x % groups) * MLA_HEADS;
+    const int pos = q_pos[t];
+    const int* table = tables + table_off[q_seq[t]];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+
+    for (int i = threadIdx.x; i < MLA_HEADS * MLA_DK / 2; i += MLA_THREADS) {
+        const int r = i / (MLA_DK / 2), c = (i % (MLA_DK / 2)) * 2;
+        const float2 x = *reinterpret_cast<const float2*>(q + ((long)t * n_heads + h0 + r) * MLA_DK + c);
+        *reinterpret_cast<unsigned*>(&qs[r * MLA_ST + c]) = fa_pack(x.x, x.y);
+    }
+    constexpr int NT = MLA_DV / 4 / 8;  // n-tiles of a warp's 128 output columns
+    float o[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // rows g and g + 8
+    const float sl2 = scale * 1.4426950408889634f;
+
+    for (int kb = 0; kb <= pos; kb += MLA_KEYS) {
+        __syncthreads();  // the previous tile's readers are done (the first time: Q̃ is written)
+        if (threadIdx.x < MLA_KEYS) {
+            const int p = kb + threadIdx.x;
+            s_slot[threadIdx.x] = p <= pos ? table[p / block_size] * block_size + p % block_size : -1;
+        }
+        __syncthreads();
+#pragma unroll 1
+        for (int it0 = 0; it0 < MLA_LOADS; it0 += MLA_BATCH) {
+            uint4 v[MLA_BATCH];
+#pragma unroll
+            for (int it = 0; it < MLA_BATCH; it++) {
+                const int i = threadIdx.x + (it0 + it) * MLA_THREADS;
+                const int key = i / (MLA_DK / 8), c = (i % (MLA_DK / 8)) * 8, slot = s_slot[key];
+                v[it] = slot < 0 ? make_uint4(0u, 0u, 0u, 0u)
+                                 : *reinterpret_cast<const uint4*>(kc + (long)slot * MLA_DK + c);
+            }
+#pragma unroll
+            for (int it = 0; it < MLA_BATCH; it++) {
+                const int i = threadIdx.x + (it0 + it) * MLA_THREADS;
+                const int key = i / (MLA_DK / 8), c = (i % (MLA_DK / 8)) * 8;
+                *reinterpret_cast<uint4*>(&ks[key * MLA_ST + c]) = v[it];
+            }
+        }
+        __syncthreads();
+
+        // S for this warp's 16 keys (two n-tiles) and all 16 heads.
+        float s[2][4];
+#pragma unroll
+        for (int j = 0; j < 2; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll 4
+        for (int kk = 0; kk < MLA_DK / 16; kk++) {
+            const __nv_bfloat16* qa = &qs[g * MLA_ST + kk * 16 + 2 * tq];
+            const unsigned a[4] = {*reinterpret_cast<const unsigned*>(qa),
+                                   *reinterpret_cast<const unsigned*>(qa + 8 * MLA_ST),
+                                   *reinterpret_cast<const unsigned*>(qa + 8),
+                                   *reinterpret_cast<const unsigned*>(qa + 8 * MLA_ST + 8)};
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                const __nv_bfloat16* kr = &ks[(warp * 16 + j * 8 + g) * MLA_ST + kk * 16 + 2 * tq];
+                fa_mma(s[j], a, *reinterpret_cast<const unsigned*>(kr), *reinterpret_cast<const unsigned*>(kr + 8));
+            }
+        }
+        // Mask and scale; the tile's row maxima over all four warps' keys.
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int p = kb + warp * 16 + j * 8 + 2 * tq + (e & 1);
+                const float v = p <= pos ? s[j][e] * sl2 : -INFINITY;
+                s[j][e] = v;
+                if (e < 2) mx0 = fmaxf(mx0, v); else mx1 = fmaxf(mx1, v);
+            }
+        }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, 2));
+        if (tq == 0) red[warp * MLA_HEADS + g] = mx0, red[warp * MLA_HEADS + g + 8] = mx1;
+        __syncthreads();
+#pragma unroll
+        for (int w = 0; w < 4; w++) {
+            mx0 = fmaxf(mx0, red[w * MLA_HEADS + g]);
+            mx1 = fmaxf(mx1, red[w * MLA_HEADS + g + 8]);
+        }
+        const float nm0 = fmaxf(m0, mx0), nm1 = fmaxf(m1, mx1);
+        // Position 0 is visible to every row, so the maxima are finite from the first tile on.
+        const float c0 = exp2f(m0 - nm0), c1 = exp2f(m1 - nm1);
+        m0 = nm0, m1 = nm1;
+        l0 *= c0, l1 *= c1;
+#pragma unroll
+        for (int j = 0; j < NT; j++) o[j][0] *= c0, o[j][1] *= c0, o[j][2] *= c1, o[j][3] *= c1;
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            const float p0 = exp2f(s[j][0] - nm0), p1 = exp2f(s[j][1] - nm0);
+            const float p2 = exp2f(s[j][2] - nm1), p3 = exp2f(s[j][3] - nm1);
+            l0 += p0 + p1, l1 += p2 + p3;
+            const int col = warp * 16 + j * 8 + 2 * tq;
+            *reinterpret_cast<unsigned*>(&ps[g * MLA_PST + col]) = fa_pack(p0, p1);
+            *reinterpret_cast<unsigned*>(&ps[(g + 8) * MLA_PST + col]) = fa_pack(p2, p3);
+        }
+        __syncthreads();
+        // O (this warp's 128 columns) += P · V over the tile's 64 keys.
+#pragma unroll
+        for (int kk = 0; kk < MLA_KEYS / 16; kk++) {
+            const __nv_bfloat16* pa = &ps[g * MLA_PST + kk * 16 + 2 * tq];
+            const unsigned a[4] = {*reinterpret_cast<const unsigned*>(pa),
+                                   *reinterpret_cast<const unsigned*>(pa + 8 * MLA_PST),
+                                   *reinterpret_cast<const unsigned*>(pa + 8),
+                                   *reinterpret_cast<const unsigned*>(pa + 8 * MLA_PST + 8)};
+            const int mat = lane / 8, r = lane % 8;
+            const int key = kk * 16 + (mat & 1) * 8 + r;
+#pragma unroll
+            for (int j = 0; j < NT; j += 2) {
+                unsigned b[4];
+                ldsm_x4_trans(b, &ks[key * MLA_ST + warp * 128 + j * 8 + (mat >> 1) * 8]);
+                fa_mma(o[j], a, b[0], b[1]);
+                fa_mma(o[j + 1], a, b[2], b[3]);
+            }
+        }
+    }
+    // Row sums: over the quad (this warp's keys), then over the warps.
+    l0 += __shfl_xor_sync(0xffffffff, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffff, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffff, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffff, l1, 2);
+    __syncthreads();
+    if (tq == 0) red[warp * MLA_HEADS + g] = l0, red[warp * MLA_HEADS + g + 8] = l1;
+    __syncthreads();
+    float L0 = 0.0f, L1 = 0.0f;
+#pragma unroll
+    for (int w = 0; w < 4; w++) L0 += red[w * MLA_HEADS + g], L1 += red[w * MLA_HEADS + g + 8];
+    float* out0 = out + ((long)t * n_heads + h0 + g) * MLA_DV + warp * 128;
+    float* out1 = out0 + 8 * MLA_DV;
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+        const int c = j * 8 + 2 * tq;
+        *reinterpret_cast<float2*>(out0 + c) = make_float2(o[j][0] / L0, o[j][1] / L0);
+        *reinterpret_cast<float2*>(out1 + c) = make_float2(o[j][2] / L1, o[j][3] / L1);
+    }
+}

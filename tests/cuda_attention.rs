@@ -161,6 +161,29 @@ fn paged_attention_gqa_window_and_mla() {
         window: None,
     };
     attention_case(&d, &mut rng, mla, 40, true, 4, &[19, 300], &[19, 1], 1e-5);
+    // At DeepSeek's widths (512 latent + 64 rope dims, 32 heads): over the bf16 cache the
+    // tensor-core MLA kernel (queries and probabilities rounded to bf16, as flash prefill's),
+    // over f32 rows the per-query kernel. A decode row past several 64-key tiles, a 70-token
+    // prefill (every row its own prefix), a one-token prompt.
+    let deepseek = Heads {
+        n_heads: 32,
+        n_kv_heads: 1,
+        qk_dim: 576,
+        v_dim: 512,
+        scale: 0.07,
+        window: None,
+    };
+    attention_case(
+        &d,
+        &mut rng,
+        deepseek,
+        576,
+        true,
+        16,
+        &[300, 70, 1],
+        &[1, 70, 1],
+        1e-2,
+    );
 }
 
 /// `n_heads` query heads over `n_kv_heads` KV heads of `dim` (= qk = v) dims, scale 1/sqrt(dim).

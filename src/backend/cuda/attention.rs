@@ -6,7 +6,9 @@
 //! [`DECODE_MAX_GROUP`] query heads a KV head, `paged_decode_d64/128` (kernels/attention.cu: one
 //! block per query and KV head, the positions split over 8 warps), else (MLA's wide latent
 //! heads, other dims) `paged_attention_f32` (kernels/ops.cu). All write disjoint rows of one
-//! output. Each reads f32 or bf16 caches (a GPU model's cache is bf16, `_bf16` kernels); the
+//! output. MLA's weight-absorbed heads at DeepSeek's widths (576 / 512, one latent row a position
+//! shared by every head) over a bf16 cache go to `mla_decode_bf16` instead, which reads each
+//! latent row once for 16 heads and multiplies on the tensor cores. Each reads f32 or bf16 caches (a GPU model's cache is bf16, `_bf16` kernels); the
 //! same kernels serve both, instantiated per element type.
 //!
 //! What the kernels index by (each query's sequence, position and cache slot, the block tables,
@@ -36,6 +38,14 @@ const THREADS_ATT: usize = 128;
 /// serves (`DEC_MAX_GROUP`, kernels/attention.cu).
 const DECODE_WARPS: usize = 8;
 pub const DECODE_MAX_GROUP: usize = 8;
+/// The absorbed MLA kernel's shapes (kernels/attention.cu's MLA_DK, MLA_DV, MLA_HEADS) and its
+/// dynamic shared memory (MLA_SMEM): the 16 heads' queries and a 64-key tile in rows of 584
+/// bf16, P in rows of 72, the warps' row maxima and the tile's slots.
+const MLA_DK: usize = 576;
+const MLA_DV: usize = 512;
+const MLA_HEADS: usize = 16;
+const MLA_SMEM: usize =
+    (MLA_HEADS + 64) * (MLA_DK + 8) * 2 + MLA_HEADS * 72 * 2 + 4 * MLA_HEADS * 4 + 64 * 4;
 
 /// How one step's queries are split between the two kernels.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -392,6 +402,10 @@ impl StepIndex {
         }
         let (qp, outp) = (f32_ptr(q)?, gpu(&out)?.ptr());
         let (kp, vp, bf16) = cache_ptrs(keys, values)?;
+        if bf16 && kp == vp && is_mla_latent(&h, k_width, v_width) {
+            self.mla_decode(qp, kp, outp, &h)?;
+            return Ok(out);
+        }
         // The flash kernel reads 4 elements of a (key, head) row at a time (16 bytes of f32, 8 of
         // bf16): every row must start aligned to that.
         let flash = h.qk_dim == h.v_dim
@@ -513,6 +527,47 @@ impl StepIndex {
         }
         Ok(out)
     }
+
+    /// Every query of the step through `mla_decode_bf16` (kernels/attention.cu): a block per
+    /// (query, 16 heads), the latent rows read once for the 16 heads, both products on the
+    /// tensor cores. The caller checked the shapes ([`is_mla_latent`]) and that q, the cache
+    /// (one bf16 buffer of latent rows, read as keys and values) and out are whole.
+    fn mla_decode(&self, qp: u64, kp: u64, outp: u64, h: &Heads) -> Result<()> {
+        let dev = &self.dev;
+        let groups = h.n_heads / MLA_HEADS;
+        let f = dev.function_with_smem(Kernel::Attention, "mla_decode_bf16", MLA_SMEM)?;
+        let (sp, pp, rp) = (self.at(self.seq), self.at(self.pos), self.at(self.all_rows));
+        let (op, tp) = (self.at(self.table_off), self.at(self.tables));
+        let (nh, bs) = (h.n_heads as i32, self.block_size as i32);
+        let mut b = overlap::Args::new();
+        b.arg(&qp)
+            .arg(&kp)
+            .arg(&outp)
+            .arg(&sp)
+            .arg(&pp)
+            .arg(&op)
+            .arg(&tp);
+        b.arg(&rp).arg(&nh).arg(&bs).arg(&h.scale);
+        let cfg = LaunchConfig {
+            grid_dim: ((self.all_rows.len * groups) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: MLA_SMEM as u32,
+        };
+        // SAFETY: q/out hold `queries` rows of n_heads heads of 576 / 512 values and the cache
+        // every slot the tables name (checked by paged_attention); the rows section indexes
+        // every query; the kernel touches nothing before the previous kernel ends.
+        unsafe { overlap::launch(dev, &f, cfg, &mut b, "launching mla_decode_bf16") }
+    }
+}
+
+/// Heads of MLA's weight-absorbed form at DeepSeek-V2/V3's widths, the shape `mla_decode_bf16`
+/// takes: one KV head of 512 latent + 64 rope dims read as both keys and values (rows of 576),
+/// outputs of the 512 latent dims, heads in groups of 16, no window.
+fn is_mla_latent(h: &Heads, k_width: usize, v_width: usize) -> bool {
+    h.n_kv_heads == 1
+        && (h.qk_dim, h.v_dim, k_width, v_width) == (MLA_DK, MLA_DV, MLA_DK, MLA_DK)
+        && h.n_heads.is_multiple_of(MLA_HEADS)
+        && h.window.is_none()
 }
 
 /// Causal paged attention over GPU caches of `k_width`/`v_width`-wide rows (f32 or bf16), `q` [T,
