@@ -3,7 +3,7 @@
 // projections as kernels/grouped_gemm.cu:
 //
 //   gate/up: act[r, n] = silu(xs[r] . gate_e[n]) * (xs[r] . up_e[n]), where xs holds the token
-//            rows already gathered into sorted order (gather_rows in grouped_gemm.cu), so that A
+//            rows already copied into sorted order (scatter_rows in grouped_gemm.cu), so that A
 //            is a plain row-major matrix TMA can tile; SiLU*up is fused into the epilogue: each
 //            N tile holds 128 gate rows and the 128 matching up rows, so one thread's accumulators
 //            hold both the gate and the up value of an output element.

@@ -7,7 +7,7 @@
 //!   `down_wgmma` (kernels/grouped_gemm_sm90.cu, launched by moe/wgmma.rs), TMA + wgmma,
 //!   persistent, 128 x 256 tiles a CTA, gate/up on clusters of two or four CTAs while experts
 //!   hold few rows ([`WgmmaTile`]); the token rows are first
-//!   gathered into sorted order (`gather_rows`, into [`MoeWorkspace::y`], which is free until
+//!   copied into sorted order (`scatter_rows`, into [`MoeWorkspace::y`], which is free until
 //!   the down projection writes it).
 //! - [`GemmPath::Large`] elsewhere: the mma.sync 128 x 128 kernels (`gate_up_large` / `down_large`).
 
@@ -20,7 +20,7 @@ use crate::backend::cuda::dev_err;
 use crate::backend::cuda::device::{CudaDevice, DeviceBuffer, Kernel};
 use crate::backend::cuda::ops::raw;
 use crate::backend::cuda::overlap::{self, ArgSink, Args};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Which kernel family runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,26 +292,35 @@ fn grouped(
     Ok(())
 }
 
-/// xs = x[order / top_k] into `ws.y` (the token rows in sorted order, [n_pairs, hidden]).
+/// xs = x[order / top_k] into `ws.y` (the token rows in sorted order, [n_pairs, hidden]),
+/// written token by token through `row_of_pair`.
 fn gather(
     dev: &CudaDevice,
     ws: &mut MoeWorkspace,
     x: &DeviceBuffer<bf16>,
     n_pairs: usize,
 ) -> Result<()> {
-    let f = dev.function(Kernel::GroupedGemm, "gather_rows")?;
+    if ws.shape.top_k > super::MAX_TOP_K {
+        return Err(Error::Shape(format!(
+            "top_k {}: the row scatter takes at most {} pairs a token",
+            ws.shape.top_k,
+            super::MAX_TOP_K
+        )));
+    }
+    let f = dev.function(Kernel::GroupedGemm, "scatter_rows")?;
     let (h, k) = (ws.shape.hidden as i32, ws.shape.top_k as i32);
     let mut b = dev.stream().launch_builder(&f);
-    b.arg(x).arg(&mut ws.y).arg(&ws.order).arg(&h).arg(&k);
-    // SAFETY: n_pairs rows of order (from permute) index tokens < n_tokens of x; y holds
-    // n_pairs x hidden (workspace capacity); hidden % 8 == 0 for the 16-byte copies.
+    b.arg(x).arg(&mut ws.y).arg(&ws.row_of_pair).arg(&h).arg(&k);
+    // SAFETY: n_pairs / top_k tokens of x, each with top_k entries of row_of_pair (from
+    // permute) naming distinct rows < n_pairs; y holds n_pairs x hidden (workspace capacity);
+    // hidden % 8 == 0 for the 16-byte copies; top_k <= 32 (MAX_TOP_K) for the kernel's table.
     unsafe {
         b.launch(LaunchConfig {
-            grid_dim: (n_pairs as u32, 1, 1),
+            grid_dim: ((n_pairs / ws.shape.top_k) as u32, 1, 1),
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         })
     }
-    .map_err(dev_err("launching gather_rows"))?;
+    .map_err(dev_err("launching scatter_rows"))?;
     Ok(())
 }
