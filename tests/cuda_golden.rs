@@ -56,12 +56,26 @@ fn every_fixture_on_the_gpu() {
         let g = golden(name);
         let mut gpu = engine(name, &device);
         let mut cpu = engine(name, &Device::Cpu);
-        let mut worst = 0.0f64;
+        let mut errors = Vec::new();
         for (prompt, want) in g.prompts.iter().zip(&g.logits) {
             let got = gpu.score(prompt).unwrap();
+            let rows: Vec<f64> = want
+                .iter()
+                .zip(got.as_slice().chunks(want[0].len()))
+                .map(|(w, g)| rel_l2(g, w))
+                .collect();
             let want: Vec<f32> = want.iter().flatten().copied().collect();
-            worst = worst.max(rel_l2(got.as_slice(), &want));
+            let e = rel_l2(got.as_slice(), &want);
+            if e > 2e-2 {
+                let rows: Vec<String> = rows.iter().map(|r| format!("{r:.1e}")).collect();
+                eprintln!(
+                    "{name}: prompt of {}: error by position {rows:?}",
+                    prompt.len()
+                );
+            }
+            errors.push(e);
         }
+        let worst = errors.iter().copied().fold(0.0, f64::max);
         let mut tokens_ok = true;
         for (prompt, want) in g.prompts.iter().zip(&g.greedy) {
             let got = gpu.generate(prompt, &opts).unwrap();
@@ -80,7 +94,11 @@ fn every_fixture_on_the_gpu() {
         }
         let ok = worst <= 2e-2 && tokens_ok && gpu.used_blocks() == 0;
         eprintln!(
-            "{name}: worst logits relative L2 {worst:.2e}; greedy tokens {}; {}",
+            "{name}: logits relative L2 by prompt {:?}; greedy tokens {}; {}",
+            errors
+                .iter()
+                .map(|e| format!("{e:.2e}"))
+                .collect::<Vec<_>>(),
             if tokens_ok { "match" } else { "DIFFER" },
             if ok { "ok" } else { "FAIL" }
         );
