@@ -50,6 +50,25 @@ fn linear_with_and_without_bias() {
     }
 }
 
+/// One linear map per head in one batched call (MLA's W_UKᵀ and W_UV): GPU against the CPU's
+/// per-head loop, bf16 and f32 weights, DeepSeek's 128 heads of 128 → 512 and a small odd case.
+#[test]
+fn linear_heads_batched() {
+    let Some(d) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    for (t, h, k, n) in [(5, 128, 128, 512), (1, 128, 512, 128), (17, 3, 24, 40)] {
+        let x = rand_t(&mut rng, &[t, h * k], 1.0);
+        let w = rand_t(&mut rng, &[h, n, k], 0.1);
+        let want = ops::linear_heads(&x, &w).unwrap();
+        let xd = x.to_device(&d).unwrap();
+        let what = format!("linear_heads T {t}, {h} heads, {k} -> {n}");
+        let got = ops::linear_heads(&xd, &w.to_device_bf16(&d).unwrap()).unwrap();
+        close(&what, &got, &want, 1e-2);
+        let got = ops::linear_heads(&xd, &w.to_device(&d).unwrap()).unwrap();
+        close(&format!("{what}, f32 weights"), &got, &want, 1e-5);
+    }
+}
+
 /// RMSNorm and RMSNorm with the residual add over `rows` x `cols`, GPU against CPU; returns the
 /// input rows and the added rows for further checks.
 fn check_norms(d: &Device, rng: &mut ChaCha8Rng, rows: usize, cols: usize) -> (Tensor, Tensor) {

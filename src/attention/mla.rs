@@ -42,10 +42,10 @@ pub struct MlaAttention {
     q: QueryProj,
     kv_down: Linear,
     kv_norm: Tensor,
-    /// Per head, W_UKᵀ: [kv_lora, nope].
-    w_uk_t: Vec<Tensor>,
-    /// Per head, W_UV: [v_dim, kv_lora].
-    w_uv: Vec<Tensor>,
+    /// W_UKᵀ of every head: [heads, kv_lora, nope].
+    w_uk_t: Tensor,
+    /// W_UV of every head: [heads, v_dim, kv_lora].
+    w_uv: Tensor,
     o: Linear,
     dims: MlaConfig,
     n_heads: usize,
@@ -124,9 +124,8 @@ impl MlaAttention {
         }
         self.kv_down.to_device(device)?;
         self.kv_norm = self.kv_norm.to_device(device)?;
-        for w in self.w_uk_t.iter_mut().chain(self.w_uv.iter_mut()) {
-            *w = w.to_device_bf16(device)?;
-        }
+        self.w_uk_t = self.w_uk_t.to_device_bf16(device)?;
+        self.w_uv = self.w_uv.to_device_bf16(device)?;
         self.o.to_device(device)
     }
 
@@ -186,20 +185,11 @@ impl MlaAttention {
         cache: &LayerCache,
     ) -> Result<Tensor> {
         let block_size = step.block_size();
-        let (nope, rope, lora) = (
-            self.dims.qk_nope_head_dim,
-            self.dims.qk_rope_head_dim,
-            self.dims.kv_lora_rank,
-        );
+        let (rope, lora) = (self.dims.qk_rope_head_dim, self.dims.kv_lora_rank);
         let nh = self.n_heads;
-        // Per head [q̃_h ; q_rope,h], heads side by side.
-        let mut parts = Vec::with_capacity(2 * nh);
-        for h in 0..nh {
-            let qn = head_columns(q_nope, nh, nope, h)?;
-            parts.push(ops::linear(&qn, &self.w_uk_t[h], None)?);
-            parts.push(head_columns(q_rot, nh, rope, h)?);
-        }
-        let q = ops::concat_cols(&parts.iter().collect::<Vec<_>>())?;
+        // Per head [q̃_h ; q_rope,h], heads side by side: one batched map, one interleave.
+        let q_abs = ops::linear_heads(q_nope, &self.w_uk_t)?;
+        let q = join_heads(&q_abs, q_rot, nh, lora, rope)?;
         let rows = PagedCache {
             data: &cache.keys,
             width: lora + rope,
@@ -214,7 +204,7 @@ impl MlaAttention {
             window: None,
         };
         let o_lat = step.paged_attention(&q, rows, rows, heads)?;
-        self.project_values(&o_lat, lora)
+        self.project_values(&o_lat)
     }
 
     /// The paper's form: per-head keys and values expanded from every cached latent.
@@ -253,9 +243,9 @@ impl MlaAttention {
             let latents = Tensor::from_f32([rows.len(), lora], latents)?;
             for h in 0..nh {
                 // k_nope,h(j) = W_UK,h c_j ; v_h(j) = W_UV,h c_j for every visible position j.
-                let w_uk = transpose(&self.w_uk_t[h])?;
+                let w_uk = transpose(&head_matrix(&self.w_uk_t, h)?)?;
                 let k_nope = ops::linear(&latents, &w_uk, None)?;
-                let v = ops::linear(&latents, &self.w_uv[h], None)?;
+                let v = ops::linear(&latents, &head_matrix(&self.w_uv, h)?, None)?;
                 let q_h: Vec<f32> = q_nope.row(i)[h * nope..][..nope]
                     .iter()
                     .chain(&q_rot.row(i)[h * rope..][..rope])
@@ -283,33 +273,30 @@ impl MlaAttention {
     }
 
     /// o_h = W_UV,h · (attention-weighted latent of head h), for every head.
-    fn project_values(&self, o_lat: &Tensor, lora: usize) -> Result<Tensor> {
-        let nh = self.n_heads;
-        let heads = (0..nh)
-            .map(|h| ops::linear(&head_columns(o_lat, nh, lora, h)?, &self.w_uv[h], None))
-            .collect::<Result<Vec<_>>>()?;
-        ops::concat_cols(&heads.iter().collect::<Vec<_>>())
+    fn project_values(&self, o_lat: &Tensor) -> Result<Tensor> {
+        ops::linear_heads(o_lat, &self.w_uv)
     }
 }
 
-/// Splits rows of `n` heads × (a + b) into [T, n·a] and [T, n·b].
+/// Splits rows of `n` heads × (a + b) into [T, n·a] and [T, n·b] (each head's row as a row of
+/// its own, two column slices).
 fn split_heads(x: &Tensor, n: usize, a: usize, b: usize) -> Result<(Tensor, Tensor)> {
-    let part = |off: usize, w: usize| -> Result<Tensor> {
-        let cols = (0..n)
-            .map(|h| ops::narrow_cols(x, h * (a + b) + off, w))
-            .collect::<Result<Vec<_>>>()?;
-        if cols.len() == 1 {
-            return Ok(cols.into_iter().next().expect("one head"));
-        }
-        ops::concat_cols(&cols.iter().collect::<Vec<_>>())
-    };
-    Ok((part(0, a)?, part(a, b)?))
+    let t = x.dims()[0];
+    let per_head = x.clone().reshape([t * n, a + b])?;
+    Ok((
+        ops::narrow_cols(&per_head, 0, a)?.reshape([t, n * a])?,
+        ops::narrow_cols(&per_head, a, b)?.reshape([t, n * b])?,
+    ))
 }
 
-/// Columns of head `h` of rows of `n` heads × `d`: [T, d].
-fn head_columns(x: &Tensor, n: usize, d: usize, h: usize) -> Result<Tensor> {
-    debug_assert_eq!(x.dims()[1], n * d);
-    ops::narrow_cols(x, h * d, d)
+/// The inverse of [`split_heads`]: rows of `n` heads × (a + b) from [T, n·a] and [T, n·b].
+fn join_heads(x: &Tensor, y: &Tensor, n: usize, a: usize, b: usize) -> Result<Tensor> {
+    let t = x.dims()[0];
+    let (xa, yb) = (
+        x.clone().reshape([t * n, a])?,
+        y.clone().reshape([t * n, b])?,
+    );
+    ops::concat_cols(&[&xa, &yb])?.reshape([t, n * (a + b)])
 }
 
 fn transpose(w: &Tensor) -> Result<Tensor> {
@@ -323,15 +310,25 @@ fn transpose(w: &Tensor) -> Result<Tensor> {
     Tensor::from_f32_stored_as([c, r], v, w.dtype())
 }
 
-/// kv_b_proj [h·(nope + v), kv_lora] → per head W_UKᵀ [kv_lora, nope] and W_UV [v, kv_lora].
-fn split_kv_b(w: &Tensor, nh: usize, d: &MlaConfig) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
-    let per_head = d.qk_nope_head_dim + d.v_head_dim;
+/// kv_b_proj [h·(nope + v), kv_lora] → W_UKᵀ of every head [h, kv_lora, nope] and W_UV of every
+/// head [h, v, kv_lora].
+fn split_kv_b(w: &Tensor, nh: usize, d: &MlaConfig) -> Result<(Tensor, Tensor)> {
+    let (nope, vd, lora) = (d.qk_nope_head_dim, d.v_head_dim, d.kv_lora_rank);
     let mut uk_t = Vec::with_capacity(nh);
     let mut uv = Vec::with_capacity(nh);
     for h in 0..nh {
-        let rows = w.narrow_rows(h * per_head, per_head)?;
-        uk_t.push(transpose(&rows.narrow_rows(0, d.qk_nope_head_dim)?)?);
-        uv.push(rows.narrow_rows(d.qk_nope_head_dim, d.v_head_dim)?);
+        let rows = w.narrow_rows(h * (nope + vd), nope + vd)?;
+        uk_t.push(transpose(&rows.narrow_rows(0, nope)?)?);
+        uv.push(rows.narrow_rows(nope, vd)?);
     }
-    Ok((uk_t, uv))
+    let stack = |parts: &[Tensor], shape: [usize; 3]| {
+        Tensor::concat(&parts.iter().collect::<Vec<_>>(), shape)
+    };
+    Ok((stack(&uk_t, [nh, lora, nope])?, stack(&uv, [nh, vd, lora])?))
+}
+
+/// Head `h`'s matrix of weights stacked [heads, r, c]: [r, c].
+fn head_matrix(w: &Tensor, h: usize) -> Result<Tensor> {
+    let (r, c) = (w.dims()[1], w.dims()[2]);
+    w.narrow_rows(h, 1)?.reshape([r, c])
 }

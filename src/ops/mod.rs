@@ -70,6 +70,40 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     Tensor::from_f32([m, n], out)
 }
 
+/// One linear map per head: `out[t, h·n..][..n] = x[t, h·k..][..k] · w[h]ᵀ` for `x` [T, H·k] and
+/// `w` [H, n, k], giving [T, H·n]. MLA's absorbed form applies W_UKᵀ and W_UV to every head this
+/// way: one batched GEMM on a GPU instead of a GEMM and two copies a head.
+pub fn linear_heads(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    on_gpu!(x => crate::backend::cuda::ops::linear_heads(x, w));
+    let (t, hk) = rows_of(x);
+    let (h, n, k) = heads_of(x, w)?;
+    let (xs, ws) = (cpu_of(x), cpu_of(w));
+    let mut out = vec![0.0f32; t * h * n];
+    for head in 0..h {
+        let xh: Vec<f32> = (0..t)
+            .flat_map(|r| &xs[r * hk + head * k..][..k])
+            .copied()
+            .collect();
+        let y = cpu::matmul::linear(&xh, t, k, &ws[head * n * k..][..n * k], n, None);
+        for (r, row) in y.chunks_exact(n.max(1)).enumerate() {
+            out[r * h * n + head * n..][..n].copy_from_slice(row);
+        }
+    }
+    Tensor::from_f32([t, h * n], out)
+}
+
+/// (heads, n, k) of [`linear_heads`]'s weights `w` [H, n, k], checked against `x` [T, H·k].
+pub(crate) fn heads_of(x: &Tensor, w: &Tensor) -> Result<(usize, usize, usize)> {
+    match *w.dims() {
+        [h, n, k] if h * k == rows_of(x).1 => Ok((h, n, k)),
+        _ => Err(Error::Shape(format!(
+            "per-head linear: input {} against weights {}",
+            x.shape(),
+            w.shape()
+        ))),
+    }
+}
+
 /// Rows of the embedding table for `ids`.
 pub fn embedding(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
     on_gpu!(table => crate::backend::cuda::ops::embedding(table, ids));

@@ -123,3 +123,49 @@ pub fn linear_raw_typed(
     }
     .map_err(dev_err("cuBLAS GemmEx"))
 }
+
+/// [`linear_raw_typed`] once per head in one strided batched call: head h maps columns
+/// `h·k..` of each row of `x` [m, heads·k] through `w[h]` [n, k] into columns `h·n..` of `out`
+/// [m, heads·n] (f32); `x` and `w` of type `input` (bf16 or f32).
+pub fn linear_heads_raw(
+    dev: &CudaDevice,
+    x: u64,
+    w: u64,
+    out: u64,
+    (m, heads, k, n): (usize, usize, usize, usize),
+    input: cudaDataType,
+) -> Result<()> {
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    // Column-major per head, as in `linear`: outᵀ_h [n, m] (ld heads·n, head offset n) =
+    // w_hᵀ ([k, n], ld k, head stride n·k) · xᵀ_h ([k, m], ld heads·k, head offset k).
+    // SAFETY: the caller passes live buffers of at least m·heads·k, heads·n·k and m·heads·n
+    // elements of this device; every head's view stays inside them; alpha and beta are f32.
+    unsafe {
+        cudarc::cublas::result::gemm_strided_batched_ex(
+            *dev.blas().handle(),
+            cublasOperation_t::CUBLAS_OP_T,
+            cublasOperation_t::CUBLAS_OP_N,
+            n as i32,
+            m as i32,
+            k as i32,
+            &alpha as *const f32 as *const _,
+            w as *const _,
+            input,
+            k as i32,
+            (n * k) as i64,
+            x as *const _,
+            input,
+            (heads * k) as i32,
+            k as i64,
+            &beta as *const f32 as *const _,
+            out as *mut _,
+            cudaDataType::CUDA_R_32F,
+            (heads * n) as i32,
+            n as i64,
+            heads as i32,
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }
+    .map_err(dev_err("cuBLAS GemmStridedBatchedEx"))
+}

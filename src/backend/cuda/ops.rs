@@ -219,6 +219,32 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     Ok(out)
 }
 
+/// [`crate::ops::linear_heads`] on the GPU: every head in one batched cuBLAS call, bf16 inputs
+/// (x rounded for the tensor cores) when the weights are bf16, f32 otherwise.
+pub fn linear_heads(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    use cudarc::cublas::sys::cudaDataType;
+    let dev = gpu(x)?.device().clone();
+    let (h, n, k) = crate::ops::heads_of(x, w)?;
+    let m = rows_of(x).0;
+    let out = empty(&dev, [m, h * n])?;
+    if m == 0 || h == 0 {
+        return Ok(out);
+    }
+    let (ws, op) = (gpu(w)?, gpu(&out)?.ptr());
+    let dims = (m, h, k, n);
+    if !ws.is_bf16() {
+        let xp = f32_ptr(x)?;
+        super::blas::linear_heads_raw(&dev, xp, ws.ptr(), op, dims, cudaDataType::CUDA_R_32F)?;
+        return Ok(out);
+    }
+    let xb = alloc::<bf16>(&dev, m * h * k)?;
+    let (xp, xbp, nel) = (f32_ptr(x)?, raw(&dev, &xb), (m * h * k) as i64);
+    launch!(dev, "cast_f32_bf16", grid_for(m * h * k), THREADS, 0; a = xp, b2 = xbp, c = nel);
+    super::blas::linear_heads_raw(&dev, xbp, ws.ptr(), op, dims, cudaDataType::CUDA_R_16BF)?;
+    drop(xb);
+    Ok(out)
+}
+
 /// Rows of the embedding table (bf16 or f32) for `ids`.
 pub fn embedding(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
     let ts = gpu(table)?;
