@@ -363,7 +363,8 @@ extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS) paged_decode_d128_b
 // Multi-head latent attention decode in the weight-absorbed form (DeepSeek-V2/V3: every head's
 // query q̃_h = [W_UKᵀ q_nope,h ; q_rope,h] of 576 = 512 + 64 dims scores the same cached rows
 // c_p = [latent (512) ; rope key (64)], and o_h = Σ_p softmax_p(scale · q̃_h · c_p) c_p[:512]),
-// on the tensor cores (mma.sync m16n8k16 bf16, f32 accumulation) over the bf16 cache.
+// on the tensor cores (mma.sync m16n8k16 bf16, f32 accumulation) over the latent cache (f32,
+// the model's, rounded to bf16 as a tile is read, or bf16).
 //
 // One block (4 warps) per (query row, 16 heads): the heads are the M rows of both products, so
 // each cached row is read once for 16 heads (the per-query kernel reads it once per head). The
@@ -390,14 +391,21 @@ __device__ __forceinline__ void ldsm_x4_trans(unsigned* r, const void* p) {
                  : "r"((unsigned)__cvta_generic_to_shared(p)));
 }
 
+// Eight consecutive cache elements as eight bf16 (16 bytes).
+__device__ __forceinline__ uint4 mla_load8(const float* p) {
+    const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
+    return make_uint4(fa_pack(a.x, a.y), fa_pack(a.z, a.w), fa_pack(b.x, b.y), fa_pack(b.z, b.w));
+}
+__device__ __forceinline__ uint4 mla_load8(const __nv_bfloat16* p) { return *reinterpret_cast<const uint4*>(p); }
+
 // Bytes of dynamic shared memory mla_decode takes (the host passes the same count).
 #define MLA_SMEM ((MLA_HEADS + MLA_KEYS) * MLA_ST * 2 + MLA_HEADS * MLA_PST * 2 + 4 * MLA_HEADS * 4 + MLA_KEYS * 4)
 
-extern "C" __global__ void __launch_bounds__(MLA_THREADS) mla_decode_bf16(
-    const float* __restrict__ q, const __nv_bfloat16* __restrict__ kc, float* __restrict__ out,
+template <typename C>
+__device__ __forceinline__ void mla_decode(
+    const float* __restrict__ q, const C* __restrict__ kc, float* __restrict__ out,
     const int* __restrict__ q_seq, const int* __restrict__ q_pos, const int* __restrict__ table_off,
     const int* __restrict__ tables, const int* __restrict__ rows, int n_heads, int block_size, float scale) {
-    after_previous_grid();
     extern __shared__ __align__(16) unsigned char mla_smem[];
     __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(mla_smem);  // [16][MLA_ST]
     __nv_bfloat16* ks = qs + MLA_HEADS * MLA_ST;                      // [64][MLA_ST]
@@ -437,8 +445,7 @@ extern "C" __global__ void __launch_bounds__(MLA_THREADS) mla_decode_bf16(
             for (int it = 0; it < MLA_BATCH; it++) {
                 const int i = threadIdx.x + (it0 + it) * MLA_THREADS;
                 const int key = i / (MLA_DK / 8), c = (i % (MLA_DK / 8)) * 8, slot = s_slot[key];
-                v[it] = slot < 0 ? make_uint4(0u, 0u, 0u, 0u)
-                                 : *reinterpret_cast<const uint4*>(kc + (long)slot * MLA_DK + c);
+                v[it] = slot < 0 ? make_uint4(0u, 0u, 0u, 0u) : mla_load8(kc + (long)slot * MLA_DK + c);
             }
 #pragma unroll
             for (int it = 0; it < MLA_BATCH; it++) {
@@ -545,3 +552,11 @@ extern "C" __global__ void __launch_bounds__(MLA_THREADS) mla_decode_bf16(
         *reinterpret_cast<float2*>(out1 + c) = make_float2(o[j][2] / L1, o[j][3] / L1);
     }
 }
+
+#define MLA_ARGS(C)                                                                                         \
+    const float *__restrict__ q, const C *__restrict__ kc, float *__restrict__ out,                         \
+        const int *__restrict__ q_seq, const int *__restrict__ q_pos, const int *__restrict__ table_off,    \
+        const int *__restrict__ tables, const int *__restrict__ rows, int n_heads, int block_size, float scale
+#define MLA_PASS q, kc, out, q_seq, q_pos, table_off, tables, rows, n_heads, block_size, scale
+extern "C" __global__ void __launch_bounds__(MLA_THREADS) mla_decode_f32(MLA_ARGS(float)) { after_previous_grid(); mla_decode(MLA_PASS); }
+extern "C" __global__ void __launch_bounds__(MLA_THREADS) mla_decode_bf16(MLA_ARGS(__nv_bfloat16)) { after_previous_grid(); mla_decode(MLA_PASS); }

@@ -1,11 +1,41 @@
 use crate::backend::Device;
+use crate::config::AttentionKind;
 use crate::error::Result;
 use crate::tensor::Tensor;
 
+/// What a GPU cache stores a value as (the CPU reference's cache is always f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvDtype {
+    /// Two bytes a value: a GQA model's keys and values, as vLLM keeps a bf16 model's cache.
+    Bf16,
+    /// Four bytes a value: MLA's latent rows. Every head's keys and values are expanded from
+    /// them, and rounding them to bf16 was seen to flip a routing decision of the DeepSeek-V3
+    /// fixture (one position 35% off the golden, f32 rows: within 5e-3); they are also a quarter
+    /// of a GQA model's values a token (576 against Mixtral's 2048), so f32 costs little.
+    F32,
+}
+
+impl KvDtype {
+    /// The GPU cache's element type for `attention`.
+    pub fn for_attention(attention: &AttentionKind) -> Self {
+        match attention {
+            AttentionKind::Gqa { .. } => KvDtype::Bf16,
+            AttentionKind::Mla(_) => KvDtype::F32,
+        }
+    }
+
+    /// Bytes a value takes on a GPU.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvDtype::Bf16 => 2,
+            KvDtype::F32 => 4,
+        }
+    }
+}
+
 /// One layer's cache: `keys` and `values` as [num_blocks · block_size, width] rows (flat tensors
-/// on the model's device: bf16 on a GPU, as vLLM keeps a bf16 model's cache, f32 on the CPU). GQA
-/// stores K and V per KV head; MLA stores its compressed latent and rope key as `keys` and no
-/// values.
+/// on the model's device, of the [`KvDtype`] chosen on a GPU, f32 on the CPU). GQA stores K and V
+/// per KV head; MLA stores its compressed latent and rope key as `keys` and no values.
 #[derive(Debug, Clone)]
 pub struct LayerCache {
     /// Key rows.
@@ -42,24 +72,29 @@ pub struct KvCache {
 impl KvCache {
     /// A cache of `num_blocks` blocks with per-layer row widths `(k_width, v_width)`.
     pub fn new(num_blocks: usize, block_size: usize, widths: &[(usize, usize)]) -> Self {
-        Self::new_on(num_blocks, block_size, widths, &Device::Cpu)
+        Self::new_on(num_blocks, block_size, widths, &Device::Cpu, KvDtype::F32)
             .expect("a CPU cache always allocates")
     }
 
-    /// [`Self::new`] with the storage on `device`.
+    /// [`Self::new`] with the storage on `device`, its values stored as `dtype` on a GPU.
     pub fn new_on(
         num_blocks: usize,
         block_size: usize,
         widths: &[(usize, usize)],
         device: &Device,
+        dtype: KvDtype,
     ) -> Result<Self> {
         let slots = num_blocks * block_size;
+        let zeros = |n: usize| match dtype {
+            KvDtype::Bf16 => Tensor::zeros_bf16_on([n], device),
+            KvDtype::F32 => Tensor::zeros_on([n], device),
+        };
         let layers = widths
             .iter()
             .map(|&(k_width, v_width)| {
                 Ok(LayerCache {
-                    keys: Tensor::zeros_bf16_on([slots * k_width], device)?,
-                    values: Tensor::zeros_bf16_on([slots * v_width], device)?,
+                    keys: zeros(slots * k_width)?,
+                    values: zeros(slots * v_width)?,
                     k_width,
                     v_width,
                 })
@@ -82,11 +117,11 @@ impl KvCache {
         self.block_size
     }
 
-    /// Bytes one token takes across layers (2 a value on a GPU, 4 on the CPU).
+    /// Bytes one token takes across layers.
     pub fn bytes_per_token(&self) -> usize {
         self.layers
             .iter()
-            .map(|l| (l.k_width + l.v_width) * if l.keys.is_cuda() { 2 } else { 4 })
+            .map(|l| (l.k_width + l.v_width) * l.keys.element_bytes())
             .sum()
     }
 }

@@ -5,4 +5,4 @@ mod allocator;
 mod layer;
 
 pub use allocator::{BlockAllocator, BlockTable};
-pub use layer::{KvCache, LayerCache};
+pub use layer::{KvCache, KvDtype, LayerCache};

@@ -186,7 +186,7 @@ pub enum LayoutError {
     /// GPU's free memory.
     #[error(
         "{gpu} has {free_gb:.1} GB free of {total_gb:.1} GB, but {ranks} need at least \
-         {needed_gb:.1} GB there (bf16 weights {weights_gb:.1} GB + bf16 KV cache for \
+         {needed_gb:.1} GB there (bf16 weights {weights_gb:.1} GB + KV cache for \
          {cache_tokens} tokens a rank {kv_gb:.1} GB); spread the model over more GPUs (raise \
          --ep or --pp, one rank a GPU with --gpus; `switchyard plan` shows the bytes of each \
          rank) or cache fewer tokens"

@@ -12,6 +12,7 @@
 use super::validate::GB;
 use super::{Layout, LayoutError};
 use crate::config::{AttentionKind, ModelConfig};
+use crate::kv_cache::KvDtype;
 use serde::Serialize;
 
 /// Bytes per element of what a rank stores.
@@ -197,15 +198,19 @@ pub fn kv_bytes_per_token(model: &ModelConfig, layout: &Layout, stage: usize, dt
 }
 
 /// What the CUDA backend allocates up front for one rank of `stage` under `layout`: its weights
-/// in bf16 and a bf16 KV cache of `cache_tokens` tokens, as (weights, kv) bytes. A floor:
-/// norms and biases are kept in f32, and activations and workspaces come on top.
+/// in bf16 and a KV cache of `cache_tokens` tokens (bf16, f32 for MLA: [`KvDtype`]), as
+/// (weights, kv) bytes. A floor: norms and biases are kept in f32, and activations and
+/// workspaces come on top.
 pub fn gpu_rank_bytes(
     model: &ModelConfig,
     layout: &Layout,
     stage: usize,
     cache_tokens: u64,
 ) -> (u64, u64) {
-    let dt = Dtypes::default();
+    let dt = Dtypes {
+        kv: KvDtype::for_attention(&model.attention).bytes() as u64,
+        ..Dtypes::default()
+    };
     let weights = stage_weights(model, layout, stage, dt).total();
     (
         weights,

@@ -238,7 +238,8 @@ impl Model {
             .iter()
             .map(|l| l.attention.cache_widths())
             .collect();
-        KvCache::new_on(num_blocks, block_size, &widths, &self.device)
+        let dtype = crate::kv_cache::KvDtype::for_attention(&self.config.attention);
+        KvCache::new_on(num_blocks, block_size, &widths, &self.device, dtype)
     }
 
     /// This rank's part of one step. Every rank of the world calls it with the same batch; the

@@ -97,6 +97,17 @@ impl Tensor {
         self.numel() * self.dtype.size_in_bytes()
     }
 
+    /// Bytes one value takes where it lives: 4 (f32) on the CPU, 2 or 4 on a GPU.
+    pub fn element_bytes(&self) -> usize {
+        match &self.storage {
+            Storage::Cpu(_) => 4,
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) if s.is_bf16() => 2,
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => 4,
+        }
+    }
+
     /// Where the values live.
     pub fn storage(&self) -> &Storage {
         &self.storage

@@ -7,8 +7,8 @@
 //! block per query and KV head, the positions split over 8 warps), else (MLA's wide latent
 //! heads, other dims) `paged_attention_f32` (kernels/ops.cu). All write disjoint rows of one
 //! output. MLA's weight-absorbed heads at DeepSeek's widths (576 / 512, one latent row a position
-//! shared by every head) over a bf16 cache go to `mla_decode_bf16` instead, which reads each
-//! latent row once for 16 heads and multiplies on the tensor cores. Each reads f32 or bf16 caches (a GPU model's cache is bf16, `_bf16` kernels); the
+//! shared by every head) go to `mla_decode_f32/_bf16` instead, which reads each latent row once
+//! for 16 heads and multiplies on the tensor cores. Each reads f32 or bf16 caches (a GPU model's cache is bf16, `_bf16` kernels); the
 //! same kernels serve both, instantiated per element type.
 //!
 //! What the kernels index by (each query's sequence, position and cache slot, the block tables,
@@ -402,8 +402,8 @@ impl StepIndex {
         }
         let (qp, outp) = (f32_ptr(q)?, gpu(&out)?.ptr());
         let (kp, vp, bf16) = cache_ptrs(keys, values)?;
-        if bf16 && kp == vp && is_mla_latent(&h, k_width, v_width) {
-            self.mla_decode(qp, kp, outp, &h)?;
+        if kp == vp && is_mla_latent(&h, k_width, v_width) {
+            self.mla_decode(qp, (kp, bf16), outp, &h)?;
             return Ok(out);
         }
         // The flash kernel reads 4 elements of a (key, head) row at a time (16 bytes of f32, 8 of
@@ -528,14 +528,20 @@ impl StepIndex {
         Ok(out)
     }
 
-    /// Every query of the step through `mla_decode_bf16` (kernels/attention.cu): a block per
-    /// (query, 16 heads), the latent rows read once for the 16 heads, both products on the
-    /// tensor cores. The caller checked the shapes ([`is_mla_latent`]) and that q, the cache
-    /// (one bf16 buffer of latent rows, read as keys and values) and out are whole.
-    fn mla_decode(&self, qp: u64, kp: u64, outp: u64, h: &Heads) -> Result<()> {
+    /// Every query of the step through `mla_decode_f32/_bf16` (kernels/attention.cu, by the
+    /// cache's element type): a block per (query, 16 heads), the latent rows read once for the
+    /// 16 heads, both products on the tensor cores. The caller checked the shapes
+    /// ([`is_mla_latent`]) and that q, the cache (one buffer of latent rows, read as keys and
+    /// values) and out are whole.
+    fn mla_decode(&self, qp: u64, (kp, bf16): (u64, bool), outp: u64, h: &Heads) -> Result<()> {
         let dev = &self.dev;
         let groups = h.n_heads / MLA_HEADS;
-        let f = dev.function_with_smem(Kernel::Attention, "mla_decode_bf16", MLA_SMEM)?;
+        let name = if bf16 {
+            "mla_decode_bf16"
+        } else {
+            "mla_decode_f32"
+        };
+        let f = dev.function_with_smem(Kernel::Attention, name, MLA_SMEM)?;
         let (sp, pp, rp) = (self.at(self.seq), self.at(self.pos), self.at(self.all_rows));
         let (op, tp) = (self.at(self.table_off), self.at(self.tables));
         let (nh, bs) = (h.n_heads as i32, self.block_size as i32);
@@ -556,12 +562,11 @@ impl StepIndex {
         // SAFETY: q/out hold `queries` rows of n_heads heads of 576 / 512 values and the cache
         // every slot the tables name (checked by paged_attention); the rows section indexes
         // every query; the kernel touches nothing before the previous kernel ends.
-        unsafe { overlap::launch(dev, &f, cfg, &mut b, "launching mla_decode_bf16") }
+        unsafe { overlap::launch(dev, &f, cfg, &mut b, "launching mla_decode") }
     }
 }
 
-/// Heads of MLA's weight-absorbed form at DeepSeek-V2/V3's widths, the shape `mla_decode_bf16`
-/// takes: one KV head of 512 latent + 64 rope dims read as both keys and values (rows of 576),
+/// Heads of MLA's weight-absorbed form at DeepSeek-V2/V3's widths, the shape `mla_decode` takes: one KV head of 512 latent + 64 rope dims read as both keys and values (rows of 576),
 /// outputs of the 512 latent dims, heads in groups of 16, no window.
 fn is_mla_latent(h: &Heads, k_width: usize, v_width: usize) -> bool {
     h.n_kv_heads == 1
