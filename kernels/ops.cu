@@ -172,7 +172,7 @@ __device__ __forceinline__ void qkv_rope_cache_impl(const float* __restrict__ qk
     const float *__restrict__ qkv, float *__restrict__ q_out, C *__restrict__ keys, C *__restrict__ values, \
         const int *__restrict__ slots, const float *__restrict__ cs, int q_w, int kv_w, int half, int interleaved, int per_row
 #define QRC_PASS qkv, q_out, keys, values, slots, cs, q_w, kv_w, half, interleaved, per_row
-// Caches of f32 rows, or of bf16 rows (the cache a GPU model allocates).
+// Caches of f32 rows (MLA's latent on the GPU) or of bf16 rows (a GQA model's).
 extern "C" __global__ void qkv_rope_cache(QRC_ARGS(float)) { after_previous_grid(); qkv_rope_cache_impl(QRC_PASS); }
 extern "C" __global__ void qkv_rope_cache_bf16(QRC_ARGS(__nv_bfloat16)) { after_previous_grid(); qkv_rope_cache_impl(QRC_PASS); }
 
@@ -282,7 +282,7 @@ __device__ __forceinline__ void paged_attention_impl(
         const int *__restrict__ tables, const int *__restrict__ rows, int n_heads, int group, int qk_dim, int v_dim, \
         int k_width, int v_width, int block_size, float scale, int window
 #define PA_PASS q, kc, vc, out, q_seq, q_pos, table_off, tables, rows, n_heads, group, qk_dim, v_dim, k_width, v_width, block_size, scale, window
-// Over f32 caches, or bf16 caches (the cache a GPU model allocates); the math is f32 in both.
+// Over f32 caches or bf16 caches (a GQA model's on the GPU); the math is f32 in both.
 extern "C" __global__ void paged_attention_f32(PA_ARGS(float)) { after_previous_grid(); paged_attention_impl(PA_PASS); }
 extern "C" __global__ void paged_attention_bf16(PA_ARGS(__nv_bfloat16)) { after_previous_grid(); paged_attention_impl(PA_PASS); }
 

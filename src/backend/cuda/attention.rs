@@ -8,8 +8,9 @@
 //! heads, other dims) `paged_attention_f32` (kernels/ops.cu). All write disjoint rows of one
 //! output. MLA's weight-absorbed heads at DeepSeek's widths (576 / 512, one latent row a position
 //! shared by every head) go to `mla_decode_f32/_bf16` instead, which reads each latent row once
-//! for 16 heads and multiplies on the tensor cores. Each reads f32 or bf16 caches (a GPU model's cache is bf16, `_bf16` kernels); the
-//! same kernels serve both, instantiated per element type.
+//! for 16 heads and multiplies on the tensor cores. Each reads f32 or bf16 caches (a GQA model's
+//! GPU cache is bf16, MLA's latent f32: `crate::kv_cache::KvDtype`), one template instantiated
+//! per element type (`_bf16` names).
 //!
 //! What the kernels index by (each query's sequence, position and cache slot, the block tables,
 //! the plan, the rotary tables) is the same for every layer of a step: [`StepIndex`] builds it
