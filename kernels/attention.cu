@@ -36,6 +36,16 @@ __device__ __forceinline__ void fa_mma(float* c, const unsigned* a, unsigned b0,
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// Max and sum over the quad of threads that hold one row of an mma.sync accumulator.
+__device__ __forceinline__ float quad_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffff, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+    v += __shfl_xor_sync(0xffffffff, v, 1);
+    return v + __shfl_xor_sync(0xffffffff, v, 2);
+}
+
 // Two floats as a bf16x2 word, the first in the low half (the lower column of a fragment).
 __device__ __forceinline__ unsigned fa_pack(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
@@ -173,10 +183,8 @@ __device__ __forceinline__ void flash_prefill(
                 if (e < 2) mx0 = fmaxf(mx0, v); else mx1 = fmaxf(mx1, v);
             }
         }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, 2));
+        mx0 = quad_max(mx0);
+        mx1 = quad_max(mx1);
         float nm0 = fmaxf(m0, mx0), nm1 = fmaxf(m1, mx1);
         // A row that has seen no visible key yet keeps -inf; use 0 as its base so exp2 gives 0
         // rather than NaN (-inf - -inf).
@@ -215,10 +223,8 @@ __device__ __forceinline__ void flash_prefill(
             }
         }
     }
-    l0 += __shfl_xor_sync(0xffffffff, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffff, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffff, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffff, l1, 2);
+    l0 = quad_sum(l0);
+    l1 = quad_sum(l1);
     // Every valid row sees at least its own position, so l > 0 there.
     float* out0 = out + ((long)(t0 + r0) * n_heads + head) * D;
     float* out1 = out + ((long)(t0 + r1) * n_heads + head) * D;
@@ -485,10 +491,8 @@ __device__ __forceinline__ void mla_decode(
                 if (e < 2) mx0 = fmaxf(mx0, v); else mx1 = fmaxf(mx1, v);
             }
         }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, 2));
+        mx0 = quad_max(mx0);
+        mx1 = quad_max(mx1);
         if (tq == 0) red[warp * MLA_HEADS + g] = mx0, red[warp * MLA_HEADS + g + 8] = mx1;
         __syncthreads();
 #pragma unroll
@@ -533,10 +537,8 @@ __device__ __forceinline__ void mla_decode(
         }
     }
     // Row sums: over the quad (this warp's keys), then over the warps.
-    l0 += __shfl_xor_sync(0xffffffff, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffff, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffff, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffff, l1, 2);
+    l0 = quad_sum(l0);
+    l1 = quad_sum(l1);
     __syncthreads();
     if (tq == 0) red[warp * MLA_HEADS + g] = l0, red[warp * MLA_HEADS + g + 8] = l1;
     __syncthreads();
