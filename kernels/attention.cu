@@ -380,6 +380,10 @@ extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS) paged_decode_d128_b
 // P · V for output columns 128w .. 128w + 127, V being the first 512 dims of the same rows
 // (B fragments through ldmatrix.trans, so the tile is stored once, row-major). Row sums stay
 // per warp (over its keys) until the end, rescaled alike since the maxima are shared.
+//
+// Few queries (decode at small batch) give too few blocks for the GPU: then the host splits each
+// row's positions into gridDim.y chunks of `split_len` (a multiple of 64), each block writes its
+// unnormalised output, row maximum and row sum to `part`, and mla_merge combines the chunks.
 #define MLA_DK 576
 #define MLA_DV 512
 #define MLA_HEADS 16
@@ -411,7 +415,8 @@ template <typename C>
 __device__ __forceinline__ void mla_decode(
     const float* __restrict__ q, const C* __restrict__ kc, float* __restrict__ out,
     const int* __restrict__ q_seq, const int* __restrict__ q_pos, const int* __restrict__ table_off,
-    const int* __restrict__ tables, const int* __restrict__ rows, int n_heads, int block_size, float scale) {
+    const int* __restrict__ tables, const int* __restrict__ rows, int n_heads, int block_size, float scale,
+    int split_len, float* __restrict__ part) {
     extern __shared__ __align__(16) unsigned char mla_smem[];
     __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(mla_smem);  // [16][MLA_ST]
     __nv_bfloat16* ks = qs + MLA_HEADS * MLA_ST;                      // [64][MLA_ST]
@@ -437,11 +442,14 @@ __device__ __forceinline__ void mla_decode(
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // rows g and g + 8
     const float sl2 = scale * 1.4426950408889634f;
 
-    for (int kb = 0; kb <= pos; kb += MLA_KEYS) {
+    // This block's positions: all of them, or chunk blockIdx.y (possibly empty: m stays -inf).
+    const int k0 = gridDim.y > 1 ? blockIdx.y * split_len : 0;
+    const int k_last = gridDim.y > 1 ? min(pos, k0 + split_len - 1) : pos;
+    for (int kb = k0; kb <= k_last; kb += MLA_KEYS) {
         __syncthreads();  // the previous tile's readers are done (the first time: Q̃ is written)
         if (threadIdx.x < MLA_KEYS) {
             const int p = kb + threadIdx.x;
-            s_slot[threadIdx.x] = p <= pos ? table[p / block_size] * block_size + p % block_size : -1;
+            s_slot[threadIdx.x] = p <= k_last ? table[p / block_size] * block_size + p % block_size : -1;
         }
         __syncthreads();
 #pragma unroll 1
@@ -486,7 +494,7 @@ __device__ __forceinline__ void mla_decode(
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int p = kb + warp * 16 + j * 8 + 2 * tq + (e & 1);
-                const float v = p <= pos ? s[j][e] * sl2 : -INFINITY;
+                const float v = p <= k_last ? s[j][e] * sl2 : -INFINITY;
                 s[j][e] = v;
                 if (e < 2) mx0 = fmaxf(mx0, v); else mx1 = fmaxf(mx1, v);
             }
@@ -501,7 +509,8 @@ __device__ __forceinline__ void mla_decode(
             mx1 = fmaxf(mx1, red[w * MLA_HEADS + g + 8]);
         }
         const float nm0 = fmaxf(m0, mx0), nm1 = fmaxf(m1, mx1);
-        // Position 0 is visible to every row, so the maxima are finite from the first tile on.
+        // The tile's first position is visible to every row, so the maxima are finite from the
+        // first tile on.
         const float c0 = exp2f(m0 - nm0), c1 = exp2f(m1 - nm1);
         m0 = nm0, m1 = nm1;
         l0 *= c0, l1 *= c1;
@@ -545,20 +554,62 @@ __device__ __forceinline__ void mla_decode(
     float L0 = 0.0f, L1 = 0.0f;
 #pragma unroll
     for (int w = 0; w < 4; w++) L0 += red[w * MLA_HEADS + g], L1 += red[w * MLA_HEADS + g + 8];
-    float* out0 = out + ((long)t * n_heads + h0 + g) * MLA_DV + warp * 128;
-    float* out1 = out0 + 8 * MLA_DV;
+    if (gridDim.y == 1) {
+        float* out0 = out + ((long)t * n_heads + h0 + g) * MLA_DV + warp * 128;
+        float* out1 = out0 + 8 * MLA_DV;
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+            const int c = j * 8 + 2 * tq;
+            *reinterpret_cast<float2*>(out0 + c) = make_float2(o[j][0] / L0, o[j][1] / L0);
+            *reinterpret_cast<float2*>(out1 + c) = make_float2(o[j][2] / L1, o[j][3] / L1);
+        }
+        return;
+    }
+    // A chunk: [row i][head][chunk] records of MLA_DV unnormalised outputs, the max, the sum.
+    const long i = blockIdx.x / groups;
+    float* rec0 = part + ((i * n_heads + h0 + g) * gridDim.y + blockIdx.y) * (MLA_DV + 2);
+    float* rec1 = rec0 + 8 * (long)gridDim.y * (MLA_DV + 2);
 #pragma unroll
     for (int j = 0; j < NT; j++) {
-        const int c = j * 8 + 2 * tq;
-        *reinterpret_cast<float2*>(out0 + c) = make_float2(o[j][0] / L0, o[j][1] / L0);
-        *reinterpret_cast<float2*>(out1 + c) = make_float2(o[j][2] / L1, o[j][3] / L1);
+        const int c = warp * 128 + j * 8 + 2 * tq;
+        *reinterpret_cast<float2*>(rec0 + c) = make_float2(o[j][0], o[j][1]);
+        *reinterpret_cast<float2*>(rec1 + c) = make_float2(o[j][2], o[j][3]);
     }
+    if (warp == 0 && tq == 0) {
+        rec0[MLA_DV] = m0, rec0[MLA_DV + 1] = L0;
+        rec1[MLA_DV] = m1, rec1[MLA_DV + 1] = L1;
+    }
+}
+
+// Merges the `splits` chunk records of each (row i, head) into out[rows[i]][head]: each chunk's
+// outputs and sum weighted by 2^(its max - the largest max); empty chunks (max -inf) weigh 0.
+// One block of 128 threads per (row, head), 4 output columns a thread.
+extern "C" __global__ void __launch_bounds__(128) mla_merge(const float* __restrict__ part, float* __restrict__ out,
+                                                            const int* __restrict__ rows, int n_heads, int splits) {
+    after_previous_grid();
+    const long i = blockIdx.x / n_heads;
+    const int head = blockIdx.x % n_heads;
+    const float* rec = part + (i * n_heads + head) * splits * (MLA_DV + 2);
+    float mx = -INFINITY;
+    for (int s = 0; s < splits; s++) mx = fmaxf(mx, rec[s * (MLA_DV + 2) + MLA_DV]);
+    float sum = 0.0f, acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int s = 0; s < splits; s++) {
+        const float* r = rec + s * (MLA_DV + 2);
+        const float w = exp2f(r[MLA_DV] - mx);  // 0 for an empty chunk
+        sum += w * r[MLA_DV + 1];
+#pragma unroll
+        for (int c = 0; c < 4; c++) acc[c] += w * r[threadIdx.x * 4 + c];
+    }
+    float* o = out + ((long)rows[i] * n_heads + head) * MLA_DV + threadIdx.x * 4;
+#pragma unroll
+    for (int c = 0; c < 4; c++) o[c] = acc[c] / sum;
 }
 
 #define MLA_ARGS(C)                                                                                         \
     const float *__restrict__ q, const C *__restrict__ kc, float *__restrict__ out,                         \
         const int *__restrict__ q_seq, const int *__restrict__ q_pos, const int *__restrict__ table_off,    \
-        const int *__restrict__ tables, const int *__restrict__ rows, int n_heads, int block_size, float scale
-#define MLA_PASS q, kc, out, q_seq, q_pos, table_off, tables, rows, n_heads, block_size, scale
+        const int *__restrict__ tables, const int *__restrict__ rows, int n_heads, int block_size, float scale, \
+        int split_len, float *__restrict__ part
+#define MLA_PASS q, kc, out, q_seq, q_pos, table_off, tables, rows, n_heads, block_size, scale, split_len, part
 extern "C" __global__ void __launch_bounds__(MLA_THREADS) mla_decode_f32(MLA_ARGS(float)) { after_previous_grid(); mla_decode(MLA_PASS); }
 extern "C" __global__ void __launch_bounds__(MLA_THREADS) mla_decode_bf16(MLA_ARGS(__nv_bfloat16)) { after_previous_grid(); mla_decode(MLA_PASS); }

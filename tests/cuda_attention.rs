@@ -161,10 +161,11 @@ fn paged_attention_gqa_window_and_mla() {
         window: None,
     };
     attention_case(&d, &mut rng, mla, 40, true, 4, &[19, 300], &[19, 1], 1e-5);
-    // At DeepSeek's widths (512 latent + 64 rope dims, 32 heads): over the bf16 cache the
-    // tensor-core MLA kernel (queries and probabilities rounded to bf16, as flash prefill's),
-    // over f32 rows the per-query kernel. A decode row past several 64-key tiles, a 70-token
-    // prefill (every row its own prefix), a one-token prompt.
+    // At DeepSeek's widths (512 latent + 64 rope dims, 32 heads): the tensor-core MLA kernel
+    // over bf16 and f32 rows (queries, rows and probabilities rounded to bf16, as flash
+    // prefill's). A decode row past several 64-key tiles, a 70-token prefill (every row its own
+    // prefix), a one-token prompt: 144 blocks, so each row's positions are cut in two chunks
+    // (the short rows' second chunk empty) and merged.
     let deepseek = Heads {
         n_heads: 32,
         n_kv_heads: 1,
@@ -184,6 +185,8 @@ fn paged_attention_gqa_window_and_mla() {
         &[1, 70, 1],
         1e-2,
     );
+    // One decode row of 2000 positions: two blocks, so eight chunks of 256.
+    attention_case(&d, &mut rng, deepseek, 576, true, 16, &[2000], &[1], 1e-2);
 }
 
 /// `n_heads` query heads over `n_kv_heads` KV heads of `dim` (= qk = v) dims, scale 1/sqrt(dim).

@@ -129,6 +129,8 @@ pub struct StepIndex {
     /// (each cache an op touches is checked against them).
     slot_end: usize,
     block_end: usize,
+    /// Positions the longest query attends to (its position + 1).
+    longest: usize,
     /// Each registered rotary and its table ([queries, dim] f32: cos then sin per query).
     rotaries: Vec<(Rotary, Section)>,
 }
@@ -210,6 +212,7 @@ impl StepIndex {
             all_rows,
             slot_end,
             block_end,
+            longest: queries.iter().map(|q| q.pos + 1).max().unwrap_or(0),
             rotaries,
         })
     }
@@ -546,6 +549,18 @@ impl StepIndex {
         let (sp, pp, rp) = (self.at(self.seq), self.at(self.pos), self.at(self.all_rows));
         let (op, tp) = (self.at(self.table_off), self.at(self.tables));
         let (nh, bs) = (h.n_heads as i32, self.block_size as i32);
+        let (blocks, splits, split_len) = self.mla_split(groups)?;
+        // Chunk records (outputs, max, sum) when the positions are split.
+        let part = if splits > 1 {
+            Some(empty(
+                dev,
+                [self.queries * h.n_heads * splits * (MLA_DV + 2)],
+            )?)
+        } else {
+            None
+        };
+        let partp = part.as_ref().map_or(Ok(0), |t| gpu(t).map(|s| s.ptr()))?;
+        let sl = split_len as i32;
         let mut b = overlap::Args::new();
         b.arg(&qp)
             .arg(&kp)
@@ -554,20 +569,54 @@ impl StepIndex {
             .arg(&pp)
             .arg(&op)
             .arg(&tp);
-        b.arg(&rp).arg(&nh).arg(&bs).arg(&h.scale);
+        b.arg(&rp)
+            .arg(&nh)
+            .arg(&bs)
+            .arg(&h.scale)
+            .arg(&sl)
+            .arg(&partp);
         let cfg = LaunchConfig {
-            grid_dim: ((self.all_rows.len * groups) as u32, 1, 1),
+            grid_dim: (blocks as u32, splits as u32, 1),
             block_dim: (128, 1, 1),
             shared_mem_bytes: MLA_SMEM as u32,
         };
         // SAFETY: q/out hold `queries` rows of n_heads heads of 576 / 512 values and the cache
         // every slot the tables name (checked by paged_attention); the rows section indexes
-        // every query; the kernel touches nothing before the previous kernel ends.
-        unsafe { overlap::launch(dev, &f, cfg, &mut b, "launching mla_decode") }
+        // every query; `part` holds a record for every (query, head, chunk); the kernel touches
+        // nothing before the previous kernel ends.
+        unsafe { overlap::launch(dev, &f, cfg, &mut b, "launching mla_decode") }?;
+        if splits > 1 {
+            let f = dev.function(Kernel::Attention, "mla_merge")?;
+            let sn = splits as i32;
+            let mut b = overlap::Args::new();
+            b.arg(&partp).arg(&outp).arg(&rp).arg(&nh).arg(&sn);
+            let cfg = LaunchConfig {
+                grid_dim: ((self.queries * h.n_heads) as u32, 1, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: as above; mla_merge reads the records mla_decode wrote (it waits for it)
+            // and writes every query's n_heads x 512 outputs.
+            unsafe { overlap::launch(dev, &f, cfg, &mut b, "launching mla_merge") }?;
+        }
+        Ok(())
+    }
+
+    /// The MLA kernel's grid: (blocks of 16 heads, chunks of positions, positions a chunk).
+    /// When the queries' blocks cannot fill the GPU twice over (two blocks an SM fit), each
+    /// row's positions are cut into chunks of at least 256 (up to 32 chunks) so that they can.
+    fn mla_split(&self, groups: usize) -> Result<(usize, usize, usize)> {
+        let fill = 2 * self.dev.sm_count()?;
+        let blocks = self.queries * groups;
+        let wanted = fill.div_ceil(blocks.max(1));
+        let splits = wanted.min(self.longest.div_ceil(256)).clamp(1, 32);
+        let split_len = self.longest.div_ceil(splits).next_multiple_of(64);
+        Ok((blocks, splits, split_len))
     }
 }
 
-/// Heads of MLA's weight-absorbed form at DeepSeek-V2/V3's widths, the shape `mla_decode` takes: one KV head of 512 latent + 64 rope dims read as both keys and values (rows of 576),
+/// Heads of MLA's weight-absorbed form at DeepSeek-V2/V3's widths, the shape `mla_decode`
+/// takes: one KV head of 512 latent + 64 rope dims read as both keys and values (rows of 576),
 /// outputs of the 512 latent dims, heads in groups of 16, no window.
 fn is_mla_latent(h: &Heads, k_width: usize, v_width: usize) -> bool {
     h.n_kv_heads == 1
