@@ -86,7 +86,9 @@ fn attention_case(
                 t.to_device(d).unwrap()
             }
         };
-        let (kd, vd) = (up(&keys), up(&values));
+        // Shared rows stay one buffer on the GPU, as MLA's cache is (the MLA kernel needs it).
+        let kd = up(&keys);
+        let vd = if shared_kv { kd.clone() } else { up(&values) };
         let got = ops::paged_attention(
             &qd,
             &queries,
