@@ -51,9 +51,11 @@ fn expert_bytes(c: &ModelConfig) -> f64 {
     (3 * c.hidden_size * moe.intermediate_size * 2) as f64
 }
 
-/// KV-cache bytes per token of context (bf16 keys and values of every layer: the GPU's cache).
+/// KV-cache bytes per token of context (keys and values of every layer, in the GPU cache's
+/// element type).
 fn kv_bytes_per_token(c: &ModelConfig) -> f64 {
-    (c.num_layers * 2 * c.num_kv_heads * c.head_dim * 2) as f64
+    let value = switchyard::kv_cache::KvDtype::for_attention(&c.attention).bytes();
+    (c.num_layers * 2 * c.num_kv_heads * c.head_dim * value) as f64
 }
 
 /// The step's next tokens, picked where the logits are (the serving path's greedy pick).

@@ -175,7 +175,7 @@ impl FusedMoe {
             scratch.record_empty(self.layer, self.shape.n_experts);
             return Tensor::zeros_on([0, h], &crate::backend::Device::Cuda(dev));
         }
-        let xb = cast_to_bf16(&dev, f32_of(x)?, t * h)?;
+        let xb = super::ops::bf16_copy(&dev, raw(&dev, f32_of(x)?), t * h)?;
         let shared = match &self.shared {
             None => None,
             Some(s) => {
@@ -240,13 +240,6 @@ fn cast<A, B>(
     // SAFETY: both buffers hold at least n elements of the kernel's types (callers allocate
     // them for n), and the kernel touches elements 0..n only, after the previous kernel ends.
     unsafe { overlap::launch(dev, &f, cfg, &mut b, "launching a cast") }
-}
-
-/// `n` f32 values as a new bf16 buffer (the experts' input rows).
-fn cast_to_bf16(dev: &CudaHandle, x: &CudaSlice<f32>, n: usize) -> Result<CudaSlice<bf16>> {
-    let out = alloc::<bf16>(dev, n)?;
-    cast(dev, "cast_f32_bf16", x, &out, n)?;
-    Ok(out)
 }
 
 /// Where one layer's routing of this step waits on the device.

@@ -197,25 +197,34 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         return Ok(out);
     }
     // Inputs rounded to bf16 for the tensor cores.
-    let xb = alloc::<bf16>(&dev, m * k)?;
-    let (xp, xbp, nel) = (f32_ptr(x)?, raw(&dev, &xb), (m * k) as i64);
-    launch!(dev, "cast_f32_bf16", grid_for(m * k), THREADS, 0; a = xp, b2 = xbp, c = nel);
+    let xb = bf16_copy(&dev, f32_ptr(x)?, m * k)?;
     let ws = gpu(w)?;
     let wb_owned;
     let wbp = if ws.is_bf16() {
         ws.ptr()
     } else {
-        wb_owned = alloc::<bf16>(&dev, n * k)?;
-        let (src, dst, nw) = (ws.ptr(), raw(&dev, &wb_owned), (n * k) as i64);
-        launch!(dev, "cast_f32_bf16", grid_for(n * k), THREADS, 0; a = src, b2 = dst, c = nw);
+        wb_owned = bf16_copy(&dev, ws.ptr(), n * k)?;
         raw(&dev, &wb_owned)
     };
-    super::blas::linear_raw(&dev, xbp, wbp, gpu(&out)?.ptr(), m, k, n)?;
+    super::blas::linear_raw(&dev, raw(&dev, &xb), wbp, gpu(&out)?.ptr(), m, k, n)?;
     if let Some(b) = b {
         let (yp, bp, rows, cols) = (gpu(&out)?.ptr(), f32_ptr(b)?, m as i64, n as i32);
         launch!(dev, "add_bias", grid_for(m * n), THREADS, 0; a = yp, b2 = bp, c = rows, d = cols);
     }
     drop(xb);
+    Ok(out)
+}
+
+/// `n` f32 values at device address `src` as a new bf16 buffer (rounded to nearest even): the
+/// tensor cores' operands.
+pub(crate) fn bf16_copy(
+    dev: &CudaHandle,
+    src: u64,
+    n: usize,
+) -> Result<cudarc::driver::CudaSlice<bf16>> {
+    let out = alloc::<bf16>(dev, n)?;
+    let (dst, nel) = (raw(dev, &out), n as i64);
+    launch!(dev, "cast_f32_bf16", grid_for(n), THREADS, 0; a = src, b2 = dst, c = nel);
     Ok(out)
 }
 
@@ -237,9 +246,8 @@ pub fn linear_heads(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         super::blas::linear_heads_raw(&dev, xp, ws.ptr(), op, dims, cudaDataType::CUDA_R_32F)?;
         return Ok(out);
     }
-    let xb = alloc::<bf16>(&dev, m * h * k)?;
-    let (xp, xbp, nel) = (f32_ptr(x)?, raw(&dev, &xb), (m * h * k) as i64);
-    launch!(dev, "cast_f32_bf16", grid_for(m * h * k), THREADS, 0; a = xp, b2 = xbp, c = nel);
+    let xb = bf16_copy(&dev, f32_ptr(x)?, m * h * k)?;
+    let xbp = raw(&dev, &xb);
     super::blas::linear_heads_raw(&dev, xbp, ws.ptr(), op, dims, cudaDataType::CUDA_R_16BF)?;
     drop(xb);
     Ok(out)
