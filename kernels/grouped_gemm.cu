@@ -22,7 +22,8 @@
 
 #include <cuda_bf16.h>
 
-// (silu and expert_of_tile come from kernels/grouped_common.cuh, compiled before this file.)
+// (silu and expert_of_tile come from kernels/grouped_common.cuh, the cp.async helpers from
+// kernels/cp_async.cuh, both compiled before this file.)
 
 #define BK 32
 
@@ -34,16 +35,6 @@ __device__ __forceinline__ unsigned smem_u32(const void* p) {
 __device__ __forceinline__ int swz(int row, int chunk) {
     return row * 4 + (chunk ^ ((row >> 1) & 3));
 }
-
-__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool valid) {
-    int size = valid ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(size));
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 __device__ __forceinline__ void ldmatrix_x4(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"

@@ -164,10 +164,10 @@ fn paged_attention_gqa_window_and_mla() {
     };
     attention_case(&d, &mut rng, mla, 40, true, 4, &[19, 300], &[19, 1], 1e-5);
     // At DeepSeek's widths (512 latent + 64 rope dims, 32 heads): the tensor-core MLA kernel
-    // over bf16 and f32 rows (queries, rows and probabilities rounded to bf16, as flash
-    // prefill's). A decode row past several 64-key tiles, a 70-token prefill (every row its own
-    // prefix), a one-token prompt: 144 blocks, so each row's positions are cut in two chunks
-    // (the short rows' second chunk empty) and merged.
+    // (32 heads a block) over bf16 rows (queries, rows and probabilities rounded to bf16, as
+    // flash prefill's), the per-query kernel over f32 rows. A decode row past several 64-key
+    // tiles, a 70-token prefill (every row its own prefix), a one-token prompt: 72 blocks, so
+    // each row's positions are cut in two chunks (the short rows' second chunk empty) and merged.
     let deepseek = Heads {
         n_heads: 32,
         n_kv_heads: 1,
@@ -187,8 +187,25 @@ fn paged_attention_gqa_window_and_mla() {
         &[1, 70, 1],
         1e-2,
     );
-    // One decode row of 2000 positions: two blocks, so eight chunks of 256.
+    // One decode row of 2000 positions: one block, so eight chunks of 256.
     attention_case(&d, &mut rng, deepseek, 576, true, 16, &[2000], &[1], 1e-2);
+    // 16 heads (DeepSeek-V2-Lite, or V3 under 8-way tensor parallelism): the kernel's 16-head
+    // form; a decode row in three chunks beside a 40-token prefill whose rows end in the first.
+    let lite = Heads {
+        n_heads: 16,
+        ..deepseek
+    };
+    attention_case(
+        &d,
+        &mut rng,
+        lite,
+        576,
+        true,
+        16,
+        &[700, 40],
+        &[1, 40],
+        1e-2,
+    );
 }
 
 /// `n_heads` query heads over `n_kv_heads` KV heads of `dim` (= qk = v) dims, scale 1/sqrt(dim).

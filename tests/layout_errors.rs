@@ -260,7 +260,8 @@ fn ranks_too_big_for_their_gpu_say_what_they_need_and_what_to_do() {
     assert_has(&e, &[&format!("cache for {} tokens", tokens + 1)]);
     // A cache too large to count in 64 bits is refused, not wrapped around to a small number.
     assert!(fit(u64::MAX / 1000).is_err());
-    // MLA's latent rows stay f32 on a GPU: DeepSeek-V3's 61 layers x (512 + 64) x 4 bytes.
+    // MLA's latent rows at DeepSeek's widths are bf16 on a GPU (the tensor-core kernel reads
+    // them so): DeepSeek-V3's 61 layers x (512 + 64) x 2 bytes.
     let v3 = model(V3);
-    assert_eq!(gpu_rank_bytes(&v3, &one, 0, 1000).1, 1000 * 61 * 576 * 4);
+    assert_eq!(gpu_rank_bytes(&v3, &one, 0, 1000).1, 1000 * 61 * 576 * 2);
 }

@@ -6,20 +6,29 @@ use crate::tensor::Tensor;
 /// What a GPU cache stores a value as (the CPU reference's cache is always f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KvDtype {
-    /// Two bytes a value: a GQA model's keys and values, as vLLM keeps a bf16 model's cache.
+    /// Two bytes a value: a GQA model's keys and values, as vLLM keeps a bf16 model's cache, and
+    /// MLA's latent rows at DeepSeek-V2/V3's widths (512 + 64), which the tensor-core MLA kernel
+    /// reads rounded to bf16 anyway: rounding them once when written gives the same bits at half
+    /// the bytes.
     Bf16,
-    /// Four bytes a value: MLA's latent rows. Every head's keys and values are expanded from
-    /// them, and rounding them to bf16 was seen to flip a routing decision of the DeepSeek-V3
-    /// fixture (one position 35% off the golden, f32 rows: within 5e-3); they are also a quarter
-    /// of a GQA model's values a token (576 against Mixtral's 2048), so f32 costs little.
+    /// Four bytes a value: MLA's latent rows at other widths, read by the per-query kernel in
+    /// f32. Rounding them to bf16 was seen to flip a routing decision of the DeepSeek-V3 fixture
+    /// (one position 35% off the golden; f32 rows: within 5e-3).
     F32,
 }
+
+/// MLA's latent and rope widths that the tensor-core MLA kernel takes (kernels/attention.cu's
+/// MLA_DK = 512 + 64).
+const MLA_KERNEL_WIDTHS: (usize, usize) = (512, 64);
 
 impl KvDtype {
     /// The GPU cache's element type for `attention`.
     pub fn for_attention(attention: &AttentionKind) -> Self {
         match attention {
             AttentionKind::Gqa { .. } => KvDtype::Bf16,
+            AttentionKind::Mla(m) if (m.kv_lora_rank, m.qk_rope_head_dim) == MLA_KERNEL_WIDTHS => {
+                KvDtype::Bf16
+            }
             AttentionKind::Mla(_) => KvDtype::F32,
         }
     }
@@ -123,5 +132,36 @@ impl KvCache {
             .iter()
             .map(|l| (l.k_width + l.v_width) * l.keys.element_bytes())
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MlaConfig;
+
+    fn mla(kv_lora_rank: usize, qk_rope_head_dim: usize) -> AttentionKind {
+        AttentionKind::Mla(MlaConfig {
+            q_lora_rank: Some(1536),
+            kv_lora_rank,
+            qk_nope_head_dim: 128,
+            qk_rope_head_dim,
+            v_head_dim: 128,
+        })
+    }
+
+    #[test]
+    fn latent_rows_are_bf16_only_where_the_tensor_core_kernel_reads_them() {
+        let gqa = AttentionKind::Gqa {
+            qkv_bias: false,
+            o_bias: false,
+            qk_norm: false,
+        };
+        assert_eq!(KvDtype::for_attention(&gqa), KvDtype::Bf16);
+        assert_eq!(KvDtype::for_attention(&mla(512, 64)), KvDtype::Bf16);
+        // The fixtures' narrow latents go to the per-query kernel, which reads f32.
+        assert_eq!(KvDtype::for_attention(&mla(32, 16)), KvDtype::F32);
+        assert_eq!(KvDtype::for_attention(&mla(512, 32)), KvDtype::F32);
+        assert_eq!(KvDtype::for_attention(&mla(512, 64)).bytes(), 2);
     }
 }

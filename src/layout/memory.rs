@@ -198,7 +198,8 @@ pub fn kv_bytes_per_token(model: &ModelConfig, layout: &Layout, stage: usize, dt
 }
 
 /// What the CUDA backend allocates up front for one rank of `stage` under `layout`: its weights
-/// in bf16 and a KV cache of `cache_tokens` tokens (bf16, f32 for MLA: [`KvDtype`]), as
+/// in bf16 and a KV cache of `cache_tokens` tokens (bf16; f32 for MLA's latent at widths other
+/// than DeepSeek's: [`KvDtype`]), as
 /// (weights, kv) bytes. A floor: norms and biases are kept in f32, and activations and
 /// workspaces come on top.
 pub fn gpu_rank_bytes(

@@ -84,6 +84,7 @@ impl Kernel {
             Kernel::GroupedGemm => concat!(
                 include_str!("../../../kernels/overlap.cuh"),
                 include_str!("../../../kernels/grouped_common.cuh"),
+                include_str!("../../../kernels/cp_async.cuh"),
                 include_str!("../../../kernels/grouped_gemm.cu")
             ),
             // One program: the building blocks, the one-CTA kernels, the cluster kernels.
@@ -108,7 +109,9 @@ impl Kernel {
             Kernel::Attention => concat!(
                 include_str!("../../../kernels/overlap.cuh"),
                 include_str!("../../../kernels/elem.cuh"),
-                include_str!("../../../kernels/attention.cu")
+                include_str!("../../../kernels/cp_async.cuh"),
+                include_str!("../../../kernels/attention.cu"),
+                include_str!("../../../kernels/mla.cu")
             ),
             Kernel::Sample => include_str!("../../../kernels/sample.cu"),
         }

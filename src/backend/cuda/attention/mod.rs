@@ -7,10 +7,10 @@
 //! block per query and KV head, the positions split over 8 warps), else (MLA's wide latent
 //! heads, other dims) `paged_attention_f32` (kernels/ops.cu). All write disjoint rows of one
 //! output. MLA's weight-absorbed heads at DeepSeek's widths (576 / 512, one latent row a position
-//! shared by every head) go to `mla_decode_f32/_bf16` instead, which reads each latent row once
-//! for 16 heads and multiplies on the tensor cores. Each reads f32 or bf16 caches (a GQA model's
-//! GPU cache is bf16, MLA's latent f32: `crate::kv_cache::KvDtype`), one template instantiated
-//! per element type (`_bf16` names).
+//! shared by every head, bf16) go to `mla_decode_h16/_h32` (kernels/mla.cu) instead, which reads
+//! each latent row once for 16 or 32 heads and multiplies on the tensor cores. The others read
+//! f32 or bf16 caches (a GPU model's cache is bf16, except MLA's latent at other widths:
+//! `crate::kv_cache::KvDtype`), one template instantiated per element type (`_bf16` names).
 //!
 //! What the kernels index by (each query's sequence, position and cache slot, the block tables,
 //! the plan, the rotary tables) is the same for every layer of a step: [`StepIndex`] builds it
@@ -401,8 +401,8 @@ impl StepIndex {
         }
         let (qp, outp) = (f32_ptr(q)?, gpu(&out)?.ptr());
         let (kp, vp, bf16) = cache_ptrs(keys, values)?;
-        if kp == vp && is_mla_latent(&h, k_width, v_width) {
-            self.mla_decode(qp, (kp, bf16), outp, &h)?;
+        if kp == vp && is_mla_latent(&h, k_width, v_width, bf16) {
+            self.mla_decode(qp, kp, outp, &h)?;
             return Ok(out);
         }
         // The flash kernel reads 4 elements of a (key, head) row at a time (16 bytes of f32, 8 of
