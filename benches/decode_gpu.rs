@@ -1,20 +1,25 @@
-//! End-to-end decode on one GPU: the whole Mixtral-8x7B shape (configs/models, all 32 layers,
-//! ~93 GB of bf16 random weights built on the GPU) through the engine's executor, the MoE blocks
-//! on the fused kernels.
+//! End-to-end decode on one GPU through the engine's executor, the MoE blocks on the fused
+//! kernels: by default the whole Mixtral-8x7B shape (configs/models, all 32 layers, ~93 GB of
+//! bf16 random weights built on the GPU); `--model DIR` takes another shipped config (e.g.
+//! configs/models/DeepSeek-V2-Lite: MLA attention, 64 experts top-6 and two shared ones, ~31 GB)
+//! and `--layers N` keeps its first N layers.
 //!
 //! - Decode at batch 1, 8, 64 and 256 (sequences with a 64-token prompt, 16 timed steps after 4
-//!   warm-ups), and at batch 32 and 64 with 4096-token contexts (a 17 and a 35 GB bf16 KV cache
-//!   beside the 93 GB of weights; in f32 the second would not fit the H200): ms per step and
-//!   tokens/s, against the HBM roofline: the bytes one step must read (attention weights,
-//!   routers, the experts the step's routing touched, the lm_head, the KV cache) over the
-//!   device-to-device copy rate measured in the same run.
+//!   warm-ups), and at batch 32 and 64 with 4096-token contexts (for Mixtral a 17 and a 35 GB
+//!   bf16 KV cache beside the 93 GB of weights; in f32 the second would not fit the H200): ms
+//!   per step and tokens/s, against the HBM roofline: the bytes one step must read (every weight
+//!   but the routed experts and the embedding, the experts the step's routing touched, the KV
+//!   cache; counted by `layout::memory` from the config) over the device-to-device copy rate
+//!   measured in the same run.
 //! - Time to first token of a 2048-token prompt (median of 3 after a warm-up), against the flops
-//!   floor (the prompt's GEMM and attention flops over the cuBLAS bf16 GEMM rate measured here).
+//!   floor (the prompt's GEMM and attention flops, attention in its plain per-head form, over
+//!   the cuBLAS bf16 GEMM rate measured here).
 //!
 //! Every timed step includes what the serving path does after the layers: the greedy pick of
 //! every row on the GPU (`ops::greedy_rows`, as the scheduler's `StepLogits`), only the token ids
-//! copied to the host (the engine's one wait per step). Run: `cargo bench --features cuda --bench decode_gpu -- [--layers N]`
-//! or the built executable. Without a GPU it prints why and exits 0.
+//! copied to the host (the engine's one wait per step). Run: `cargo bench --features cuda --bench
+//! decode_gpu -- [--model DIR] [--layers N]` or the built executable. Without a GPU it prints why
+//! and exits 0.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -22,8 +27,11 @@ use std::time::Instant;
 use switchyard::backend::cuda::device::unavailable_reason;
 use switchyard::backend::cuda::measure::Ceilings;
 use switchyard::backend::Device;
-use switchyard::config::ModelConfig;
+use switchyard::config::{AttentionKind, ModelConfig};
 use switchyard::engine::{Executor, LocalExecutor};
+use switchyard::kv_cache::KvDtype;
+use switchyard::layout::memory::{kv_bytes_per_token, mlp_params, stage_weights, Dtypes};
+use switchyard::layout::Layout;
 use switchyard::model::{ModelSource, StepBatch, StepOutput};
 use switchyard::ops;
 use switchyard::{Error, Result};
@@ -39,23 +47,32 @@ const STEPS: usize = 16;
 const BLOCK: usize = 16;
 const TTFT_PROMPT: usize = 2048;
 
-/// Bytes of weights every decode step reads whatever the routing: attention, routers, lm_head.
-fn fixed_bytes(c: &ModelConfig) -> f64 {
-    let (h, moe) = (c.hidden_size, c.moe.as_ref().expect("an MoE model"));
-    let attn = h * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim + c.num_heads * c.head_dim * h;
-    (c.num_layers * (2 * attn + 4 * moe.n_experts * h) + 2 * c.vocab_size * h) as f64
+/// What a decode step reads, in bytes, from the config alone (`layout::memory`'s counts for one
+/// rank holding the whole model, in the GPU's element types).
+struct StepBytes {
+    /// Every weight but the routed experts and the embedding (whose rows a step barely reads).
+    fixed: f64,
+    /// One routed expert's weights.
+    per_expert: f64,
+    /// The KV cache of one token of context, every layer.
+    kv_per_token: f64,
 }
 
-fn expert_bytes(c: &ModelConfig) -> f64 {
-    let moe = c.moe.as_ref().expect("an MoE model");
-    (3 * c.hidden_size * moe.intermediate_size * 2) as f64
-}
-
-/// KV-cache bytes per token of context (keys and values of every layer, in the GPU cache's
-/// element type).
-fn kv_bytes_per_token(c: &ModelConfig) -> f64 {
-    let value = switchyard::kv_cache::KvDtype::for_attention(&c.attention).bytes();
-    (c.num_layers * 2 * c.num_kv_heads * c.head_dim * value) as f64
+impl StepBytes {
+    fn of(c: &ModelConfig) -> Self {
+        let layout = Layout::default();
+        let dt = Dtypes {
+            kv: KvDtype::for_attention(&c.attention).bytes() as u64,
+            ..Dtypes::default()
+        };
+        let w = stage_weights(c, &layout, 0, dt);
+        let moe = c.moe.as_ref().expect("an MoE model");
+        StepBytes {
+            fixed: (w.total() - w.experts - w.embedding) as f64,
+            per_expert: (mlp_params(c.hidden_size, moe.intermediate_size) * dt.weight) as f64,
+            kv_per_token: kv_bytes_per_token(c, &layout, 0, dt) as f64,
+        }
+    }
 }
 
 /// The step's next tokens, picked where the logits are (the serving path's greedy pick).
@@ -156,17 +173,24 @@ fn decode(
     })
 }
 
-/// Flops of a `t`-token prompt: every projection and expert GEMM, causal attention, one lm_head row.
+/// Flops of a `t`-token prompt: every weight GEMM of each token (attention, routers, shared
+/// experts, dense MLPs, its top-k experts), causal attention in the plain per-head form (query ·
+/// key and probability · value widths; MLA's absorbed form does more), one lm_head row.
 fn prefill_flops(c: &ModelConfig, t: usize) -> f64 {
-    let (h, moe) = (c.hidden_size as f64, c.moe.as_ref().expect("an MoE model"));
-    let (nh, nkv, hd) = (c.num_heads as f64, c.num_kv_heads as f64, c.head_dim as f64);
-    let attn_params = h * (nh + 2.0 * nkv) * hd + nh * hd * h;
-    let per_token = attn_params
-        + moe.n_experts as f64 * h
-        + moe.router.top_k as f64 * 3.0 * h * moe.intermediate_size as f64;
+    let w = stage_weights(c, &Layout::default(), 0, Dtypes::default());
+    let moe = c.moe.as_ref().expect("an MoE model");
+    let sparse = moe.sparse_layers.iter().filter(|&&s| s).count();
+    let params = (w.attention + w.router + w.shared_experts + w.dense_mlp) as f64 / 2.0
+        + (sparse * moe.router.top_k) as f64
+            * mlp_params(c.hidden_size, moe.intermediate_size) as f64;
+    let (qk, v) = match &c.attention {
+        AttentionKind::Gqa { .. } => (c.head_dim, c.head_dim),
+        AttentionKind::Mla(m) => (m.qk_nope_head_dim + m.qk_rope_head_dim, m.v_head_dim),
+    };
     let t = t as f64;
-    c.num_layers as f64 * (2.0 * t * per_token + 2.0 * nh * hd * t * t)
-        + 2.0 * c.vocab_size as f64 * h
+    2.0 * t * params
+        + c.num_layers as f64 * c.num_heads as f64 * (qk + v) as f64 * t * t
+        + 2.0 * c.vocab_size as f64 * c.hidden_size as f64
 }
 
 fn main() -> Result<()> {
@@ -190,8 +214,17 @@ fn main() -> Result<()> {
     let (copy_bps, gemm_fps) = (ceilings.burst_copy_bps, ceilings.burst_gemm_fps);
     println!("{}: {}", dev.name(), ceilings.describe());
 
-    let shipped =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/models/Mixtral-8x7B-v0.1");
+    let shipped = match args.iter().position(|a| a == "--model") {
+        Some(i) => {
+            PathBuf::from(args.get(i + 1).ok_or_else(|| {
+                Error::Input("--model takes a directory with a config.json".into())
+            })?)
+        }
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/models/Mixtral-8x7B-v0.1"),
+    };
+    let name = shipped
+        .file_name()
+        .map_or("the model".into(), |n| n.to_string_lossy().into_owned());
     let tmp = tempfile::tempdir().map_err(|e| Error::Input(e.to_string()))?;
     let dir = match layers {
         None => shipped,
@@ -219,7 +252,7 @@ fn main() -> Result<()> {
         .filter(|&l| model.ffn(l).is_some_and(|b| b.is_fused()))
         .count();
     println!(
-        "built Mixtral-8x7B ({} layers, {fused} on the fused MoE kernels) with random weights on the GPU in {:.1} s",
+        "built {name} ({} layers, {fused} on the fused MoE kernels) with random weights on the GPU in {:.1} s",
         c.num_layers,
         t.elapsed().as_secs_f64()
     );
@@ -232,9 +265,13 @@ fn main() -> Result<()> {
         .max()
         .expect("cases");
     let mut ex = LocalExecutor::try_new(model, blocks, BLOCK)?;
+    let sb = StepBytes::of(&c);
+    let moe = c.moe.as_ref().expect("an MoE model");
+    let routed_slots = moe.sparse_layers.iter().filter(|&&s| s).count() * moe.n_experts;
     println!(
-        "KV cache: {blocks} blocks of {BLOCK} tokens, {:.1} GB in bf16",
-        (blocks * BLOCK) as f64 * kv_bytes_per_token(&c) / 1e9
+        "KV cache: {blocks} blocks of {BLOCK} tokens, {:.1} GB ({:?})",
+        (blocks * BLOCK) as f64 * sb.kv_per_token / 1e9,
+        KvDtype::for_attention(&c.attention)
     );
 
     println!("\n| batch | context | ms/step | tokens/s | experts read/step | GB read/step (KV) | roofline ms | % of roofline |");
@@ -242,8 +279,8 @@ fn main() -> Result<()> {
     let cases = BATCHES.iter().map(|&b| (b, PROMPT)).chain(LONG);
     for (b, prompt) in cases {
         let d = decode(&mut ex, b, prompt, c.vocab_size, false)?;
-        let kv = b as f64 * d.context * kv_bytes_per_token(&c);
-        let bytes = fixed_bytes(&c) + d.touched * expert_bytes(&c) + kv;
+        let kv = b as f64 * d.context * sb.kv_per_token;
+        let bytes = sb.fixed + d.touched * sb.per_expert + kv;
         let floor_ms = bytes / copy_bps * 1e3;
         println!(
             "| {b} | {:.0} | {:.2} | {:.0} | {:.1} of {} | {:.1} ({:.1}) | {:.2} | {:.0} |",
@@ -251,7 +288,7 @@ fn main() -> Result<()> {
             d.ms,
             b as f64 / (d.ms * 1e-3),
             d.touched,
-            c.num_layers * c.moe.as_ref().map_or(1, |m| m.n_experts),
+            routed_slots,
             bytes / 1e9,
             kv / 1e9,
             floor_ms,
