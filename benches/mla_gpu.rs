@@ -6,8 +6,10 @@
 //! per-query kernel (`paged_attention_f32`, the path MLA took before the tensor-core kernel:
 //! each row read once per head) over f32 rows, which it takes at any width. Against the floors
 //! measured here: the bf16 latent rows' bytes over the copy rate, the two products' flops over
-//! the cuBLAS bf16 rate. Median of 20 runs after 3 warm-ups. Run: `cargo bench --features cuda
-//! --bench mla_gpu` or the built executable. Without a GPU it prints why and exits 0.
+//! the cuBLAS bf16 rate; then a whole prompt's prefill (`mla_prefill_r4`, rows in units of
+//! four) at 128 and 16 heads against its flops floor. Median of 20 runs after 3 warm-ups.
+//! Run: `cargo bench --features cuda --bench mla_gpu` or the built executable. Without a GPU it
+//! prints why and exits 0.
 
 use std::time::Instant;
 
@@ -107,6 +109,48 @@ fn main() -> Result<()> {
                 100.0 * floor / tc,
                 old * 1e3,
                 old / tc
+            );
+        }
+    }
+    prefill(dev, &device, heads, gemm_fps)?;
+    Ok(())
+}
+
+/// Prefill of one sequence's whole prompt at 128 and 16 heads (DeepSeek-V3, and V2-Lite or V3
+/// under 8-way tensor parallelism): every row attends to its prefix, the rows in units of four
+/// (`mla_prefill_r4`). The floor is the absorbed products' flops (576 + 512 a position a head,
+/// causal) at the cuBLAS rate; the cache's bytes are a small part.
+fn prefill(
+    dev: &std::sync::Arc<switchyard::backend::cuda::device::CudaDevice>,
+    device: &Device,
+    heads: Heads,
+    gemm_fps: f64,
+) -> Result<()> {
+    println!(
+        "\n| prefill tokens | heads | tensor-core, bf16 cache ms | TFLOP/s | % of flops floor |"
+    );
+    println!("|---|---|---|---|---|");
+    for context in [1024usize, 4096] {
+        for n_heads in [HEADS, 16] {
+            let h = Heads { n_heads, ..heads };
+            let blocks = context.div_ceil(BLOCK);
+            let table: Vec<u32> = (0..blocks as u32).rev().collect();
+            let queries: Vec<QueryPos> = (0..context).map(|pos| QueryPos { seq: 0, pos }).collect();
+            let rows = Tensor::from_f32([blocks * BLOCK * ROW], filled(blocks * BLOCK * ROW, 3))?
+                .to_device_bf16(device)?;
+            let q = Tensor::from_f32([context, n_heads * ROW], filled(context * n_heads * ROW, 4))?
+                .to_device(device)?;
+            let step = StepIndex::new(dev, &queries, &[&table], BLOCK, &[])?;
+            let t = median(|| {
+                step.paged_attention(&q, &rows, ROW, &rows, ROW, h)?;
+                dev.synchronize()
+            })?;
+            let flops = (n_heads * context * (context + 1) * (ROW + LATENT)) as f64;
+            println!(
+                "| {context} | {n_heads} | {:.3} | {:.1} | {:.0} |",
+                t * 1e3,
+                flops / t / 1e12,
+                100.0 * flops / gemm_fps / t
             );
         }
     }

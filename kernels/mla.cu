@@ -5,28 +5,30 @@
 // (Compiled after kernels/attention.cu, whose fa_mma, fa_pack, quad_max and quad_sum it uses,
 // and kernels/cp_async.cuh.)
 //
-// One block (8 warps) per (query row, HG x 16 heads): the heads are the M rows of both
-// products, so each cached row crosses from L2 once for 16 or 32 heads. The block walks the
-// row's positions in tiles of 64 keys, two tiles in flight: while the warps multiply tile j,
-// cp.async brings tile j + 1 into the other half of a double buffer (the copy engine, not the
-// warps, waits for memory). For tile j: the warps of head group hg compute S = Q̃ Kᵀ for its 16
-// heads, each over 8 HG keys; the row maxima meet in shared memory; each warp writes its exp2'd
-// scores there as bf16 P; then warp w adds P · V for output columns 64w .. 64w + 63 of every
-// head group, V being the first 512 dims of the same rows (B fragments through ldmatrix.trans,
-// so the tile is stored once, row-major, and each fragment serves HG head groups). Row sums
-// stay per warp (over its keys) until the end, rescaled alike since the maxima are shared.
+// A block (8 warps) multiplies HG groups of 16 (query row, head) pairs at once — the M rows of
+// both products — so that each cached row crosses from L2 once for all of them:
+//   decode (ROWS = false): one query row, 16 HG of its heads (HG = 2, or 1 where the heads do
+//          not divide into 32);
+//   prefill (ROWS = true): up to HG = 4 consecutive query rows of one sequence (a unit of the
+//          step's plan), 16 heads each, every row masked at its own position.
+// The block walks the positions in tiles of KEYS keys, two tiles in flight: while the warps
+// multiply tile j, cp.async brings tile j + 1 into the other half of a double buffer (the copy
+// engine, not the warps, waits for memory). For tile j: the warps of group hg compute S = Q̃ Kᵀ
+// for its 16 rows, each over KEYS HG / 8 keys; the row maxima meet in shared memory; each warp
+// writes its exp2'd scores there as bf16 P; then warp w adds P · V for output columns
+// 64w .. 64w + 63 of every group, V being the first 512 dims of the same rows (B fragments
+// through ldmatrix.trans, so the tile is stored once, row-major, and each fragment serves HG
+// groups). Row sums stay per warp (over its keys) until the end, rescaled alike since the
+// maxima are shared.
 //
-// Few queries (decode at small batch) give too few blocks for the GPU: then the host splits each
-// row's positions into gridDim.y chunks of `split_len` (a multiple of 64), each block writes its
-// unnormalised output, row maximum and row sum to `part`, and mla_merge combines the chunks.
+// Few decode rows (small batch) give too few blocks for the GPU: then the host splits each
+// row's positions into gridDim.y chunks of `split_len` (a multiple of KEYS), each block writes
+// its unnormalised output, row maximum and row sum to `part`, and mla_merge combines the chunks.
 #define MLA_DK 576
 #define MLA_DV 512
-#define MLA_KEYS 64
 #define MLA_WARPS 8
 #define MLA_THREADS (32 * MLA_WARPS)
-#define MLA_ST (MLA_DK + 8)     // smem row stride of Q̃ and key rows (bf16): conflict-free fragments
-#define MLA_PST (MLA_KEYS + 8)  // smem row stride of P (bf16)
-#define MLA_PIECES (MLA_KEYS * MLA_DK / 8)  // 16-byte copies of a tile
+#define MLA_ST (MLA_DK + 8)  // smem row stride of Q̃ and key rows (bf16): conflict-free fragments
 
 // Two B fragments (n-tiles n0 and n0 + 8, k = 16 keys) of a row-major [key][col] tile.
 __device__ __forceinline__ void ldsm_x4_trans(unsigned* r, const void* p) {
@@ -48,65 +50,79 @@ __device__ __forceinline__ int mla_slot(const int* table, int p, int k_last, int
     return p <= k_last ? table[p / block_size] * block_size + p % block_size : -1;
 }
 
-// Bytes of dynamic shared memory mla_decode<HG> takes (the host passes the same count): Q̃,
-// two key tiles, P, the warps' row maxima, two tiles' slots.
-#define MLA_SMEM(HG) \
-    ((16 * (HG) + 2 * MLA_KEYS) * MLA_ST * 2 + 16 * (HG) * MLA_PST * 2 + MLA_WARPS * 16 * 4 + 2 * MLA_KEYS * 4)
+// Bytes of dynamic shared memory mla_decode<HG, ROWS, KEYS> takes (the host passes the same
+// count): Q̃, two key tiles, P, the warps' row maxima, two tiles' slots.
+#define MLA_SMEM(HG, KEYS) \
+    ((16 * (HG) + 2 * (KEYS)) * MLA_ST * 2 + 16 * (HG) * ((KEYS) + 8) * 2 + MLA_WARPS * 16 * 4 + 2 * (KEYS) * 4)
 
-template <int HG>
+template <int HG, bool ROWS, int KEYS>
 __device__ __forceinline__ void mla_decode(
     const float* __restrict__ q, const __nv_bfloat16* __restrict__ kc, float* __restrict__ out,
     const int* __restrict__ q_seq, const int* __restrict__ q_pos, const int* __restrict__ table_off,
     const int* __restrict__ tables, const int* __restrict__ rows, int n_heads, int block_size, float scale,
     int split_len, float* __restrict__ part) {
-    constexpr int H = 16 * HG;           // heads of the block
-    constexpr int WPG = MLA_WARPS / HG;  // warps of a head group in S
-    constexpr int NJ = MLA_KEYS / WPG / 8;  // n-tiles of keys a warp scores
+    constexpr int M = 16 * HG;                  // (row, head) pairs of the block
+    constexpr int WPG = MLA_WARPS / HG;         // warps of a group in S
+    constexpr int NJ = KEYS / WPG / 8;          // n-tiles of keys a warp scores
     constexpr int NT = MLA_DV / MLA_WARPS / 8;  // n-tiles of a warp's output columns
+    constexpr int PST = KEYS + 8;               // smem row stride of P (bf16)
+    constexpr int PIECES = KEYS * MLA_DK / 8;   // 16-byte copies of a tile
+    static_assert(NJ >= 1 && MLA_WARPS % HG == 0, "a group's keys split over its warps");
     extern __shared__ __align__(16) unsigned char mla_smem[];
-    __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(mla_smem);  // [H][MLA_ST]
-    __nv_bfloat16* ks = qs + H * MLA_ST;                              // [2][64][MLA_ST]
-    __nv_bfloat16* ps = ks + 2 * MLA_KEYS * MLA_ST;                   // [H][MLA_PST]
-    float* red = reinterpret_cast<float*>(ps + H * MLA_PST);          // [8 warps][16 rows]
-    int* s_slot = reinterpret_cast<int*>(red + MLA_WARPS * 16);       // [2][64]
+    __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(mla_smem);  // [M][MLA_ST]
+    __nv_bfloat16* ks = qs + M * MLA_ST;                              // [2][KEYS][MLA_ST]
+    __nv_bfloat16* ps = ks + 2 * KEYS * MLA_ST;                       // [M][PST]
+    float* red = reinterpret_cast<float*>(ps + M * PST);              // [8 warps][16 rows]
+    int* s_slot = reinterpret_cast<int*>(red + MLA_WARPS * 16);       // [2][KEYS]
 
-    const int groups = n_heads / H;
-    const int t = rows[blockIdx.x / groups], h0 = (blockIdx.x % groups) * H;
-    const int pos = q_pos[t];
-    const int* table = tables + table_off[q_seq[t]];
+    // Group h's query row t_h, first head and last position (ROWS: a unit of `rows` is (first
+    // row, rows, sequence, first position); groups past its rows repeat its last row and store
+    // nothing); the block reads positions up to k_last.
+    const int groups = ROWS ? n_heads / 16 : n_heads / M;
+    const int b = blockIdx.x / groups, hb = blockIdx.x % groups;
+    const int* unit = ROWS ? rows + 4 * b : rows;
+    const int live = ROWS ? unit[1] : HG;
+    const int t0 = ROWS ? unit[0] : rows[b];
+    const int pos = ROWS ? unit[3] + live - 1 : q_pos[t0];
+    const int* table = tables + table_off[ROWS ? unit[2] : q_seq[t0]];
+    auto row_of = [&](int h) { return ROWS ? t0 + min(h, live - 1) : t0; };
+    auto head_of = [&](int h) { return ROWS ? hb * 16 : hb * M + h * 16; };
+    auto last_of = [&](int h) { return ROWS ? pos - (live - 1 - min(h, live - 1)) : pos; };
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
-    const int hg = warp / WPG, kw0 = (warp % WPG) * (8 * NJ);  // S: this warp's head group, keys
+    const int hg = warp / WPG, kw0 = (warp % WPG) * (8 * NJ);  // S: this warp's group, keys
 
     // This block's positions: all of them, or chunk blockIdx.y (possibly empty: m stays -inf).
     const int k0 = gridDim.y > 1 ? blockIdx.y * split_len : 0;
     const int k_last = gridDim.y > 1 ? min(pos, k0 + split_len - 1) : pos;
-    const int n_tiles = k_last >= k0 ? (k_last - k0) / MLA_KEYS + 1 : 0;
+    const int my_last = gridDim.y > 1 ? k_last : last_of(hg);  // the warp's group's mask
+    const int n_tiles = k_last >= k0 ? (k_last - k0) / KEYS + 1 : 0;
 
-    // Tile j's 64 rows into stage j % 2, from the slots in s_slot[j % 2] (zeros past k_last).
+    // Tile j's KEYS rows into stage j % 2, from the slots in s_slot[j % 2] (zeros past k_last).
     auto fetch = [&](int j) {
-        const int* sl = s_slot + (j & 1) * MLA_KEYS;
-        const unsigned dst = (unsigned)__cvta_generic_to_shared(ks + (j & 1) * MLA_KEYS * MLA_ST);
-        for (int i = threadIdx.x; i < MLA_PIECES; i += MLA_THREADS) {
+        const int* sl = s_slot + (j & 1) * KEYS;
+        const unsigned dst = (unsigned)__cvta_generic_to_shared(ks + (j & 1) * KEYS * MLA_ST);
+        for (int i = threadIdx.x; i < PIECES; i += MLA_THREADS) {
             const int key = i / (MLA_DK / 8), c = (i % (MLA_DK / 8)) * 8, slot = sl[key];
             cp_async16(dst + (key * MLA_ST + c) * 2, kc + (long)max(slot, 0) * MLA_DK + c, slot >= 0);
         }
         cp_async_commit();
     };
 
-    for (int i = threadIdx.x; i < H * MLA_DK / 2; i += MLA_THREADS) {
-        const int r = i / (MLA_DK / 2), c = (i % (MLA_DK / 2)) * 2;
-        const float2 x = *reinterpret_cast<const float2*>(q + ((long)t * n_heads + h0 + r) * MLA_DK + c);
+    for (int i = threadIdx.x; i < M * MLA_DK / 2; i += MLA_THREADS) {
+        const int r = i / (MLA_DK / 2), c = (i % (MLA_DK / 2)) * 2, h = r / 16;
+        const float2 x = *reinterpret_cast<const float2*>(
+            q + ((long)row_of(h) * n_heads + head_of(h) + r % 16) * MLA_DK + c);
         *reinterpret_cast<unsigned*>(&qs[r * MLA_ST + c]) = fa_pack(x.x, x.y);
     }
-    // Slots two tiles ahead of the copies: thread p < 64 loads its key's slot of tile j + 3 at
+    // Slots two tiles ahead of the copies: thread p < KEYS loads its key's slot of tile j + 3 at
     // tile j and stores it at tile j + 1, so the table's latency hides behind a tile's work.
-    const bool slotter = threadIdx.x < MLA_KEYS;
+    const bool slotter = threadIdx.x < KEYS;
     const int sp = k0 + threadIdx.x;
     if (slotter) {
         s_slot[threadIdx.x] = mla_slot(table, sp, k_last, block_size);
-        s_slot[MLA_KEYS + threadIdx.x] = mla_slot(table, sp + MLA_KEYS, k_last, block_size);
+        s_slot[KEYS + threadIdx.x] = mla_slot(table, sp + KEYS, k_last, block_size);
     }
-    int next_slot = slotter ? mla_slot(table, sp + 2 * MLA_KEYS, k_last, block_size) : -1;
+    int next_slot = slotter ? mla_slot(table, sp + 2 * KEYS, k_last, block_size) : -1;
     __syncthreads();
     if (n_tiles > 0) fetch(0);
 
@@ -115,7 +131,7 @@ __device__ __forceinline__ void mla_decode(
     for (int h = 0; h < HG; h++)
 #pragma unroll
         for (int j = 0; j < NT; j++) o[h][j][0] = o[h][j][1] = o[h][j][2] = o[h][j][3] = 0.0f;
-    float m[HG][2], l[HG][2];  // rows g and g + 8 of each head group
+    float m[HG][2], l[HG][2];  // rows g and g + 8 of each group
 #pragma unroll
     for (int h = 0; h < HG; h++) m[h][0] = m[h][1] = -INFINITY, l[h][0] = l[h][1] = 0.0f;
     const float sl2 = scale * 1.4426950408889634f;
@@ -126,15 +142,15 @@ __device__ __forceinline__ void mla_decode(
         __syncthreads();
         if (j + 1 < n_tiles) fetch(j + 1);
         if (slotter) {
-            s_slot[(j & 1) * MLA_KEYS + threadIdx.x] = next_slot;
-            next_slot = mla_slot(table, sp + (j + 3) * MLA_KEYS, k_last, block_size);
+            s_slot[(j & 1) * KEYS + threadIdx.x] = next_slot;
+            next_slot = mla_slot(table, sp + (j + 3) * KEYS, k_last, block_size);
         }
         if (j + 1 < n_tiles) cp_async_wait<1>(); else cp_async_wait<0>();
         __syncthreads();  // tile j, copied by every thread, is visible
-        const __nv_bfloat16* kt = ks + (j & 1) * MLA_KEYS * MLA_ST;
-        const int kb = k0 + j * MLA_KEYS;
+        const __nv_bfloat16* kt = ks + (j & 1) * KEYS * MLA_ST;
+        const int kb = k0 + j * KEYS;
 
-        // S for this warp's keys and its head group's 16 heads.
+        // S for this warp's keys and its group's 16 rows.
         float s[NJ][4];
 #pragma unroll
         for (int jj = 0; jj < NJ; jj++) s[jj][0] = s[jj][1] = s[jj][2] = s[jj][3] = 0.0f;
@@ -148,14 +164,14 @@ __device__ __forceinline__ void mla_decode(
                 fa_mma(s[jj], a, *reinterpret_cast<const unsigned*>(kr), *reinterpret_cast<const unsigned*>(kr + 8));
             }
         }
-        // Mask and scale; the tile's row maxima over the head group's warps.
+        // Mask and scale; the tile's row maxima over the group's warps.
         float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
         for (int jj = 0; jj < NJ; jj++) {
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int p = kb + kw0 + jj * 8 + 2 * tq + (e & 1);
-                const float v = p <= k_last ? s[jj][e] * sl2 : -INFINITY;
+                const float v = p <= my_last ? s[jj][e] * sl2 : -INFINITY;
                 s[jj][e] = v;
                 if (e < 2) mx0 = fmaxf(mx0, v); else mx1 = fmaxf(mx1, v);
             }
@@ -164,26 +180,26 @@ __device__ __forceinline__ void mla_decode(
         mx1 = quad_max(mx1);
         if (tq == 0) red[warp * 16 + g] = mx0, red[warp * 16 + g + 8] = mx1;
         __syncthreads();
-        // Every warp rescales its outputs of every head group. The tile's first position is
-        // visible to every row and lies in each group's first warp's keys, so the maxima are
-        // finite from the first tile on.
+        // Every warp rescales its outputs of every group. The tile's first position is visible
+        // to every row (a row's chunk starts at or before it) and lies in each group's first
+        // warp's keys, so the maxima are finite from the first tile on.
 #pragma unroll
         for (int h = 0; h < HG; h++) {
-            float t0 = -INFINITY, t1 = -INFINITY;
+            float x0 = -INFINITY, x1 = -INFINITY;
 #pragma unroll
             for (int w = h * WPG; w < (h + 1) * WPG; w++) {
-                t0 = fmaxf(t0, red[w * 16 + g]);
-                t1 = fmaxf(t1, red[w * 16 + g + 8]);
+                x0 = fmaxf(x0, red[w * 16 + g]);
+                x1 = fmaxf(x1, red[w * 16 + g + 8]);
             }
-            const float nm0 = fmaxf(m[h][0], t0), nm1 = fmaxf(m[h][1], t1);
+            const float nm0 = fmaxf(m[h][0], x0), nm1 = fmaxf(m[h][1], x1);
             const float c0 = exp2f(m[h][0] - nm0), c1 = exp2f(m[h][1] - nm1);
             m[h][0] = nm0, m[h][1] = nm1;
             l[h][0] *= c0, l[h][1] *= c1;
 #pragma unroll
             for (int jn = 0; jn < NT; jn++) o[h][jn][0] *= c0, o[h][jn][1] *= c0, o[h][jn][2] *= c1, o[h][jn][3] *= c1;
         }
-        // P of this warp's keys for its head group (m and l of the other groups' rows are kept
-        // alike by every warp; only the own group's sums grow here).
+        // P of this warp's keys for its group (m and l of the other groups' rows are kept alike
+        // by every warp; only the own group's sums grow here).
 #pragma unroll
         for (int h = 0; h < HG; h++) {
             if (h != hg) continue;
@@ -193,17 +209,17 @@ __device__ __forceinline__ void mla_decode(
                 const float p2 = exp2f(s[jj][2] - m[h][1]), p3 = exp2f(s[jj][3] - m[h][1]);
                 l[h][0] += p0 + p1, l[h][1] += p2 + p3;
                 const int col = kw0 + jj * 8 + 2 * tq;
-                *reinterpret_cast<unsigned*>(&ps[(h * 16 + g) * MLA_PST + col]) = fa_pack(p0, p1);
-                *reinterpret_cast<unsigned*>(&ps[(h * 16 + g + 8) * MLA_PST + col]) = fa_pack(p2, p3);
+                *reinterpret_cast<unsigned*>(&ps[(h * 16 + g) * PST + col]) = fa_pack(p0, p1);
+                *reinterpret_cast<unsigned*>(&ps[(h * 16 + g + 8) * PST + col]) = fa_pack(p2, p3);
             }
         }
         __syncthreads();
-        // O (this warp's 64 columns, every head group) += P · V over the tile's 64 keys.
+        // O (this warp's 64 columns, every group) += P · V over the tile's keys.
 #pragma unroll
-        for (int kk = 0; kk < MLA_KEYS / 16; kk++) {
+        for (int kk = 0; kk < KEYS / 16; kk++) {
             unsigned a[HG][4];
 #pragma unroll
-            for (int h = 0; h < HG; h++) mla_frag_a(a[h], &ps[(h * 16 + g) * MLA_PST + kk * 16 + 2 * tq], MLA_PST);
+            for (int h = 0; h < HG; h++) mla_frag_a(a[h], &ps[(h * 16 + g) * PST + kk * 16 + 2 * tq], PST);
             const int mat = lane / 8, r = lane % 8;
             const int key = kk * 16 + (mat & 1) * 8 + r;
 #pragma unroll
@@ -218,7 +234,7 @@ __device__ __forceinline__ void mla_decode(
             }
         }
     }
-    // Row sums: over the quad (this warp's keys), then over the head group's warps.
+    // Row sums: over the quad (this warp's keys), then over the group's warps.
     float L[HG][2];
 #pragma unroll
     for (int h = 0; h < HG; h++) {
@@ -230,12 +246,12 @@ __device__ __forceinline__ void mla_decode(
 #pragma unroll
         for (int w = h * WPG; w < (h + 1) * WPG; w++) L[h][0] += red[w * 16 + g], L[h][1] += red[w * 16 + g + 8];
     }
-    const long i = blockIdx.x / groups;
 #pragma unroll
     for (int h = 0; h < HG; h++) {
-        const int head = h0 + h * 16 + g;
+        if (h >= live) break;
+        const int head = head_of(h) + g;
         if (gridDim.y == 1) {
-            float* out0 = out + ((long)t * n_heads + head) * MLA_DV + warp * (8 * NT);
+            float* out0 = out + ((long)row_of(h) * n_heads + head) * MLA_DV + warp * (8 * NT);
             float* out1 = out0 + 8 * MLA_DV;
 #pragma unroll
             for (int jn = 0; jn < NT; jn++) {
@@ -245,8 +261,9 @@ __device__ __forceinline__ void mla_decode(
             }
             continue;
         }
-        // A chunk: [row i][head][chunk] records of MLA_DV unnormalised outputs, the max, the sum.
-        float* rec0 = part + ((i * n_heads + head) * gridDim.y + blockIdx.y) * (MLA_DV + 2);
+        // A chunk (decode only): [row b][head][chunk] records of MLA_DV unnormalised outputs,
+        // the max, the sum.
+        float* rec0 = part + (((long)b * n_heads + head) * gridDim.y + blockIdx.y) * (MLA_DV + 2);
         float* rec1 = rec0 + 8 * (long)gridDim.y * (MLA_DV + 2);
 #pragma unroll
         for (int jn = 0; jn < NT; jn++) {
@@ -291,5 +308,8 @@ extern "C" __global__ void __launch_bounds__(128) mla_merge(const float* __restr
         const int *__restrict__ tables, const int *__restrict__ rows, int n_heads, int block_size, float scale, \
         int split_len, float *__restrict__ part
 #define MLA_PASS q, kc, out, q_seq, q_pos, table_off, tables, rows, n_heads, block_size, scale, split_len, part
-extern "C" __global__ void __launch_bounds__(MLA_THREADS) mla_decode_h16(MLA_ARGS) { after_previous_grid(); mla_decode<1>(MLA_PASS); }
-extern "C" __global__ void __launch_bounds__(MLA_THREADS) mla_decode_h32(MLA_ARGS) { after_previous_grid(); mla_decode<2>(MLA_PASS); }
+extern "C" __global__ void __launch_bounds__(MLA_THREADS) mla_decode_h16(MLA_ARGS) { after_previous_grid(); mla_decode<1, false, 64>(MLA_PASS); }
+extern "C" __global__ void __launch_bounds__(MLA_THREADS) mla_decode_h32(MLA_ARGS) { after_previous_grid(); mla_decode<2, false, 64>(MLA_PASS); }
+// Prefill: units of up to four consecutive rows of one sequence, 16 heads each, 32-key tiles
+// (64 (row, head) pairs and two 64-key tiles would not fit the shared memory).
+extern "C" __global__ void __launch_bounds__(MLA_THREADS) mla_prefill_r4(MLA_ARGS) { after_previous_grid(); mla_decode<4, true, 32>(MLA_PASS); }

@@ -163,11 +163,12 @@ fn paged_attention_gqa_window_and_mla() {
         window: None,
     };
     attention_case(&d, &mut rng, mla, 40, true, 4, &[19, 300], &[19, 1], 1e-5);
-    // At DeepSeek's widths (512 latent + 64 rope dims, 32 heads): the tensor-core MLA kernel
-    // (32 heads a block) over bf16 rows (queries, rows and probabilities rounded to bf16, as
-    // flash prefill's), the per-query kernel over f32 rows. A decode row past several 64-key
-    // tiles, a 70-token prefill (every row its own prefix), a one-token prompt: 72 blocks, so
-    // each row's positions are cut in two chunks (the short rows' second chunk empty) and merged.
+    // At DeepSeek's widths (512 latent + 64 rope dims, 32 heads): the tensor-core MLA kernels
+    // over bf16 rows (queries, rows and probabilities rounded to bf16, as flash prefill's), the
+    // per-query kernel over f32 rows. A 70-token prefill in units of four rows (every row its
+    // own prefix); a decode row past several 64-key tiles and a one-token prompt, 32 heads a
+    // block: two blocks, so each row's positions are cut in two chunks (the short row's second
+    // chunk empty) and merged.
     let deepseek = Heads {
         n_heads: 32,
         n_kv_heads: 1,
@@ -189,8 +190,9 @@ fn paged_attention_gqa_window_and_mla() {
     );
     // One decode row of 2000 positions: one block, so eight chunks of 256.
     attention_case(&d, &mut rng, deepseek, 576, true, 16, &[2000], &[1], 1e-2);
-    // 16 heads (DeepSeek-V2-Lite, or V3 under 8-way tensor parallelism): the kernel's 16-head
-    // form; a decode row in three chunks beside a 40-token prefill whose rows end in the first.
+    // 16 heads (DeepSeek-V2-Lite, or V3 under 8-way tensor parallelism): the decode kernel's
+    // 16-head form, a decode row in three chunks; a 40-token prefill, and a 37-row chunk after
+    // 113 cached positions (its last unit one row).
     let lite = Heads {
         n_heads: 16,
         ..deepseek
@@ -202,8 +204,8 @@ fn paged_attention_gqa_window_and_mla() {
         576,
         true,
         16,
-        &[700, 40],
-        &[1, 40],
+        &[700, 40, 150],
+        &[1, 40, 37],
         1e-2,
     );
 }
@@ -263,7 +265,7 @@ fn flash_prefill_against_reference() {
         for (seq, (&l, &n)) in lens.iter().zip(new).enumerate() {
             queries.extend((l - n..l).map(|pos| QueryPos { seq, pos }));
         }
-        let p = attention::plan(&queries, true, attention::MIN_FLASH_RUN);
+        let p = attention::plan(&queries, true, attention::MIN_FLASH_RUN, 64);
         assert!(!p.tiles.is_empty(), "{lens:?}/{new:?} takes no flash tile");
         let width = h.n_kv_heads * h.qk_dim;
         attention_case(&d, &mut rng, h, width, false, block_size, lens, new, tol);
@@ -425,19 +427,29 @@ fn attention_plan_cuts_runs_into_tiles() {
     queries.push(q(1, 40)); // a decode row
     queries.extend((0..3).map(|p| q(2, p))); // a short run
     queries.extend((10..20).map(|p| q(3, p))); // a 10-row chunk
-    let p = attention::plan(&queries, true, 8);
+    let p = attention::plan(&queries, true, 8, 64);
     assert_eq!(
         p.tiles,
         vec![0, 64, 0, 5, 64, 64, 0, 69, 128, 2, 0, 133, 134, 10, 3, 10]
     );
     assert_eq!(p.rows, vec![130, 131, 132, 133]);
-    let p = attention::plan(&queries, false, 8);
+    let p = attention::plan(&queries, false, 8, 64);
     assert!(p.tiles.is_empty());
     assert_eq!(p.rows, (0..queries.len() as i32).collect::<Vec<_>>());
     // A gap in positions or a new sequence ends a run.
-    let p = attention::plan(&[q(0, 0), q(0, 2), q(1, 3), q(1, 4)], true, 2);
+    let p = attention::plan(&[q(0, 0), q(0, 2), q(1, 3), q(1, 4)], true, 2, 64);
     assert_eq!(p.tiles, vec![2, 2, 1, 3]);
     assert_eq!(p.rows, vec![0, 1]);
+    // MLA's prefill units: runs of two or more in tiles of four rows, the decode row alone.
+    let p = attention::plan(&queries, true, 2, 4);
+    assert_eq!(p.tiles.len() / 4, 33 + 1 + 3);
+    assert_eq!(&p.tiles[..8], &[0, 4, 0, 5, 4, 4, 0, 9]);
+    assert_eq!(&p.tiles[4 * 32..4 * 34], &[128, 2, 0, 133, 131, 3, 2, 0]);
+    assert_eq!(
+        &p.tiles[4 * 34..],
+        &[134, 4, 3, 10, 138, 4, 3, 14, 142, 2, 3, 18]
+    );
+    assert_eq!(p.rows, vec![130]);
 }
 
 /// One step's index serving several "layers" as a model step does: RoPE from the uploaded tables

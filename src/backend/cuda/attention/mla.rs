@@ -1,63 +1,144 @@
-//! MLA's weight-absorbed attention at DeepSeek's widths on the tensor cores: the launch of
-//! `mla_decode_h16/_h32` and, when the queries are too few to fill the GPU, of `mla_merge`
-//! over chunks of positions (kernels/mla.cu), for the step's [`StepIndex`].
+//! MLA's weight-absorbed attention at DeepSeek's widths on the tensor cores: the launches of
+//! `mla_prefill_r4` over runs of consecutive rows, `mla_decode_h16/_h32` over the other rows
+//! and, when those are too few to fill the GPU, `mla_merge` over chunks of their positions
+//! (kernels/mla.cu), for the step's [`StepIndex`].
 
 use cudarc::driver::LaunchConfig;
 
-use super::StepIndex;
+use super::{Section, StepIndex};
 use crate::backend::cpu::attention::Heads;
 use crate::backend::cuda::ops::{empty, gpu};
 use crate::backend::cuda::{overlap, Kernel};
 use crate::error::Result;
 
-/// The absorbed MLA kernel's shapes (kernels/mla.cu's MLA_DK, MLA_DV, heads a group, threads).
+/// The absorbed MLA kernel's shapes (kernels/mla.cu's MLA_DK, MLA_DV, rows of a group, threads).
 const MLA_DK: usize = 576;
 const MLA_DV: usize = 512;
 const MLA_GROUP: usize = 16;
 const MLA_THREADS: u32 = 256;
+/// Query rows of a prefill unit (`mla_prefill_r4`): runs of at least two consecutive rows of
+/// one sequence are cut into units of up to this many.
+pub(super) const MLA_UNIT_ROWS: usize = 4;
 
-/// Bytes of dynamic shared memory of the kernel over `hg` groups of 16 heads (kernels/mla.cu's
-/// MLA_SMEM): the heads' queries and two 64-key tiles in rows of 584 bf16, P in rows of 72, the
-/// eight warps' row maxima and two tiles' slots.
-fn mla_smem(hg: usize) -> usize {
-    (MLA_GROUP * hg + 2 * 64) * (MLA_DK + 8) * 2 + MLA_GROUP * hg * 72 * 2 + 8 * 16 * 4 + 2 * 64 * 4
+/// One form of the kernel: its name, groups of 16 (row, head) pairs a block, keys a tile.
+struct Form {
+    name: &'static str,
+    groups: usize,
+    keys: usize,
+}
+
+impl Form {
+    /// Decode rows: 32 heads a block where the heads divide into 32, else 16.
+    fn decode(n_heads: usize) -> Self {
+        if n_heads.is_multiple_of(2 * MLA_GROUP) {
+            Form {
+                name: "mla_decode_h32",
+                groups: 2,
+                keys: 64,
+            }
+        } else {
+            Form {
+                name: "mla_decode_h16",
+                groups: 1,
+                keys: 64,
+            }
+        }
+    }
+
+    const PREFILL: Form = Form {
+        name: "mla_prefill_r4",
+        groups: MLA_UNIT_ROWS,
+        keys: 32,
+    };
+
+    /// Bytes of dynamic shared memory (kernels/mla.cu's MLA_SMEM): the pairs' queries and two
+    /// key tiles in rows of 584 bf16, P in rows of keys + 8, the eight warps' row maxima and two
+    /// tiles' slots.
+    fn smem(&self) -> usize {
+        let m = MLA_GROUP * self.groups;
+        (m + 2 * self.keys) * (MLA_DK + 8) * 2
+            + m * (self.keys + 8) * 2
+            + 8 * 16 * 4
+            + 2 * self.keys * 4
+    }
 }
 
 impl StepIndex {
-    /// Every query of the step through `mla_decode_h32` (32 heads a block, where the heads
-    /// divide into 32) or `mla_decode_h16` (kernels/mla.cu): a block per (query, 16 or 32
-    /// heads), the latent rows read once for them, both products on the tensor cores. The
-    /// caller checked the shapes ([`is_mla_latent`]) and that q, the cache (one bf16 buffer of
-    /// latent rows, read as keys and values) and out are whole.
+    /// Every query of the step through kernels/mla.cu: the runs of consecutive rows of one
+    /// sequence (prefill) in units of up to four rows through `mla_prefill_r4` (a block per
+    /// (unit, 16 heads)), the other rows through `mla_decode_h32` / `_h16` (a block per (row, 32
+    /// or 16 heads)); each block reads the latent rows once for its (row, head) pairs and
+    /// multiplies on the tensor cores. The caller checked the shapes ([`is_mla_latent`]) and
+    /// that q, the cache (one bf16 buffer of latent rows, read as keys and values) and out are
+    /// whole.
     pub(super) fn mla_decode(&self, qp: u64, kp: u64, outp: u64, h: &Heads) -> Result<()> {
-        let dev = &self.dev;
-        let hg = if h.n_heads.is_multiple_of(2 * MLA_GROUP) {
-            2
-        } else {
-            1
-        };
-        let groups = h.n_heads / (MLA_GROUP * hg);
-        let name = if hg == 2 {
-            "mla_decode_h32"
-        } else {
-            "mla_decode_h16"
-        };
-        let f = dev.function_with_smem(Kernel::Attention, name, mla_smem(hg))?;
-        let (sp, pp, rp) = (self.at(self.seq), self.at(self.pos), self.at(self.all_rows));
-        let (op, tp) = (self.at(self.table_off), self.at(self.tables));
-        let (nh, bs) = (h.n_heads as i32, self.block_size as i32);
-        let (blocks, splits, split_len) = self.mla_split(groups)?;
+        let units = self.mla_units.len / 4;
+        if units > 0 {
+            let f = Form::PREFILL;
+            let grid = ((units * h.n_heads / MLA_GROUP) as u32, 1, 1);
+            self.mla_launch(&f, grid, (qp, kp, outp), self.mla_units, h, (0, 0))?;
+        }
+        let rows = self.mla_rows.len;
+        if rows == 0 {
+            return Ok(());
+        }
+        let f = Form::decode(h.n_heads);
+        let blocks = rows * h.n_heads / (MLA_GROUP * f.groups);
+        let (splits, split_len) = self.mla_split(blocks)?;
         // Chunk records (outputs, max, sum) when the positions are split.
         let part = if splits > 1 {
             Some(empty(
-                dev,
-                [self.queries * h.n_heads * splits * (MLA_DV + 2)],
+                &self.dev,
+                [rows * h.n_heads * splits * (MLA_DV + 2)],
             )?)
         } else {
             None
         };
         let partp = part.as_ref().map_or(Ok(0), |t| gpu(t).map(|s| s.ptr()))?;
-        let sl = split_len as i32;
+        let grid = (blocks as u32, splits as u32, 1);
+        self.mla_launch(
+            &f,
+            grid,
+            (qp, kp, outp),
+            self.mla_rows,
+            h,
+            (split_len, partp),
+        )?;
+        if splits > 1 {
+            let f = self.dev.function(Kernel::Attention, "mla_merge")?;
+            let (rp, nh, sn) = (self.at(self.mla_rows), h.n_heads as i32, splits as i32);
+            let mut b = overlap::Args::new();
+            b.arg(&partp).arg(&outp).arg(&rp).arg(&nh).arg(&sn);
+            let cfg = LaunchConfig {
+                grid_dim: ((rows * h.n_heads) as u32, 1, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: mla_merge reads the records the decode kernel wrote (it waits for it) for
+            // every (row, head, chunk) and writes each row's n_heads x 512 outputs.
+            unsafe { overlap::launch(&self.dev, &f, cfg, &mut b, "launching mla_merge") }?;
+        }
+        Ok(())
+    }
+
+    /// One launch of `form` over `rows` (units of four words for the prefill form, row indices
+    /// for the decode forms), with the positions cut in chunks of `split_len` into `part` when
+    /// the grid's y is above 1.
+    fn mla_launch(
+        &self,
+        form: &Form,
+        grid: (u32, u32, u32),
+        (qp, kp, outp): (u64, u64, u64),
+        rows: Section,
+        h: &Heads,
+        (split_len, partp): (usize, u64),
+    ) -> Result<()> {
+        let f = self
+            .dev
+            .function_with_smem(Kernel::Attention, form.name, form.smem())?;
+        let (sp, pp, rp) = (self.at(self.seq), self.at(self.pos), self.at(rows));
+        let (op, tp) = (self.at(self.table_off), self.at(self.tables));
+        let (nh, bs, sl) = (h.n_heads as i32, self.block_size as i32, split_len as i32);
         let mut b = overlap::Args::new();
         b.arg(&qp)
             .arg(&kp)
@@ -73,43 +154,28 @@ impl StepIndex {
             .arg(&sl)
             .arg(&partp);
         let cfg = LaunchConfig {
-            grid_dim: (blocks as u32, splits as u32, 1),
+            grid_dim: grid,
             block_dim: (MLA_THREADS, 1, 1),
-            shared_mem_bytes: mla_smem(hg) as u32,
+            shared_mem_bytes: form.smem() as u32,
         };
         // SAFETY: q/out hold `queries` rows of n_heads heads of 576 / 512 values and the cache
-        // every slot the tables name (checked by paged_attention); the rows section indexes
-        // every query; `part` holds a record for every (query, head, chunk); the kernel touches
-        // nothing before the previous kernel ends.
-        unsafe { overlap::launch(dev, &f, cfg, &mut b, "launching mla_decode") }?;
-        if splits > 1 {
-            let f = dev.function(Kernel::Attention, "mla_merge")?;
-            let sn = splits as i32;
-            let mut b = overlap::Args::new();
-            b.arg(&partp).arg(&outp).arg(&rp).arg(&nh).arg(&sn);
-            let cfg = LaunchConfig {
-                grid_dim: ((self.queries * h.n_heads) as u32, 1, 1),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            // SAFETY: as above; mla_merge reads the records mla_decode wrote (it waits for it)
-            // and writes every query's n_heads x 512 outputs.
-            unsafe { overlap::launch(dev, &f, cfg, &mut b, "launching mla_merge") }?;
-        }
-        Ok(())
+        // every slot the tables name (checked by paged_attention); `rows` indexes queries of the
+        // step (units: consecutive rows of one sequence); `part`, when the grid's y is above 1,
+        // holds a record for every (row, head, chunk); the kernel touches nothing before the
+        // previous kernel ends.
+        unsafe { overlap::launch(&self.dev, &f, cfg, &mut b, form.name) }
     }
 
-    /// The MLA kernel's grid: (blocks of heads, chunks of positions, positions a chunk). When
-    /// the queries' blocks cannot fill the GPU twice over (one block an SM fits; two waves
-    /// even out chunks that end early), each row's positions are cut into chunks of at least
-    /// 256 (up to 32 chunks) so that they can.
-    fn mla_split(&self, groups: usize) -> Result<(usize, usize, usize)> {
+    /// The decode form's chunks of positions (count, positions a chunk) for `blocks` blocks:
+    /// when they cannot fill the GPU twice over (one block an SM fits; two waves even out
+    /// chunks that end early), each row's positions are cut into chunks of at least 256 (up to
+    /// 32 chunks) so that they can.
+    fn mla_split(&self, blocks: usize) -> Result<(usize, usize)> {
         let fill = 2 * self.dev.sm_count()?;
-        let blocks = self.queries * groups;
         let wanted = fill.div_ceil(blocks.max(1));
         let splits = wanted.min(self.longest.div_ceil(256)).clamp(1, 32);
         let split_len = self.longest.div_ceil(splits).next_multiple_of(64);
-        Ok((blocks, splits, split_len))
+        Ok((splits, split_len))
     }
 }
 

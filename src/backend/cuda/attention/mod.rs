@@ -46,15 +46,15 @@ pub const DECODE_MAX_GROUP: usize = 8;
 /// How one step's queries are split between the two kernels.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct AttentionPlan {
-    /// Flash tiles as (first query row, rows, sequence, first position), flattened.
+    /// Tiles as (first query row, rows, sequence, first position), flattened.
     pub tiles: Vec<i32>,
     /// Query rows for the per-query kernel.
     pub rows: Vec<i32>,
 }
 
 /// Cuts `queries` into maximal runs (same sequence, positions +1 each) and sends runs of at least
-/// `min_run` queries to flash tiles of up to 64 rows when `flash` holds, the rest to `rows`.
-pub fn plan(queries: &[QueryPos], flash: bool, min_run: usize) -> AttentionPlan {
+/// `min_run` queries to tiles of up to `tile` rows when `flash` holds, the rest to `rows`.
+pub fn plan(queries: &[QueryPos], flash: bool, min_run: usize, tile: usize) -> AttentionPlan {
     let mut p = AttentionPlan::default();
     let mut start = 0;
     while start < queries.len() {
@@ -66,8 +66,8 @@ pub fn plan(queries: &[QueryPos], flash: bool, min_run: usize) -> AttentionPlan 
             end += 1;
         }
         if flash && end - start >= min_run {
-            for t0 in (start..end).step_by(TILE) {
-                let n = TILE.min(end - t0);
+            for t0 in (start..end).step_by(tile) {
+                let n = tile.min(end - t0);
                 let q = queries[t0];
                 p.tiles
                     .extend([t0 as i32, n as i32, q.seq as i32, q.pos as i32]);
@@ -120,6 +120,9 @@ pub struct StepIndex {
     tiles: Section,
     flash_rows: Section,
     all_rows: Section,
+    /// MLA's prefill units (tiles of up to four rows) and its other rows.
+    mla_units: Section,
+    mla_rows: Section,
     /// One past the largest slot a query writes, and one past the largest block a table names
     /// (each cache an op touches is checked against them).
     slot_end: usize,
@@ -158,10 +161,14 @@ impl StepIndex {
             .map(|q| cache_slot(tables[q.seq], block_size, q.pos) as i32)
             .collect();
         let slot_end = slots.iter().map(|&s| s as usize + 1).max().unwrap_or(0);
-        let plan = plan(queries, true, MIN_FLASH_RUN);
+        let mla = plan(queries, true, 2, mla::MLA_UNIT_ROWS);
+        let plan = plan(queries, true, MIN_FLASH_RUN, TILE);
         let n = queries.len();
         let mut words = Vec::with_capacity(
-            6 * n + tables.iter().map(|t| t.len() + 1).sum::<usize>() + plan.tiles.len(),
+            7 * n
+                + tables.iter().map(|t| t.len() + 1).sum::<usize>()
+                + plan.tiles.len()
+                + mla.tiles.len(),
         );
         let w = &mut words;
         let seq = push(w, queries.iter().map(|q| q.seq as i32));
@@ -179,6 +186,8 @@ impl StepIndex {
         let tiles = push(w, plan.tiles);
         let flash_rows = push(w, plan.rows);
         let all_rows = push(w, 0..n as i32);
+        let mla_units = push(w, mla.tiles);
+        let mla_rows = push(w, mla.rows);
         let rotaries = rotaries
             .iter()
             .map(|r| {
@@ -205,6 +214,8 @@ impl StepIndex {
             tiles,
             flash_rows,
             all_rows,
+            mla_units,
+            mla_rows,
             slot_end,
             block_end,
             longest: queries.iter().map(|q| q.pos + 1).max().unwrap_or(0),
