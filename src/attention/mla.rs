@@ -85,7 +85,9 @@ impl MlaAttention {
         };
         let kv_b = lin("kv_b_proj", all_heads * per_head, d.kv_lora_rank)?
             .rows((heads.start * per_head, nh * per_head))?;
-        let (w_uk_t, w_uv) = split_kv_b(&kv_b.weight, nh, d)?;
+        // The per-head split and transposes run on the host: a GPU source (random weights built
+        // there) gives kv_b_proj on the device, and it is small (heads x 256 x 512).
+        let (w_uk_t, w_uv) = split_kv_b(&kv_b.weight.into_cpu()?, nh, d)?;
         let scale = (1.0 / (qk as f64).sqrt() * cfg.rope.softmax_mscale()) as f32;
         Ok(Self {
             q,

@@ -42,16 +42,13 @@ impl ModelSource {
 
     /// [`Self::weights`] for a model that will run on `device`: random weights for a GPU are
     /// built on it by kernels (no f32 copy on the host, seconds for tens of gigabytes; their
-    /// values differ from the CPU generator's, see `backend::cuda::weights`). MLA models keep the
-    /// host generator (their loader slices weights on the host).
+    /// values differ from the CPU generator's, see `backend::cuda::weights`).
     pub fn weights_on(&self, device: &Device) -> Result<(ModelConfig, Arc<dyn WeightSource>)> {
         #[cfg(feature = "cuda")]
         if let (Some(seed), Device::Cuda(dev)) = (self.random_weights, device) {
             let config = ModelConfig::from_dir(&self.dir)?;
-            if matches!(config.attention, crate::config::AttentionKind::Gqa { .. }) {
-                let src = crate::backend::cuda::weights::GpuRandomWeights::new(seed, dev.clone());
-                return Ok((config, Arc::new(src)));
-            }
+            let src = crate::backend::cuda::weights::GpuRandomWeights::new(seed, dev.clone());
+            return Ok((config, Arc::new(src)));
         }
         let _ = device;
         self.weights()
