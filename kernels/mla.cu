@@ -310,8 +310,6 @@ extern "C" __global__ void __launch_bounds__(128) mla_merge(const float* __restr
 #define MLA_PASS q, kc, out, q_seq, q_pos, table_off, tables, rows, n_heads, block_size, scale, split_len, part
 extern "C" __global__ void __launch_bounds__(MLA_THREADS) mla_decode_h16(MLA_ARGS) { after_previous_grid(); mla_decode<1, false, 64>(MLA_PASS); }
 extern "C" __global__ void __launch_bounds__(MLA_THREADS) mla_decode_h32(MLA_ARGS) { after_previous_grid(); mla_decode<2, false, 64>(MLA_PASS); }
-// 32 heads over 32-key tiles: small enough for two blocks an SM.
-extern "C" __global__ void __launch_bounds__(MLA_THREADS, 2) mla_decode_h32_k32(MLA_ARGS) { after_previous_grid(); mla_decode<2, false, 32>(MLA_PASS); }
 // Prefill: units of up to four consecutive rows of one sequence, 16 heads each, 32-key tiles
 // (64 (row, head) pairs and two 64-key tiles would not fit the shared memory).
 extern "C" __global__ void __launch_bounds__(MLA_THREADS) mla_prefill_r4(MLA_ARGS) { after_previous_grid(); mla_decode<4, true, 32>(MLA_PASS); }

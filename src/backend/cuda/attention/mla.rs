@@ -28,28 +28,21 @@ struct Form {
 }
 
 impl Form {
-    /// Decode rows: 32 heads a block where the heads divide into 32 (64-key tiles, one block an
-    /// SM, or 32-key tiles, two blocks an SM, where `SWITCHYARD_MLA_KEYS=32`), else 16.
+    /// Decode rows: 32 heads a block where the heads divide into 32, else 16. (32-key tiles,
+    /// two blocks an SM, measured within noise of these on an H100: benches/RESULTS.md.)
     fn decode(n_heads: usize) -> Self {
-        static KEYS32: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let k32 =
-            *KEYS32.get_or_init(|| std::env::var("SWITCHYARD_MLA_KEYS").as_deref() == Ok("32"));
-        match (n_heads.is_multiple_of(2 * MLA_GROUP), k32) {
-            (true, false) => Form {
+        if n_heads.is_multiple_of(2 * MLA_GROUP) {
+            Form {
                 name: "mla_decode_h32",
                 groups: 2,
                 keys: 64,
-            },
-            (true, true) => Form {
-                name: "mla_decode_h32_k32",
-                groups: 2,
-                keys: 32,
-            },
-            (false, _) => Form {
+            }
+        } else {
+            Form {
                 name: "mla_decode_h16",
                 groups: 1,
                 keys: 64,
-            },
+            }
         }
     }
 
