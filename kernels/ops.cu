@@ -187,6 +187,57 @@ __device__ __forceinline__ void qkv_rope_cache_impl(const float* __restrict__ qk
 extern "C" __global__ void qkv_rope_cache(QRC_ARGS(float)) { after_previous_grid(); qkv_rope_cache_impl(QRC_PASS); }
 extern "C" __global__ void qkv_rope_cache_bf16(QRC_ARGS(__nv_bfloat16)) { after_previous_grid(); qkv_rope_cache_impl(QRC_PASS); }
 
+// What an MLA layer does between its projections and the absorbed attention, in one launch, one
+// block a new token t: q[t] holds n_heads heads of (nope, rope) query dims, kv[t] the latent
+// (lora) and the rope key (rope):
+//   cache[slot[t]] = [RMSNorm(latent) · norm_w ; RoPE(k_rot)]   (the latent row MLA caches)
+//   q_nope[t, h·nope + c] = bf16(q[t, h·(nope + rope) + c])      (the W_UKᵀ GEMM's input)
+//   q_full[t, h·(lora + rope) + lora + c] = RoPE(q_rot,h)[c]     (the GEMM fills [0, lora))
+// RMSNorm and RoPE as rms_norm_f32 and rope_f32 (cs: row t's cos then sin, rope / 2 each).
+template <typename C>
+__device__ __forceinline__ void mla_rope_cache_impl(
+    const float* __restrict__ q, const float* __restrict__ kv, const float* __restrict__ norm_w, float eps,
+    __nv_bfloat16* __restrict__ q_nope, float* __restrict__ q_full, C* __restrict__ cache,
+    const int* __restrict__ slots, const float* __restrict__ cs, int n_heads, int nope, int rope, int lora,
+    int interleaved) {
+    const long t = blockIdx.x;
+    const int half = rope / 2, row_w = lora + rope;
+    const float* kvr = kv + t * row_w;
+    const float* c = cs + t * 2 * half;
+    C* out = cache + (long)slots[t] * row_w;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < lora; i += blockDim.x) ss += kvr[i] * kvr[i];
+    const float inv = 1.0f / sqrtf(block_reduce(ss, false) / lora + eps);
+    for (int i = threadIdx.x; i < lora; i += blockDim.x) st(out, i, kvr[i] * inv * norm_w[i]);
+    const float* qr = q + t * n_heads * (nope + rope);
+    for (int i = threadIdx.x; i < (n_heads + 1) * half; i += blockDim.x) {
+        // Rotation pair i % half of query head i / half, or of the rope key (the last "head").
+        const int h = i / half, p = i % half;
+        const int a = interleaved ? 2 * p : p, b = interleaved ? 2 * p + 1 : p + half;
+        const float* src = h < n_heads ? qr + h * (nope + rope) + nope : kvr + lora;
+        const float x1 = src[a], x2 = src[b], co = c[p], si = c[half + p];
+        const float y1 = x1 * co - x2 * si, y2 = x2 * co + x1 * si;
+        if (h < n_heads) {
+            float* dst = q_full + (t * n_heads + h) * row_w + lora;
+            dst[a] = y1, dst[b] = y2;
+        } else {
+            st(out, lora + a, y1), st(out, lora + b, y2);
+        }
+    }
+    for (int i = threadIdx.x; i < n_heads * nope; i += blockDim.x)
+        q_nope[t * n_heads * nope + i] = __float2bfloat16_rn(qr[(i / nope) * (nope + rope) + i % nope]);
+}
+
+#define MRC_ARGS(C)                                                                                              \
+    const float *__restrict__ q, const float *__restrict__ kv, const float *__restrict__ norm_w, float eps,       \
+        __nv_bfloat16 *__restrict__ q_nope, float *__restrict__ q_full, C *__restrict__ cache,                  \
+        const int *__restrict__ slots, const float *__restrict__ cs, int n_heads, int nope, int rope, int lora, \
+        int interleaved
+#define MRC_PASS q, kv, norm_w, eps, q_nope, q_full, cache, slots, cs, n_heads, nope, rope, lora, interleaved
+// The latent cache in f32 (widths the per-query kernel reads) or bf16 (DeepSeek's).
+extern "C" __global__ void mla_rope_cache(MRC_ARGS(float)) { after_previous_grid(); mla_rope_cache_impl(MRC_PASS); }
+extern "C" __global__ void mla_rope_cache_bf16(MRC_ARGS(__nv_bfloat16)) { after_previous_grid(); mla_rope_cache_impl(MRC_PASS); }
+
 // dst[rows[i] * dst_w + dst_off + c] = src[srow(i) * src_w + src_off + c] for c < len, where
 // srow(i) = src_rows ? src_rows[i] / div : i. Covers gathers, scatters (cache writes) and column
 // slices/concats. `per_row` blocks a row, COPY_V elements a thread, all loaded before any store.

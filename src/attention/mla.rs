@@ -148,50 +148,94 @@ impl MlaAttention {
         step: &AttentionStep,
         cache: &mut LayerCache,
     ) -> Result<Tensor> {
-        let (nope, rope, lora) = (
-            self.dims.qk_nope_head_dim,
-            self.dims.qk_rope_head_dim,
-            self.dims.kv_lora_rank,
-        );
         let t = step.batch().tokens.len();
-        // Queries, split into the no-position and the rotary parts per head.
+        // Queries (per head, the no-position then the rotary dims) and the compressed latent
+        // with the rope key.
         let q = match &self.q {
             QueryProj::Full(p) => p.forward(x)?,
             QueryProj::LowRank { down, norm, up } => {
                 up.forward(&ops::rms_norm(&down.forward(x)?, norm, self.eps)?)?
             }
         };
-        let (q_nope, mut q_rot) = split_heads(&q, self.n_heads, nope, rope)?;
-        step.rope(&mut q_rot, &self.rotary)?;
-        // The latent and the rope key, into the cache.
         let kv = self.kv_down.forward(x)?;
-        let (latent, mut k_rot) = split_heads(&kv, 1, lora, rope)?;
-        let latent = ops::rms_norm(&latent, &self.kv_norm, self.eps)?;
-        step.rope(&mut k_rot, &self.rotary)?;
-        step.write_rows(&mut cache.keys, lora + rope, 0, &latent)?;
-        step.write_rows(&mut cache.keys, lora + rope, lora, &k_rot)?;
         let heads_out = match self.form {
-            MlaForm::Absorbed => self.attend_absorbed(&q_nope, &q_rot, step, cache)?,
-            MlaForm::Naive => self.attend_naive(&q_nope, &q_rot, step, cache)?,
+            MlaForm::Absorbed => {
+                let q = self.absorbed_queries(&q, &kv, step, cache)?;
+                self.attend_absorbed(&q, step, cache)?
+            }
+            MlaForm::Naive => {
+                let (q_nope, q_rot) = self.rotate_and_cache(&q, &kv, step, cache)?;
+                self.attend_naive(&q_nope, &q_rot, step, cache)?
+            }
         };
         debug_assert_eq!(heads_out.dims(), &[t, self.n_heads * self.dims.v_head_dim]);
         self.o.forward(&heads_out)
     }
 
-    /// Scores against the latent directly: q̃_h = W_UK,hᵀ q_nope,h, MQA over (c, k_r), then W_UV,h.
+    /// Splits the queries `q` into their no-position and rotary parts per head and rotates the
+    /// latter; normalises the latent of `kv`, rotates its rope key and writes both into the
+    /// cache at the new tokens' slots. Returns (q_nope, rotated q_rope).
+    fn rotate_and_cache(
+        &self,
+        q: &Tensor,
+        kv: &Tensor,
+        step: &AttentionStep,
+        cache: &mut LayerCache,
+    ) -> Result<(Tensor, Tensor)> {
+        let (nope, rope, lora) = (
+            self.dims.qk_nope_head_dim,
+            self.dims.qk_rope_head_dim,
+            self.dims.kv_lora_rank,
+        );
+        let (q_nope, mut q_rot) = split_heads(q, self.n_heads, nope, rope)?;
+        step.rope(&mut q_rot, &self.rotary)?;
+        let (latent, mut k_rot) = split_heads(kv, 1, lora, rope)?;
+        let latent = ops::rms_norm(&latent, &self.kv_norm, self.eps)?;
+        step.rope(&mut k_rot, &self.rotary)?;
+        step.write_rows(&mut cache.keys, lora + rope, 0, &latent)?;
+        step.write_rows(&mut cache.keys, lora + rope, lora, &k_rot)?;
+        Ok((q_nope, q_rot))
+    }
+
+    /// The absorbed form's queries, per head [q̃_h = W_UK,hᵀ q_nope,h ; RoPE(q_rope,h)], heads
+    /// side by side, after [`Self::rotate_and_cache`]'s cache writes. On a GPU one kernel does
+    /// the splits, norm, rotations and writes and one batched GEMM writes q̃ in place
+    /// (`StepIndex::mla_rope_cache`); elsewhere the reference ops.
+    fn absorbed_queries(
+        &self,
+        q: &Tensor,
+        kv: &Tensor,
+        step: &AttentionStep,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if let Some(g) = step.fused_gpu(q, &self.rotary) {
+            let prelude = crate::backend::cuda::attention::MlaPrelude {
+                norm: &self.kv_norm,
+                eps: self.eps,
+                w_uk_t: &self.w_uk_t,
+                n_heads: self.n_heads,
+                dims: &self.dims,
+            };
+            return g.mla_rope_cache(q, kv, &prelude, &self.rotary, &mut cache.keys);
+        }
+        let (q_nope, q_rot) = self.rotate_and_cache(q, kv, step, cache)?;
+        let (rope, lora) = (self.dims.qk_rope_head_dim, self.dims.kv_lora_rank);
+        let q_abs = ops::linear_heads(&q_nope, &self.w_uk_t)?;
+        join_heads(&q_abs, &q_rot, self.n_heads, lora, rope)
+    }
+
+    /// Scores the absorbed queries `q` ([`Self::absorbed_queries`]) against the latent directly:
+    /// MQA over (c, k_r), then W_UV,h.
     fn attend_absorbed(
         &self,
-        q_nope: &Tensor,
-        q_rot: &Tensor,
+        q: &Tensor,
         step: &AttentionStep,
         cache: &LayerCache,
     ) -> Result<Tensor> {
         let block_size = step.block_size();
         let (rope, lora) = (self.dims.qk_rope_head_dim, self.dims.kv_lora_rank);
         let nh = self.n_heads;
-        // Per head [q̃_h ; q_rope,h], heads side by side: one batched map, one interleave.
-        let q_abs = ops::linear_heads(q_nope, &self.w_uk_t)?;
-        let q = join_heads(&q_abs, q_rot, nh, lora, rope)?;
         let rows = PagedCache {
             data: &cache.keys,
             width: lora + rope,
@@ -205,7 +249,7 @@ impl MlaAttention {
             scale: self.scale,
             window: None,
         };
-        let o_lat = step.paged_attention(&q, rows, rows, heads)?;
+        let o_lat = step.paged_attention(q, rows, rows, heads)?;
         self.project_values(&o_lat)
     }
 

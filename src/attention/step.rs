@@ -78,6 +78,12 @@ impl<'a> AttentionStep<'a> {
         self.gpu.as_ref().filter(|g| t.is_cuda() && g.serves(t))
     }
 
+    /// The GPU index when it serves `t` and holds `rotary`'s tables, as a fused step kernel needs
+    /// (the callers keep the reference ops for every other case).
+    pub fn fused_gpu(&self, t: &Tensor, rotary: &Rotary) -> Option<&StepIndex> {
+        self.gpu_for(t).filter(|g| g.has_rotary(rotary))
+    }
+
     /// RoPE in place on `x` (one row per new token) at each token's position.
     pub fn rope(&self, x: &mut Tensor, rotary: &Rotary) -> Result<()> {
         match self.gpu_for(x) {

@@ -125,21 +125,24 @@ pub fn linear_raw_typed(
 }
 
 /// [`linear_raw_typed`] once per head in one strided batched call: head h maps columns
-/// `h·k..` of each row of `x` [m, heads·k] through `w[h]` [n, k] into columns `h·n..` of `out`
-/// [m, heads·n] (f32); `x` and `w` of type `input` (bf16 or f32).
+/// `h·k..` of each row of `x` [m, heads·k] through `w[h]` [n, k] into the n columns from
+/// `h·head_off` of each row of `out` (f32, rows of `row_w`; [m, heads·n] with (heads·n, n));
+/// `x` and `w` of type `input` (bf16 or f32).
 pub fn linear_heads_raw(
     dev: &CudaDevice,
     x: u64,
     w: u64,
     out: u64,
     (m, heads, k, n): (usize, usize, usize, usize),
+    (row_w, head_off): (usize, usize),
     input: cudaDataType,
 ) -> Result<()> {
     let (alpha, beta) = (1.0f32, 0.0f32);
-    // Column-major per head, as in `linear`: outᵀ_h [n, m] (ld heads·n, head offset n) =
+    // Column-major per head, as in `linear`: outᵀ_h [n, m] (ld row_w, head offset head_off) =
     // w_hᵀ ([k, n], ld k, head stride n·k) · xᵀ_h ([k, m], ld heads·k, head offset k).
-    // SAFETY: the caller passes live buffers of at least m·heads·k, heads·n·k and m·heads·n
-    // elements of this device; every head's view stays inside them; alpha and beta are f32.
+    // SAFETY: the caller passes live buffers of at least m·heads·k, heads·n·k and m·row_w
+    // elements of this device, row_w >= heads·head_off and head_off >= n, so every head's view
+    // stays inside them; alpha and beta are f32.
     unsafe {
         cudarc::cublas::result::gemm_strided_batched_ex(
             *dev.blas().handle(),
@@ -160,8 +163,8 @@ pub fn linear_heads_raw(
             &beta as *const f32 as *const _,
             out as *mut _,
             cudaDataType::CUDA_R_32F,
-            (heads * n) as i32,
-            n as i64,
+            row_w as i32,
+            head_off as i64,
             heads as i32,
             cublasComputeType_t::CUBLAS_COMPUTE_32F,
             cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,

@@ -243,12 +243,30 @@ pub fn linear_heads(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let dims = (m, h, k, n);
     if !ws.is_bf16() {
         let xp = f32_ptr(x)?;
-        super::blas::linear_heads_raw(&dev, xp, ws.ptr(), op, dims, cudaDataType::CUDA_R_32F)?;
+        let layout = (h * n, n);
+        super::blas::linear_heads_raw(
+            &dev,
+            xp,
+            ws.ptr(),
+            op,
+            dims,
+            layout,
+            cudaDataType::CUDA_R_32F,
+        )?;
         return Ok(out);
     }
     let xb = bf16_copy(&dev, f32_ptr(x)?, m * h * k)?;
     let xbp = raw(&dev, &xb);
-    super::blas::linear_heads_raw(&dev, xbp, ws.ptr(), op, dims, cudaDataType::CUDA_R_16BF)?;
+    let layout = (h * n, n);
+    super::blas::linear_heads_raw(
+        &dev,
+        xbp,
+        ws.ptr(),
+        op,
+        dims,
+        layout,
+        cudaDataType::CUDA_R_16BF,
+    )?;
     drop(xb);
     Ok(out)
 }

@@ -1,15 +1,20 @@
 //! MLA's weight-absorbed attention at DeepSeek's widths on the tensor cores: the launches of
 //! `mla_prefill_r4` over runs of consecutive rows, `mla_decode_h16/_h32` over the other rows
 //! and, when those are too few to fill the GPU, `mla_merge` over chunks of their positions
-//! (kernels/mla.cu), for the step's [`StepIndex`].
+//! (kernels/mla.cu), for the step's [`StepIndex`]; and the layer's step before them
+//! (`mla_rope_cache`, kernels/ops.cu, and the W_UKᵀ GEMM writing in place).
 
 use cudarc::driver::LaunchConfig;
 
 use super::{Section, StepIndex};
 use crate::backend::cpu::attention::Heads;
-use crate::backend::cuda::ops::{empty, gpu};
+use crate::backend::cpu::rope::Rotary;
+use crate::backend::cuda::ops::{cache_ptrs, empty, f32_ptr, gpu, gpu_mut, raw};
+use crate::backend::cuda::storage::alloc;
 use crate::backend::cuda::{overlap, Kernel};
-use crate::error::Result;
+use crate::config::MlaConfig;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
 
 /// The absorbed MLA kernel's shapes (kernels/mla.cu's MLA_DK, MLA_DV, rows of a group, threads).
 const MLA_DK: usize = 576;
@@ -177,6 +182,120 @@ impl StepIndex {
         let splits = wanted.min(self.longest.div_ceil(256)).clamp(1, 32);
         let split_len = self.longest.div_ceil(splits).next_multiple_of(64);
         Ok((splits, split_len))
+    }
+}
+
+/// What an MLA layer's step before attention takes besides its activations: the latent's
+/// RMSNorm, W_UKᵀ of this rank's heads ([heads, lora, nope], bf16 on the GPU) and the widths.
+#[derive(Debug)]
+pub struct MlaPrelude<'a> {
+    /// The latent's RMSNorm weight and epsilon.
+    pub norm: &'a Tensor,
+    pub eps: f32,
+    /// W_UKᵀ of every head.
+    pub w_uk_t: &'a Tensor,
+    /// This rank's query heads.
+    pub n_heads: usize,
+    pub dims: &'a MlaConfig,
+}
+
+impl StepIndex {
+    /// What an MLA layer does between its projections and the absorbed attention, in one kernel
+    /// and one batched GEMM: from the queries `q` [T, heads·(nope + rope)] and `kv` [T, lora +
+    /// rope], writes [RMSNorm(latent) ; RoPE(k_rope)] into `cache` (rows of lora + rope) at each
+    /// new token's slot and returns the absorbed queries [T, heads·(lora + rope)], per head
+    /// [W_UK,hᵀ q_nope,h ; RoPE(q_rope,h)] (the GEMM writes the first part in place).
+    pub fn mla_rope_cache(
+        &self,
+        q: &Tensor,
+        kv: &Tensor,
+        p: &MlaPrelude,
+        rotary: &Rotary,
+        cache: &mut Tensor,
+    ) -> Result<Tensor> {
+        use cudarc::cublas::sys::cudaDataType;
+        self.check_serves(q)?;
+        let cs = self.rope_table(rotary)?;
+        let (nh, d) = (p.n_heads, p.dims);
+        let (nope, rope, lora) = (d.qk_nope_head_dim, d.qk_rope_head_dim, d.kv_lora_rank);
+        let (row_w, t) = (lora + rope, self.queries);
+        let w = gpu(p.w_uk_t)?;
+        if q.dims() != [t, nh * (nope + rope)]
+            || kv.dims() != [t, row_w]
+            || p.norm.numel() != lora
+            || rotary.dim() != rope
+            || rope % 2 != 0
+            || p.w_uk_t.dims() != [nh, lora, nope]
+            || !w.is_bf16()
+            || self.slot_end * row_w > cache.numel()
+        {
+            return Err(Error::Shape(format!(
+                "mla_rope_cache: q {} and kv {} for {t} queries of {nh} heads of {d:?}, RoPE dim {}, \
+                 norm {}, W_UK {} (bf16: {}), a cache of {} values",
+                q.shape(),
+                kv.shape(),
+                rotary.dim(),
+                p.norm.shape(),
+                p.w_uk_t.shape(),
+                w.is_bf16(),
+                cache.numel()
+            )));
+        }
+        let dev = gpu(q)?.device().clone();
+        let q_full = empty(&dev, [t, nh * row_w])?;
+        if t == 0 {
+            return Ok(q_full);
+        }
+        let q_nope = alloc::<half::bf16>(&dev, t * nh * nope)?;
+        gpu_mut(cache)?; // written in place: unshared first (a cache is never shared)
+        let (cp, _, bf16) = cache_ptrs(cache, cache)?;
+        let (qp, kvp, np, eps) = (f32_ptr(q)?, f32_ptr(kv)?, f32_ptr(p.norm)?, p.eps);
+        let (qnp, qfp, sp) = (raw(&dev, &q_nope), gpu(&q_full)?.ptr(), self.at(self.slot));
+        let (h, no, r, l) = (nh as i32, nope as i32, rope as i32, lora as i32);
+        let il = rotary.interleaved() as i32;
+        let name = if bf16 {
+            "mla_rope_cache_bf16"
+        } else {
+            "mla_rope_cache"
+        };
+        let f = dev.function(Kernel::Ops, name)?;
+        let mut b = overlap::Args::new();
+        b.arg(&qp)
+            .arg(&kvp)
+            .arg(&np)
+            .arg(&eps)
+            .arg(&qnp)
+            .arg(&qfp)
+            .arg(&cp);
+        b.arg(&sp)
+            .arg(&cs)
+            .arg(&h)
+            .arg(&no)
+            .arg(&r)
+            .arg(&l)
+            .arg(&il);
+        let cfg = LaunchConfig {
+            grid_dim: (t as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: q, kv, the norm and q_full hold what the checks above say, q_nope t·heads·nope
+        // bf16; every slot is below slot_end, so each cache row written lies inside the cache;
+        // the RoPE table has rope values per query; the kernel touches nothing before the
+        // previous kernel ends.
+        unsafe { overlap::launch(&dev, &f, cfg, &mut b, "launching mla_rope_cache") }?;
+        // q̃_h = W_UK,hᵀ q_nope,h into columns [0, lora) of head h's row_w in q_full.
+        super::super::blas::linear_heads_raw(
+            &dev,
+            qnp,
+            w.ptr(),
+            qfp,
+            (t, nh, nope, lora),
+            (nh * row_w, row_w),
+            cudaDataType::CUDA_R_16BF,
+        )?;
+        drop(q_nope);
+        Ok(q_full)
     }
 }
 

@@ -25,6 +25,7 @@ use super::ops::{
 use super::storage::CudaHandle;
 use super::{overlap, Kernel};
 use mla::is_mla_latent;
+pub use mla::MlaPrelude;
 
 mod mla;
 use crate::backend::cpu::attention::{cache_slot, Heads, QueryPos};
