@@ -240,28 +240,8 @@ impl ExpertBank {
 
     /// Rows `offsets[e]..offsets[e+1]` of `x` through expert e (grouped GEMM).
     pub fn forward_grouped(&self, x: &Tensor, offsets: &[usize]) -> Result<Tensor> {
-        if x.is_cuda() && self.len() == 1 && offsets == [0, x.dims()[0]] {
-            return self.forward_one(x);
-        }
         let biases = self.gate_up_bias.as_ref().zip(self.down_bias.as_ref());
         ops::grouped_swiglu(x, offsets, &self.gate_up, &self.down, biases)
-    }
-
-    /// Every row of `x` through the bank's one expert (a dense MLP, a shared expert) as two
-    /// GEMMs: down · (silu(gate · x) ⊙ up · x). On a GPU these are cuBLAS's; the grouped
-    /// kernel's general path takes one dot product a warp.
-    fn forward_one(&self, x: &Tensor) -> Result<Tensor> {
-        let (h, inter) = (self.down.dims()[1], self.down.dims()[2]);
-        let gate_up = self.gate_up.clone().reshape([2 * inter, h])?;
-        let down = self.down.clone().reshape([h, inter])?;
-        let gate_up_bias = self
-            .gate_up_bias
-            .clone()
-            .map(|b| b.reshape([2 * inter]))
-            .transpose()?;
-        let down_bias = self.down_bias.clone().map(|b| b.reshape([h])).transpose()?;
-        let act = ops::silu_mul(&ops::linear(x, &gate_up, gate_up_bias.as_ref())?)?;
-        ops::linear(&act, &down, down_bias.as_ref())
     }
 
     /// Elements of one expert's weights: its `gate_up` rows, then its `down` rows.
