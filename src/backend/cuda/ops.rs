@@ -240,33 +240,15 @@ pub fn linear_heads(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         return Ok(out);
     }
     let (ws, op) = (gpu(w)?, gpu(&out)?.ptr());
-    let dims = (m, h, k, n);
-    if !ws.is_bf16() {
-        let xp = f32_ptr(x)?;
-        let layout = (h * n, n);
-        super::blas::linear_heads_raw(
-            &dev,
-            xp,
-            ws.ptr(),
-            op,
-            dims,
-            layout,
-            cudaDataType::CUDA_R_32F,
-        )?;
-        return Ok(out);
-    }
-    let xb = bf16_copy(&dev, f32_ptr(x)?, m * h * k)?;
-    let xbp = raw(&dev, &xb);
-    let layout = (h * n, n);
-    super::blas::linear_heads_raw(
-        &dev,
-        xbp,
-        ws.ptr(),
-        op,
-        dims,
-        layout,
-        cudaDataType::CUDA_R_16BF,
-    )?;
+    // bf16 weights take x rounded to bf16 (a copy kept until the GEMM is queued); f32 take x.
+    let (xb, xp, input) = if ws.is_bf16() {
+        let xb = bf16_copy(&dev, f32_ptr(x)?, m * h * k)?;
+        let xp = raw(&dev, &xb);
+        (Some(xb), xp, cudaDataType::CUDA_R_16BF)
+    } else {
+        (None, f32_ptr(x)?, cudaDataType::CUDA_R_32F)
+    };
+    super::blas::linear_heads_raw(&dev, xp, ws.ptr(), op, (m, h, k, n), (h * n, n), input)?;
     drop(xb);
     Ok(out)
 }
