@@ -86,9 +86,9 @@ impl<'a> AttentionStep<'a> {
 
     /// RoPE in place on `x` (one row per new token) at each token's position.
     pub fn rope(&self, x: &mut Tensor, rotary: &Rotary) -> Result<()> {
-        match self.gpu_for(x) {
-            Some(g) if g.has_rotary(rotary) => g.rope(x, rotary),
-            _ => ops::rope(x, rotary, &self.positions),
+        match self.fused_gpu(x, rotary) {
+            Some(g) => g.rope(x, rotary),
+            None => ops::rope(x, rotary, &self.positions),
         }
     }
 
@@ -108,10 +108,8 @@ impl<'a> AttentionStep<'a> {
         values: &mut Tensor,
     ) -> Result<Tensor> {
         #[cfg(feature = "cuda")]
-        if let Some(g) = self.gpu_for(qkv) {
-            if norms.is_none() && g.has_rotary(rotary) {
-                return g.qkv_rope_cache(qkv, q_w, kv_w, rotary, keys, values);
-            }
+        if let Some(g) = self.fused_gpu(qkv, rotary).filter(|_| norms.is_none()) {
+            return g.qkv_rope_cache(qkv, q_w, kv_w, rotary, keys, values);
         }
         let mut q = ops::narrow_cols(qkv, 0, q_w)?;
         let mut k = ops::narrow_cols(qkv, q_w, kv_w)?;

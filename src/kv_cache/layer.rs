@@ -7,9 +7,10 @@ use crate::tensor::Tensor;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KvDtype {
     /// Two bytes a value: a GQA model's keys and values, as vLLM keeps a bf16 model's cache, and
-    /// MLA's latent rows at DeepSeek-V2/V3's widths (512 + 64), which the tensor-core MLA kernel
-    /// reads rounded to bf16 anyway: rounding them once when written gives the same bits at half
-    /// the bytes.
+    /// MLA's latent rows at DeepSeek-V2/V3's widths (512 + 64), which the tensor-core MLA kernels
+    /// read rounded to bf16 anyway: rounding them once when written gives the same bits at half
+    /// the bytes (a rank whose heads are not a multiple of 16 reads them with the per-query
+    /// kernel, as bf16 values).
     Bf16,
     /// Four bytes a value: MLA's latent rows at other widths, read by the per-query kernel in
     /// f32. Rounding them to bf16 was seen to flip a routing decision of the DeepSeek-V3 fixture
@@ -17,7 +18,7 @@ pub enum KvDtype {
     F32,
 }
 
-/// MLA's latent and rope widths that the tensor-core MLA kernel takes (kernels/attention.cu's
+/// MLA's latent and rope widths that the tensor-core MLA kernels take (kernels/mla.cu's
 /// MLA_DK = 512 + 64).
 const MLA_KERNEL_WIDTHS: (usize, usize) = (512, 64);
 

@@ -163,9 +163,9 @@ pub fn rope(x: &mut Tensor, rotary: &Rotary, positions: &[usize]) -> Result<()> 
     Ok(())
 }
 
-/// Columns `start..start + len` of the rows of `x`, as [rows, len].
-pub fn narrow_cols(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
-    on_gpu!(x => crate::backend::cuda::ops::narrow_cols(x, start, len));
+/// (rows, cols) of `x` when columns `start..start + len` lie inside its rows (narrow_cols on
+/// either device).
+pub(crate) fn col_range(x: &Tensor, start: usize, len: usize) -> Result<(usize, usize)> {
     let (rows, cols) = rows_of(x);
     if start + len > cols {
         return Err(Error::Shape(format!(
@@ -174,6 +174,13 @@ pub fn narrow_cols(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
             x.shape()
         )));
     }
+    Ok((rows, cols))
+}
+
+/// Columns `start..start + len` of the rows of `x`, as [rows, len].
+pub fn narrow_cols(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+    on_gpu!(x => crate::backend::cuda::ops::narrow_cols(x, start, len));
+    let (rows, cols) = col_range(x, start, len)?;
     let mut out = Vec::with_capacity(rows * len);
     for r in 0..rows {
         out.extend_from_slice(&cpu_of(x)[r * cols + start..][..len]);
@@ -227,7 +234,6 @@ pub fn sigmoid_scale_rows(s: &mut Tensor, gate: &Tensor) -> Result<()> {
 
 /// silu(gate) · up over rows of `[gate | up]`.
 pub fn silu_mul(gate_up: &Tensor) -> Result<Tensor> {
-    on_gpu!(gate_up => crate::backend::cuda::ops::silu_mul(gate_up));
     let (m, cols) = rows_of(gate_up);
     Tensor::from_f32(
         [m, cols / 2],

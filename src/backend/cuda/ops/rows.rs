@@ -67,14 +67,7 @@ pub fn gather_rows(x: &Tensor, order: &[u32], top_k: usize) -> Result<Tensor> {
 
 /// Columns `start..start + len` of the rows of `x`.
 pub fn narrow_cols(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
-    let (rows, cols) = rows_of(x);
-    if start + len > cols {
-        return Err(Error::Shape(format!(
-            "columns {start}..{} of {}",
-            start + len,
-            x.shape()
-        )));
-    }
+    let (rows, cols) = crate::ops::col_range(x, start, len)?;
     let dev = gpu(x)?.device().clone();
     let out = empty(&dev, [rows, len])?;
     copy_rows(
