@@ -275,16 +275,7 @@ impl Executor for ClusterExecutor {
         if let Some(why) = self.fault.get() {
             return self.fail(why);
         }
-        if let Some(&bad) = batch
-            .tokens
-            .iter()
-            .find(|&&t| t as usize >= self.config.vocab_size)
-        {
-            return Err(Error::Input(format!(
-                "token id {bad} is outside the vocabulary (size {})",
-                self.config.vocab_size
-            )));
-        }
+        crate::ops::check_token_ids(&batch.tokens, self.config.vocab_size)?;
         let step = self.next_step;
         self.next_step += 1;
         let job = RankJob {

@@ -74,12 +74,7 @@ impl Engine {
         if prompt.is_empty() {
             return Err(Error::Input("the prompt is empty".into()));
         }
-        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-            return Err(Error::Input(format!(
-                "token id {bad} is outside the vocabulary (size {})",
-                cfg.vocab_size
-            )));
-        }
+        crate::ops::check_token_ids(prompt, cfg.vocab_size)?;
         let total = prompt.len() + extra;
         if total > cfg.max_position_embeddings {
             return Err(Error::Input(format!(

@@ -104,17 +104,23 @@ pub(crate) fn heads_of(x: &Tensor, w: &Tensor) -> Result<(usize, usize, usize)> 
     }
 }
 
+/// An input error naming the first of `ids` outside a vocabulary of `vocab` tokens, if any.
+pub fn check_token_ids(ids: &[u32], vocab: usize) -> Result<()> {
+    match ids.iter().find(|&&id| id as usize >= vocab) {
+        Some(bad) => Err(Error::Input(format!(
+            "token id {bad} is outside the vocabulary (size {vocab})"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Rows of the embedding table for `ids`.
 pub fn embedding(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
     on_gpu!(table => crate::backend::cuda::ops::embedding(table, ids));
     let (vocab, hidden) = (table.dims()[0], table.dims()[1]);
+    check_token_ids(ids, vocab)?;
     let mut out = Vec::with_capacity(ids.len() * hidden);
     for &id in ids {
-        if id as usize >= vocab {
-            return Err(Error::Input(format!(
-                "token id {id} is outside the vocabulary (size {vocab})"
-            )));
-        }
         out.extend_from_slice(table.row(id as usize));
     }
     Tensor::from_f32([ids.len(), hidden], out)

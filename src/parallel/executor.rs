@@ -179,16 +179,7 @@ impl ParallelExecutor {
     /// hold different sequences.
     pub fn submit(&mut self, batch: StepBatch) -> Result<u64> {
         self.check_alive()?;
-        if let Some(&bad) = batch
-            .tokens
-            .iter()
-            .find(|&&t| t as usize >= self.config.vocab_size)
-        {
-            return Err(Error::Input(format!(
-                "token id {bad} is outside the vocabulary (size {})",
-                self.config.vocab_size
-            )));
-        }
+        crate::ops::check_token_ids(&batch.tokens, self.config.vocab_size)?;
         let step = self.next_step;
         self.next_step += 1;
         let rows = batch.logit_rows.len();

@@ -261,11 +261,7 @@ pub fn embedding(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
     let ts = gpu(table)?;
     let dev = ts.device().clone();
     let (vocab, hidden) = (table.dims()[0], table.dims()[1]);
-    if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-        return Err(Error::Input(format!(
-            "token id {bad} is outside the vocabulary (size {vocab})"
-        )));
-    }
+    crate::ops::check_token_ids(ids, vocab)?;
     let out = empty(&dev, [ids.len(), hidden])?;
     if ids.is_empty() {
         return Ok(out);
