@@ -28,14 +28,6 @@
 #define FA_KEYS 64   // keys per tile
 #define FA_THREADS 128
 
-__device__ __forceinline__ void fa_mma(float* c, const unsigned* a, unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // Max and sum over the quad of threads that hold one row of an mma.sync accumulator.
 __device__ __forceinline__ float quad_max(float v) {
     v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, 1));
@@ -166,7 +158,7 @@ __device__ __forceinline__ void flash_prefill(
 #pragma unroll
             for (int j = 0; j < FA_KEYS / 8; j++) {
                 const __nv_bfloat16* kr = &ks[(j * 8 + g) * KST + kk * 16 + 2 * tq];
-                fa_mma(s[j], qa[kk], *reinterpret_cast<const unsigned*>(kr),
+                mma_bf16(s[j], qa[kk], *reinterpret_cast<const unsigned*>(kr),
                        *reinterpret_cast<const unsigned*>(kr + 8));
             }
         }
@@ -218,7 +210,7 @@ __device__ __forceinline__ void flash_prefill(
 #pragma unroll
             for (int j = 0; j < ND; j++) {
                 const __nv_bfloat16* vr = &vt[(j * 8 + g) * VST + kk * 16 + 2 * tq];
-                fa_mma(o[j], pa[kk], *reinterpret_cast<const unsigned*>(vr),
+                mma_bf16(o[j], pa[kk], *reinterpret_cast<const unsigned*>(vr),
                        *reinterpret_cast<const unsigned*>(vr + 8));
             }
         }

@@ -23,35 +23,14 @@
 #include <cuda_bf16.h>
 
 // (silu and expert_of_tile come from kernels/grouped_common.cuh, the cp.async helpers from
-// kernels/cp_async.cuh, both compiled before this file.)
+// kernels/cp_async.cuh, ldmatrix and mma_bf16 from kernels/mma_sync.cuh, all compiled before
+// this file.)
 
 #define BK 32
-
-__device__ __forceinline__ unsigned smem_u32(const void* p) {
-    return static_cast<unsigned>(__cvta_generic_to_shared(p));
-}
 
 // Offset in 16-byte chunks of (row, chunk) in a [rows][4 chunks] tile, swizzled.
 __device__ __forceinline__ int swz(int row, int chunk) {
     return row * 4 + (chunk ^ ((row >> 1) & 3));
-}
-
-__device__ __forceinline__ void ldmatrix_x4(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(addr));
-}
-
-__device__ __forceinline__ void ldmatrix_x2(unsigned addr, unsigned& r0, unsigned& r1) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r0), "=r"(r1) : "r"(addr));
-}
-
-__device__ __forceinline__ void mma_bf16(float* c, const unsigned* a, unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 // Row of B (weights) in the N tile for n-fragment f of warp wn.

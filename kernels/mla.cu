@@ -2,8 +2,8 @@
 // query q̃_h = [W_UKᵀ q_nope,h ; q_rope,h] of 576 = 512 + 64 dims scores the same cached rows
 // c_p = [latent (512) ; rope key (64)], and o_h = Σ_p softmax_p(scale · q̃_h · c_p) c_p[:512]),
 // on the tensor cores (mma.sync m16n8k16 bf16, f32 accumulation) over the bf16 latent cache.
-// (Compiled after kernels/attention.cu, whose fa_mma, fa_pack, quad_max and quad_sum it uses,
-// and kernels/cp_async.cuh.)
+// (Compiled after kernels/attention.cu, whose fa_pack, quad_max and quad_sum it uses,
+// kernels/cp_async.cuh and kernels/mma_sync.cuh.)
 //
 // A block (8 warps) multiplies HG groups of 16 (query row, head) pairs at once — the M rows of
 // both products — so that each cached row crosses from L2 once for all of them:
@@ -30,19 +30,11 @@
 #define MLA_THREADS (32 * MLA_WARPS)
 #define MLA_ST (MLA_DK + 8)  // smem row stride of Q̃ and key rows (bf16): conflict-free fragments
 
-// Two B fragments (n-tiles n0 and n0 + 8, k = 16 keys) of a row-major [key][col] tile.
-__device__ __forceinline__ void ldsm_x4_trans(unsigned* r, const void* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"((unsigned)__cvta_generic_to_shared(p)));
-}
-
-// An A fragment (16 rows from `p`, k = 16) of a row-major bf16 tile with row stride `st`.
-__device__ __forceinline__ void mla_frag_a(unsigned* a, const __nv_bfloat16* p, int st) {
-    a[0] = *reinterpret_cast<const unsigned*>(p);
-    a[1] = *reinterpret_cast<const unsigned*>(p + 8 * st);
-    a[2] = *reinterpret_cast<const unsigned*>(p + 8);
-    a[3] = *reinterpret_cast<const unsigned*>(p + 8 * st + 8);
+// A fragment (16 rows from row r0, k = 16 from column k0) of a row-major bf16 tile with row
+// stride `st`.
+__device__ __forceinline__ void mla_frag_a(unsigned* a, const __nv_bfloat16* t, int st, int r0, int k0) {
+    const int lane = threadIdx.x % 32;
+    ldmatrix_x4(smem_u32(t + (r0 + lane % 8 + (lane & 8)) * st + k0 + (lane & 16) / 2), a[0], a[1], a[2], a[3]);
 }
 
 // Cache slot of position p of the block's range, or -1 past it.
@@ -67,6 +59,7 @@ __device__ __forceinline__ void mla_decode(
     constexpr int NT = MLA_DV / MLA_WARPS / 8;  // n-tiles of a warp's output columns
     constexpr int PST = KEYS + 8;               // smem row stride of P (bf16)
     constexpr int PIECES = KEYS * MLA_DK / 8;   // 16-byte copies of a tile
+    constexpr int SA = HG >= 4 ? 2 : 4;         // partial sums of S (k-steps 36: SA divides)
     static_assert(NJ >= 1 && MLA_WARPS % HG == 0, "a group's keys split over its warps");
     extern __shared__ __align__(16) unsigned char mla_smem[];
     __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(mla_smem);  // [M][MLA_ST]
@@ -150,20 +143,47 @@ __device__ __forceinline__ void mla_decode(
         const __nv_bfloat16* kt = ks + (j & 1) * KEYS * MLA_ST;
         const int kb = k0 + j * KEYS;
 
-        // S for this warp's keys and its group's 16 rows.
-        float s[NJ][4];
+        // S for this warp's keys and its group's 16 rows, in SA partial sums over alternating
+        // k-steps: independent mma chains for the tensor cores to overlap (one chain of 36
+        // dependent products a key tile left them waiting on their own latency).
+        float sp[SA][NJ][4];
 #pragma unroll
-        for (int jj = 0; jj < NJ; jj++) s[jj][0] = s[jj][1] = s[jj][2] = s[jj][3] = 0.0f;
-#pragma unroll 4
-        for (int kk = 0; kk < MLA_DK / 16; kk++) {
-            unsigned a[4];
-            mla_frag_a(a, &qs[(hg * 16 + g) * MLA_ST + kk * 16 + 2 * tq], MLA_ST);
+        for (int u = 0; u < SA; u++)
 #pragma unroll
-            for (int jj = 0; jj < NJ; jj++) {
-                const __nv_bfloat16* kr = &kt[(kw0 + jj * 8 + g) * MLA_ST + kk * 16 + 2 * tq];
-                fa_mma(s[jj], a, *reinterpret_cast<const unsigned*>(kr), *reinterpret_cast<const unsigned*>(kr + 8));
+            for (int jj = 0; jj < NJ; jj++) sp[u][jj][0] = sp[u][jj][1] = sp[u][jj][2] = sp[u][jj][3] = 0.0f;
+        for (int kq = 0; kq < MLA_DK / 16; kq += SA) {
+#pragma unroll
+            for (int u = 0; u < SA; u++) {
+                const int kk = kq + u;
+                unsigned a[4];
+                mla_frag_a(a, qs, MLA_ST, hg * 16, kk * 16);
+#pragma unroll
+                for (int jj = 0; jj < NJ; jj += 2) {
+                    // B fragments of key n-tiles jj and jj + 1 (rows of the key tile, k = dims).
+                    const int key = kw0 + jj * 8 + lane % 8 + (lane & 16) / 2;
+                    const unsigned addr = smem_u32(&kt[key * MLA_ST + kk * 16 + (lane & 8)]);
+                    if (jj + 1 < NJ) {
+                        unsigned b[4];
+                        ldmatrix_x4(addr, b[0], b[1], b[2], b[3]);
+                        mma_bf16(sp[u][jj], a, b[0], b[1]);
+                        mma_bf16(sp[u][jj + 1], a, b[2], b[3]);
+                    } else {
+                        unsigned b[2];
+                        ldmatrix_x2(addr, b[0], b[1]);
+                        mma_bf16(sp[u][jj], a, b[0], b[1]);
+                    }
+                }
             }
         }
+        float s[NJ][4];
+#pragma unroll
+        for (int jj = 0; jj < NJ; jj++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                s[jj][e] = sp[0][jj][e];
+#pragma unroll
+                for (int u = 1; u < SA; u++) s[jj][e] += sp[u][jj][e];
+            }
         // Mask and scale; the tile's row maxima over the group's warps.
         float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
@@ -219,17 +239,17 @@ __device__ __forceinline__ void mla_decode(
         for (int kk = 0; kk < KEYS / 16; kk++) {
             unsigned a[HG][4];
 #pragma unroll
-            for (int h = 0; h < HG; h++) mla_frag_a(a[h], &ps[(h * 16 + g) * PST + kk * 16 + 2 * tq], PST);
+            for (int h = 0; h < HG; h++) mla_frag_a(a[h], ps, PST, h * 16, kk * 16);
             const int mat = lane / 8, r = lane % 8;
             const int key = kk * 16 + (mat & 1) * 8 + r;
 #pragma unroll
             for (int jn = 0; jn < NT; jn += 2) {
                 unsigned b[4];
-                ldsm_x4_trans(b, &kt[key * MLA_ST + warp * (8 * NT) + jn * 8 + (mat >> 1) * 8]);
+                ldmatrix_x4_trans(smem_u32(&kt[key * MLA_ST + warp * (8 * NT) + jn * 8 + (mat >> 1) * 8]), b[0], b[1], b[2], b[3]);
 #pragma unroll
                 for (int h = 0; h < HG; h++) {
-                    fa_mma(o[h][jn], a[h], b[0], b[1]);
-                    fa_mma(o[h][jn + 1], a[h], b[2], b[3]);
+                    mma_bf16(o[h][jn], a[h], b[0], b[1]);
+                    mma_bf16(o[h][jn + 1], a[h], b[2], b[3]);
                 }
             }
         }

@@ -85,6 +85,7 @@ impl Kernel {
                 include_str!("../../../kernels/overlap.cuh"),
                 include_str!("../../../kernels/grouped_common.cuh"),
                 include_str!("../../../kernels/cp_async.cuh"),
+                include_str!("../../../kernels/mma_sync.cuh"),
                 include_str!("../../../kernels/grouped_gemm.cu")
             ),
             // One program: the building blocks, the one-CTA kernels, the cluster kernels.
@@ -110,6 +111,7 @@ impl Kernel {
                 include_str!("../../../kernels/overlap.cuh"),
                 include_str!("../../../kernels/elem.cuh"),
                 include_str!("../../../kernels/cp_async.cuh"),
+                include_str!("../../../kernels/mma_sync.cuh"),
                 include_str!("../../../kernels/attention.cu"),
                 include_str!("../../../kernels/mla.cu")
             ),
