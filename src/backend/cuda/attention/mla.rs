@@ -36,7 +36,9 @@ impl Form {
     /// Decode rows: 32 heads a block where the heads divide into 32, else 16. (32-key tiles,
     /// two blocks an SM, measured within noise of these on an H100: benches/RESULTS.md.)
     fn decode(n_heads: usize) -> Self {
-        if n_heads.is_multiple_of(2 * MLA_GROUP) {
+        // SWITCHYARD_MLA_HEADS=16 forces 16 heads a block: a diagnostic switch for benches.
+        let force16 = std::env::var("SWITCHYARD_MLA_HEADS").is_ok_and(|v| v == "16");
+        if n_heads.is_multiple_of(2 * MLA_GROUP) && !force16 {
             Form {
                 name: "mla_decode_h32",
                 groups: 2,
