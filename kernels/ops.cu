@@ -61,6 +61,17 @@ extern "C" __global__ void add_in_place(float* __restrict__ x, const float* __re
         x[i] += y[i];
 }
 
+// out[r, i] = silu(gu[r, i]) * gu[r, inter + i] over rows of [gate | up] (a dense MLP's
+// activation between its two cuBLAS GEMMs).
+extern "C" __global__ void silu_mul_f32(const float* __restrict__ gu, float* __restrict__ out, long rows, int inter) {
+    after_previous_grid();
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < rows * inter; i += (long)gridDim.x * blockDim.x) {
+        const long r = i / inter, c = i % inter;
+        const float g = gu[r * 2 * inter + c];
+        out[i] = g / (1.0f + expf(-g)) * gu[r * 2 * inter + inter + c];
+    }
+}
+
 // out[t, :] = table[ids[t], :]; one block per token.
 template <typename T>
 __device__ void embedding_impl(const T* table, const int* ids, float* out, int hidden) {

@@ -263,6 +263,23 @@ fn wide_rows_take_several_blocks_a_row() {
     assert!(err.contains("16385"), "{err}");
 }
 
+/// SiLU(gate) · up on the GPU against the CPU, rows of [gate | up] at decode and prefill counts
+/// (a dense MLP's activation between its two GEMMs).
+#[test]
+fn silu_mul_rows() {
+    let Some(d) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    for (rows, inter) in [(1, 1408), (37, 10944), (3, 5)] {
+        let x = rand_t(&mut rng, &[rows, 2 * inter], 4.0);
+        close(
+            "silu_mul",
+            &ops::silu_mul(&x.to_device(&d).unwrap()).unwrap(),
+            &ops::silu_mul(&x).unwrap(),
+            1e-6,
+        );
+    }
+}
+
 #[test]
 fn grouped_swiglu_and_combine() {
     let Some(d) = gpu() else { return };

@@ -240,6 +240,7 @@ pub fn sigmoid_scale_rows(s: &mut Tensor, gate: &Tensor) -> Result<()> {
 
 /// silu(gate) · up over rows of `[gate | up]`.
 pub fn silu_mul(gate_up: &Tensor) -> Result<Tensor> {
+    on_gpu!(gate_up => crate::backend::cuda::ops::silu_mul(gate_up));
     let (m, cols) = rows_of(gate_up);
     Tensor::from_f32(
         [m, cols / 2],

@@ -358,6 +358,23 @@ pub fn add_in_place(x: &mut Tensor, y: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// silu(gate) · up over rows of `[gate | up]`.
+pub fn silu_mul(gate_up: &Tensor) -> Result<Tensor> {
+    let (rows, cols) = rows_of(gate_up);
+    let dev = gpu(gate_up)?.device().clone();
+    let out = empty(&dev, [rows, cols / 2])?;
+    let (gp, op, r, inter) = (
+        f32_ptr(gate_up)?,
+        gpu(&out)?.ptr(),
+        rows as i64,
+        (cols / 2) as i32,
+    );
+    if rows * cols > 0 {
+        launch!(dev, "silu_mul_f32", grid_for(rows * cols / 2), THREADS, 0; a = gp, b = op, c = r, d = inter);
+    }
+    Ok(out)
+}
+
 /// RoPE on every row of `x` at that row's position; cos and sin are computed on the host exactly
 /// as the CPU reference computes them.
 pub fn rope(x: &mut Tensor, rotary: &Rotary, positions: &[usize]) -> Result<()> {
