@@ -280,6 +280,38 @@ fn silu_mul_rows() {
     }
 }
 
+/// A bank of one expert at prefill row counts as `ExpertBank::forward_one` runs it (f32 copies
+/// of the bf16 weights, two f32 GEMMs around silu_mul) against the grouped kernel's f32
+/// activations: the same numbers up to summation order.
+#[test]
+fn one_expert_as_two_f32_gemms() {
+    let Some(d) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let (rows, h, i) = (100, 256, 704);
+    let x = rand_t(&mut rng, &[rows, h], 1.0).to_device(&d).unwrap();
+    let gu = rand_t(&mut rng, &[1, 2 * i, h], 0.1)
+        .to_device_bf16(&d)
+        .unwrap();
+    let dn = rand_t(&mut rng, &[1, h, i], 0.1)
+        .to_device_bf16(&d)
+        .unwrap();
+    let want = ops::grouped_swiglu(&x, &[0, rows], &gu, &dn, None).unwrap();
+    let gu32 = gu
+        .clone()
+        .reshape([2 * i, h])
+        .unwrap()
+        .to_device(&d)
+        .unwrap();
+    let dn32 = dn.clone().reshape([h, i]).unwrap().to_device(&d).unwrap();
+    let act = ops::silu_mul(&ops::linear(&x, &gu32, None).unwrap()).unwrap();
+    close(
+        "one expert, two f32 GEMMs",
+        &ops::linear(&act, &dn32, None).unwrap(),
+        &want,
+        1e-5,
+    );
+}
+
 #[test]
 fn grouped_swiglu_and_combine() {
     let Some(d) = gpu() else { return };

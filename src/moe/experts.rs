@@ -16,6 +16,11 @@ pub struct ExpertBank {
     down_bias: Option<Tensor>,
 }
 
+/// From this many rows a bank of one expert runs as two GEMMs on a GPU
+/// ([`ExpertBank::forward_one`]); fewer (decode) stay on the grouped kernel, which reads the
+/// bf16 weights once and is memory-bound there.
+const ONE_EXPERT_GEMM_ROWS: usize = 64;
+
 impl ExpertBank {
     /// Loads the experts of physical slots whose logical ids are `slots` (an [`EMPTY_SLOT`]
     /// holds zeros: no token is routed there) of a sparse block at `prefix` (e.g.
@@ -240,8 +245,36 @@ impl ExpertBank {
 
     /// Rows `offsets[e]..offsets[e+1]` of `x` through expert e (grouped GEMM).
     pub fn forward_grouped(&self, x: &Tensor, offsets: &[usize]) -> Result<Tensor> {
+        let rows = x.dims()[0];
+        if x.is_cuda() && self.len() == 1 && rows >= ONE_EXPERT_GEMM_ROWS && offsets == [0, rows] {
+            return self.forward_one(x);
+        }
         let biases = self.gate_up_bias.as_ref().zip(self.down_bias.as_ref());
         ops::grouped_swiglu(x, offsets, &self.gate_up, &self.down, biases)
+    }
+
+    /// Every row of `x` through the bank's one expert (a dense MLP, a shared expert off the
+    /// fused path) as two f32 GEMMs on f32 copies of the weights: down · (silu(gate · x) ⊙ up ·
+    /// x). The activations keep f32, as the grouped kernel's (rounding them to bf16 for the
+    /// tensor cores flipped a routing decision of the DeepSeek-V3 fixture); the copies are made
+    /// per call, which prefill's row counts amortise.
+    fn forward_one(&self, x: &Tensor) -> Result<Tensor> {
+        let (h, inter) = (self.down.dims()[1], self.down.dims()[2]);
+        let device = x.device();
+        let gate_up = self
+            .gate_up
+            .clone()
+            .reshape([2 * inter, h])?
+            .to_device(&device)?;
+        let down = self.down.clone().reshape([h, inter])?.to_device(&device)?;
+        let gate_up_bias = self
+            .gate_up_bias
+            .clone()
+            .map(|b| b.reshape([2 * inter]))
+            .transpose()?;
+        let down_bias = self.down_bias.clone().map(|b| b.reshape([h])).transpose()?;
+        let act = ops::silu_mul(&ops::linear(x, &gate_up, gate_up_bias.as_ref())?)?;
+        ops::linear(&act, &down, down_bias.as_ref())
     }
 
     /// Elements of one expert's weights: its `gate_up` rows, then its `down` rows.
