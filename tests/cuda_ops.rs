@@ -307,7 +307,7 @@ fn one_expert_as_two_f32_gemms() {
     close(
         "one expert, two f32 GEMMs",
         &ops::linear(&act, &dn32, None).unwrap(),
-        &want,
+        &want.to_cpu().unwrap(),
         1e-5,
     );
 }
