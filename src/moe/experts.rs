@@ -17,8 +17,10 @@ pub struct ExpertBank {
 }
 
 /// From this many rows a bank of one expert runs as two GEMMs on a GPU
-/// ([`ExpertBank::forward_one`]); fewer (decode) stay on the grouped kernel, which reads the
-/// bf16 weights once and is memory-bound there.
+/// ([`ExpertBank::forward_one`]); fewer (decode at small batch) stay on the grouped kernel,
+/// which reads the bf16 weights once and is memory-bound there. (DeepSeek-V2-Lite on an H100:
+/// time to first token of 2048 tokens 54.5 vs 135.6 ms, batch 256 decode 18.2 vs 28.0 ms a
+/// step; benches/RESULTS.md, session 10.)
 const ONE_EXPERT_GEMM_ROWS: usize = 64;
 
 impl ExpertBank {
