@@ -36,8 +36,11 @@ impl Form {
     /// Decode rows: 32 heads a block where the heads divide into 32, else 16. (32-key tiles,
     /// two blocks an SM, measured within noise of these on an H100: benches/RESULTS.md.)
     fn decode(n_heads: usize) -> Self {
-        // SWITCHYARD_MLA_HEADS=16 forces 16 heads a block: a diagnostic switch for benches.
-        let force16 = std::env::var("SWITCHYARD_MLA_HEADS").is_ok_and(|v| v == "16");
+        // SWITCHYARD_MLA_HEADS=16 forces 16 heads a block: a diagnostic switch for benches,
+        // read once a process (this runs every layer of every step).
+        static FORCE16: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let force16 =
+            *FORCE16.get_or_init(|| std::env::var("SWITCHYARD_MLA_HEADS").is_ok_and(|v| v == "16"));
         if n_heads.is_multiple_of(2 * MLA_GROUP) && !force16 {
             Form {
                 name: "mla_decode_h32",
