@@ -1,11 +1,15 @@
 #!/bin/bash
-# gpu_run.sh DIR: on the GPU machine, from the repository root, runs what scripts/gpu_pack.sh put
+# gpu_run.sh DIR [tests|benches]: on the GPU machine, from the repository root, runs what scripts/gpu_pack.sh put
 # in DIR/bin.tgz: every GPU test (each with a timeout), then the benches — Mixtral-8x7B decode
 # (16 layers where the GPU has under 120 GB), DeepSeek-V2-Lite decode, MLA attention and, on a GPU
 # of 120 GB or more, the MoE layer with the PyTorch peer. Writes at most eight files to $OUT
 # (default gpu-logs/) and prints the summary; the rows of benches/RESULTS.md come from them.
+# A second argument runs only the tests or only the benches (one call of the device tool may
+# run 600 s; on an H200 the whole run can take longer).
 set -u
-D=${1:?usage: scripts/gpu_run.sh DIR}
+D=${1:?usage: scripts/gpu_run.sh DIR [tests|benches]}
+PART=${2:-all}
+case $PART in all | tests | benches) ;; *) echo "unknown part: $PART (tests or benches)" >&2; exit 2 ;; esac
 OUT=${OUT:-gpu-logs}
 mkdir -p "$OUT"
 B=$(mktemp -d)
@@ -18,14 +22,15 @@ say() { echo "$*" | tee -a "$S"; }
 gpu=$(nvidia-smi -L 2>/dev/null | head -1)
 say "${gpu:-no GPU}; $(date -u); $(git rev-parse --short HEAD 2>/dev/null)"
 L=$(mktemp -d)
-for t in "$B"/tests/*; do
+[ "$PART" = benches ] || for t in "$B"/tests/*; do
   n=$(basename "$t")
   timeout 180 "$t" --nocapture > "$L/$n.log" 2>&1
   rc=$?
   say "$n rc=$rc $(grep 'test result' "$L/$n.log" | tail -1)"
   [ $rc = 0 ] || grep -A12 "^---- \|panicked" "$L/$n.log" | head -40 >> "$S"
 done
-grep -h "logits relative L2 by prompt" "$L/cuda_golden.log" >> "$S"
+[ "$PART" = benches ] || grep -h "logits relative L2 by prompt" "$L/cuda_golden.log" >> "$S"
+if [ "$PART" = tests ]; then say "done $(date -u)"; rm -rf "$B" "$L"; exit 0; fi
 mem=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
 mem=${mem:-0}
 layers=""; [ "$mem" -gt 120000 ] || layers="--layers 16"
