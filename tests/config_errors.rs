@@ -110,3 +110,37 @@ fn qwen_sparse_layers_follow_step_and_mlp_only_layers() {
         vec![false, true, false, false, false, true]
     );
 }
+
+#[test]
+fn quantization_other_than_block_fp8_is_named() {
+    let with = |q: &str| parse(&format!("{LLAMA}, \"quantization_config\": {q}}}"));
+    let ok = with(r#"{"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 64]}"#);
+    let q = ok.unwrap().quantization.unwrap();
+    assert_eq!((q.rows, q.cols), (128, 64));
+    for (q, parts) in [
+        (
+            r#"{"quant_method": "awq", "bits": 4}"#,
+            &["quant_method", "\"awq\"", "fp8"][..],
+        ),
+        (r#"{"bits": 4}"#, &["quant_method", "null"][..]),
+        (
+            r#"{"quant_method": "fp8", "fmt": "e5m2"}"#,
+            &["quantization_config.fmt", "e5m2", "e4m3"][..],
+        ),
+        (
+            r#"{"quant_method": "fp8", "weight_block_size": [128]}"#,
+            &["weight_block_size", "[128]", "two positive"][..],
+        ),
+        (
+            r#"{"quant_method": "fp8", "weight_block_size": [0, 128]}"#,
+            &["weight_block_size", "[0,128]"][..],
+        ),
+        ("[1]", &["quantization_config", "object"][..]),
+    ] {
+        let e = with(q).unwrap_err().to_string();
+        assert!(e.contains("/models/x/config.json"), "{e}");
+        for p in parts {
+            assert!(e.contains(p), "{q}: {e:?} lacks {p:?}");
+        }
+    }
+}

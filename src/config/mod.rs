@@ -3,6 +3,7 @@
 mod error;
 mod model;
 mod moe_config;
+mod quant;
 mod raw;
 mod rope;
 
@@ -10,4 +11,5 @@ pub use error::ConfigError;
 pub use model::{
     Architecture, AttentionKind, MlaConfig, ModelConfig, MoeConfig, SharedExpertConfig,
 };
+pub use quant::BlockFp8;
 pub use rope::{RopeConfig, RopeScaling};

@@ -155,6 +155,8 @@ pub struct ModelConfig {
     pub bos_token_id: Option<u32>,
     /// End-of-sequence tokens.
     pub eos_token_ids: Vec<u32>,
+    /// How the checkpoint stores its matrices when not as floats (`quantization_config`).
+    pub quantization: Option<super::BlockFp8>,
 }
 
 /// Parse context: the file, for messages.
@@ -402,6 +404,7 @@ fn build(
         .clone()
         .and_then(|b| b.into_vec().first().copied());
     let moe = super::moe_config::build(ctx, architecture, &raw, num_layers)?;
+    let quantization = super::quant::parse(ctx, raw.quantization_config.as_ref())?;
     Ok(ModelConfig {
         architecture,
         vocab_size,
@@ -421,5 +424,6 @@ fn build(
         moe,
         bos_token_id,
         eos_token_ids,
+        quantization,
     })
 }

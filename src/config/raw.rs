@@ -72,4 +72,6 @@ pub(crate) struct RawConfig {
     pub qk_nope_head_dim: Option<usize>,
     pub qk_rope_head_dim: Option<usize>,
     pub v_head_dim: Option<usize>,
+    // Quantized weights.
+    pub quantization_config: Option<Value>,
 }
