@@ -8,6 +8,7 @@ use std::path::Path;
 use half::{bf16, f16};
 use safetensors::tensor::{Dtype, TensorView};
 use switchyard::checkpoint::{Checkpoint, CheckpointError, RandomWeights, WeightSource};
+use switchyard::config::BlockFp8;
 use switchyard::tensor::DType;
 
 /// One tensor to write: name, dtype, shape, raw little-endian bytes.
@@ -156,9 +157,9 @@ fn unsupported_dtypes_name_tensor_file_dtype_and_the_supported_ones() {
     };
     let fp8 = Spec {
         name: "w_fp8",
-        dtype: Dtype::F8_E4M3,
+        dtype: Dtype::F8_E5M2,
         shape: vec![2, 2],
-        bytes: vec![0x38; 4],
+        bytes: vec![0x3C; 4],
     };
     let int8 = Spec {
         name: "w_i8",
@@ -170,16 +171,88 @@ fn unsupported_dtypes_name_tensor_file_dtype_and_the_supported_ones() {
     let ck = Checkpoint::open(dir.path()).unwrap();
     for (name, shape, dtype) in [
         ("ids", &[3][..], "I64"),
-        ("w_fp8", &[2, 2][..], "F8_E4M3"),
+        ("w_fp8", &[2, 2][..], "F8_E5M2"),
         ("w_i8", &[4][..], "I8"),
     ] {
         let e = ck.load(name, shape).unwrap_err();
         assert!(matches!(e, CheckpointError::UnsupportedDtype { .. }), "{e}");
         assert_has(
             &e.to_string(),
-            &[name, "model.safetensors", dtype, "BF16", "F16", "F32"],
+            &[
+                name,
+                "model.safetensors",
+                dtype,
+                "BF16",
+                "F16",
+                "F32",
+                "F8_E4M3",
+            ],
         );
     }
+}
+
+fn fp8s(name: &'static str, shape: &[usize]) -> Spec {
+    Spec {
+        name,
+        dtype: Dtype::F8_E4M3,
+        shape: shape.to_vec(),
+        bytes: vec![0x38; shape.iter().product()], // 1.0
+    }
+}
+
+#[test]
+fn fp8_weights_take_their_block_scales_and_errors_name_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let scales = [0.5, 2.0, -1.0, 4.0];
+    write(
+        dir.path(),
+        "model.safetensors",
+        &[
+            fp8s("w", &[4, 6]),
+            f32s("w_scale_inv", &[2, 2], &scales),
+            fp8s("no_scales", &[4, 6]),
+            fp8s("bad_scales", &[4, 6]),
+            f32s("bad_scales_scale_inv", &[1, 2], &[1.0, 1.0]),
+            fp8s("cube", &[2, 2, 2]),
+        ],
+    );
+    let blocks = BlockFp8 { rows: 2, cols: 3 };
+    let unconfigured = Checkpoint::open(dir.path()).unwrap();
+    let e = unconfigured.load("w", &[4, 6]).unwrap_err().to_string();
+    assert_has(
+        &e,
+        &["w", "model.safetensors", "F8_E4M3", "quantization_config"],
+    );
+
+    let ck = Checkpoint::open(dir.path())
+        .unwrap()
+        .with_quantization(Some(blocks));
+    let w = ck.load("w", &[4, 6]).unwrap();
+    let want: Vec<f32> = (0..24)
+        .map(|k| scales[(k / 6 / 2) * 2 + k % 6 / 3])
+        .collect();
+    assert_eq!(w.as_slice(), want);
+    assert_eq!(w.dtype(), DType::BF16);
+    let e = ck.load("w", &[6, 4]).unwrap_err().to_string();
+    assert_has(&e, &["w", "[6, 4]", "[4, 6]"]);
+    let e = ck.load("no_scales", &[4, 6]).unwrap_err().to_string();
+    assert_has(
+        &e,
+        &["no_scales", "no_scales_scale_inv", "not in the checkpoint"],
+    );
+    let e = ck.load("bad_scales", &[4, 6]).unwrap_err().to_string();
+    assert_has(
+        &e,
+        &[
+            "bad_scales_scale_inv",
+            "[1, 2]",
+            "[2, 2]",
+            "2 x 3",
+            "weight_block_size",
+        ],
+    );
+    let e = ck.load("cube", &[2, 2, 2]).unwrap_err().to_string();
+    assert_has(&e, &["cube", "matrices", "[2, 2, 2]"]);
 }
 
 #[test]

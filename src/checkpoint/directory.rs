@@ -13,8 +13,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use memmap2::Mmap;
 
 use super::header::{self, TensorEntry};
-use super::{index, similar, widen, CheckpointError, WeightSource};
-use crate::tensor::Tensor;
+use super::{fp8, index, similar, widen, CheckpointError, WeightSource};
+use crate::config::BlockFp8;
+use crate::tensor::{DType, Tensor};
 
 /// One memory-mapped safetensors file.
 struct ShardFile {
@@ -36,6 +37,8 @@ pub struct Checkpoint {
     tensors: HashMap<String, Located>,
     total_bytes: u64,
     progress: ProgressBar,
+    /// The blocks of FP8 weights' scales, from config.json's `quantization_config`.
+    fp8_blocks: Option<BlockFp8>,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -116,7 +119,15 @@ impl Checkpoint {
             tensors,
             total_bytes,
             progress: progress_bar(total_bytes),
+            fp8_blocks: None,
         })
+    }
+
+    /// Reads FP8 weights with one scale per `blocks` block (config.json's
+    /// `quantization_config`; without it an FP8 weight is an error naming it).
+    pub fn with_quantization(mut self, blocks: Option<BlockFp8>) -> Self {
+        self.fp8_blocks = blocks;
+        self
     }
 
     /// Every tensor name, sorted.
@@ -165,29 +176,97 @@ impl Checkpoint {
     }
 }
 
-impl WeightSource for Checkpoint {
-    fn load(&self, name: &str, shape: &[usize]) -> Result<Tensor, CheckpointError> {
+impl Checkpoint {
+    /// Tensor `name`'s entry and file, checked to have `shape`.
+    fn entry(&self, name: &str, shape: &[usize]) -> Result<(&TensorEntry, &Path), CheckpointError> {
         let located = self.tensors.get(name).ok_or_else(|| self.missing(name))?;
-        let file = &self.files[located.file];
+        let file = &self.files[located.file].path;
         let entry = &located.entry;
-        let Some(dtype) = widen::supported(&entry.dtype) else {
-            return Err(CheckpointError::UnsupportedDtype {
-                tensor: name.to_string(),
-                file: file.path.clone(),
-                dtype: entry.dtype.clone(),
-            });
-        };
         if entry.shape != shape {
             return Err(CheckpointError::ShapeMismatch {
                 tensor: name.to_string(),
-                file: file.path.clone(),
+                file: file.clone(),
                 expected: shape.to_vec(),
                 found: entry.shape.clone(),
             });
         }
-        // `header::parse` checked the range against the file length.
-        let values = widen::to_f32(&file.map[entry.bytes.clone()], dtype);
+        Ok((entry, file))
+    }
+
+    /// The stored bytes of `entry`, counted on the progress bar (`header::parse` checked the
+    /// range against the file length).
+    fn read(&self, name: &str, entry: &TensorEntry) -> &[u8] {
+        let file = &self.files[self.tensors[name].file];
         self.progress.inc(entry.bytes.len() as u64);
+        &file.map[entry.bytes.clone()]
+    }
+
+    /// Tensor `name` of `shape` stored as bf16, f16 or f32, widened.
+    fn widened(&self, name: &str, shape: &[usize]) -> Result<(Vec<f32>, DType), CheckpointError> {
+        let (entry, file) = self.entry(name, shape)?;
+        let Some(dtype) = widen::supported(&entry.dtype) else {
+            return Err(CheckpointError::UnsupportedDtype {
+                tensor: name.to_string(),
+                file: file.to_path_buf(),
+                dtype: entry.dtype.clone(),
+            });
+        };
+        Ok((widen::to_f32(self.read(name, entry), dtype), dtype))
+    }
+
+    /// FP8 weight `name` of `shape`, widened with its block scales.
+    fn dequantized(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, CheckpointError> {
+        let (entry, file) = self.entry(name, shape)?;
+        let fp8_err = |reason: String| CheckpointError::Fp8 {
+            tensor: name.to_string(),
+            file: file.to_path_buf(),
+            reason,
+        };
+        let Some(blocks) = self.fp8_blocks else {
+            return Err(fp8_err(
+                "config.json has no quantization_config (quant_method \"fp8\" with \
+                 weight_block_size) to say how its scales are blocked"
+                    .into(),
+            ));
+        };
+        if shape.len() != 2 {
+            return Err(fp8_err(format!(
+                "FP8 tensors must be matrices, this one has shape {shape:?}"
+            )));
+        }
+        let scale = fp8::scale_name(name);
+        let want = fp8::scale_shape(shape, blocks);
+        let Some(found) = self.shape_of(&scale) else {
+            return Err(fp8_err(format!(
+                "its block scales {scale} are not in the checkpoint"
+            )));
+        };
+        if found != want.as_slice() {
+            return Err(fp8_err(format!(
+                "its block scales {scale} have shape {found:?}, expected {want:?}: one per {} x {} \
+                 block (config.json's weight_block_size) of {shape:?}",
+                blocks.rows, blocks.cols
+            )));
+        }
+        let (scales, _) = self.widened(&scale, &want)?;
+        Ok(fp8::dequantize(
+            self.read(name, entry),
+            shape[1],
+            &scales,
+            blocks,
+        ))
+    }
+}
+
+impl WeightSource for Checkpoint {
+    fn load(&self, name: &str, shape: &[usize]) -> Result<Tensor, CheckpointError> {
+        let stored = self.dtype_of(name).ok_or_else(|| self.missing(name))?;
+        // FP8 weights are held as bf16 once dequantized (on a GPU: the tensor cores' input).
+        let (values, dtype) = if stored == fp8::DTYPE {
+            (self.dequantized(name, shape)?, DType::BF16)
+        } else {
+            self.widened(name, shape)?
+        };
         Tensor::from_f32_stored_as(shape, values, dtype).map_err(|e| CheckpointError::Tensor {
             tensor: name.to_string(),
             reason: e.to_string(),

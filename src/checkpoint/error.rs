@@ -144,6 +144,17 @@ pub enum CheckpointError {
         /// The stored dtype, as written in the header (e.g. `F8_E4M3`).
         dtype: String,
     },
+    /// An FP8 weight that cannot be dequantized: no block size, no scales or scales of the wrong
+    /// shape.
+    #[error("tensor {tensor} in {} is stored as F8_E4M3, but {reason}", file.display())]
+    Fp8 {
+        /// The weight.
+        tensor: String,
+        /// The file holding it.
+        file: PathBuf,
+        /// What is missing or wrong, with the shapes.
+        reason: String,
+    },
     /// The loaded values could not be made into a tensor.
     #[error("tensor {tensor}: {reason}")]
     Tensor {
@@ -154,8 +165,8 @@ pub enum CheckpointError {
     },
 }
 
-/// The safetensors dtypes [`super::Checkpoint`] can widen to f32.
-pub const SUPPORTED_DTYPES: [&str; 3] = ["BF16", "F16", "F32"];
+/// The safetensors dtypes [`super::Checkpoint`] can widen to f32 (F8_E4M3 with block scales).
+pub const SUPPORTED_DTYPES: [&str; 4] = ["BF16", "F16", "F32", "F8_E4M3"];
 
 fn similar_hint(similar: &[String]) -> String {
     if similar.is_empty() {

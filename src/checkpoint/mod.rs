@@ -2,10 +2,12 @@
 //! ([`Checkpoint`]) or deterministic random values ([`RandomWeights`]).
 //!
 //! Model code asks a [`WeightSource`] for tensors by their hub name and the shape the config
-//! implies; every answer is an f32 tensor that remembers the dtype it was stored in.
+//! implies; every answer is an f32 tensor that remembers the dtype it was stored in (FP8 weights:
+//! bf16, once multiplied by their block scales).
 
 mod directory;
 mod error;
+mod fp8;
 mod header;
 mod index;
 mod random;

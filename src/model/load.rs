@@ -35,7 +35,7 @@ impl ModelSource {
         let config = ModelConfig::from_dir(&self.dir)?;
         let src: Arc<dyn WeightSource> = match self.random_weights {
             Some(seed) => Arc::new(RandomWeights::new(seed)),
-            None => Arc::new(Checkpoint::open(&self.dir)?),
+            None => Arc::new(Checkpoint::open(&self.dir)?.with_quantization(config.quantization)),
         };
         Ok((config, src))
     }
@@ -72,7 +72,7 @@ impl ModelSource {
         let model = match self.random_weights {
             Some(seed) => Model::load(&config, &RandomWeights::new(seed) as &dyn WeightSource)?,
             None => {
-                let ckpt = Checkpoint::open(&self.dir)?;
+                let ckpt = Checkpoint::open(&self.dir)?.with_quantization(config.quantization);
                 let model = Model::load(&config, &ckpt)?;
                 ckpt.finish_progress();
                 model
