@@ -7,7 +7,8 @@ set -euo pipefail
 D=${1:?usage: scripts/gpu_pack.sh DIR}
 cd "$(dirname "$0")/.."
 TESTS="--lib --test cuda_ops --test cuda_attention --test cuda_golden --test cuda_moe --test cuda_moe_model
-  --test cuda_serve --test cuda_sampling --test gpu_ranks --test gpu_flags --test cuda_load_memory"
+  --test cuda_serve --test cuda_sampling --test gpu_ranks --test gpu_flags --test cuda_load_memory
+  --test fp8_checkpoint"
 BENCHES="--bench moe_gpu --bench decode_gpu --bench sample_gpu --bench mla_gpu"
 J=$(mktemp -d)
 # shellcheck disable=SC2086
