@@ -1,5 +1,5 @@
 //! Multi-head latent attention decode on one GPU at DeepSeek-V3's widths (128 heads, 512 latent
-//! + 64 rope dims a cached row, the weight-absorbed form): the step's attention alone, at batch
+//! and 64 rope dims a cached row, the weight-absorbed form): the step's attention alone, at batch
 //! 1, 16 and 64 over contexts of 1024 and 4096 positions in scattered cache blocks. Two ways in
 //! the same run: the tensor-core kernel (`mla_decode_h32`, kernels/mla.cu: each latent row read
 //! once for 32 heads) over the bf16 latent cache a GPU model keeps at these widths, and the

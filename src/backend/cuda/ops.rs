@@ -92,7 +92,7 @@ pub(crate) fn cache_ptrs(keys: &Tensor, values: &Tensor) -> Result<(u64, u64, bo
 fn rows_of(x: &Tensor) -> (usize, usize) {
     let d = x.dims();
     let cols = *d.last().unwrap_or(&0);
-    (if cols == 0 { 0 } else { x.numel() / cols }, cols)
+    (x.numel().checked_div(cols).unwrap_or(0), cols)
 }
 
 pub(crate) fn wrap(dev: &CudaHandle, shape: impl Into<Shape>, dtype: DType, buf: DevBuf) -> Tensor {

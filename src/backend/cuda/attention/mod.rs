@@ -303,8 +303,8 @@ impl StepIndex {
         if rows != self.queries
             || cols != q_w + 2 * kv_w
             || half == 0
-            || q_w % (2 * half) != 0
-            || kv_w % (2 * half) != 0
+            || !q_w.is_multiple_of(2 * half)
+            || !kv_w.is_multiple_of(2 * half)
             || !fits(keys)
             || !fits(values)
         {
