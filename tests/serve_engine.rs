@@ -46,6 +46,7 @@ async fn greedy_tokens(
     let mut tokens = Vec::new();
     while let Some(ev) = rx.recv().await {
         match ev {
+            Event::Cached(_) => {}
             Event::Token(t) => tokens.push(t.id),
             Event::Finished(_) => break,
             Event::Failed(e) => panic!("{e}"),

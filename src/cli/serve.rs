@@ -65,6 +65,10 @@ pub struct ServeArgs {
     /// Token slots per KV-cache block (default: the layout's, 16).
     #[arg(long)]
     kv_block_size: Option<usize>,
+    /// Compute every prompt from its first token, never sharing the cached KV blocks of
+    /// earlier requests that began with the same tokens.
+    #[arg(long)]
+    no_prefix_caching: bool,
     /// Seconds a shutdown waits for running requests before failing them.
     #[arg(long, default_value_t = 30)]
     shutdown_grace_secs: u64,
@@ -97,6 +101,7 @@ impl ServeArgs {
             api_key: self.api_key.clone(),
             served_model_name: self.served_model_name.clone(),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            prefix_cache: !self.no_prefix_caching,
         }
     }
 }

@@ -8,4 +8,4 @@ mod load;
 mod registry;
 
 pub use load::{ExpertLoad, LoadBoard, LOAD_WINDOW_STEPS};
-pub use registry::{Outcome, ServingMetrics};
+pub use registry::{KvOccupancy, Outcome, ServingMetrics};

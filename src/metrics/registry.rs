@@ -76,8 +76,20 @@ pub struct ServingMetrics {
     waiting: Gauge,
     kv_used: Gauge,
     kv_capacity: Gauge,
+    kv_cached: Gauge,
+    prefix_queries: Counter,
+    prefix_hits: Counter,
     steps: Counter,
     preemptions: Counter,
+}
+
+/// KV-cache blocks held by sequences, and findable by their tokens.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KvOccupancy {
+    /// Held by sequences.
+    pub used: usize,
+    /// Findable by a later request (held or free).
+    pub cached: usize,
 }
 
 impl std::fmt::Debug for ServingMetrics {
@@ -213,6 +225,21 @@ impl ServingMetrics {
             "KV-cache blocks in the pool.",
         );
         describe(
+            "switchyard_kv_blocks_cached",
+            None,
+            "KV-cache blocks a later request can find by their tokens (held or free).",
+        );
+        describe(
+            "switchyard_prefix_cache_queries_total",
+            None,
+            "Tokens of admitted requests looked up in the prefix cache.",
+        );
+        describe(
+            "switchyard_prefix_cache_hits_total",
+            None,
+            "Tokens of admitted requests found in the prefix cache (not computed again).",
+        );
+        describe(
             "switchyard_engine_steps_total",
             None,
             "Forward steps the engine ran.",
@@ -287,6 +314,9 @@ impl ServingMetrics {
             waiting: gauge("switchyard_requests_waiting", &[]),
             kv_used: gauge("switchyard_kv_blocks_used", &[]),
             kv_capacity,
+            kv_cached: gauge("switchyard_kv_blocks_cached", &[]),
+            prefix_queries: counter("switchyard_prefix_cache_queries_total", &[]),
+            prefix_hits: counter("switchyard_prefix_cache_hits_total", &[]),
             steps: counter("switchyard_engine_steps_total", &[]),
             preemptions: counter("switchyard_preemptions_total", &[]),
             handle,
@@ -370,10 +400,17 @@ impl ServingMetrics {
     }
 
     /// Scheduler occupancy.
-    pub fn record_queue(&self, running: usize, waiting: usize, kv_used: usize) {
+    pub fn record_queue(&self, running: usize, waiting: usize, kv: KvOccupancy) {
         self.running.set(running as f64);
         self.waiting.set(waiting as f64);
-        self.kv_used.set(kv_used as f64);
+        self.kv_used.set(kv.used as f64);
+        self.kv_cached.set(kv.cached as f64);
+    }
+
+    /// Counts the prefix-cache lookups of the requests admitted in a step.
+    pub fn record_prefix_lookups(&self, queried: usize, hit: usize) {
+        self.prefix_queries.increment(queried as u64);
+        self.prefix_hits.increment(hit as u64);
     }
 
     /// Follows the replication manager: replica counts per expert, rebalances done, expert

@@ -1,6 +1,6 @@
 //! Which sequences run in the next step, and how many of their tokens (continuous batching
-//! with chunked prefill, FCFS, preemption by recompute). Readable in one sitting, like
-//! nano-vllm's scheduler.
+//! with chunked prefill, FCFS, preemption by recompute, prompts starting from the cached blocks
+//! that already hold their first tokens). Readable in one sitting, like nano-vllm's scheduler.
 
 use super::sampler::{Need, StepLogits};
 use super::sequence::{Advance, ServeSequence};
@@ -61,6 +61,18 @@ pub struct StepReport {
     pub advances: Vec<Advance>,
     /// Sequences preempted while planning this step.
     pub preempted: usize,
+    /// Prefix-cache lookups of the sequences admitted while planning it.
+    pub prefix: PrefixLookups,
+}
+
+/// Tokens of admitted sequences looked up in the prefix cache, and found there.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PrefixLookups {
+    /// Tokens the admitted sequences held when admitted (prompt, and what was generated before
+    /// a preemption).
+    pub queried: usize,
+    /// Of those, tokens whose keys and values were found cached (not computed again).
+    pub hit: usize,
 }
 
 /// The waiting and running queues over one block pool.
@@ -71,6 +83,7 @@ pub struct Batcher {
     waiting: VecDeque<ServeSequence>,
     running: Vec<ServeSequence>,
     preempted: usize,
+    prefix: PrefixLookups,
 }
 
 impl Batcher {
@@ -82,6 +95,7 @@ impl Batcher {
             waiting: VecDeque::new(),
             running: Vec::new(),
             preempted: 0,
+            prefix: PrefixLookups::default(),
         }
     }
 
@@ -169,8 +183,10 @@ impl Batcher {
             let Some(s) = self.waiting.front_mut() else {
                 break;
             };
+            let hit = s.share_cached_prefix();
             let len = s.uncached().min(budget);
             if s.table.reserve(s.cached + len).is_err() {
+                s.preempt(&self.allocator);
                 if self.running.is_empty() {
                     let s = self.waiting.pop_front().expect("front exists");
                     s.fail("the sequence does not fit in the KV cache");
@@ -178,7 +194,10 @@ impl Batcher {
                 }
                 break;
             }
-            let s = self.waiting.pop_front().expect("front exists");
+            let mut s = self.waiting.pop_front().expect("front exists");
+            s.admitted(hit);
+            self.prefix.queried += s.tokens.len();
+            self.prefix.hit += hit;
             chunks.push(Chunk {
                 seq: self.running.len(),
                 len,
@@ -222,13 +241,16 @@ impl Batcher {
         let now = Instant::now();
         let mut report = StepReport {
             preempted: std::mem::take(&mut self.preempted),
+            prefix: std::mem::take(&mut self.prefix),
             ..Default::default()
         };
         // Each sequence has at most one chunk in a plan; the sequences that reached their end
         // sample in parallel (each with its own generator), reported in the plan's order.
         let mut row_of = vec![None; self.running.len()];
         for c in &plan.chunks {
-            self.running[c.seq].cached += c.len;
+            let s = &mut self.running[c.seq];
+            s.cached += c.len;
+            s.table.offer_full_blocks(&s.tokens[..s.cached]);
             row_of[c.seq] = c.logit_row;
         }
         let mut advances: Vec<(usize, Advance)> = self

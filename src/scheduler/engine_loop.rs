@@ -6,7 +6,7 @@ use super::request::GenerationRequest;
 use super::sampler::StepLogits;
 use super::sequence::ServeSequence;
 use crate::engine::Executor;
-use crate::metrics::{LoadBoard, ServingMetrics};
+use crate::metrics::{KvOccupancy, LoadBoard, ServingMetrics};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
@@ -135,6 +135,8 @@ impl EngineLoop {
                     let report = self.batcher.complete(plan, &logits, &eos);
                     self.metrics.record_generated(report.advances.len());
                     self.metrics.record_preemptions(report.preempted);
+                    self.metrics
+                        .record_prefix_lookups(report.prefix.queried, report.prefix.hit);
                     for a in &report.advances {
                         if let Some(t) = a.ttft {
                             self.metrics.record_ttft(t);
@@ -159,7 +161,11 @@ impl EngineLoop {
         let (running, waiting) = self.batcher.counts();
         self.status.running.store(running, Ordering::Relaxed);
         self.status.waiting.store(waiting, Ordering::Relaxed);
-        self.metrics
-            .record_queue(running, waiting, self.batcher.allocator().used_blocks());
+        let pool = self.batcher.allocator();
+        let kv = KvOccupancy {
+            used: pool.used_blocks(),
+            cached: pool.cached_blocks(),
+        };
+        self.metrics.record_queue(running, waiting, kv);
     }
 }

@@ -47,19 +47,26 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
-    /// Starts the engine thread over `executor`.
+    /// Starts the engine thread over `executor`, with a prefix cache.
     pub fn spawn(executor: Box<dyn Executor>, limits: Limits) -> Result<Self, String> {
-        Self::spawn_observed(executor, limits, None)
+        Self::spawn_observed(executor, limits, true, None)
     }
 
-    /// Starts the engine thread over `executor`; `observer` sees every step's output.
+    /// Starts the engine thread over `executor`; with `prefix_cache`, prompts share the cached
+    /// blocks that hold their first tokens; `observer` sees every step's output.
     pub fn spawn_observed(
         executor: Box<dyn Executor>,
         limits: Limits,
+        prefix_cache: bool,
         observer: Option<StepObserver>,
     ) -> Result<Self, String> {
         limits.validate()?;
-        let allocator = BlockAllocator::new(executor.num_blocks(), executor.block_size());
+        let (blocks, block_size) = (executor.num_blocks(), executor.block_size());
+        let allocator = if prefix_cache {
+            BlockAllocator::with_prefix_cache(blocks, block_size)
+        } else {
+            BlockAllocator::new(blocks, block_size)
+        };
         let metrics = Arc::new(ServingMetrics::for_executor(executor.as_ref(), 1));
         let board = Arc::new(LoadBoard::default());
         let status = Arc::new(EngineStatus::default());
@@ -115,6 +122,11 @@ impl EngineHandle {
     /// KV-cache blocks held by sequences now.
     pub fn kv_blocks_used(&self) -> usize {
         self.allocator.used_blocks()
+    }
+
+    /// KV-cache blocks a later request can find by their tokens (held or free).
+    pub fn kv_blocks_cached(&self) -> usize {
+        self.allocator.cached_blocks()
     }
 
     /// KV-cache blocks in the pool.

@@ -16,7 +16,7 @@ mod request;
 mod sampler;
 mod sequence;
 
-pub use batcher::{Batcher, Limits};
+pub use batcher::{Batcher, Limits, PrefixLookups};
 pub use handle::{EngineHandle, EngineStatus, StepObserver, SubmitError};
 pub use request::{
     Event, FinishReason, GeneratedToken, GenerationRequest, SamplingConfig, TokenLogprob,

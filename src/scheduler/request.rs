@@ -78,6 +78,9 @@ pub enum FinishReason {
 /// What the engine sends a request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// How many of the prompt's tokens were found in the prefix cache (not computed again);
+    /// sent once, when the sequence is first admitted, before its first token.
+    Cached(usize),
     /// The next token.
     Token(GeneratedToken),
     /// Generation ended; nothing follows.

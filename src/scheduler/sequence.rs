@@ -24,6 +24,7 @@ pub struct ServeSequence {
     events: UnboundedSender<Event>,
     arrived: Instant,
     first_token: Option<Instant>,
+    admitted: bool,
 }
 
 /// What happened to a sequence when it got a token.
@@ -57,6 +58,7 @@ impl ServeSequence {
             events,
             arrived,
             first_token: None,
+            admitted: false,
         }
     }
 
@@ -75,8 +77,28 @@ impl ServeSequence {
         self.events.is_closed()
     }
 
+    /// For a sequence with no blocks (new, or preempted): shares the cached blocks that hold
+    /// its first tokens and counts them as cached; returns how many. The last token is always
+    /// left to compute, as its logits pick the next one.
+    pub fn share_cached_prefix(&mut self) -> usize {
+        if !self.table.blocks().is_empty() {
+            return 0;
+        }
+        let last = self.tokens.len().saturating_sub(1);
+        self.cached = self.table.share_prefix(&self.tokens[..last]);
+        self.cached
+    }
+
+    /// Marks the sequence admitted with `cached` of its tokens found in the prefix cache; the
+    /// first admission tells the client (a preempted sequence's later ones do not).
+    pub fn admitted(&mut self, cached: usize) {
+        if !std::mem::replace(&mut self.admitted, true) {
+            let _ = self.events.send(Event::Cached(cached));
+        }
+    }
+
     /// Gives the blocks back; the whole sequence (prompt and generated tokens) is recomputed
-    /// when it is scheduled again.
+    /// when it is scheduled again, but for the blocks still cached then.
     pub fn preempt(&mut self, allocator: &BlockAllocator) {
         self.table = allocator.new_table();
         self.cached = 0;

@@ -27,6 +27,9 @@ pub struct ChoiceJob {
     pub sampling: SamplingConfig,
     /// Text put before the answer (`echo`).
     pub echo: String,
+    /// The first choice of its prompt: its cached prompt tokens count in the usage (each
+    /// prompt once, as in `prompt_tokens`).
+    pub counts_prompt: bool,
 }
 
 /// A validated request.
@@ -72,6 +75,7 @@ pub async fn respond(state: Arc<AppState>, job: Result<Job, ApiError>) -> Respon
 pub async fn answer(state: Arc<AppState>, job: Job) -> Result<Response, ApiError> {
     let mut streams = Vec::with_capacity(job.choices.len());
     let mut echoes = Vec::with_capacity(job.choices.len());
+    let counts: Vec<bool> = job.choices.iter().map(|c| c.counts_prompt).collect();
     for c in job.choices {
         let min_tokens = c.sampling.min_tokens;
         let rx = state
@@ -97,7 +101,7 @@ pub async fn answer(state: Arc<AppState>, job: Job) -> Result<Response, ApiError
             job.header,
             streams,
             echoes,
-            job.prompt_tokens,
+            (job.prompt_tokens, counts),
             job.include_usage,
             tok,
             guard,
@@ -108,7 +112,7 @@ pub async fn answer(state: Arc<AppState>, job: Job) -> Result<Response, ApiError
             job.header,
             streams,
             echoes,
-            job.prompt_tokens,
+            (job.prompt_tokens, counts),
             guard,
         )
         .await
@@ -120,27 +124,29 @@ async fn collect_response(
     header: Header,
     streams: Vec<ChoiceStream>,
     echoes: Vec<String>,
-    prompt_tokens: usize,
+    (prompt_tokens, counts): (usize, Vec<bool>),
     mut guard: OutcomeGuard,
 ) -> Result<Response, ApiError> {
     let results =
         futures_util::future::join_all(streams.into_iter().map(ChoiceStream::collect)).await;
     let mut choices = Vec::with_capacity(results.len());
-    let mut completion = 0;
+    let (mut completion, mut cached) = (0, 0);
     for (index, (r, echo)) in results.into_iter().zip(echoes).enumerate() {
-        let (text, tokens, finish) = r.inspect_err(|_| guard.disarm())?;
-        completion += tokens.len();
-        let lp = responses::logprobs(header.kind, &tokens, state.tokenizer.as_ref(), echo.len());
+        let c = r.inspect_err(|_| guard.disarm())?;
+        completion += c.tokens.len();
+        cached += if counts[index] { c.cached_prompt } else { 0 };
+        let lp = responses::logprobs(header.kind, &c.tokens, state.tokenizer.as_ref(), echo.len());
         choices.push(responses::choice(
             header.kind,
             index,
-            &(echo + &text),
+            &(echo + &c.text),
             lp,
-            finish,
+            c.finish,
         ));
     }
     guard.set(Outcome::Finished);
-    Ok(Json(header.response(choices, responses::usage(prompt_tokens, completion))).into_response())
+    let usage = responses::usage(prompt_tokens, completion, cached);
+    Ok(Json(header.response(choices, usage)).into_response())
 }
 
 /// The streaming state: merged choice deltas, then the usage chunk and `[DONE]`.
@@ -151,7 +157,10 @@ struct Streaming {
     opened: Vec<bool>,
     tokenizer: Option<Tokenizer>,
     prompt_tokens: usize,
+    /// Whether each choice's cached prompt tokens count (see [`ChoiceJob::counts_prompt`]).
+    counts: Vec<bool>,
     completion: usize,
+    cached: usize,
     include_usage: bool,
     tail: VecDeque<String>,
     ended: bool,
@@ -161,6 +170,9 @@ struct Streaming {
 impl Streaming {
     fn delta_chunk(&mut self, d: ChoiceDelta) -> String {
         self.completion += d.tokens.len();
+        if self.counts[d.index] {
+            self.cached += d.cached_prompt.unwrap_or(0);
+        }
         let first = !self.opened[d.index];
         self.opened[d.index] = true;
         let mut text = if first {
@@ -200,7 +212,7 @@ impl Streaming {
                 self.ended = true;
                 self.guard.set(Outcome::Finished);
                 if self.include_usage {
-                    let usage = responses::usage(self.prompt_tokens, self.completion);
+                    let usage = responses::usage(self.prompt_tokens, self.completion, self.cached);
                     self.tail
                         .push_back(self.header.chunk(Vec::new(), Some(usage)).to_string());
                 }
@@ -215,7 +227,7 @@ fn stream_response(
     header: Header,
     streams: Vec<ChoiceStream>,
     echoes: Vec<String>,
-    prompt_tokens: usize,
+    (prompt_tokens, counts): (usize, Vec<bool>),
     include_usage: bool,
     tokenizer: Option<Tokenizer>,
     guard: OutcomeGuard,
@@ -232,7 +244,9 @@ fn stream_response(
         opened: vec![false; n],
         tokenizer,
         prompt_tokens,
+        counts,
         completion: 0,
+        cached: 0,
         include_usage,
         tail: VecDeque::new(),
         ended: false,

@@ -98,6 +98,7 @@ fn validate(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Job
                 prompt: ids.clone(),
                 sampling: sampling.for_prompt(ids.len(), i, state.context, kv)?,
                 echo: String::new(),
+                counts_prompt: i == 0,
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;

@@ -19,6 +19,21 @@ pub struct ChoiceDelta {
     pub tokens: Vec<GeneratedToken>,
     /// Set on the last delta: "stop" or "length".
     pub finish: Option<&'static str>,
+    /// Set on the last delta: prompt tokens found in the prefix cache.
+    pub cached_prompt: Option<usize>,
+}
+
+/// A whole choice.
+#[derive(Debug, Clone)]
+pub struct Collected {
+    /// Its text.
+    pub text: String,
+    /// Its tokens (with their log-probabilities when asked).
+    pub tokens: Vec<GeneratedToken>,
+    /// "stop" or "length".
+    pub finish: &'static str,
+    /// Prompt tokens found in the prefix cache.
+    pub cached_prompt: usize,
 }
 
 /// A running choice.
@@ -30,6 +45,7 @@ pub struct ChoiceStream {
     stop: StopMatcher,
     min_tokens: usize,
     generated: usize,
+    cached_prompt: usize,
     done: bool,
 }
 
@@ -49,6 +65,7 @@ impl ChoiceStream {
             stop: StopMatcher::new(stop),
             min_tokens,
             generated: 0,
+            cached_prompt: 0,
             done: false,
         }
     }
@@ -66,6 +83,7 @@ impl ChoiceStream {
         loop {
             let event = self.events.recv().await;
             match event {
+                Some(Event::Cached(n)) => self.cached_prompt = n,
                 Some(Event::Token(t)) => {
                     self.generated += 1;
                     let text = self
@@ -78,6 +96,7 @@ impl ChoiceStream {
                     delta.text.push_str(&out);
                     if hit {
                         self.finish_early();
+                        delta.cached_prompt = Some(self.cached_prompt);
                         delta.finish = Some("stop");
                         return Some(Ok(delta));
                     }
@@ -100,6 +119,7 @@ impl ChoiceStream {
                         delta.text.push_str(&self.stop.finish());
                     }
                     self.done = true;
+                    delta.cached_prompt = Some(self.cached_prompt);
                     delta.finish = Some(match (hit, reason) {
                         (true, _) | (_, FinishReason::EndOfSequence) => "stop",
                         (false, FinishReason::Length) => "length",
@@ -125,19 +145,23 @@ impl ChoiceStream {
         self.events.close();
     }
 
-    /// Runs the choice to its end: (text, tokens, finish reason).
-    pub async fn collect(
-        mut self,
-    ) -> Result<(String, Vec<GeneratedToken>, &'static str), ApiError> {
-        let (mut text, mut tokens, mut finish) = (String::new(), Vec::new(), "length");
+    /// Runs the choice to its end.
+    pub async fn collect(mut self) -> Result<Collected, ApiError> {
+        let mut all = Collected {
+            text: String::new(),
+            tokens: Vec::new(),
+            finish: "length",
+            cached_prompt: 0,
+        };
         while let Some(d) = self.next().await {
             let d = d?;
-            text.push_str(&d.text);
-            tokens.extend(d.tokens);
+            all.text.push_str(&d.text);
+            all.tokens.extend(d.tokens);
             if let Some(f) = d.finish {
-                finish = f;
+                all.finish = f;
             }
+            all.cached_prompt = d.cached_prompt.unwrap_or(all.cached_prompt);
         }
-        Ok((text, tokens, finish))
+        Ok(all)
     }
 }

@@ -77,6 +77,7 @@ fn validate(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Job
                 prompt: ids.clone(),
                 sampling: cfg,
                 echo: echo.clone(),
+                counts_prompt: i == 0,
             });
         }
     }

@@ -25,6 +25,7 @@ pub async fn expert_load(State(state): State<Arc<AppState>>) -> Json<Value> {
         "running": s.running.load(Ordering::Relaxed),
         "waiting": s.waiting.load(Ordering::Relaxed),
         "kv_blocks_used": e.kv_blocks_used(),
+        "kv_blocks_cached": e.kv_blocks_cached(),
         "kv_blocks_total": e.kv_blocks_total(),
     }))
 }

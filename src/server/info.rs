@@ -51,6 +51,7 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
         "running": s.running.load(Ordering::Relaxed),
         "waiting": s.waiting.load(Ordering::Relaxed),
         "kv_blocks_used": e.kv_blocks_used(),
+        "kv_blocks_cached": e.kv_blocks_cached(),
         "kv_blocks_total": e.kv_blocks_total(),
     });
     (StatusCode::OK, Json(body)).into_response()

@@ -45,6 +45,9 @@ pub struct ServeOptions {
     pub served_model_name: Option<String>,
     /// How long a shutdown waits for running requests before failing them.
     pub shutdown_grace: Duration,
+    /// Prompts share the cached KV blocks that hold their first tokens (automatic prefix
+    /// caching; on by default).
+    pub prefix_cache: bool,
 }
 
 impl Default for ServeOptions {
@@ -59,6 +62,7 @@ impl Default for ServeOptions {
             api_key: None,
             served_model_name: None,
             shutdown_grace: Duration::from_secs(30),
+            prefix_cache: true,
         }
     }
 }
@@ -117,7 +121,7 @@ pub fn state_observed(
 ) -> Result<Arc<AppState>, ServeError> {
     let cfg = executor.config().clone();
     let chat_template = ChatTemplate::from_dir(dir).map_err(ServeError::ChatTemplate)?;
-    let engine = EngineHandle::spawn_observed(executor, opts.limits, observer)
+    let engine = EngineHandle::spawn_observed(executor, opts.limits, opts.prefix_cache, observer)
         .map_err(ServeError::Limits)?;
     let name = opts
         .served_model_name

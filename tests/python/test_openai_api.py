@@ -1,6 +1,6 @@
 """The official `openai` client against a real `switchyard serve`: completions (text, token ids,
 batches), chat (the checkpoint's template), streaming of both, n, seeds, stop strings,
-logprobs, errors and the API key. Greedy answers must equal `switchyard generate --json`.
+logprobs, cached prompt tokens, errors and the API key. Greedy answers must equal `switchyard generate --json`.
 
     python3 tests/python/test_openai_api.py [--bin target/release/switchyard] [--model DIR]
 """
@@ -176,6 +176,14 @@ def test_n_greedy_choices_are_identical():
     eq([c.index for c in sorted(r.choices, key=lambda c: c.index)], [0, 1, 2], "indices")
     eq({c.text for c in r.choices}, {solo(prompt=PROMPTS[1])["text"]}, "greedy texts of n=3")
     eq(r.usage.completion_tokens, 3 * len(solo(prompt=PROMPTS[1])["tokens"]), "usage counts every choice")
+
+
+def test_a_repeated_prompt_reports_its_cached_tokens():
+    ids = [(t * 37 + 5) % 400 + 3 for t in range(40)]  # 40 token ids: two whole 16-token blocks
+    first = CLIENT.completions.create(model=MODEL, prompt=ids, max_tokens=4, temperature=0)
+    again = CLIENT.completions.create(model=MODEL, prompt=ids, max_tokens=4, temperature=0)
+    eq(again.choices[0].text, first.choices[0].text, "the same answer from cached blocks")
+    eq(again.usage.prompt_tokens_details.cached_tokens, 32, "usage.prompt_tokens_details.cached_tokens")
 
 
 def test_seeded_sampling_is_reproducible():
