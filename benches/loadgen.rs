@@ -45,9 +45,13 @@ struct Args {
     /// Requests in flight at most (default: no limit).
     #[arg(long)]
     max_concurrency: Option<usize>,
-    /// Mean prompt length in tokens.
+    /// Mean prompt length in tokens (after the shared prefix).
     #[arg(long, default_value_t = 32)]
     input_len: usize,
+    /// Tokens every prompt starts with, the same for all (a shared system prompt: what prefix
+    /// caching saves).
+    #[arg(long, default_value_t = 0)]
+    prefix_len: usize,
     /// Mean output length in tokens.
     #[arg(long, default_value_t = 64)]
     output_len: usize,
@@ -100,12 +104,16 @@ fn draw_len(rng: &mut ChaCha8Rng, mean: usize, ratio: f64) -> usize {
 
 fn workload(a: &Args) -> (Vec<Request>, Vec<f64>) {
     let mut rng = ChaCha8Rng::seed_from_u64(a.seed);
+    let ids = |rng: &mut ChaCha8Rng, n: usize| -> Vec<u32> {
+        (0..n)
+            .map(|_| rng.random_range(a.min_token_id..a.max_token_id))
+            .collect()
+    };
+    let prefix = ids(&mut rng, a.prefix_len);
     let reqs = (0..a.num_prompts)
         .map(|_| {
             let n = draw_len(&mut rng, a.input_len, a.range_ratio);
-            let prompt = (0..n)
-                .map(|_| rng.random_range(a.min_token_id..a.max_token_id))
-                .collect();
+            let prompt = [&prefix[..], &ids(&mut rng, n)[..]].concat();
             Request {
                 prompt,
                 max_tokens: draw_len(&mut rng, a.output_len, a.range_ratio),
