@@ -85,6 +85,7 @@ def check_page(s, shot_name):
     status = dom.by_id("status")[2]
     check(api["model"] in status and "cannot reach" not in status, f"status line names the model: {status!r}")
     check("KV blocks" in status and f"/ {api['kv_blocks_total']:,}" in status, f"status shows the KV pool: {status!r}")
+    check(f"KV cached {api['kv_blocks_cached']:,}" in status, f"status shows the cached blocks: {status!r}")
 
     # Heatmap: one cell per (MoE layer, expert) with the server's token counts.
     rows = load["recent"] if any(any(r) for r in load["recent"]) else load["total"]

@@ -35,6 +35,9 @@ NAMES = [
     "switchyard_requests_waiting",
     "switchyard_kv_blocks_used",
     "switchyard_kv_blocks_capacity",
+    "switchyard_kv_blocks_cached",
+    "switchyard_prefix_cache_queries_total",
+    "switchyard_prefix_cache_hits_total",
     "switchyard_engine_steps_total",
     "switchyard_preemptions_total",
 ]
