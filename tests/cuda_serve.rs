@@ -1,8 +1,9 @@
 //! `switchyard serve --device cuda`: the real binary serves the shipped model
 //! (models/shakespeare-moe, whose widths put its MoE blocks on the fused GPU kernels) from the GPU;
 //! one greedy completion equals the same model's greedy generation on the GPU in process, and
-//! agrees with the CPU's greedy tokens up to the CPU's first small-margin step. Skips, saying so,
-//! where there is no GPU.
+//! agrees with the CPU's greedy tokens up to the CPU's first small-margin step; a prompt sent
+//! twice answers the same from the cache blocks the first computed. Skips, saying so, where
+//! there is no GPU.
 #![cfg(feature = "cuda")]
 
 mod common;
@@ -94,6 +95,27 @@ fn serve_on_the_gpu_completes_like_the_engine() {
     assert_eq!(code, 200, "{body}");
     let served: serde_json::Value = serde_json::from_str(&body).unwrap();
     let served = served["choices"][0]["text"].as_str().unwrap().to_string();
+
+    // A longer prompt twice: the second shares the first's whole cache blocks on the GPU (its
+    // suffix prefilled over them) and answers the same.
+    let long = "ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the east, and \
+                Juliet is the sun.\nArise, fair sun";
+    let n = tokenizer.encode(long).unwrap().len();
+    assert!(n > 16, "{n} tokens: too few to fill a cache block");
+    let req = serde_json::json!({
+        "prompt": long, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true
+    });
+    let ask = || {
+        let (code, body) = http_post(port, "/v1/completions", &req.to_string());
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let cached = &v["usage"]["prompt_tokens_details"]["cached_tokens"];
+        (v["choices"][0]["text"].clone(), cached.as_u64().unwrap() as usize)
+    };
+    let (first, second) = (ask(), ask());
+    eprintln!("{n}-token prompt: {first:?} then, from cached blocks, {second:?}");
+    assert_eq!((first.1, second.1), (0, (n - 1) / 16 * 16), "cached prompt tokens");
+    assert_eq!(first.0, second.0, "the answer from cached blocks differs");
 
     let opts = GenerateOptions {
         max_tokens,
