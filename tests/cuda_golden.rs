@@ -9,8 +9,7 @@ mod common;
 use common::*;
 use switchyard::backend::cpu::sample::SamplingParams;
 use switchyard::backend::Device;
-use switchyard::engine::{Engine, GenerateOptions};
-use switchyard::model::ModelSource;
+use switchyard::engine::GenerateOptions;
 
 const ALL: &[&str] = &[
     "llama_tied",
@@ -23,18 +22,6 @@ const ALL: &[&str] = &[
     "deepseek_v3",
     "deepseek_v3_yarn",
 ];
-
-/// The fixture loaded straight onto `device` (each layer moved there as it is read).
-fn engine(name: &str, device: &Device) -> Engine {
-    let model = ModelSource {
-        dir: fixture_dir(name),
-        random_weights: None,
-    }
-    .load_on(device)
-    .unwrap_or_else(|e| panic!("{name}: {e}"))
-    .model;
-    Engine::new(model, 64, 4)
-}
 
 #[test]
 fn every_fixture_on_the_gpu() {
@@ -54,8 +41,8 @@ fn every_fixture_on_the_gpu() {
     let mut failures = Vec::new();
     for &name in ALL {
         let g = golden(name);
-        let mut gpu = engine(name, &device);
-        let mut cpu = engine(name, &Device::Cpu);
+        let mut gpu = fixture_engine(name, &device);
+        let mut cpu = fixture_engine(name, &Device::Cpu);
         let mut errors = Vec::new();
         for (prompt, want) in g.prompts.iter().zip(&g.logits) {
             let got = gpu.score(prompt).unwrap();

@@ -110,11 +110,18 @@ fn serve_on_the_gpu_completes_like_the_engine() {
         assert_eq!(code, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         let cached = &v["usage"]["prompt_tokens_details"]["cached_tokens"];
-        (v["choices"][0]["text"].clone(), cached.as_u64().unwrap() as usize)
+        (
+            v["choices"][0]["text"].clone(),
+            cached.as_u64().unwrap() as usize,
+        )
     };
     let (first, second) = (ask(), ask());
     eprintln!("{n}-token prompt: {first:?} then, from cached blocks, {second:?}");
-    assert_eq!((first.1, second.1), (0, (n - 1) / 16 * 16), "cached prompt tokens");
+    assert_eq!(
+        (first.1, second.1),
+        (0, (n - 1) / 16 * 16),
+        "cached prompt tokens"
+    );
     assert_eq!(first.0, second.0, "the answer from cached blocks differs");
 
     let opts = GenerateOptions {

@@ -10,23 +10,11 @@ use switchyard::backend::cpu::sample::SamplingParams;
 use switchyard::backend::Device;
 use switchyard::checkpoint::{Checkpoint, WeightSource};
 use switchyard::config::{BlockFp8, ModelConfig};
-use switchyard::engine::{Engine, GenerateOptions};
-use switchyard::model::ModelSource;
+use switchyard::engine::GenerateOptions;
 use switchyard::tensor::DType;
 
 const FP8: &str = "deepseek_v3_fp8";
 const REFERENCE: &str = "deepseek_v3_fp8/dequantized";
-
-fn engine(name: &str, device: &Device) -> Engine {
-    let model = ModelSource {
-        dir: fixture_dir(name),
-        random_weights: None,
-    }
-    .load_on(device)
-    .unwrap_or_else(|e| panic!("{name}: {e}"))
-    .model;
-    Engine::new(model, 64, 4)
-}
 
 fn greedy() -> GenerateOptions {
     GenerateOptions {
@@ -86,8 +74,8 @@ fn fp8_weights_load_as_their_dequantization_bit_for_bit() {
 #[test]
 fn the_fp8_model_computes_what_the_dequantized_one_does() {
     let g = golden("deepseek_v3");
-    let mut fp8 = engine(FP8, &Device::Cpu);
-    let mut reference = engine(REFERENCE, &Device::Cpu);
+    let mut fp8 = fixture_engine(FP8, &Device::Cpu);
+    let mut reference = fixture_engine(REFERENCE, &Device::Cpu);
     for prompt in &g.prompts {
         let (got, want) = (fp8.score(prompt).unwrap(), reference.score(prompt).unwrap());
         assert_eq!(got.as_slice(), want.as_slice(), "{} tokens", prompt.len());
@@ -106,8 +94,8 @@ fn the_fp8_model_computes_what_the_dequantized_one_does() {
 fn the_fp8_model_on_the_gpu_matches_the_cpu() {
     let Some(device) = gpu() else { return };
     let g = golden("deepseek_v3");
-    let mut on_gpu = engine(FP8, &device);
-    let mut on_cpu = engine(FP8, &Device::Cpu);
+    let mut on_gpu = fixture_engine(FP8, &device);
+    let mut on_cpu = fixture_engine(FP8, &Device::Cpu);
     for prompt in &g.prompts {
         let (got, want) = (on_gpu.score(prompt).unwrap(), on_cpu.score(prompt).unwrap());
         let err = rel_l2(got.as_slice(), want.as_slice());

@@ -175,30 +175,17 @@ async fn preemption_and_a_small_pool_leave_answers_unchanged() {
 /// cached blocks must be served by the group that computed them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_blocks_stay_with_their_attention_group() {
-    use switchyard::layout::LayoutOverrides;
-    use switchyard::parallel::{build_executor, ParallelPlan};
-    let flags = LayoutOverrides {
+    let flags = switchyard::layout::LayoutOverrides {
         ep: Some(4),
         tp: Some(2),
         ..Default::default()
     };
-    let plan = ParallelPlan::from_layout(flags.resolve().unwrap()).unwrap();
-    let source = switchyard::model::ModelSource {
-        dir: fixture(),
-        random_weights: None,
+    let limits = Limits {
+        max_num_seqs: 8,
+        max_batched_tokens: 64,
     };
-    let executor = build_executor(&source, &plan, 64, 16).unwrap();
+    let s = state_on_layout(flags.resolve().unwrap(), limits);
     let loaded = load();
-    let opts = ServeOptions {
-        limits: Limits {
-            max_num_seqs: 8,
-            max_batched_tokens: 64,
-        },
-        kv_block_size: 16,
-        ..Default::default()
-    };
-    let s = switchyard::server::state_over(executor, loaded.tokenizer.clone(), &fixture(), &opts)
-        .unwrap();
     let stems = [ids(36, 8), ids(36, 9)];
     let prompts: Vec<Vec<u32>> = (0..8)
         .map(|i| [&stems[i % 2][..], &ids(2 + i, 10 + i as u32)[..]].concat())

@@ -8,9 +8,7 @@ mod helpers;
 use helpers::*;
 use serde_json::json;
 use switchyard::layout::LayoutOverrides;
-use switchyard::parallel::{build_executor, ParallelPlan};
 use switchyard::scheduler::Limits;
-use switchyard::server::{state_over, ServeOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebalancing_while_serving_keeps_answers_and_shows_replicas() {
@@ -22,22 +20,12 @@ async fn rebalancing_while_serving_keeps_answers_and_shows_replicas() {
     let mut layout = flags.resolve().unwrap();
     layout.experts.rebalance_every = 2;
     layout.experts.window = 8;
-    let plan = ParallelPlan::from_layout(layout).unwrap();
-    let source = switchyard::model::ModelSource {
-        dir: fixture(),
-        random_weights: None,
+    let limits = Limits {
+        max_num_seqs: 8,
+        max_batched_tokens: 256,
     };
-    let executor = build_executor(&source, &plan, 64, 16).unwrap();
+    let state = state_on_layout(layout, limits);
     let loaded = load();
-    let opts = ServeOptions {
-        limits: Limits {
-            max_num_seqs: 8,
-            max_batched_tokens: 256,
-        },
-        kv_block_size: 16,
-        ..Default::default()
-    };
-    let state = state_over(executor, loaded.tokenizer.clone(), &fixture(), &opts).unwrap();
     let prompts: Vec<Vec<u32>> = (0..6u32)
         .map(|i| (0..9).map(|j| (i * 37 + j * 11) % 500 + 3).collect())
         .collect();

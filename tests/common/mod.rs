@@ -36,6 +36,22 @@ pub fn fixture_dir(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Fixture `name` loaded straight onto `device` (each layer moved there as it is read), in an
+/// engine of 64 cached tokens in blocks of 4.
+pub fn fixture_engine(
+    name: &str,
+    device: &switchyard::backend::Device,
+) -> switchyard::engine::Engine {
+    let model = switchyard::model::ModelSource {
+        dir: fixture_dir(name),
+        random_weights: None,
+    }
+    .load_on(device)
+    .unwrap_or_else(|e| panic!("{name}: {e}"))
+    .model;
+    switchyard::engine::Engine::new(model, 64, 4)
+}
+
 /// Reads fixture `name`'s golden.json.
 pub fn golden(name: &str) -> Golden {
     let path = fixture_dir(name).join("golden.json");

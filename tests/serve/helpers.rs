@@ -13,9 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard::backend::cpu::sample::SamplingParams;
 use switchyard::engine::{Engine, GenerateOptions};
+use switchyard::layout::Layout;
 use switchyard::model::{LoadedModel, ModelSource};
+use switchyard::parallel::{build_executor, ParallelPlan};
 use switchyard::scheduler::Limits;
-use switchyard::server::{app, local_state, AppState, ServeOptions};
+use switchyard::server::{app, local_state, state_over, AppState, ServeOptions};
 use tower::ServiceExt;
 
 /// The tiny Mixtral fixture (2 layers, 8 experts, top-2, vocab 512, context 256).
@@ -51,6 +53,23 @@ pub fn state_with(
         ..Default::default()
     };
     local_state(load(), &opts).expect("start the engine")
+}
+
+/// Server state over the fixture on the in-process ranks of `layout` (64 cached tokens a rank
+/// in blocks of 16).
+pub fn state_on_layout(layout: Layout, limits: Limits) -> Arc<AppState> {
+    let plan = ParallelPlan::from_layout(layout).expect("a valid layout");
+    let source = ModelSource {
+        dir: fixture(),
+        random_weights: None,
+    };
+    let executor = build_executor(&source, &plan, 64, 16).expect("the ranks load");
+    let opts = ServeOptions {
+        limits,
+        kv_block_size: 16,
+        ..Default::default()
+    };
+    state_over(executor, load().tokenizer, &fixture(), &opts).expect("start the engine")
 }
 
 /// Server state with roomy defaults.
