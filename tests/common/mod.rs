@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod safetensors_files;
+
 use serde::Deserialize;
 use std::path::PathBuf;
 
