@@ -271,3 +271,57 @@ async fn n_and_batched_prompts_give_every_choice() {
     let (_, models) = call_raw(&s, "GET", "/v1/models", Vec::new(), &[]).await;
     assert!(models.contains("\"mixtral\""), "{models}");
 }
+
+/// `logit_bias` moves the greedy pick as the unbiased log-probabilities say it must: -100 on
+/// the best first token makes the runner-up first, +100 on a token makes every pick that
+/// token; over HTTP too, with the neutral values of the fields switchyard refuses.
+#[tokio::test]
+async fn logit_bias_moves_the_greedy_pick() {
+    let s = state();
+    let prompt = vec![5, 17, 300, 42];
+    let run = |logit_bias: Vec<(u32, f32)>| {
+        let sampling = SamplingConfig {
+            max_tokens: 4,
+            ignore_eos: true,
+            logprobs: Some(2),
+            logit_bias,
+            ..Default::default()
+        };
+        let rx = s.engine.submit(GenerationRequest {
+            prompt: prompt.clone(),
+            sampling,
+        });
+        async move {
+            let mut rx = rx.unwrap();
+            let mut picks = Vec::new();
+            while let Some(ev) = rx.recv().await {
+                match ev {
+                    Event::Token(t) => picks.push((t.id, t.logprob.unwrap().top)),
+                    Event::Finished(_) => break,
+                    Event::Failed(e) => panic!("{e}"),
+                    Event::Cached(_) => {}
+                }
+            }
+            picks
+        }
+    };
+    let plain = run(Vec::new()).await;
+    let (best, second) = (plain[0].1[0].0, plain[0].1[1].0);
+    assert_eq!(plain[0].0, best);
+    let banned = run(vec![(best, -100.0)]).await;
+    assert_eq!(banned[0].0, second, "with {best} banned, {second} leads");
+    let forced = run(vec![(77, 100.0)]).await;
+    assert!(forced.iter().all(|p| p.0 == 77), "{forced:?}");
+
+    let (status, v) = post(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 4, "temperature": 0, "ignore_eos": true,
+                "logit_bias": {"77": 100}, "response_format": {"type": "text"}, "tools": [],
+                "tool_choice": "none", "best_of": 1}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let tok = load().tokenizer.unwrap();
+    assert_eq!(v["choices"][0]["text"], tok.decode(&[77; 4]).unwrap());
+}

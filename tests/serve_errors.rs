@@ -197,6 +197,58 @@ async fn every_bad_request_class_is_a_4xx_json_error() {
             "presence_penalty",
         ),
         (
+            "logit_bias not an object",
+            "/v1/completions",
+            ok(json!({"logit_bias": [1, 2]})),
+            StatusCode::BAD_REQUEST,
+            "logit_bias",
+        ),
+        (
+            "logit_bias key past the vocabulary",
+            "/v1/completions",
+            ok(json!({"logit_bias": {"99999": 1}})),
+            StatusCode::BAD_REQUEST,
+            "99999",
+        ),
+        (
+            "logit_bias key not a token id",
+            "/v1/completions",
+            ok(json!({"logit_bias": {"abc": 1}})),
+            StatusCode::BAD_REQUEST,
+            "abc",
+        ),
+        (
+            "logit_bias out of range",
+            "/v1/completions",
+            ok(json!({"logit_bias": {"5": 250}})),
+            StatusCode::BAD_REQUEST,
+            "[-100, 100]",
+        ),
+        (
+            "JSON mode is not implemented",
+            "/v1/completions",
+            ok(json!({"response_format": {"type": "json_object"}})),
+            StatusCode::BAD_REQUEST,
+            "response_format",
+        ),
+        (
+            "best_of is not implemented",
+            "/v1/completions",
+            ok(json!({"best_of": 3})),
+            StatusCode::BAD_REQUEST,
+            "best_of",
+        ),
+        (
+            "tool calls are not implemented",
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "x"}],
+                   "tools": [{"type": "function", "function": {"name": "f"}}]})
+            .to_string()
+            .into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "tools",
+        ),
+        (
             "body over the limit",
             "/v1/completions",
             vec![b' '; 3 << 20],

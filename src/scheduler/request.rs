@@ -21,6 +21,8 @@ pub struct SamplingConfig {
     pub frequency_penalty: f32,
     /// Report the chosen token's log-probability and this many top alternatives.
     pub logprobs: Option<usize>,
+    /// Added to these tokens' logits before the pick (OpenAI's `logit_bias`).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingConfig {
@@ -34,6 +36,7 @@ impl Default for SamplingConfig {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             logprobs: None,
+            logit_bias: Vec::new(),
         }
     }
 }

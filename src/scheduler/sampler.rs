@@ -1,5 +1,6 @@
-//! Picking a sequence's next token from its logits row: penalties, end-of-sequence
-//! suppression (min_tokens), then greedy or seeded sampling, and the log-probabilities.
+//! Picking a sequence's next token from its logits row: logit biases, penalties,
+//! end-of-sequence suppression (min_tokens), then greedy or seeded sampling, and the
+//! log-probabilities.
 
 use super::request::{SamplingConfig, TokenLogprob};
 use crate::backend::cpu::sample::{sample, RowDraw, SamplingParams};
@@ -71,6 +72,11 @@ impl Sampler {
         let mut adjusted;
         let row = if penalize || suppress_eos {
             adjusted = logits.to_vec();
+            for &(t, b) in &cfg.logit_bias {
+                if let Some(v) = adjusted.get_mut(t as usize) {
+                    *v += b;
+                }
+            }
             for (&t, &n) in &self.counts {
                 if let Some(v) = adjusted.get_mut(t as usize) {
                     *v -= cfg.presence_penalty + cfg.frequency_penalty * n as f32;
@@ -93,9 +99,11 @@ impl Sampler {
     }
 }
 
-/// Whether a pick applies penalties, and whether it suppresses end-of-sequence tokens.
+/// Whether a pick applies biases or penalties, and whether it suppresses end-of-sequence
+/// tokens.
 fn adjustments(cfg: &SamplingConfig, eos: &[u32], generated: usize) -> (bool, bool) {
-    let penalize = cfg.presence_penalty != 0.0 || cfg.frequency_penalty != 0.0;
+    let penalize =
+        cfg.presence_penalty != 0.0 || cfg.frequency_penalty != 0.0 || !cfg.logit_bias.is_empty();
     let suppress_eos = !cfg.ignore_eos && generated < cfg.min_tokens && !eos.is_empty();
     (penalize, suppress_eos)
 }

@@ -69,6 +69,7 @@ fn validate(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Job
         max_tokens,
         logprobs,
         DefaultMaxTokens::RestOfContext,
+        state.vocab,
     )?;
     let template = state.chat_template.as_ref().ok_or_else(|| {
         ApiError::invalid(

@@ -44,6 +44,7 @@ fn validate(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Job
         req.common.max_tokens,
         logprobs,
         DefaultMaxTokens::AtMost(16),
+        state.vocab,
     )?;
     let prompts = parse_prompts(req.prompt.as_ref())?;
     if prompts.len() * sampling.n > MAX_CHOICES {

@@ -20,6 +20,7 @@ mod protocol;
 mod responses;
 mod state;
 pub mod stop;
+mod unsupported;
 
 pub use error::ApiError;
 pub use launch::{

@@ -88,15 +88,55 @@ fn stop_strings(v: &Option<Value>) -> Result<Vec<String>, ApiError> {
     Ok(list.into_iter().filter(|s| !s.is_empty()).collect())
 }
 
+/// `logit_bias`: an object of token ids (as strings, as JSON keys must be) to biases in
+/// [-100, 100], sorted by id.
+fn logit_bias(v: Option<&Value>, vocab: usize) -> Result<Vec<(u32, f32)>, ApiError> {
+    let bad = |why: String| ApiError::invalid(format!("`logit_bias`: {why}"), Some("logit_bias"));
+    let map = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(m)) => m,
+        Some(other) => {
+            return Err(bad(format!(
+                "must be an object of token id -> bias, got {other}."
+            )))
+        }
+    };
+    let mut out = Vec::with_capacity(map.len());
+    for (k, b) in map {
+        let id = k
+            .parse::<u32>()
+            .ok()
+            .filter(|&id| (id as usize) < vocab)
+            .ok_or_else(|| {
+                bad(format!(
+                    "{k:?} is not a token id of this model (0..{vocab})."
+                ))
+            })?;
+        let bias = b
+            .as_f64()
+            .filter(|b| (-100.0..=100.0).contains(b))
+            .ok_or_else(|| {
+                bad(format!(
+                    "the bias of token {id} must be a number in [-100, 100], got {b}."
+                ))
+            })?;
+        out.push((id, bias as f32));
+    }
+    out.sort_by_key(|&(id, _)| id);
+    Ok(out)
+}
+
 impl Sampling {
     /// Checks the fields; `max_tokens` is the request's (chat may send max_completion_tokens),
-    /// `logprobs` the validated number of alternatives.
+    /// `logprobs` the validated number of alternatives, `vocab` the model's vocabulary size.
     pub fn parse(
         c: &CommonFields,
         max_tokens: Option<i64>,
         logprobs: Option<usize>,
         default_max: DefaultMaxTokens,
+        vocab: usize,
     ) -> Result<Self, ApiError> {
+        super::unsupported::refuse(&c.other)?;
         let temperature = in_range(c.temperature, 0.0, f64::MAX, "temperature")?.unwrap_or(1.0);
         let top_p = match c.top_p {
             Some(p) if !(p > 0.0 && p <= 1.0) => {
@@ -169,6 +209,7 @@ impl Sampling {
             frequency_penalty: in_range(c.frequency_penalty, -2.0, 2.0, "frequency_penalty")?
                 .unwrap_or(0.0),
             logprobs,
+            logit_bias: logit_bias(c.logit_bias.as_ref(), vocab)?,
         };
         Ok(Self {
             base,

@@ -42,6 +42,11 @@ pub struct CommonFields {
     pub stream: Option<bool>,
     /// Streaming options.
     pub stream_options: Option<StreamOptions>,
+    /// Token id (as a string) -> bias in [-100, 100] added to its logit.
+    pub logit_bias: Option<Value>,
+    /// Every other field (checked by `unsupported::refuse`, else ignored).
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, Value>,
 }
 
 /// `POST /v1/completions`.

@@ -1,6 +1,6 @@
 """The official `openai` client against a real `switchyard serve`: completions (text, token ids,
 batches), chat (the checkpoint's template), streaming of both, n, seeds, stop strings,
-logprobs, cached prompt tokens, errors and the API key. Greedy answers must equal `switchyard generate --json`.
+logprobs, cached prompt tokens, logit_bias, refused fields, errors and the API key. Greedy answers must equal `switchyard generate --json`.
 
     python3 tests/python/test_openai_api.py [--bin target/release/switchyard] [--model DIR]
 """
@@ -222,6 +222,18 @@ def test_logprobs_come_back_per_token():
     check(all(len(c.top_logprobs) == 2 for c in content), "chat: two alternatives per token")
 
 
+def test_logit_bias_bans_the_greedy_token_and_json_mode_is_refused():
+    plain = CLIENT.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=1, temperature=0)
+    first = solo(prompt=PROMPTS[0])["tokens"][0]
+    banned = CLIENT.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=1, temperature=0, logit_bias={str(first): -100})
+    check(banned.choices[0].text != plain.choices[0].text, f"token {first} banned: {banned.choices[0].text!r}")
+    try:
+        CLIENT.chat.completions.create(model=MODEL, messages=CHATS[0], max_tokens=4, response_format={"type": "json_object"})
+        raise AssertionError("JSON mode was accepted although not implemented")
+    except openai.BadRequestError as e:
+        check("response_format" in str(e), f"the error names the field: {e}")
+
+
 def test_bad_requests_raise_openai_errors_and_the_server_keeps_serving():
     cases = [
         (openai.BadRequestError, dict(prompt="hi", temperature=-1)),
@@ -231,6 +243,8 @@ def test_bad_requests_raise_openai_errors_and_the_server_keeps_serving():
         (openai.BadRequestError, dict(prompt=[10**7], max_tokens=4)),
         (openai.BadRequestError, dict(prompt="hi", max_tokens=10**6)),
         (openai.BadRequestError, dict(prompt="hi", stop=["a", "b", "c", "d", "e"])),
+        (openai.BadRequestError, dict(prompt="hi", logit_bias={"5": 1000})),
+        (openai.BadRequestError, dict(prompt="hi", best_of=4)),
         (openai.NotFoundError, dict(prompt="hi", model="no-such-model")),
     ]
     for err, kw in cases:
