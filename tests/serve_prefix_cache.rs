@@ -17,8 +17,6 @@ use switchyard::server::{local_state, AppState, ServeOptions};
 /// Generated ids with their log-probability bits and top alternatives.
 type Answer = Vec<(u32, u32, Vec<(u32, u32)>)>;
 
-/// An answer and the prompt tokens the engine said it found cached.
-
 fn server(prefix_cache: bool, kv_blocks: Option<usize>, limits: Limits) -> Arc<AppState> {
     let opts = ServeOptions {
         limits,
@@ -30,6 +28,7 @@ fn server(prefix_cache: bool, kv_blocks: Option<usize>, limits: Limits) -> Arc<A
     local_state(load(), &opts).expect("start the engine")
 }
 
+/// An answer and the prompt tokens the engine said it found cached.
 async fn answer(s: &Arc<AppState>, prompt: &[u32], max_tokens: usize) -> (Answer, usize) {
     let sampling = SamplingConfig {
         max_tokens,
