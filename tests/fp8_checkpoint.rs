@@ -87,33 +87,30 @@ fn the_fp8_model_computes_what_the_dequantized_one_does() {
     }
 }
 
-/// The GPU loads the FP8 checkpoint a layer at a time (bf16 weights there): the same tolerance
-/// and greedy prefix as the golden fixtures on the GPU (tests/cuda_golden.rs), against the CPU.
+/// The GPU loads the FP8 checkpoint a layer at a time, as bf16: exactly the bf16 weights the
+/// dequantized checkpoint gets there, so the two compute the same logits and tokens. (Against
+/// the CPU's f32 weights the fixture is no fair test: rounding the dequantized weights to bf16
+/// alone, on the CPU, moves the 17-token prompt's logits by 8.4e-2 relative L2, 0.35 at its
+/// position 14 — a routing decision of the quantized model within rounding of a tie.)
 #[cfg(feature = "cuda")]
 #[test]
-fn the_fp8_model_on_the_gpu_matches_the_cpu() {
+fn the_fp8_model_on_the_gpu_computes_what_the_dequantized_one_does_there() {
     let Some(device) = gpu() else { return };
     let g = golden("deepseek_v3");
-    let mut on_gpu = fixture_engine(FP8, &device);
-    let mut on_cpu = fixture_engine(FP8, &Device::Cpu);
+    let mut fp8 = fixture_engine(FP8, &device);
+    let mut reference = fixture_engine(REFERENCE, &device);
     for prompt in &g.prompts {
-        let (got, want) = (on_gpu.score(prompt).unwrap(), on_cpu.score(prompt).unwrap());
+        let (got, want) = (fp8.score(prompt).unwrap(), reference.score(prompt).unwrap());
         let err = rel_l2(got.as_slice(), want.as_slice());
         eprintln!(
-            "{} tokens: relative L2 {err:.2e} from the CPU",
+            "{} tokens: relative L2 {err:.2e} between the two on the GPU",
             prompt.len()
         );
-        assert!(err <= 2e-2, "{} tokens: {err:.2e}", prompt.len());
+        assert_eq!(got.as_slice(), want.as_slice(), "{} tokens", prompt.len());
         let (got, want) = (
-            on_gpu.generate(prompt, &greedy()).unwrap(),
-            on_cpu.generate(prompt, &greedy()).unwrap(),
+            fp8.generate(prompt, &greedy()).unwrap(),
+            reference.generate(prompt, &greedy()).unwrap(),
         );
-        // Up to the CPU's first small-margin pick, as the goldens' prefixes are cut.
-        let n = want
-            .margins
-            .iter()
-            .position(|&m| m < SMALL_MARGIN)
-            .unwrap_or(want.tokens.len());
-        assert_eq!(got.tokens[..n], want.tokens[..n], "{} tokens", prompt.len());
+        assert_eq!(got.tokens, want.tokens, "{} tokens", prompt.len());
     }
 }
