@@ -8,7 +8,7 @@ use common::safetensors_files::*;
 use safetensors::tensor::Dtype;
 use std::path::Path;
 use switchyard::checkpoint::{Checkpoint, CheckpointError, WeightSource};
-use switchyard::config::BlockFp8;
+use switchyard::config::{BlockFp8, Fp8Scales};
 use switchyard::tensor::DType;
 
 fn open_err(dir: &Path) -> (CheckpointError, String) {
@@ -137,7 +137,7 @@ fn fp8_weights_take_their_block_scales_and_errors_name_what_is_missing() {
 
     let ck = Checkpoint::open(dir.path())
         .unwrap()
-        .with_quantization(Some(blocks));
+        .with_quantization(Some(Fp8Scales::Blocks(blocks)));
     let w = ck.load("w", &[4, 6]).unwrap();
     let want: Vec<f32> = (0..24)
         .map(|k| scales[(k / 6 / 2) * 2 + k % 6 / 3])
@@ -164,6 +164,33 @@ fn fp8_weights_take_their_block_scales_and_errors_name_what_is_missing() {
     );
     let e = ck.load("cube", &[2, 2, 2]).unwrap_err().to_string();
     assert_has(&e, &["cube", "matrices", "[2, 2, 2]"]);
+}
+
+#[test]
+fn per_tensor_fp8_weights_take_their_one_scale() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "model.safetensors",
+        &[
+            fp8s("w", &[3, 5]),
+            f32s("w_scale", &[], &[0.25]),
+            fp8s("v", &[2, 2]),
+            f32s("v_scale", &[1], &[-3.0]),
+            fp8s("two_scales", &[2, 2]),
+            f32s("two_scales_scale", &[2], &[1.0, 2.0]),
+            fp8s("no_scale", &[2, 2]),
+        ],
+    );
+    let ck = Checkpoint::open(dir.path())
+        .unwrap()
+        .with_quantization(Some(Fp8Scales::PerTensor));
+    assert_eq!(ck.load("w", &[3, 5]).unwrap().as_slice(), [0.25; 15]);
+    assert_eq!(ck.load("v", &[2, 2]).unwrap().as_slice(), [-3.0; 4]);
+    let e = ck.load("two_scales", &[2, 2]).unwrap_err().to_string();
+    assert_has(&e, &["two_scales_scale", "[2]", "no weight_block_size"]);
+    let e = ck.load("no_scale", &[2, 2]).unwrap_err().to_string();
+    assert_has(&e, &["no_scale_scale", "not in the checkpoint"]);
 }
 
 #[test]

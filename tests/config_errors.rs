@@ -1,7 +1,7 @@
 //! Bad config.json files get errors that name the file, the field and what would fit.
 
 use std::path::Path;
-use switchyard::config::{ConfigError, ModelConfig, RopeScaling};
+use switchyard::config::{ConfigError, Fp8Scales, ModelConfig, RopeScaling};
 
 fn parse(json: &str) -> Result<ModelConfig, ConfigError> {
     ModelConfig::from_json(json, Path::new("/models/x/config.json"))
@@ -112,11 +112,16 @@ fn qwen_sparse_layers_follow_step_and_mlp_only_layers() {
 }
 
 #[test]
-fn quantization_other_than_block_fp8_is_named() {
+fn quantization_other_than_fp8_is_named() {
     let with = |q: &str| parse(&format!("{LLAMA}, \"quantization_config\": {q}}}"));
     let ok = with(r#"{"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 64]}"#);
-    let q = ok.unwrap().quantization.unwrap();
-    assert_eq!((q.rows, q.cols), (128, 64));
+    let blocks = switchyard::config::BlockFp8 {
+        rows: 128,
+        cols: 64,
+    };
+    assert_eq!(ok.unwrap().quantization, Some(Fp8Scales::Blocks(blocks)));
+    let per_tensor = with(r#"{"quant_method": "fp8", "activation_scheme": "static"}"#);
+    assert_eq!(per_tensor.unwrap().quantization, Some(Fp8Scales::PerTensor));
     for (q, parts) in [
         (
             r#"{"quant_method": "awq", "bits": 4}"#,

@@ -9,7 +9,7 @@ use common::*;
 use switchyard::backend::cpu::sample::SamplingParams;
 use switchyard::backend::Device;
 use switchyard::checkpoint::{Checkpoint, WeightSource};
-use switchyard::config::{BlockFp8, ModelConfig};
+use switchyard::config::{BlockFp8, Fp8Scales, ModelConfig};
 use switchyard::engine::GenerateOptions;
 use switchyard::tensor::DType;
 
@@ -28,18 +28,13 @@ fn greedy() -> GenerateOptions {
 #[test]
 fn the_config_gives_the_blocks() {
     let cfg = ModelConfig::from_dir(&fixture_dir(FP8)).unwrap();
-    assert_eq!(cfg.quantization, Some(BlockFp8 { rows: 16, cols: 24 }));
+    let blocks = |rows, cols| Some(Fp8Scales::Blocks(BlockFp8 { rows, cols }));
+    assert_eq!(cfg.quantization, blocks(16, 24));
     let hub = ModelConfig::from_dir(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/models/DeepSeek-V3"),
     )
     .unwrap();
-    assert_eq!(
-        hub.quantization,
-        Some(BlockFp8 {
-            rows: 128,
-            cols: 128
-        })
-    );
+    assert_eq!(hub.quantization, blocks(128, 128));
 }
 
 #[test]

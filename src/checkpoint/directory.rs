@@ -14,7 +14,7 @@ use memmap2::Mmap;
 
 use super::header::{self, TensorEntry};
 use super::{fp8, index, similar, widen, CheckpointError, WeightSource};
-use crate::config::BlockFp8;
+use crate::config::Fp8Scales;
 use crate::tensor::{DType, Tensor};
 
 /// One memory-mapped safetensors file.
@@ -37,8 +37,8 @@ pub struct Checkpoint {
     tensors: HashMap<String, Located>,
     total_bytes: u64,
     progress: ProgressBar,
-    /// The blocks of FP8 weights' scales, from config.json's `quantization_config`.
-    fp8_blocks: Option<BlockFp8>,
+    /// How FP8 weights are scaled, from config.json's `quantization_config`.
+    fp8_scales: Option<Fp8Scales>,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -119,14 +119,14 @@ impl Checkpoint {
             tensors,
             total_bytes,
             progress: progress_bar(total_bytes),
-            fp8_blocks: None,
+            fp8_scales: None,
         })
     }
 
-    /// Reads FP8 weights with one scale per `blocks` block (config.json's
-    /// `quantization_config`; without it an FP8 weight is an error naming it).
-    pub fn with_quantization(mut self, blocks: Option<BlockFp8>) -> Self {
-        self.fp8_blocks = blocks;
+    /// Reads FP8 weights scaled as `scales` says (config.json's `quantization_config`; without
+    /// it an FP8 weight is an error naming it).
+    pub fn with_quantization(mut self, scales: Option<Fp8Scales>) -> Self {
+        self.fp8_scales = scales;
         self
     }
 
@@ -214,7 +214,7 @@ impl Checkpoint {
         Ok((widen::to_f32(self.read(name, entry), dtype), dtype))
     }
 
-    /// FP8 weight `name` of `shape`, widened with its block scales.
+    /// FP8 weight `name` of `shape`, widened with its scales.
     fn dequantized(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, CheckpointError> {
         let (entry, file) = self.entry(name, shape)?;
         let fp8_err = |reason: String| CheckpointError::Fp8 {
@@ -222,10 +222,10 @@ impl Checkpoint {
             file: file.to_path_buf(),
             reason,
         };
-        let Some(blocks) = self.fp8_blocks else {
+        let Some(scales) = self.fp8_scales else {
             return Err(fp8_err(
-                "config.json has no quantization_config (quant_method \"fp8\" with \
-                 weight_block_size) to say how its scales are blocked"
+                "config.json has no quantization_config (quant_method \"fp8\") to say how it is \
+                 scaled"
                     .into(),
             ));
         };
@@ -234,21 +234,30 @@ impl Checkpoint {
                 "FP8 tensors must be matrices, this one has shape {shape:?}"
             )));
         }
-        let scale = fp8::scale_name(name);
+        let (scale, blocks) = (fp8::scale_name(name, scales), fp8::blocks(shape, scales));
         let want = fp8::scale_shape(shape, blocks);
-        let Some(found) = self.shape_of(&scale) else {
+        let Some(found) = self.shape_of(&scale).map(<[usize]>::to_vec) else {
             return Err(fp8_err(format!(
-                "its block scales {scale} are not in the checkpoint"
+                "its scales {scale} are not in the checkpoint"
             )));
         };
-        if found != want.as_slice() {
+        let fits = match scales {
+            Fp8Scales::Blocks(_) => found == want,
+            Fp8Scales::PerTensor => found.iter().product::<usize>() == 1,
+        };
+        if !fits {
+            let per = match scales {
+                Fp8Scales::Blocks(b) => format!(
+                    "one per {} x {} block (config.json's weight_block_size)",
+                    b.rows, b.cols
+                ),
+                Fp8Scales::PerTensor => "one (config.json has no weight_block_size)".into(),
+            };
             return Err(fp8_err(format!(
-                "its block scales {scale} have shape {found:?}, expected {want:?}: one per {} x {} \
-                 block (config.json's weight_block_size) of {shape:?}",
-                blocks.rows, blocks.cols
+                "its scales {scale} have shape {found:?}, expected {want:?}: {per} of {shape:?}"
             )));
         }
-        let (scales, _) = self.widened(&scale, &want)?;
+        let (scales, _) = self.widened(&scale, &found)?;
         Ok(fp8::dequantize(
             self.read(name, entry),
             shape[1],

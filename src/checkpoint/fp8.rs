@@ -1,18 +1,34 @@
-//! Block-scaled FP8 weights (`quantization_config.quant_method: "fp8"`): e4m3 values with one
-//! scale per block, widened to f32 at load as `e4m3(q[i][j]) · scale_inv[i / rows][j / cols]`.
+//! FP8 weights (`quantization_config.quant_method: "fp8"`): e4m3 values with one scale per
+//! block (or per matrix: one block as large as it), widened to f32 at load as
+//! `e4m3(q[i][j]) · scale[i / rows][j / cols]`.
 
 use float8::F8E4M3;
 use rayon::prelude::*;
 
-use crate::config::BlockFp8;
+use crate::config::{BlockFp8, Fp8Scales};
 
 /// The safetensors dtype of the values.
 pub(crate) const DTYPE: &str = "F8_E4M3";
 
-/// The tensor holding the block scales of weight `name` (DeepSeek's and transformers' name: the
-/// scale multiplies, it is the inverse of the one that quantized).
-pub(crate) fn scale_name(name: &str) -> String {
-    format!("{name}_scale_inv")
+/// The tensor holding the scales of weight `name`: `_scale_inv` for blocks (DeepSeek's and
+/// transformers' name; the scale multiplies, it is the inverse of the one that quantized),
+/// `_scale` for one a matrix (AutoFP8's).
+pub(crate) fn scale_name(name: &str, scales: Fp8Scales) -> String {
+    match scales {
+        Fp8Scales::Blocks(_) => format!("{name}_scale_inv"),
+        Fp8Scales::PerTensor => format!("{name}_scale"),
+    }
+}
+
+/// The blocks of a `[rows, cols]` weight: the configured ones, or the whole matrix.
+pub(crate) fn blocks(shape: &[usize], scales: Fp8Scales) -> BlockFp8 {
+    match scales {
+        Fp8Scales::Blocks(b) => b,
+        Fp8Scales::PerTensor => BlockFp8 {
+            rows: shape[0].max(1),
+            cols: shape[1].max(1),
+        },
+    }
 }
 
 /// The shape of the scales of a `[rows, cols]` weight: one per block, the last ones partial.

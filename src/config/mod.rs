@@ -11,5 +11,5 @@ pub use error::ConfigError;
 pub use model::{
     Architecture, AttentionKind, MlaConfig, ModelConfig, MoeConfig, SharedExpertConfig,
 };
-pub use quant::BlockFp8;
+pub use quant::{BlockFp8, Fp8Scales};
 pub use rope::{RopeConfig, RopeScaling};

@@ -156,7 +156,7 @@ pub struct ModelConfig {
     /// End-of-sequence tokens.
     pub eos_token_ids: Vec<u32>,
     /// How the checkpoint stores its matrices when not as floats (`quantization_config`).
-    pub quantization: Option<super::BlockFp8>,
+    pub quantization: Option<super::Fp8Scales>,
 }
 
 /// Parse context: the file, for messages.

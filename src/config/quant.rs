@@ -1,9 +1,11 @@
 //! `quantization_config`: how a checkpoint's weights are stored when they are not plain floats.
 //!
-//! Supported: the block-scaled FP8 of DeepSeek-V3/R1 and Qwen3's FP8 releases
-//! (`quant_method: "fp8"`, e4m3 values, one scale per `weight_block_size` block, the scales as
-//! `<weight>_scale_inv` tensors). The weights are dequantized when loaded and computed like bf16
-//! ones (weight-only: activations are not quantized).
+//! Supported: `quant_method: "fp8"`, e4m3 weights with either one scale per
+//! `weight_block_size` block as `<weight>_scale_inv` (DeepSeek-V3/R1, Qwen3's FP8 releases,
+//! transformers' fine-grained FP8) or, without a block size, one scale per matrix as
+//! `<weight>_scale` (AutoFP8's per-tensor checkpoints). The weights are dequantized when loaded
+//! and computed like bf16 ones (weight-only: activations are not quantized, whatever
+//! `activation_scheme` says).
 
 use serde_json::Value;
 
@@ -19,11 +21,18 @@ pub struct BlockFp8 {
     pub cols: usize,
 }
 
-/// transformers' default `weight_block_size` for `quant_method: "fp8"`.
-const DEFAULT_BLOCK: [usize; 2] = [128, 128];
+/// How an FP8 checkpoint scales its weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fp8Scales {
+    /// One scale per block, `<weight>_scale_inv` of shape [⌈rows / block.rows⌉, ⌈cols /
+    /// block.cols⌉].
+    Blocks(BlockFp8),
+    /// One scale per matrix, `<weight>_scale` (a scalar or one element).
+    PerTensor,
+}
 
 /// Parses `quantization_config` (None when the config has none).
-pub(super) fn parse(ctx: &Ctx, v: Option<&Value>) -> Result<Option<BlockFp8>, ConfigError> {
+pub(super) fn parse(ctx: &Ctx, v: Option<&Value>) -> Result<Option<Fp8Scales>, ConfigError> {
     let Some(v) = v else { return Ok(None) };
     let field = "quantization_config";
     let Some(obj) = v.as_object() else {
@@ -49,20 +58,19 @@ pub(super) fn parse(ctx: &Ctx, v: Option<&Value>) -> Result<Option<BlockFp8>, Co
         }
     }
     let block = match obj.get("weight_block_size") {
-        None | Some(Value::Null) => DEFAULT_BLOCK,
+        None | Some(Value::Null) => return Ok(Some(Fp8Scales::PerTensor)),
         Some(b) => block_size(b).ok_or_else(|| {
             ctx.invalid(
                 "quantization_config.weight_block_size",
                 b,
-                "must be two positive integers [rows, cols] (per-tensor FP8 scales are not \
-                 supported)",
+                "must be two positive integers [rows, cols], or absent for one scale a matrix",
             )
         })?,
     };
-    Ok(Some(BlockFp8 {
+    Ok(Some(Fp8Scales::Blocks(BlockFp8 {
         rows: block[0],
         cols: block[1],
-    }))
+    })))
 }
 
 fn block_size(v: &Value) -> Option<[usize; 2]> {
