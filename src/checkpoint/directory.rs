@@ -177,8 +177,8 @@ impl Checkpoint {
 }
 
 impl Checkpoint {
-    /// Tensor `name`'s entry and file, checked to have `shape`.
-    fn entry(&self, name: &str, shape: &[usize]) -> Result<(&TensorEntry, &Path), CheckpointError> {
+    /// Where tensor `name` is, and its file's path, checked to have `shape`.
+    fn locate(&self, name: &str, shape: &[usize]) -> Result<(&Located, &Path), CheckpointError> {
         let located = self.tensors.get(name).ok_or_else(|| self.missing(name))?;
         let file = &self.files[located.file].path;
         let entry = &located.entry;
@@ -190,33 +190,32 @@ impl Checkpoint {
                 found: entry.shape.clone(),
             });
         }
-        Ok((entry, file))
+        Ok((located, file))
     }
 
-    /// The stored bytes of `entry`, counted on the progress bar (`header::parse` checked the
+    /// The stored bytes of a tensor, counted on the progress bar (`header::parse` checked the
     /// range against the file length).
-    fn read(&self, name: &str, entry: &TensorEntry) -> &[u8] {
-        let file = &self.files[self.tensors[name].file];
-        self.progress.inc(entry.bytes.len() as u64);
-        &file.map[entry.bytes.clone()]
+    fn read(&self, at: &Located) -> &[u8] {
+        self.progress.inc(at.entry.bytes.len() as u64);
+        &self.files[at.file].map[at.entry.bytes.clone()]
     }
 
     /// Tensor `name` of `shape` stored as bf16, f16 or f32, widened.
     fn widened(&self, name: &str, shape: &[usize]) -> Result<(Vec<f32>, DType), CheckpointError> {
-        let (entry, file) = self.entry(name, shape)?;
-        let Some(dtype) = widen::supported(&entry.dtype) else {
+        let (at, file) = self.locate(name, shape)?;
+        let Some(dtype) = widen::supported(&at.entry.dtype) else {
             return Err(CheckpointError::UnsupportedDtype {
                 tensor: name.to_string(),
                 file: file.to_path_buf(),
-                dtype: entry.dtype.clone(),
+                dtype: at.entry.dtype.clone(),
             });
         };
-        Ok((widen::to_f32(self.read(name, entry), dtype), dtype))
+        Ok((widen::to_f32(self.read(at), dtype), dtype))
     }
 
     /// FP8 weight `name` of `shape`, widened with its scales.
     fn dequantized(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, CheckpointError> {
-        let (entry, file) = self.entry(name, shape)?;
+        let (at, file) = self.locate(name, shape)?;
         let fp8_err = |reason: String| CheckpointError::Fp8 {
             tensor: name.to_string(),
             file: file.to_path_buf(),
@@ -258,12 +257,7 @@ impl Checkpoint {
             )));
         }
         let (scales, _) = self.widened(&scale, &found)?;
-        Ok(fp8::dequantize(
-            self.read(name, entry),
-            shape[1],
-            &scales,
-            blocks,
-        ))
+        Ok(fp8::dequantize(self.read(at), shape[1], &scales, blocks))
     }
 }
 

@@ -144,8 +144,8 @@ pub enum CheckpointError {
         /// The stored dtype, as written in the header (e.g. `F8_E4M3`).
         dtype: String,
     },
-    /// An FP8 weight that cannot be dequantized: no block size, no scales or scales of the wrong
-    /// shape.
+    /// An FP8 weight that cannot be dequantized: no `quantization_config`, no scales, scales of
+    /// the wrong shape, or not a matrix.
     #[error("tensor {tensor} in {} is stored as F8_E4M3, but {reason}", file.display())]
     Fp8 {
         /// The weight.
@@ -165,7 +165,7 @@ pub enum CheckpointError {
     },
 }
 
-/// The safetensors dtypes [`super::Checkpoint`] can widen to f32 (F8_E4M3 with block scales).
+/// The safetensors dtypes [`super::Checkpoint`] can widen to f32 (F8_E4M3 with its scales).
 pub const SUPPORTED_DTYPES: [&str; 4] = ["BF16", "F16", "F32", "F8_E4M3"];
 
 fn similar_hint(similar: &[String]) -> String {

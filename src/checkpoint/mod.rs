@@ -3,7 +3,7 @@
 //!
 //! Model code asks a [`WeightSource`] for tensors by their hub name and the shape the config
 //! implies; every answer is an f32 tensor that remembers the dtype it was stored in (FP8 weights:
-//! bf16, once multiplied by their block scales).
+//! bf16, once multiplied by their scales).
 
 mod directory;
 mod error;

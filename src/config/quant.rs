@@ -12,7 +12,8 @@ use serde_json::Value;
 use super::model::Ctx;
 use super::ConfigError;
 
-/// Block-scaled e4m3 weights: `w[i][j] = e4m3(q[i][j]) · scale_inv[i / rows][j / cols]`.
+/// The blocks of block-scaled e4m3 weights: `w[i][j] = e4m3(q[i][j]) · scale_inv[i / rows][j /
+/// cols]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockFp8 {
     /// Weight rows (output features) a scale covers.
@@ -44,8 +45,8 @@ pub(super) fn parse(ctx: &Ctx, v: Option<&Value>) -> Result<Option<Fp8Scales>, C
         return Err(ctx.invalid(
             "quantization_config.quant_method",
             found,
-            "only \"fp8\" (block-scaled e4m3 weights, as DeepSeek-V3 and Qwen3 FP8 checkpoints) \
-             is supported",
+            "only \"fp8\" (e4m3 weights with block or per-matrix scales, as DeepSeek-V3's, \
+             Qwen3's and AutoFP8's checkpoints) is supported",
         ));
     }
     if let Some(fmt) = obj.get("fmt") {
