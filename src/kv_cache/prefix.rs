@@ -4,11 +4,11 @@
 //! Blocks no table holds stay findable until their slots are needed (least recently released
 //! first).
 //!
-//! A block's key names the block before it by id and by the generation that id had: when a
-//! block is handed out afresh its generation changes, so keys made under an old one (children
-//! of what the block held before) can never match again. A chain found from the first block is
-//! therefore always a chain one sequence computed, so every block of it lives where that
-//! sequence's first block does (one data-parallel attention group, `parallel::dp_group_of`).
+//! A block's key names the block before it, so a chain found from the first block is always a
+//! chain one sequence computed, and every block of it lives where that sequence's first block
+//! does (one data-parallel attention group, `parallel::dp_group_of`). The parent is named by id
+//! and by the generation that id had: a block handed out afresh gets a new generation, so keys
+//! made under its old contents (children of what it held before) can never match again.
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -75,7 +75,6 @@ pub async fn respond(state: Arc<AppState>, job: Result<Job, ApiError>) -> Respon
 pub async fn answer(state: Arc<AppState>, job: Job) -> Result<Response, ApiError> {
     let mut streams = Vec::with_capacity(job.choices.len());
     let mut echoes = Vec::with_capacity(job.choices.len());
-    let counts: Vec<bool> = job.choices.iter().map(|c| c.counts_prompt).collect();
     for c in job.choices {
         let min_tokens = c.sampling.min_tokens;
         let rx = state
@@ -91,6 +90,7 @@ pub async fn answer(state: Arc<AppState>, job: Job) -> Result<Response, ApiError
             state.tokenizer.as_ref(),
             job.stop.clone(),
             min_tokens,
+            c.counts_prompt,
         ));
         echoes.push(c.echo);
     }
@@ -101,7 +101,7 @@ pub async fn answer(state: Arc<AppState>, job: Job) -> Result<Response, ApiError
             job.header,
             streams,
             echoes,
-            (job.prompt_tokens, counts),
+            job.prompt_tokens,
             job.include_usage,
             tok,
             guard,
@@ -112,7 +112,7 @@ pub async fn answer(state: Arc<AppState>, job: Job) -> Result<Response, ApiError
             job.header,
             streams,
             echoes,
-            (job.prompt_tokens, counts),
+            job.prompt_tokens,
             guard,
         )
         .await
@@ -124,7 +124,7 @@ async fn collect_response(
     header: Header,
     streams: Vec<ChoiceStream>,
     echoes: Vec<String>,
-    (prompt_tokens, counts): (usize, Vec<bool>),
+    prompt_tokens: usize,
     mut guard: OutcomeGuard,
 ) -> Result<Response, ApiError> {
     let results =
@@ -134,7 +134,7 @@ async fn collect_response(
     for (index, (r, echo)) in results.into_iter().zip(echoes).enumerate() {
         let c = r.inspect_err(|_| guard.disarm())?;
         completion += c.tokens.len();
-        cached += if counts[index] { c.cached_prompt } else { 0 };
+        cached += c.cached_prompt;
         let lp = responses::logprobs(header.kind, &c.tokens, state.tokenizer.as_ref(), echo.len());
         choices.push(responses::choice(
             header.kind,
@@ -157,8 +157,6 @@ struct Streaming {
     opened: Vec<bool>,
     tokenizer: Option<Tokenizer>,
     prompt_tokens: usize,
-    /// Whether each choice's cached prompt tokens count (see [`ChoiceJob::counts_prompt`]).
-    counts: Vec<bool>,
     completion: usize,
     cached: usize,
     include_usage: bool,
@@ -170,9 +168,7 @@ struct Streaming {
 impl Streaming {
     fn delta_chunk(&mut self, d: ChoiceDelta) -> String {
         self.completion += d.tokens.len();
-        if self.counts[d.index] {
-            self.cached += d.cached_prompt.unwrap_or(0);
-        }
+        self.cached += d.cached_prompt.unwrap_or(0);
         let first = !self.opened[d.index];
         self.opened[d.index] = true;
         let mut text = if first {
@@ -227,7 +223,7 @@ fn stream_response(
     header: Header,
     streams: Vec<ChoiceStream>,
     echoes: Vec<String>,
-    (prompt_tokens, counts): (usize, Vec<bool>),
+    prompt_tokens: usize,
     include_usage: bool,
     tokenizer: Option<Tokenizer>,
     guard: OutcomeGuard,
@@ -244,7 +240,6 @@ fn stream_response(
         opened: vec![false; n],
         tokenizer,
         prompt_tokens,
-        counts,
         completion: 0,
         cached: 0,
         include_usage,

@@ -19,7 +19,8 @@ pub struct ChoiceDelta {
     pub tokens: Vec<GeneratedToken>,
     /// Set on the last delta: "stop" or "length".
     pub finish: Option<&'static str>,
-    /// Set on the last delta: prompt tokens found in the prefix cache.
+    /// Set on the last delta: prompt tokens found in the prefix cache (0 for a choice whose
+    /// prompt an earlier choice already counts).
     pub cached_prompt: Option<usize>,
 }
 
@@ -32,7 +33,7 @@ pub struct Collected {
     pub tokens: Vec<GeneratedToken>,
     /// "stop" or "length".
     pub finish: &'static str,
-    /// Prompt tokens found in the prefix cache.
+    /// Prompt tokens found in the prefix cache (as [`ChoiceDelta::cached_prompt`]).
     pub cached_prompt: usize,
 }
 
@@ -45,6 +46,9 @@ pub struct ChoiceStream {
     stop: StopMatcher,
     min_tokens: usize,
     generated: usize,
+    /// Whether this choice's cached prompt tokens count in the usage (the first choice of its
+    /// prompt: each prompt once, as in `prompt_tokens`).
+    counts_prompt: bool,
     cached_prompt: usize,
     done: bool,
 }
@@ -57,6 +61,7 @@ impl ChoiceStream {
         tokenizer: Option<&Tokenizer>,
         stop: Vec<String>,
         min_tokens: usize,
+        counts_prompt: bool,
     ) -> Self {
         Self {
             index,
@@ -65,6 +70,7 @@ impl ChoiceStream {
             stop: StopMatcher::new(stop),
             min_tokens,
             generated: 0,
+            counts_prompt,
             cached_prompt: 0,
             done: false,
         }
@@ -83,7 +89,8 @@ impl ChoiceStream {
         loop {
             let event = self.events.recv().await;
             match event {
-                Some(Event::Cached(n)) => self.cached_prompt = n,
+                Some(Event::Cached(n)) if self.counts_prompt => self.cached_prompt = n,
+                Some(Event::Cached(_)) => {}
                 Some(Event::Token(t)) => {
                     self.generated += 1;
                     let text = self
