@@ -111,26 +111,10 @@ async fn streaming_sends_the_same_text_then_done() {
     let body = json!({"prompt": "The quick brown fox", "max_tokens": 12, "temperature": 0, "ignore_eos": true});
     let (_, whole) = post(&s, "/v1/completions", &body).await;
     let mut sbody = body.clone();
-    sbody["stream"] = json!(true);
     sbody["stream_options"] = json!({"include_usage": true});
-    let (status, text) = call_raw(
-        &s,
-        "POST",
-        "/v1/completions",
-        sbody.to_string().into_bytes(),
-        &[],
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
-    let events: Vec<&str> = text
-        .split("\n\n")
-        .filter(|e| !e.trim().is_empty())
-        .collect();
-    assert_eq!(events.last().unwrap().trim(), "data: [DONE]");
     let mut streamed = String::new();
     let mut usage = Value::Null;
-    for e in &events[..events.len() - 1] {
-        let v: Value = serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap();
+    for v in post_stream(&s, "/v1/completions", &sbody).await {
         if let Some(c) = v["choices"].as_array().unwrap().first() {
             streamed.push_str(c["text"].as_str().unwrap());
         }

@@ -228,20 +228,10 @@ async fn usage_reports_the_cached_prompt_tokens() {
     assert_eq!(cached(&first), 0, "{first}");
     let (_, again) = post(&s, "/v1/completions", &body(json!({"n": 2}))).await;
     assert_eq!(cached(&again), 32, "{again}");
-    let stream = body(json!({"stream": true, "stream_options": {"include_usage": true}}));
-    let (status, text) = call_raw(
-        &s,
-        "POST",
-        "/v1/completions",
-        stream.to_string().into_bytes(),
-        &[],
-    )
-    .await;
-    assert!(status.is_success(), "{text}");
-    let last = text
-        .split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+    let stream = body(json!({"stream_options": {"include_usage": true}}));
+    let last = post_stream(&s, "/v1/completions", &stream)
+        .await
+        .into_iter()
         .filter(|v| !v["usage"].is_null())
         .last()
         .expect("a usage chunk");

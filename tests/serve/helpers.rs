@@ -124,6 +124,28 @@ pub fn solo_greedy(loaded: &LoadedModel, prompt: &[u32], max_tokens: usize) -> V
     engine.generate(prompt, &opts).expect("generate").tokens
 }
 
+/// POSTs `body` with `stream: true` and returns the server-sent chunks, parsed, after checking
+/// the status and that `data: [DONE]` ends the stream.
+pub async fn post_stream(state: &Arc<AppState>, path: &str, body: &Value) -> Vec<Value> {
+    let mut body = body.clone();
+    body["stream"] = Value::Bool(true);
+    let (status, text) = call_raw(state, "POST", path, body.to_string().into_bytes(), &[]).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .collect();
+    assert_eq!(
+        events.last().map(|e| e.trim()),
+        Some("data: [DONE]"),
+        "{text}"
+    );
+    events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e.strip_prefix("data: ").expect("an SSE data line")).unwrap())
+        .collect()
+}
+
 /// Waits until the engine holds no KV block (or panics after 10 s).
 pub async fn wait_for_idle_cache(state: &Arc<AppState>) {
     let start = Instant::now();
